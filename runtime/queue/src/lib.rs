@@ -1,0 +1,383 @@
+//! weir's embedded durable queue.
+//!
+//! A [`Queue`] owns a data directory of topics. Each topic has a fixed number
+//! of partitions; each partition is an append-only log of CRC-checked records
+//! in segment files, with dense offsets that are never reused. Consumer groups
+//! keep a durable committed offset per partition and track in-flight
+//! deliveries so that a message is acknowledged, retried or dead-lettered
+//! individually.
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use weir_queue::{ConsumerOptions, Queue, Record, TopicConfig};
+//!
+//! # fn main() -> Result<(), weir_queue::Error> {
+//! let queue = Queue::open("./.weir")?;
+//! queue.ensure_topic("hello", &TopicConfig::default())?;
+//! queue.publish("hello", &[Record::new("Hello World!")])?;
+//!
+//! let mut consumer = queue.consumer("hello", "printer", ConsumerOptions::default())?;
+//! for delivery in consumer.fetch(100, Duration::from_millis(100))? {
+//!     println!("{}", String::from_utf8_lossy(&delivery.record.payload));
+//!     consumer.ack(delivery.id());
+//! }
+//! consumer.commit()?;
+//! # Ok(()) }
+//! ```
+#![deny(missing_docs)]
+
+mod consumer;
+mod partition;
+mod record;
+mod topic;
+
+use std::collections::HashMap;
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Condvar, Mutex, RwLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+pub use consumer::{Consumer, ConsumerOptions, Delivery, DeliveryId, StartFrom};
+pub use partition::Truncation;
+pub use record::{Record, StoredRecord};
+pub use topic::{Fsync, TopicConfig, TopicInfo};
+
+use topic::Topic;
+
+/// Errors from the queue.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A file system operation failed.
+    #[error("{}: {source}", path.display())]
+    Io {
+        /// The file or directory.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Another process holds the data directory.
+    #[error(
+        "data directory {} is in use by another weir process{}",
+        dir.display(),
+        owner.as_deref().map(|o| format!(" ({o})")).unwrap_or_default()
+    )]
+    Locked {
+        /// The data directory.
+        dir: PathBuf,
+        /// What the lock file says about its owner.
+        owner: Option<String>,
+    },
+    /// Stored data failed validation where it cannot be a torn write.
+    #[error("corrupt data in {} at byte {position}: {reason}", path.display())]
+    Corrupt {
+        /// The damaged file.
+        path: PathBuf,
+        /// Byte position of the damage.
+        position: u64,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A partition stopped accepting writes after a write or fsync failure.
+    #[error("partition {} stopped accepting writes: {reason}", partition_dir.display())]
+    Failed {
+        /// The partition directory.
+        partition_dir: PathBuf,
+        /// The failure that stopped it.
+        reason: String,
+    },
+    /// The topic does not exist.
+    #[error("unknown topic `{0}`")]
+    UnknownTopic(String),
+    /// The topic exists with other settings.
+    #[error("topic `{name}` already exists with {existing} partition(s), not {requested}")]
+    TopicMismatch {
+        /// The topic.
+        name: String,
+        /// Its partition count.
+        existing: u32,
+        /// The partition count asked for.
+        requested: u32,
+    },
+    /// A name or value was rejected.
+    #[error("invalid {what} `{value}`: {reason}")]
+    Invalid {
+        /// What kind of thing.
+        what: &'static str,
+        /// The value.
+        value: String,
+        /// Why.
+        reason: &'static str,
+    },
+    /// The queue was opened read-only.
+    #[error("the queue was opened read-only")]
+    ReadOnly,
+    /// Metadata could not be (de)serialised.
+    #[error("{}: {source}", path.display())]
+    Metadata {
+        /// The metadata file.
+        path: PathBuf,
+        /// The parse error.
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+impl Error {
+    pub(crate) fn io(path: &Path, source: std::io::Error) -> Self {
+        Error::Io { path: path.to_owned(), source }
+    }
+}
+
+/// Result alias for this crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+pub(crate) fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+/// fsync a directory so that created, renamed or deleted entries are durable.
+pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
+    File::open(dir).and_then(|d| d.sync_all()).map_err(|e| Error::io(dir, e))
+}
+
+/// Write `bytes` to `path` atomically and durably (temp file, fsync, rename, fsync dir).
+pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let tmp = path.with_extension("tmp");
+    let mut f = File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
+    f.write_all(bytes).and_then(|()| f.sync_all()).map_err(|e| Error::io(&tmp, e))?;
+    fs::rename(&tmp, path).map_err(|e| Error::io(path, e))?;
+    sync_dir(path.parent().unwrap_or(Path::new(".")))
+}
+
+/// Check a topic or group name: 1–200 of `[A-Za-z0-9._-]`, not starting with `.`.
+pub fn validate_name(what: &'static str, name: &str) -> Result<()> {
+    let reason = if name.is_empty() || name.len() > 200 {
+        Some("must be 1 to 200 characters")
+    } else if name.starts_with('.') {
+        Some("must not start with `.`")
+    } else if !name.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b)) {
+        Some("may contain only letters, digits, `.`, `_` and `-`")
+    } else {
+        None
+    };
+    match reason {
+        Some(reason) => Err(Error::Invalid { what, value: name.to_owned(), reason }),
+        None => Ok(()),
+    }
+}
+
+struct Inner {
+    dir: PathBuf,
+    read_only: bool,
+    /// Held (locked) for the life of a writable queue.
+    _lock: Option<File>,
+    topics: RwLock<HashMap<String, Arc<Topic>>>,
+    /// Bumped on every publish; consumers wait on it.
+    published: Mutex<u64>,
+    wakeup: Condvar,
+}
+
+/// A handle to an open data directory. Cheap to clone; thread-safe.
+#[derive(Clone)]
+pub struct Queue {
+    inner: Arc<Inner>,
+}
+
+impl Queue {
+    /// Open (creating if needed) the data directory `dir` for reading and
+    /// writing, recovering every partition. Only one process may do so at a time.
+    ///
+    /// # Errors
+    /// [`Error::Locked`] if another process has it open; I/O and corruption errors.
+    pub fn open(dir: impl AsRef<Path>) -> Result<Self> {
+        Self::open_mode(dir.as_ref(), false)
+    }
+
+    /// Open `dir` read-only, without the lock: for inspecting a queue that
+    /// another process may be writing. Nothing is modified on disk.
+    ///
+    /// # Errors
+    /// I/O and corruption errors; a directory that holds no queue.
+    pub fn open_read_only(dir: impl AsRef<Path>) -> Result<Self> {
+        Self::open_mode(dir.as_ref(), true)
+    }
+
+    fn open_mode(dir: &Path, read_only: bool) -> Result<Self> {
+        let lock = if read_only {
+            if !dir.join("topics").is_dir() {
+                return Err(Error::io(&dir.join("topics"), std::io::ErrorKind::NotFound.into()));
+            }
+            None
+        } else {
+            fs::create_dir_all(dir.join("topics")).map_err(|e| Error::io(dir, e))?;
+            fs::create_dir_all(dir.join("groups")).map_err(|e| Error::io(dir, e))?;
+            Some(lock_dir(dir)?)
+        };
+        let mut topics = HashMap::new();
+        let topics_dir = dir.join("topics");
+        for entry in fs::read_dir(&topics_dir).map_err(|e| Error::io(&topics_dir, e))? {
+            let entry = entry.map_err(|e| Error::io(&topics_dir, e))?;
+            if !entry.path().join(topic::META_FILE).is_file() {
+                continue;
+            }
+            let topic = Topic::open(&entry.path(), read_only)?;
+            topics.insert(topic.name.clone(), Arc::new(topic));
+        }
+        Ok(Queue {
+            inner: Arc::new(Inner {
+                dir: dir.to_owned(),
+                read_only,
+                _lock: lock,
+                topics: RwLock::new(topics),
+                published: Mutex::new(0),
+                wakeup: Condvar::new(),
+            }),
+        })
+    }
+
+    /// The data directory.
+    pub fn dir(&self) -> &Path {
+        &self.inner.dir
+    }
+
+    /// Whether this handle was opened with [`Queue::open_read_only`].
+    pub fn is_read_only(&self) -> bool {
+        self.inner.read_only
+    }
+
+    /// Create a topic.
+    ///
+    /// # Errors
+    /// An invalid name or config, an existing topic, or an I/O error.
+    pub fn create_topic(&self, name: &str, config: &TopicConfig) -> Result<TopicInfo> {
+        if self.inner.read_only {
+            return Err(Error::ReadOnly);
+        }
+        let mut topics = self.inner.topics.write().unwrap();
+        if let Some(t) = topics.get(name) {
+            return Err(Error::TopicMismatch {
+                name: name.into(),
+                existing: t.config.partitions,
+                requested: config.partitions,
+            });
+        }
+        let topic = Topic::create(&self.inner.dir.join("topics"), name, config)?;
+        let info = topic.info();
+        topics.insert(name.to_owned(), Arc::new(topic));
+        Ok(info)
+    }
+
+    /// Create the topic with `config` unless it exists; an existing topic is
+    /// kept as it is.
+    ///
+    /// # Errors
+    /// As [`Queue::create_topic`].
+    pub fn ensure_topic(&self, name: &str, config: &TopicConfig) -> Result<TopicInfo> {
+        if let Ok(t) = self.topic(name) {
+            return Ok(t.info());
+        }
+        self.create_topic(name, config)
+    }
+
+    pub(crate) fn topic(&self, name: &str) -> Result<Arc<Topic>> {
+        let topics = self.inner.topics.read().unwrap();
+        topics.get(name).cloned().ok_or_else(|| Error::UnknownTopic(name.to_owned()))
+    }
+
+    /// Describe a topic: partitions, settings, start and end offsets.
+    ///
+    /// # Errors
+    /// [`Error::UnknownTopic`].
+    pub fn topic_info(&self, name: &str) -> Result<TopicInfo> {
+        Ok(self.topic(name)?.info())
+    }
+
+    /// All topics, by name.
+    pub fn topics(&self) -> Vec<TopicInfo> {
+        let mut v: Vec<_> = self.inner.topics.read().unwrap().values().map(|t| t.info()).collect();
+        v.sort_by(|a, b| a.name.cmp(&b.name));
+        v
+    }
+
+    /// Publish records to a topic. Records with a key go to the partition its
+    /// hash selects; records without one go together to the next partition in
+    /// turn. Returns each record's (partition, offset), in order. Returns once
+    /// the records are durable per the topic's fsync policy.
+    ///
+    /// # Errors
+    /// Unknown topic, invalid record, or a storage error (then none of the
+    /// records of the failing partition are visible).
+    pub fn publish(&self, topic: &str, records: &[Record]) -> Result<Vec<(u32, u64)>> {
+        let t = self.topic(topic)?;
+        let out = t.publish(records)?;
+        *self.inner.published.lock().unwrap() += 1;
+        self.inner.wakeup.notify_all();
+        Ok(out)
+    }
+
+    /// Read up to `max` stored records of one partition from `offset`
+    /// (clamped to the oldest retained). Does not involve any consumer group.
+    ///
+    /// # Errors
+    /// Unknown topic or partition, I/O or corruption errors.
+    pub fn read(&self, topic: &str, partition: u32, offset: u64, max: usize) -> Result<Vec<StoredRecord>> {
+        let t = self.topic(topic)?;
+        let p = t.partition(partition)?;
+        let mut p = p.lock().unwrap();
+        if self.inner.read_only {
+            p.refresh()?;
+        }
+        p.read(offset, max)
+    }
+
+    /// A consumer of `topic` for consumer group `group`, resuming from the
+    /// group's committed offsets.
+    ///
+    /// # Errors
+    /// Unknown topic, invalid group name, unreadable group state.
+    pub fn consumer(&self, topic: &str, group: &str, options: ConsumerOptions) -> Result<Consumer> {
+        Consumer::new(self.clone(), self.topic(topic)?, group, options)
+    }
+
+    /// Make every partition's appended data durable now, whatever its policy.
+    ///
+    /// # Errors
+    /// A failed fsync (the partition then refuses writes).
+    pub fn sync(&self) -> Result<()> {
+        for t in self.inner.topics.read().unwrap().values() {
+            t.sync()?;
+        }
+        Ok(())
+    }
+
+    /// Wait until something is published or `timeout` passes.
+    pub(crate) fn wait_for_publish(&self, seen: u64, timeout: Duration) -> u64 {
+        let guard = self.inner.published.lock().unwrap();
+        let (guard, _) = self.inner.wakeup.wait_timeout_while(guard, timeout, |n| *n == seen).unwrap();
+        *guard
+    }
+
+    pub(crate) fn publish_count(&self) -> u64 {
+        *self.inner.published.lock().unwrap()
+    }
+}
+
+fn lock_dir(dir: &Path) -> Result<File> {
+    let path = dir.join("LOCK");
+    let mut file =
+        OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&path).map_err(|e| Error::io(&path, e))?;
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(fs::TryLockError::WouldBlock) => {
+            let owner = fs::read_to_string(&path).ok().map(|s| s.trim().to_owned()).filter(|s| !s.is_empty());
+            return Err(Error::Locked { dir: dir.to_owned(), owner });
+        }
+        Err(fs::TryLockError::Error(e)) => return Err(Error::io(&path, e)),
+    }
+    file.set_len(0).map_err(|e| Error::io(&path, e))?;
+    write!(file, "pid {}", std::process::id()).map_err(|e| Error::io(&path, e))?;
+    Ok(file)
+}

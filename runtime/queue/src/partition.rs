@@ -1,0 +1,394 @@
+//! One partition: an ordered list of segment files named by their base offset.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use crate::record::{self, Invalid, Record, StoredRecord};
+use crate::{Error, Fsync, Result, now_ms, sync_dir};
+
+/// A sparse index entry every this many bytes of log.
+const INDEX_INTERVAL: u64 = 4096;
+/// How much to read at a time when scanning or reading.
+const READ_CHUNK: usize = 256 * 1024;
+
+struct Segment {
+    base: u64,
+    path: PathBuf,
+    file: File,
+    /// Validated length in bytes.
+    len: u64,
+    /// Offset after the last record in this segment.
+    next: u64,
+    /// (offset, byte position) of some records, ascending.
+    index: Vec<(u64, u64)>,
+}
+
+impl Segment {
+    fn file_name(base: u64) -> String {
+        format!("{base:020}.log")
+    }
+
+    /// Byte position from which to scan to find `offset`.
+    fn seek_pos(&self, offset: u64) -> u64 {
+        match self.index.partition_point(|&(o, _)| o <= offset) {
+            0 => 0,
+            i => self.index[i - 1].1,
+        }
+    }
+
+    /// Scan from `pos` (holding offset `next`), validating records, extending
+    /// `len`, `next` and the index. Stops at the end or at the first invalid
+    /// record, which it returns with its position.
+    fn scan_from(&mut self, mut pos: u64, mut next: u64, last_ts: &mut u64) -> Result<Option<(u64, Invalid)>> {
+        let file_len = self.file.metadata().map_err(|e| Error::io(&self.path, e))?.len();
+        let mut buf = Vec::new();
+        let mut bad = None;
+        'outer: while pos < file_len {
+            let want = READ_CHUNK.min((file_len - pos) as usize).max(record::HEADER_LEN);
+            buf.resize(want, 0);
+            let n = read_at_most(&self.file, &mut buf, pos).map_err(|e| Error::io(&self.path, e))?;
+            buf.truncate(n);
+            let mut at = 0;
+            loop {
+                match record::check(&buf[at..]) {
+                    Ok((len, offset, ts)) => {
+                        if offset != next {
+                            bad = Some((pos + at as u64, Invalid::Malformed));
+                            break 'outer;
+                        }
+                        let rec_pos = pos + at as u64;
+                        let last_indexed = self.index.last().map_or(None, |&(_, p)| Some(p));
+                        if last_indexed.is_none_or(|p| rec_pos >= p + INDEX_INTERVAL) {
+                            self.index.push((offset, rec_pos));
+                        }
+                        *last_ts = (*last_ts).max(ts);
+                        next += 1;
+                        at += len;
+                    }
+                    Err(Invalid::Truncated) if at > 0 => break,
+                    Err(Invalid::Truncated) => {
+                        // A frame larger than the buffer: read exactly it.
+                        match record::frame_len(&buf) {
+                            Ok(total) if pos + total as u64 <= file_len => {
+                                buf.resize(total, 0);
+                                self.file.read_exact_at(&mut buf, pos).map_err(|e| Error::io(&self.path, e))?;
+                                continue;
+                            }
+                            Ok(_) | Err(_) => {
+                                bad = Some((pos, Invalid::Truncated));
+                                break 'outer;
+                            }
+                        }
+                    }
+                    Err(why) => {
+                        bad = Some((pos + at as u64, why));
+                        break 'outer;
+                    }
+                }
+            }
+            pos += at as u64;
+        }
+        self.len = bad.map_or(pos, |(p, _)| p);
+        self.next = next;
+        Ok(bad)
+    }
+}
+
+fn read_at_most(file: &File, buf: &mut [u8], pos: u64) -> std::io::Result<usize> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match file.read_at(&mut buf[filled..], pos + filled as u64)? {
+            0 => break,
+            n => filled += n,
+        }
+    }
+    Ok(filled)
+}
+
+/// What recovery did when opening a partition.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Truncation {
+    /// The segment file that was cut.
+    pub path: PathBuf,
+    /// Where it was cut (bytes).
+    pub at: u64,
+    /// How many bytes were removed.
+    pub removed: u64,
+    /// Why: the first invalid record found.
+    pub reason: &'static str,
+}
+
+pub(crate) struct Partition {
+    id: u32,
+    dir: PathBuf,
+    segments: Vec<Segment>,
+    writer: Option<File>,
+    read_only: bool,
+    fsync: Fsync,
+    segment_bytes: u64,
+    last_ts: u64,
+    last_sync: Instant,
+    unsynced: bool,
+    /// Set after a write or fsync failure: the partition refuses writes.
+    failed: Option<String>,
+    buf: Vec<u8>,
+}
+
+impl Partition {
+    /// Open (or create) the partition in `dir`, recovering its tail.
+    pub(crate) fn open(
+        id: u32,
+        dir: &Path,
+        fsync: Fsync,
+        segment_bytes: u64,
+        read_only: bool,
+    ) -> Result<(Self, Option<Truncation>)> {
+        if !read_only {
+            fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        }
+        let mut bases = Vec::new();
+        for entry in fs::read_dir(dir).map_err(|e| Error::io(dir, e))? {
+            let entry = entry.map_err(|e| Error::io(dir, e))?;
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            if let Some(base) = name.strip_suffix(".log").and_then(|b| b.parse::<u64>().ok()) {
+                bases.push(base);
+            }
+        }
+        bases.sort_unstable();
+        let mut part = Partition {
+            id,
+            dir: dir.to_owned(),
+            segments: Vec::new(),
+            writer: None,
+            read_only,
+            fsync,
+            segment_bytes,
+            last_ts: 0,
+            last_sync: Instant::now(),
+            unsynced: false,
+            failed: None,
+            buf: Vec::new(),
+        };
+        let mut truncation = None;
+        let count = bases.len();
+        for (i, base) in bases.into_iter().enumerate() {
+            let path = dir.join(Segment::file_name(base));
+            let file = OpenOptions::new().read(true).open(&path).map_err(|e| Error::io(&path, e))?;
+            if let Some(prev) = part.segments.last()
+                && prev.next != base
+            {
+                return Err(Error::Corrupt {
+                    path,
+                    position: 0,
+                    reason: format!("segment starts at offset {base} but the previous one ends at {}", prev.next),
+                });
+            }
+            let mut seg = Segment { base, path, file, len: 0, next: base, index: Vec::new() };
+            let bad = seg.scan_from(0, base, &mut part.last_ts)?;
+            if let Some((at, why)) = bad {
+                let is_tail = i + 1 == count;
+                if !is_tail {
+                    return Err(Error::Corrupt { path: seg.path, position: at, reason: why.describe().into() });
+                }
+                if !read_only {
+                    let file_len = seg.file.metadata().map_err(|e| Error::io(&seg.path, e))?.len();
+                    let f = OpenOptions::new().write(true).open(&seg.path).map_err(|e| Error::io(&seg.path, e))?;
+                    f.set_len(at).and_then(|()| f.sync_all()).map_err(|e| Error::io(&seg.path, e))?;
+                    tracing::warn!(
+                        path = %seg.path.display(), at, removed = file_len - at, reason = why.describe(),
+                        "recovery truncated a torn or corrupt tail"
+                    );
+                    truncation =
+                        Some(Truncation { path: seg.path.clone(), at, removed: file_len - at, reason: why.describe() });
+                }
+            }
+            part.segments.push(seg);
+        }
+        if !read_only {
+            if part.segments.is_empty() {
+                part.new_segment(0)?;
+            }
+            let seg = part.segments.last().unwrap();
+            part.writer =
+                Some(OpenOptions::new().append(true).open(&seg.path).map_err(|e| Error::io(&seg.path, e))?);
+        }
+        Ok((part, truncation))
+    }
+
+    fn new_segment(&mut self, base: u64) -> Result<()> {
+        let path = self.dir.join(Segment::file_name(base));
+        let file = OpenOptions::new()
+            .read(true)
+            .append(true)
+            .create_new(true)
+            .open(&path)
+            .map_err(|e| Error::io(&path, e))?;
+        sync_dir(&self.dir)?;
+        self.writer = Some(file.try_clone().map_err(|e| Error::io(&path, e))?);
+        self.segments.push(Segment { base, path, file, len: 0, next: base, index: Vec::new() });
+        Ok(())
+    }
+
+    /// Offset the next appended record will get (the log end offset).
+    pub(crate) fn end_offset(&self) -> u64 {
+        self.segments.last().map_or(0, |s| s.next)
+    }
+
+    /// Offset of the oldest record still stored.
+    pub(crate) fn start_offset(&self) -> u64 {
+        self.segments.first().map_or(0, |s| s.base)
+    }
+
+    /// Append records; returns the offset of the first. Durable on return per
+    /// the fsync policy. On a write error nothing of the batch stays visible.
+    pub(crate) fn append(&mut self, records: &[&Record]) -> Result<u64> {
+        if self.read_only {
+            return Err(Error::ReadOnly);
+        }
+        if let Some(why) = &self.failed {
+            return Err(Error::Failed { partition_dir: self.dir.clone(), reason: why.clone() });
+        }
+        let seg = self.segments.last().unwrap();
+        if seg.len >= self.segment_bytes && seg.next > seg.base {
+            let base = seg.next;
+            self.sync()?;
+            self.new_segment(base)?;
+        }
+        let now = now_ms().max(self.last_ts);
+        let first = self.end_offset();
+        self.buf.clear();
+        let seg = self.segments.last_mut().unwrap();
+        let start_len = seg.len;
+        let mut positions = Vec::with_capacity(records.len());
+        for (i, rec) in records.iter().enumerate() {
+            positions.push(start_len + self.buf.len() as u64);
+            rec.encode(first + i as u64, now, rec.timestamp_ms.unwrap_or(now), &mut self.buf);
+        }
+        let writer = self.writer.as_mut().unwrap();
+        if let Err(e) = writer.write_all(&self.buf) {
+            // Roll back so no partial record is ever visible; if even that
+            // fails the partition stops accepting writes.
+            let err = Error::io(&seg.path, e);
+            if let Err(e2) = writer.set_len(start_len) {
+                self.failed = Some(format!("write failed ({err}) and rollback failed ({e2})"));
+            }
+            return Err(err);
+        }
+        for (i, pos) in positions.into_iter().enumerate() {
+            let last_indexed = seg.index.last().map(|&(_, p)| p);
+            if last_indexed.is_none_or(|p| pos >= p + INDEX_INTERVAL) {
+                seg.index.push((first + i as u64, pos));
+            }
+        }
+        seg.len += self.buf.len() as u64;
+        seg.next = first + records.len() as u64;
+        self.last_ts = now;
+        self.unsynced = true;
+        match self.fsync {
+            Fsync::Always => self.sync()?,
+            Fsync::Interval { ms } if self.last_sync.elapsed() >= Duration::from_millis(ms) => self.sync()?,
+            Fsync::Interval { .. } | Fsync::Never => {}
+        }
+        Ok(first)
+    }
+
+    /// Make everything appended so far durable. A failure is fail-stop.
+    pub(crate) fn sync(&mut self) -> Result<()> {
+        if !self.unsynced {
+            return Ok(());
+        }
+        let seg = self.segments.last().unwrap();
+        if let Err(e) = self.writer.as_ref().unwrap().sync_data() {
+            let reason = format!("fsync of {} failed: {e}", seg.path.display());
+            tracing::error!(partition = self.id, %reason, "partition stops accepting writes");
+            self.failed = Some(reason.clone());
+            return Err(Error::Failed { partition_dir: self.dir.clone(), reason });
+        }
+        self.unsynced = false;
+        self.last_sync = Instant::now();
+        Ok(())
+    }
+
+    /// For a read-only view: pick up records appended by the owning process.
+    pub(crate) fn refresh(&mut self) -> Result<()> {
+        loop {
+            let seg = self.segments.last_mut().unwrap();
+            let (len, next) = (seg.len, seg.next);
+            seg.scan_from(len, next, &mut self.last_ts)?;
+            let following = self.dir.join(Segment::file_name(self.end_offset()));
+            if self.end_offset() == self.segments.last().unwrap().base || !following.exists() {
+                return Ok(());
+            }
+            let base = self.end_offset();
+            let file = File::open(&following).map_err(|e| Error::io(&following, e))?;
+            self.segments.push(Segment { base, path: following, file, len: 0, next: base, index: Vec::new() });
+        }
+    }
+
+    /// Read up to `max` records starting at `from` (clamped to the start).
+    pub(crate) fn read(&self, from: u64, max: usize) -> Result<Vec<StoredRecord>> {
+        let mut out = Vec::new();
+        let mut want = from.max(self.start_offset());
+        let first = self.segments.partition_point(|s| s.next <= want);
+        for seg in &self.segments[first..] {
+            if out.len() >= max {
+                break;
+            }
+            let mut pos = seg.seek_pos(want);
+            let mut buf = vec![0; READ_CHUNK];
+            'seg: while pos < seg.len && out.len() < max {
+                let n = ((seg.len - pos) as usize).min(READ_CHUNK);
+                buf.resize(n, 0);
+                seg.file.read_exact_at(&mut buf, pos).map_err(|e| Error::io(&seg.path, e))?;
+                let mut at = 0;
+                while out.len() < max {
+                    let len = match record::frame_len(&buf[at..]) {
+                        Ok(len) if at + len <= buf.len() => len,
+                        Ok(len) if at == 0 => {
+                            buf.resize(len, 0);
+                            seg.file.read_exact_at(&mut buf, pos).map_err(|e| Error::io(&seg.path, e))?;
+                            len
+                        }
+                        Ok(_) | Err(Invalid::Truncated) if at > 0 => break,
+                        Ok(_) | Err(_) => {
+                            return Err(Error::Corrupt {
+                                path: seg.path.clone(),
+                                position: pos + at as u64,
+                                reason: "unreadable record inside the validated log".into(),
+                            });
+                        }
+                    };
+                    let frame = &buf[at..at + len];
+                    let offset = u64::from_le_bytes(frame[8..16].try_into().unwrap());
+                    if offset >= want {
+                        let rec = record::decode(self.id, frame).map_err(|why| Error::Corrupt {
+                            path: seg.path.clone(),
+                            position: pos + at as u64,
+                            reason: why.describe().into(),
+                        })?;
+                        out.push(rec);
+                        want = offset + 1;
+                    }
+                    at += len;
+                    if pos + at as u64 >= seg.len {
+                        break 'seg;
+                    }
+                }
+                pos += at as u64;
+            }
+        }
+        Ok(out)
+    }
+}
+
+impl Drop for Partition {
+    fn drop(&mut self) {
+        if self.unsynced && self.failed.is_none() && !matches!(self.fsync, Fsync::Never) {
+            let _ = self.sync();
+        }
+    }
+}

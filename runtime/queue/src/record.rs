@@ -1,0 +1,284 @@
+//! The on-disk record format.
+//!
+//! ```text
+//! u32  body length (bytes after the CRC)
+//! u32  CRC32C of the body
+//! body:
+//!   u64  offset
+//!   u64  append timestamp, ms since the Unix epoch (monotonic per partition)
+//!   u64  producer timestamp, ms since the Unix epoch
+//!   u32  key length, or u32::MAX for no key
+//!   ..   key
+//!   u16  header count
+//!   per header: u16 name length, name (UTF-8), u32 value length, value
+//!   ..   payload (the rest of the body)
+//! ```
+//!
+//! All integers are little-endian. A record is valid only if its whole body is
+//! present and its CRC matches, so a torn write is always detected.
+
+/// Bytes before the body: length and CRC.
+pub(crate) const HEADER_LEN: usize = 8;
+/// Smallest possible body: offset, two timestamps, key length, header count.
+const MIN_BODY: usize = 8 + 8 + 8 + 4 + 2;
+/// Largest body we accept; guards recovery against a garbage length field.
+pub(crate) const MAX_BODY: usize = 64 * 1024 * 1024;
+const NO_KEY: u32 = u32::MAX;
+
+/// A message to publish.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Record {
+    /// Partitioning key; records with the same key go to the same partition.
+    pub key: Option<Vec<u8>>,
+    /// Ordered header (name, value) pairs.
+    pub headers: Vec<(String, Vec<u8>)>,
+    /// The body.
+    pub payload: Vec<u8>,
+    /// When the producer created it (ms since the Unix epoch); `None` means now.
+    pub timestamp_ms: Option<u64>,
+}
+
+impl Record {
+    /// A record with only a payload.
+    pub fn new(payload: impl Into<Vec<u8>>) -> Self {
+        Self { payload: payload.into(), ..Self::default() }
+    }
+
+    /// Set the key.
+    #[must_use]
+    pub fn with_key(mut self, key: impl Into<Vec<u8>>) -> Self {
+        self.key = Some(key.into());
+        self
+    }
+
+    /// Add a header.
+    #[must_use]
+    pub fn with_header(mut self, name: impl Into<String>, value: impl Into<Vec<u8>>) -> Self {
+        self.headers.push((name.into(), value.into()));
+        self
+    }
+
+    /// Encoded size of this record on disk.
+    pub(crate) fn encoded_len(&self) -> usize {
+        HEADER_LEN
+            + MIN_BODY
+            + self.key.as_ref().map_or(0, Vec::len)
+            + self.headers.iter().map(|(k, v)| 6 + k.len() + v.len()).sum::<usize>()
+            + self.payload.len()
+    }
+
+    /// Checks that the record can be encoded.
+    pub(crate) fn validate(&self) -> Result<(), &'static str> {
+        if self.headers.len() > u16::MAX as usize {
+            return Err("more than 65535 headers");
+        }
+        if self.headers.iter().any(|(k, _)| k.len() > u16::MAX as usize) {
+            return Err("a header name is longer than 65535 bytes");
+        }
+        if self.encoded_len() - HEADER_LEN > MAX_BODY {
+            return Err("record larger than 64 MiB");
+        }
+        Ok(())
+    }
+
+    /// Append the encoding of this record at `offset` to `out`.
+    pub(crate) fn encode(&self, offset: u64, append_ts: u64, producer_ts: u64, out: &mut Vec<u8>) {
+        let start = out.len();
+        out.extend_from_slice(&[0; HEADER_LEN]);
+        out.extend_from_slice(&offset.to_le_bytes());
+        out.extend_from_slice(&append_ts.to_le_bytes());
+        out.extend_from_slice(&producer_ts.to_le_bytes());
+        match &self.key {
+            Some(k) => {
+                out.extend_from_slice(&(k.len() as u32).to_le_bytes());
+                out.extend_from_slice(k);
+            }
+            None => out.extend_from_slice(&NO_KEY.to_le_bytes()),
+        }
+        out.extend_from_slice(&(self.headers.len() as u16).to_le_bytes());
+        for (name, value) in &self.headers {
+            out.extend_from_slice(&(name.len() as u16).to_le_bytes());
+            out.extend_from_slice(name.as_bytes());
+            out.extend_from_slice(&(value.len() as u32).to_le_bytes());
+            out.extend_from_slice(value);
+        }
+        out.extend_from_slice(&self.payload);
+        let body = &out[start + HEADER_LEN..];
+        let len = body.len() as u32;
+        let crc = crc32c::crc32c(body);
+        out[start..start + 4].copy_from_slice(&len.to_le_bytes());
+        out[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
+    }
+}
+
+/// A record as stored in a partition.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredRecord {
+    /// Partition it is stored in.
+    pub partition: u32,
+    /// Its offset in the partition.
+    pub offset: u64,
+    /// When the queue appended it (ms since the Unix epoch).
+    pub append_timestamp_ms: u64,
+    /// When the producer created it (ms since the Unix epoch).
+    pub timestamp_ms: u64,
+    /// Partitioning key.
+    pub key: Option<Vec<u8>>,
+    /// Header (name, value) pairs, in publish order.
+    pub headers: Vec<(String, Vec<u8>)>,
+    /// The body.
+    pub payload: Vec<u8>,
+}
+
+/// Why bytes at a position are not a valid record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Invalid {
+    /// Not enough bytes for the header or the body: a torn write or the end.
+    Truncated,
+    /// The length field is impossible.
+    BadLength,
+    /// The CRC does not match the body.
+    BadCrc,
+    /// The CRC matches but the body does not parse.
+    Malformed,
+}
+
+impl Invalid {
+    pub(crate) fn describe(self) -> &'static str {
+        match self {
+            Invalid::Truncated => "incomplete record (torn write)",
+            Invalid::BadLength => "impossible record length",
+            Invalid::BadCrc => "CRC32C mismatch",
+            Invalid::Malformed => "malformed record body",
+        }
+    }
+}
+
+/// The total length of the record starting at `buf[0]`, if its header is there.
+pub(crate) fn frame_len(buf: &[u8]) -> Result<usize, Invalid> {
+    if buf.len() < HEADER_LEN {
+        return Err(Invalid::Truncated);
+    }
+    let len = u32::from_le_bytes(buf[0..4].try_into().unwrap()) as usize;
+    if !(MIN_BODY..=MAX_BODY).contains(&len) {
+        return Err(Invalid::BadLength);
+    }
+    Ok(HEADER_LEN + len)
+}
+
+/// Validate the record at the start of `buf` and return its total length and offset.
+pub(crate) fn check(buf: &[u8]) -> Result<(usize, u64, u64), Invalid> {
+    let total = frame_len(buf)?;
+    if buf.len() < total {
+        return Err(Invalid::Truncated);
+    }
+    let crc = u32::from_le_bytes(buf[4..8].try_into().unwrap());
+    let body = &buf[HEADER_LEN..total];
+    if crc32c::crc32c(body) != crc {
+        return Err(Invalid::BadCrc);
+    }
+    let offset = u64::from_le_bytes(body[0..8].try_into().unwrap());
+    let append_ts = u64::from_le_bytes(body[8..16].try_into().unwrap());
+    Ok((total, offset, append_ts))
+}
+
+/// Decode a record whose frame was already validated by [`check`].
+pub(crate) fn decode(partition: u32, frame: &[u8]) -> Result<StoredRecord, Invalid> {
+    let mut r = Reader { buf: &frame[HEADER_LEN..] };
+    let offset = r.u64()?;
+    let append_timestamp_ms = r.u64()?;
+    let timestamp_ms = r.u64()?;
+    let key_len = r.u32()?;
+    let key = if key_len == NO_KEY { None } else { Some(r.bytes(key_len as usize)?.to_vec()) };
+    let count = r.u16()?;
+    let mut headers = Vec::with_capacity(count as usize);
+    for _ in 0..count {
+        let n = r.u16()? as usize;
+        let name = std::str::from_utf8(r.bytes(n)?).map_err(|_| Invalid::Malformed)?.to_owned();
+        let v = r.u32()? as usize;
+        headers.push((name, r.bytes(v)?.to_vec()));
+    }
+    Ok(StoredRecord {
+        partition,
+        offset,
+        append_timestamp_ms,
+        timestamp_ms,
+        key,
+        headers,
+        payload: r.buf.to_vec(),
+    })
+}
+
+struct Reader<'a> {
+    buf: &'a [u8],
+}
+
+impl<'a> Reader<'a> {
+    fn bytes(&mut self, n: usize) -> Result<&'a [u8], Invalid> {
+        if self.buf.len() < n {
+            return Err(Invalid::Malformed);
+        }
+        let (head, tail) = self.buf.split_at(n);
+        self.buf = tail;
+        Ok(head)
+    }
+    fn u16(&mut self) -> Result<u16, Invalid> {
+        Ok(u16::from_le_bytes(self.bytes(2)?.try_into().unwrap()))
+    }
+    fn u32(&mut self) -> Result<u32, Invalid> {
+        Ok(u32::from_le_bytes(self.bytes(4)?.try_into().unwrap()))
+    }
+    fn u64(&mut self) -> Result<u64, Invalid> {
+        Ok(u64::from_le_bytes(self.bytes(8)?.try_into().unwrap()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Record {
+        Record::new(b"Hello World!".to_vec()).with_key(b"k1".to_vec()).with_header("h", b"v".to_vec())
+    }
+
+    #[test]
+    fn round_trips() {
+        let rec = sample();
+        let mut buf = Vec::new();
+        rec.encode(42, 1000, 999, &mut buf);
+        assert_eq!(buf.len(), rec.encoded_len());
+        let (len, off, ts) = check(&buf).unwrap();
+        assert_eq!((len, off, ts), (buf.len(), 42, 1000));
+        let got = decode(3, &buf).unwrap();
+        assert_eq!(got.partition, 3);
+        assert_eq!(got.offset, 42);
+        assert_eq!(got.timestamp_ms, 999);
+        assert_eq!(got.key.as_deref(), Some(&b"k1"[..]));
+        assert_eq!(got.headers, vec![("h".to_string(), b"v".to_vec())]);
+        assert_eq!(got.payload, b"Hello World!");
+    }
+
+    #[test]
+    fn every_truncation_is_detected() {
+        let mut buf = Vec::new();
+        sample().encode(0, 1, 1, &mut buf);
+        for cut in 0..buf.len() {
+            assert!(check(&buf[..cut]).is_err(), "cut at {cut} accepted");
+        }
+    }
+
+    #[test]
+    fn every_bit_flip_is_detected() {
+        let mut buf = Vec::new();
+        sample().encode(0, 1, 1, &mut buf);
+        for byte in 0..buf.len() {
+            for bit in 0..8 {
+                let mut bad = buf.clone();
+                bad[byte] ^= 1 << bit;
+                if let Ok((len, ..)) = check(&bad) {
+                    panic!("flip at byte {byte} bit {bit} accepted (len {len})");
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,159 @@
+//! Public-API tests of the on-disk log: persistence, recovery, locking.
+
+use std::fs::{self, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use weir_queue::{Error, Queue, Record, TopicConfig};
+
+fn payloads(q: &Queue, topic: &str, partition: u32) -> Vec<String> {
+    q.read(topic, partition, 0, usize::MAX)
+        .unwrap()
+        .into_iter()
+        .map(|r| String::from_utf8(r.payload).unwrap())
+        .collect()
+}
+
+fn segments(dir: &Path, topic: &str) -> Vec<PathBuf> {
+    let mut v: Vec<_> = fs::read_dir(dir.join("topics").join(topic).join("0"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "log"))
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn records_survive_reopen_with_keys_headers_and_timestamps() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let q = Queue::open(dir.path()).unwrap();
+        q.create_topic("t", &TopicConfig::default()).unwrap();
+        let rec = Record { timestamp_ms: Some(1234), ..Record::new("a").with_key("k").with_header("h", "v") };
+        assert_eq!(q.publish("t", &[rec, Record::new("b")]).unwrap(), vec![(0, 0), (0, 1)]);
+    }
+    let q = Queue::open(dir.path()).unwrap();
+    let recs = q.read("t", 0, 0, 10).unwrap();
+    assert_eq!(recs.len(), 2);
+    assert_eq!(recs[0].key.as_deref(), Some(&b"k"[..]));
+    assert_eq!(recs[0].headers, vec![("h".to_string(), b"v".to_vec())]);
+    assert_eq!(recs[0].timestamp_ms, 1234);
+    assert!(recs[1].append_timestamp_ms >= recs[0].append_timestamp_ms);
+    assert_eq!(q.publish("t", &[Record::new("c")]).unwrap(), vec![(0, 2)], "offsets continue after reopen");
+}
+
+#[test]
+fn torn_tail_is_truncated_and_appends_continue() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let q = Queue::open(dir.path()).unwrap();
+        q.create_topic("t", &TopicConfig::default()).unwrap();
+        q.publish("t", &[Record::new("one"), Record::new("two")]).unwrap();
+    }
+    let seg = segments(dir.path(), "t").pop().unwrap();
+    let good_len = fs::metadata(&seg).unwrap().len();
+    // A torn write: the start of a third record's header and some body.
+    OpenOptions::new().append(true).open(&seg).unwrap().write_all(&[40, 0, 0, 0, 1, 2, 3, 4, 9, 9]).unwrap();
+
+    let q = Queue::open(dir.path()).unwrap();
+    assert_eq!(fs::metadata(&seg).unwrap().len(), good_len, "the torn tail was cut");
+    assert_eq!(payloads(&q, "t", 0), ["one", "two"]);
+    assert_eq!(q.publish("t", &[Record::new("three")]).unwrap(), vec![(0, 2)]);
+    drop(q);
+    let q = Queue::open(dir.path()).unwrap();
+    assert_eq!(payloads(&q, "t", 0), ["one", "two", "three"]);
+}
+
+#[test]
+fn garbage_at_tail_is_truncated() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let q = Queue::open(dir.path()).unwrap();
+        q.create_topic("t", &TopicConfig::default()).unwrap();
+        q.publish("t", &[Record::new("one")]).unwrap();
+    }
+    let seg = segments(dir.path(), "t").pop().unwrap();
+    OpenOptions::new().append(true).open(&seg).unwrap().write_all(&[0xff; 100]).unwrap();
+    let q = Queue::open(dir.path()).unwrap();
+    assert_eq!(payloads(&q, "t", 0), ["one"]);
+}
+
+#[test]
+fn corruption_in_a_sealed_segment_is_an_error_not_a_silent_skip() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = TopicConfig { segment_bytes: 4096, ..TopicConfig::default() };
+    {
+        let q = Queue::open(dir.path()).unwrap();
+        q.create_topic("t", &config).unwrap();
+        for i in 0..200 {
+            q.publish("t", &[Record::new(format!("message {i:04} {}", "x".repeat(50)))]).unwrap();
+        }
+    }
+    let segs = segments(dir.path(), "t");
+    assert!(segs.len() > 2, "segments rolled: {segs:?}");
+    let mut bytes = fs::read(&segs[0]).unwrap();
+    bytes[100] ^= 0x40;
+    fs::write(&segs[0], bytes).unwrap();
+    match Queue::open(dir.path()) {
+        Err(Error::Corrupt { path, .. }) => assert_eq!(path, segs[0]),
+        Err(e) => panic!("wrong error: {e}"),
+        Ok(_) => panic!("corruption in a sealed segment was accepted"),
+    }
+}
+
+#[test]
+fn reads_span_rolled_segments_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let q = Queue::open(dir.path()).unwrap();
+    q.create_topic("t", &TopicConfig { segment_bytes: 4096, ..TopicConfig::default() }).unwrap();
+    let want: Vec<String> = (0..500).map(|i| format!("m{i}-{}", "y".repeat(i % 97))).collect();
+    for chunk in want.chunks(7) {
+        q.publish("t", &chunk.iter().map(|s| Record::new(s.as_str())).collect::<Vec<_>>()).unwrap();
+    }
+    assert_eq!(payloads(&q, "t", 0), want);
+    let mid: Vec<u64> = q.read("t", 0, 333, 5).unwrap().iter().map(|r| r.offset).collect();
+    assert_eq!(mid, [333, 334, 335, 336, 337]);
+    drop(q);
+    let q = Queue::open(dir.path()).unwrap();
+    assert_eq!(payloads(&q, "t", 0), want);
+}
+
+#[test]
+fn a_second_writer_is_refused_but_readers_are_not() {
+    let dir = tempfile::tempdir().unwrap();
+    let q = Queue::open(dir.path()).unwrap();
+    q.create_topic("t", &TopicConfig::default()).unwrap();
+    q.publish("t", &[Record::new("x")]).unwrap();
+    match Queue::open(dir.path()) {
+        Err(Error::Locked { owner, .. }) => assert!(owner.unwrap().contains("pid")),
+        Err(e) => panic!("wrong error: {e}"),
+        Ok(_) => panic!("second writer allowed"),
+    }
+    let r = Queue::open_read_only(dir.path()).unwrap();
+    assert_eq!(payloads(&r, "t", 0), ["x"]);
+    q.publish("t", &[Record::new("y")]).unwrap();
+    assert_eq!(payloads(&r, "t", 0), ["x", "y"], "a reader sees later appends");
+}
+
+#[test]
+fn keys_pick_stable_partitions() {
+    let dir = tempfile::tempdir().unwrap();
+    let q = Queue::open(dir.path()).unwrap();
+    q.create_topic("t", &TopicConfig { partitions: 4, ..TopicConfig::default() }).unwrap();
+    let a = q.publish("t", &[Record::new("1").with_key("user-7")]).unwrap()[0].0;
+    let b = q.publish("t", &[Record::new("2").with_key("user-7")]).unwrap()[0].0;
+    assert_eq!(a, b);
+    let info = q.topic_info("t").unwrap();
+    assert_eq!(info.len(), 2);
+}
+
+#[test]
+fn bad_names_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let q = Queue::open(dir.path()).unwrap();
+    for bad in ["", "../x", ".hidden", "a b", "a/b"] {
+        assert!(matches!(q.create_topic(bad, &TopicConfig::default()), Err(Error::Invalid { .. })), "{bad:?}");
+    }
+    assert!(matches!(q.publish("nope", &[Record::new("x")]), Err(Error::UnknownTopic(_))));
+}
