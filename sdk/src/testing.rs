@@ -1,0 +1,109 @@
+//! Test a stage natively with `cargo test`, without building WebAssembly.
+//!
+//! [`Harness`] runs a [`Stage`] the way the host does — `init` with a config,
+//! then batches — and records what it logged, the counters it added and the
+//! state it wrote.
+//!
+//! ```
+//! use weir_sdk::{testing::Harness, Config, Failure, Message, Output, Stage};
+//!
+//! struct Echo;
+//! impl Stage for Echo {
+//!     fn init(_: &Config) -> Result<Self, String> { Ok(Echo) }
+//!     fn handle(&mut self, msg: Message) -> Result<Vec<Output>, Failure> {
+//!         weir_sdk::log(weir_sdk::Level::Info, "echo");
+//!         Ok(vec![Output::forward(msg)])
+//!     }
+//! }
+//!
+//! let mut h = Harness::<Echo>::new(&[]).unwrap();
+//! assert_eq!(h.handle(Message::new("x")).unwrap()[0].payload, b"x");
+//! assert_eq!(h.logs(), [(weir_sdk::Level::Info, "echo".to_string())]);
+//! ```
+
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+
+use crate::{Config, Failure, Level, Message, Output, Stage};
+
+#[derive(Default)]
+struct Recorded {
+    logs: Vec<(Level, String)>,
+    counters: BTreeMap<String, u64>,
+    state: BTreeMap<Vec<u8>, Vec<u8>>,
+}
+
+thread_local! {
+    static RECORDED: RefCell<Recorded> = RefCell::new(Recorded::default());
+}
+
+/// Runs a stage natively and records its calls to the host.
+pub struct Harness<S: Stage> {
+    stage: S,
+}
+
+impl<S: Stage> Harness<S> {
+    /// Initialise the stage with `config` entries, clearing anything recorded
+    /// on this thread before.
+    ///
+    /// # Errors
+    /// The stage's own `init` error.
+    pub fn new(config: &[(&str, &str)]) -> Result<Self, String> {
+        RECORDED.with(|r| *r.borrow_mut() = Recorded::default());
+        let config: Vec<(String, String)> = config.iter().map(|(k, v)| ((*k).into(), (*v).into())).collect();
+        Ok(Harness { stage: S::init(&Config::from(config))? })
+    }
+
+    /// Handle one message.
+    ///
+    /// # Errors
+    /// The stage's [`Failure`].
+    pub fn handle(&mut self, msg: Message) -> Result<Vec<Output>, Failure> {
+        self.handle_batch(vec![msg]).pop().expect("one result per message")
+    }
+
+    /// Handle a batch as the host would, checking that the stage returned one
+    /// result per input.
+    pub fn handle_batch(&mut self, batch: Vec<Message>) -> Vec<Result<Vec<Output>, Failure>> {
+        let n = batch.len();
+        let out = self.stage.handle_batch(batch);
+        assert_eq!(out.len(), n, "a stage must return exactly one result per input message");
+        out
+    }
+
+    /// The lines logged so far.
+    pub fn logs(&self) -> Vec<(Level, String)> {
+        RECORDED.with(|r| r.borrow().logs.clone())
+    }
+
+    /// The value of custom counter `name`.
+    pub fn counter(&self, name: &str) -> u64 {
+        RECORDED.with(|r| r.borrow().counters.get(name).copied().unwrap_or(0))
+    }
+
+    /// The stored state for `key`.
+    pub fn state(&self, key: &[u8]) -> Option<Vec<u8>> {
+        native::state_get(key)
+    }
+}
+
+#[cfg_attr(target_arch = "wasm32", allow(dead_code))]
+pub(crate) mod native {
+    use super::{Level, RECORDED};
+
+    pub(crate) fn log(level: Level, message: &str) {
+        RECORDED.with(|r| r.borrow_mut().logs.push((level, message.to_owned())));
+    }
+    pub(crate) fn counter_add(name: &str, delta: u64) {
+        RECORDED.with(|r| *r.borrow_mut().counters.entry(name.to_owned()).or_default() += delta);
+    }
+    pub(crate) fn state_get(key: &[u8]) -> Option<Vec<u8>> {
+        RECORDED.with(|r| r.borrow().state.get(key).cloned())
+    }
+    pub(crate) fn state_put(key: &[u8], value: &[u8]) {
+        RECORDED.with(|r| r.borrow_mut().state.insert(key.to_vec(), value.to_vec()));
+    }
+    pub(crate) fn state_delete(key: &[u8]) {
+        RECORDED.with(|r| r.borrow_mut().state.remove(key));
+    }
+}
