@@ -1,1 +1,196 @@
+//! weir's WebAssembly host.
+//!
+//! One [`Runtime`] per process owns the wasmtime `Engine` (component model,
+//! epoch interruption driven by a ticker thread, pooling allocator where the
+//! OS allows it) and a linker with the `weir:pipeline/host` imports and WASI
+//! behind an empty context. [`Runtime::load`] compiles a component once and
+//! checks that it implements the `stage` world; [`Stage::instantiate`] makes
+//! instances that handle batches under a deadline and a memory cap.
+//!
+//! ```no_run
+//! use weir_host::{Limits, Message, Runtime, StageContext};
+//!
+//! # fn main() -> Result<(), weir_host::Error> {
+//! let runtime = Runtime::new()?;
+//! let stage = runtime.load("uppercase.wasm".as_ref())?;
+//! let ctx = StageContext::new("demo", "uppercase", vec![], Limits::default());
+//! let mut instance = stage.instantiate(&ctx)?;
+//! let batch: Vec<Message> = vec![/* messages */];
+//! for result in instance.handle_batch(&batch)? {
+//!     println!("{result:?}");
+//! }
+//! # Ok(()) }
+//! ```
+#![deny(missing_docs)]
 
+mod component;
+mod instance;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use wasmtime::component::Linker;
+use wasmtime::{Config, Engine};
+
+pub use component::Stage;
+pub use instance::{Counters, ErrorKind, Instance, Limits, StageContext};
+
+/// Generated bindings for the `weir:pipeline/stage` world.
+mod bindings {
+    wasmtime::component::bindgen!({
+        path: "../../wit",
+        world: "stage",
+    });
+}
+
+/// A message delivered to a stage (the WIT `message` record).
+pub use bindings::weir::pipeline::types::Message;
+/// A message emitted by a stage (the WIT `output` record).
+pub use bindings::weir::pipeline::types::Output;
+/// A stage's reason for not handling a message (the WIT `failure` variant).
+pub use bindings::weir::pipeline::types::Failure;
+/// Severity of a guest log line.
+pub use bindings::weir::pipeline::host::Level;
+
+/// The result of one message: its outputs, or the stage's failure.
+pub type MessageResult = Result<Vec<Output>, Failure>;
+
+/// How often the epoch ticker advances; call deadlines are counted in ticks.
+pub(crate) const EPOCH_TICK: Duration = Duration::from_millis(5);
+
+/// Errors from the host.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The wasmtime engine could not be created.
+    #[error("cannot create the WebAssembly engine: {0}")]
+    Engine(String),
+    /// A component file could not be read.
+    #[error("cannot read component {}: {source}", path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A file is not a usable stage component.
+    #[error("{}: {reason}", path.display())]
+    NotAStage {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// Instantiating a component failed.
+    #[error("stage `{stage}`: cannot instantiate: {reason}")]
+    Instantiate {
+        /// The stage.
+        stage: String,
+        /// Why.
+        reason: String,
+    },
+    /// The stage's `init` returned an error or failed.
+    #[error("stage `{stage}`: init failed: {reason}")]
+    Init {
+        /// The stage.
+        stage: String,
+        /// The guest's message, or the trap.
+        reason: String,
+    },
+    /// A call into the guest failed as a whole (trap, timeout, memory limit, ...).
+    #[error("stage `{stage}`: {kind}: {reason}")]
+    Call {
+        /// The stage.
+        stage: String,
+        /// The class of failure.
+        kind: ErrorKind,
+        /// Details.
+        reason: String,
+    },
+}
+
+/// Result alias for this crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Render a wasmtime error with its whole chain of causes.
+pub(crate) fn describe(err: &wasmtime::Error) -> String {
+    let mut parts: Vec<String> = err.chain().map(|e| e.to_string()).collect();
+    parts.dedup();
+    parts.join(": ")
+}
+
+/// The process-wide WebAssembly runtime. Cheap to clone.
+#[derive(Clone)]
+pub struct Runtime {
+    inner: Arc<RuntimeInner>,
+}
+
+struct RuntimeInner {
+    engine: Engine,
+    linker: Linker<instance::HostState>,
+}
+
+impl Runtime {
+    /// Create the engine, start its epoch ticker and build the linker.
+    ///
+    /// # Errors
+    /// [`Error::Engine`] if wasmtime cannot be configured on this machine.
+    pub fn new() -> Result<Self> {
+        let engine = Self::engine().map_err(|e| Error::Engine(describe(&e)))?;
+        spawn_ticker(&engine);
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(|e| Error::Engine(describe(&e)))?;
+        bindings::Stage::add_to_linker::<_, wasmtime::component::HasSelf<_>>(&mut linker, |s| s)
+            .map_err(|e| Error::Engine(describe(&e)))?;
+        Ok(Runtime { inner: Arc::new(RuntimeInner { engine, linker }) })
+    }
+
+    fn engine() -> wasmtime::Result<Engine> {
+        let mut config = Config::new();
+        config.epoch_interruption(true);
+        config.wasm_component_model(true);
+        config.max_wasm_stack(1 << 20);
+        let mut pooling = wasmtime::PoolingAllocationConfig::default();
+        pooling.total_component_instances(1000);
+        pooling.total_core_instances(1000);
+        pooling.total_memories(1000);
+        pooling.total_tables(1000);
+        pooling.max_memory_size(1 << 32);
+        let mut pooled = config.clone();
+        pooled.allocation_strategy(wasmtime::InstanceAllocationStrategy::Pooling(pooling));
+        match Engine::new(&pooled) {
+            Ok(engine) => Ok(engine),
+            Err(err) => {
+                // Some sandboxes refuse the large virtual reservation the pool
+                // needs; instances are then allocated on demand.
+                tracing::warn!(error = %describe(&err), "pooling allocator unavailable; using on-demand allocation");
+                Engine::new(&config)
+            }
+        }
+    }
+
+    pub(crate) fn engine_ref(&self) -> &Engine {
+        &self.inner.engine
+    }
+
+    pub(crate) fn linker(&self) -> &Linker<instance::HostState> {
+        &self.inner.linker
+    }
+}
+
+/// Advance the engine's epoch every [`EPOCH_TICK`] until the engine is dropped.
+fn spawn_ticker(engine: &Engine) {
+    let weak = engine.weak();
+    std::thread::Builder::new()
+        .name("weir-epoch".into())
+        .spawn(move || {
+            while let Some(engine) = weak.upgrade() {
+                engine.increment_epoch();
+                drop(engine);
+                std::thread::sleep(EPOCH_TICK);
+            }
+        })
+        .expect("spawn epoch ticker thread");
+}

@@ -1,0 +1,305 @@
+//! Stage instances: the store, host imports, limits and classified calls.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use wasmtime::component::ResourceTable;
+use wasmtime::{ResourceLimiter, Store, Trap};
+use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+
+use crate::bindings::weir::pipeline::host::{self, Level};
+use crate::component::Stage;
+use crate::{EPOCH_TICK, Error, Failure, Message, MessageResult, Result, describe};
+
+/// Limits applied to every instance of a stage.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    /// Wall-clock deadline of one call (`init` or one batch).
+    pub timeout: Duration,
+    /// Cap on the instance's linear memory.
+    pub max_memory_bytes: usize,
+    /// Cap on the total payload bytes a stage may emit for one message.
+    pub max_output_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits { timeout: Duration::from_secs(10), max_memory_bytes: 64 << 20, max_output_bytes: 4 << 20 }
+    }
+}
+
+/// Why a call into a stage failed as a whole. Each kind is counted per stage.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ErrorKind {
+    /// The guest trapped (panic, unreachable, stack overflow, ...).
+    Trap,
+    /// The call ran past its deadline.
+    Timeout,
+    /// The guest tried to grow its memory past `max_memory_bytes`.
+    Memory,
+    /// The guest broke the contract (wrong number of results).
+    Contract,
+}
+
+impl ErrorKind {
+    /// A stable lowercase name, used in metrics and dead-letter headers.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorKind::Trap => "trap",
+            ErrorKind::Timeout => "timeout",
+            ErrorKind::Memory => "memory",
+            ErrorKind::Contract => "contract",
+        }
+    }
+}
+
+impl std::fmt::Display for ErrorKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Custom counters a stage's instances add to with `counter-add`.
+#[derive(Debug, Default)]
+pub struct Counters(Mutex<BTreeMap<String, u64>>);
+
+impl Counters {
+    /// A snapshot of every counter.
+    pub fn snapshot(&self) -> BTreeMap<String, u64> {
+        self.0.lock().unwrap().clone()
+    }
+}
+
+/// Everything an instance needs to know about the stage it belongs to.
+/// Clones share the counters and state.
+#[derive(Debug, Clone)]
+pub struct StageContext {
+    /// Pipeline name, for log lines.
+    pub pipeline: String,
+    /// Stage name, for log lines and errors.
+    pub stage: String,
+    /// The `[stage.config]` entries passed to `init`.
+    pub config: Vec<(String, String)>,
+    /// Limits for every call.
+    pub limits: Limits,
+    counters: Arc<Counters>,
+    state: Arc<Mutex<BTreeMap<Vec<u8>, Vec<u8>>>>,
+}
+
+impl StageContext {
+    /// A context with fresh counters and empty state.
+    pub fn new(pipeline: &str, stage: &str, config: Vec<(String, String)>, limits: Limits) -> Self {
+        StageContext {
+            pipeline: pipeline.to_owned(),
+            stage: stage.to_owned(),
+            config,
+            limits,
+            counters: Arc::default(),
+            state: Arc::default(),
+        }
+    }
+
+    /// The stage's custom counters.
+    pub fn counters(&self) -> &Counters {
+        &self.counters
+    }
+}
+
+struct MemoryLimiter {
+    max_memory_bytes: usize,
+    hit: bool,
+}
+
+impl ResourceLimiter for MemoryLimiter {
+    fn memory_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+        let ok = desired <= self.max_memory_bytes;
+        self.hit |= !ok;
+        Ok(ok)
+    }
+
+    fn table_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+        Ok(desired <= 1 << 20)
+    }
+}
+
+/// The data of each instance's store.
+pub(crate) struct HostState {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    limiter: MemoryLimiter,
+    ctx: StageContext,
+}
+
+impl WasiView for HostState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+    }
+}
+
+/// Longest guest log line kept; longer lines are cut.
+const MAX_LOG_LINE: usize = 4096;
+
+impl host::Host for HostState {
+    fn log(&mut self, level: Level, message: String) {
+        let mut message = message;
+        if message.len() > MAX_LOG_LINE {
+            let mut cut = MAX_LOG_LINE;
+            while !message.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            message.truncate(cut);
+            message.push_str(" …");
+        }
+        let (pipeline, stage) = (&self.ctx.pipeline, &self.ctx.stage);
+        match level {
+            Level::Trace => tracing::trace!(target: "weir::guest", %pipeline, %stage, "{message}"),
+            Level::Debug => tracing::debug!(target: "weir::guest", %pipeline, %stage, "{message}"),
+            Level::Info => tracing::info!(target: "weir::guest", %pipeline, %stage, "{message}"),
+            Level::Warn => tracing::warn!(target: "weir::guest", %pipeline, %stage, "{message}"),
+            Level::Error => tracing::error!(target: "weir::guest", %pipeline, %stage, "{message}"),
+        }
+    }
+
+    fn counter_add(&mut self, name: String, delta: u64) {
+        let mut counters = self.ctx.counters.0.lock().unwrap();
+        let c = counters.entry(name).or_default();
+        *c = c.saturating_add(delta);
+    }
+
+    fn state_get(&mut self, key: Vec<u8>) -> Option<Vec<u8>> {
+        self.ctx.state.lock().unwrap().get(&key).cloned()
+    }
+
+    fn state_put(&mut self, key: Vec<u8>, value: Vec<u8>) {
+        self.ctx.state.lock().unwrap().insert(key, value);
+    }
+
+    fn state_delete(&mut self, key: Vec<u8>) {
+        self.ctx.state.lock().unwrap().remove(&key);
+    }
+}
+
+impl crate::bindings::weir::pipeline::types::Host for HostState {}
+
+/// One instance of a stage: a store with its own memory, initialised.
+///
+/// After a call fails as a whole (trap, timeout, memory) the instance is
+/// poisoned and must be replaced; [`Instance::is_poisoned`] says so.
+pub struct Instance {
+    store: Store<HostState>,
+    bindings: crate::bindings::Stage,
+    poisoned: bool,
+}
+
+fn deadline_ticks(timeout: Duration) -> u64 {
+    (timeout.as_micros() / EPOCH_TICK.as_micros()).max(1) as u64 + 1
+}
+
+impl Stage {
+    /// Create an instance and call its `init` with the context's config.
+    ///
+    /// # Errors
+    /// [`Error::Instantiate`] if instantiation fails; [`Error::Init`] if `init`
+    /// returns an error, traps or times out.
+    pub fn instantiate(&self, ctx: &StageContext) -> Result<Instance> {
+        let wasi = WasiCtxBuilder::new().allow_tcp(false).allow_udp(false).allow_ip_name_lookup(false).build();
+        let state = HostState {
+            wasi,
+            table: ResourceTable::new(),
+            limiter: MemoryLimiter { max_memory_bytes: ctx.limits.max_memory_bytes, hit: false },
+            ctx: ctx.clone(),
+        };
+        let mut store = Store::new(self.runtime.engine_ref(), state);
+        store.limiter(|s| &mut s.limiter);
+        store.set_epoch_deadline(deadline_ticks(ctx.limits.timeout));
+        let bindings = self
+            .pre
+            .instantiate(&mut store)
+            .map_err(|e| Error::Instantiate { stage: ctx.stage.clone(), reason: describe(&e) })?;
+        let init_err = |reason: String| Error::Init { stage: ctx.stage.clone(), reason };
+        match bindings.weir_pipeline_consumer().call_init(&mut store, &ctx.config) {
+            Ok(Ok(())) => {}
+            Ok(Err(msg)) => return Err(init_err(msg)),
+            Err(e) => {
+                let kind = classify(&e, store.data().limiter.hit);
+                return Err(init_err(format!("{kind}: {}", describe(&e))));
+            }
+        }
+        Ok(Instance { store, bindings, poisoned: false })
+    }
+}
+
+fn classify(err: &wasmtime::Error, memory_limit_hit: bool) -> ErrorKind {
+    if memory_limit_hit {
+        ErrorKind::Memory
+    } else if err.downcast_ref::<Trap>() == Some(&Trap::Interrupt) {
+        ErrorKind::Timeout
+    } else {
+        ErrorKind::Trap
+    }
+}
+
+impl Instance {
+    /// Whether a failed call left this instance unusable.
+    pub fn is_poisoned(&self) -> bool {
+        self.poisoned
+    }
+
+    /// Call `handle-batch`. Returns one result per message, in order; a
+    /// message whose outputs exceed `max_output_bytes` gets a
+    /// [`Failure::Reject`] saying so.
+    ///
+    /// # Errors
+    /// [`Error::Call`] with the [`ErrorKind`] when the call fails as a whole;
+    /// the instance is then poisoned.
+    pub fn handle_batch(&mut self, batch: &[Message]) -> Result<Vec<MessageResult>> {
+        let ctx = &self.store.data().ctx;
+        let (stage, limits) = (ctx.stage.clone(), ctx.limits.clone());
+        if self.poisoned {
+            return Err(Error::Call { stage, kind: ErrorKind::Trap, reason: "instance was poisoned by an earlier failure".into() });
+        }
+        self.store.set_epoch_deadline(deadline_ticks(limits.timeout));
+        self.store.data_mut().limiter.hit = false;
+        let results = match self.bindings.weir_pipeline_consumer().call_handle_batch(&mut self.store, batch) {
+            Ok(results) => results,
+            Err(e) => {
+                self.poisoned = true;
+                let kind = classify(&e, self.store.data().limiter.hit);
+                let reason = match kind {
+                    ErrorKind::Timeout => format!("call exceeded timeout of {} ms", limits.timeout.as_millis()),
+                    ErrorKind::Memory => {
+                        format!("memory limit of {} bytes reached ({})", limits.max_memory_bytes, describe(&e))
+                    }
+                    _ => describe(&e),
+                };
+                return Err(Error::Call { stage, kind, reason });
+            }
+        };
+        if results.len() != batch.len() {
+            self.poisoned = true;
+            return Err(Error::Call {
+                stage,
+                kind: ErrorKind::Contract,
+                reason: format!("handle-batch returned {} results for {} messages", results.len(), batch.len()),
+            });
+        }
+        Ok(results
+            .into_iter()
+            .map(|r| match r {
+                Ok(outputs) => {
+                    let bytes: usize = outputs.iter().map(|o| o.payload.len()).sum();
+                    if bytes > limits.max_output_bytes {
+                        Err(Failure::Reject(format!(
+                            "output of {bytes} bytes exceeds max_output_bytes ({})",
+                            limits.max_output_bytes
+                        )))
+                    } else {
+                        Ok(outputs)
+                    }
+                }
+                Err(f) => Err(f),
+            })
+            .collect())
+    }
+}

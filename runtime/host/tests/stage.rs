@@ -1,0 +1,137 @@
+//! The host against real components: the examples and a hostile fixture.
+
+use std::time::{Duration, Instant};
+
+use weir_host::{Error, ErrorKind, Failure, Limits, Message, Runtime, StageContext};
+use weir_e2e::component;
+
+fn msg(payload: &str) -> Message {
+    Message {
+        topic: "t".into(),
+        partition: 0,
+        offset: 7,
+        key: Some(b"k".to_vec()),
+        payload: payload.as_bytes().to_vec(),
+        headers: vec![("h".into(), b"v".to_vec())],
+        timestamp_ms: 1,
+        attempt: 1,
+    }
+}
+
+fn ctx(config: &[(&str, &str)], limits: Limits) -> StageContext {
+    let config = config.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    StageContext::new("test", "s", config, limits)
+}
+
+#[test]
+fn uppercase_handles_a_batch_in_order() {
+    let rt = Runtime::new().unwrap();
+    let stage = rt.load(&component("uppercase")).unwrap();
+    let mut inst = stage.instantiate(&ctx(&[], Limits::default())).unwrap();
+    let batch: Vec<Message> = (0..100).map(|i| msg(&format!("hello {i}"))).collect();
+    let out = inst.handle_batch(&batch).unwrap();
+    assert_eq!(out.len(), 100);
+    for (i, r) in out.iter().enumerate() {
+        let o = &r.as_ref().unwrap()[0];
+        assert_eq!(o.payload, format!("HELLO {i}").as_bytes());
+        assert_eq!(o.key.as_deref(), Some(&b"k"[..]), "key kept");
+        assert_eq!(o.headers, vec![("h".to_string(), b"v".to_vec())], "headers kept");
+    }
+    let bad = inst.handle_batch(&[Message { payload: vec![0xff], ..msg("") }]).unwrap();
+    assert!(matches!(&bad[0], Err(Failure::Reject(r)) if r.contains("UTF-8")));
+}
+
+#[test]
+fn filter_gets_its_config_and_counts() {
+    let rt = Runtime::new().unwrap();
+    let stage = rt.load(&component("filter")).unwrap();
+    let c = ctx(&[("drop_if_contains", "debug")], Limits::default());
+    let mut inst = stage.instantiate(&c).unwrap();
+    let out = inst.handle_batch(&[msg("keep"), msg("debug: drop")]).unwrap();
+    assert_eq!(out[0].as_ref().unwrap().len(), 1);
+    assert!(out[1].as_ref().unwrap().is_empty());
+    assert_eq!(c.counters().snapshot().get("dropped"), Some(&1));
+}
+
+#[test]
+fn init_errors_carry_the_guest_message() {
+    let rt = Runtime::new().unwrap();
+    let stage = rt.load(&component("filter")).unwrap();
+    match stage.instantiate(&ctx(&[], Limits::default())) {
+        Err(Error::Init { reason, .. }) => assert_eq!(reason, "missing config key `drop_if_contains`"),
+        other => panic!("expected init error, got {:?}", other.err()),
+    }
+}
+
+#[test]
+fn an_init_that_never_returns_times_out() {
+    let rt = Runtime::new().unwrap();
+    let stage = rt.load(&component("hostile")).unwrap();
+    let limits = Limits { timeout: Duration::from_millis(100), ..Limits::default() };
+    match stage.instantiate(&ctx(&[("init", "loop")], limits)) {
+        Err(Error::Init { reason, .. }) => assert!(reason.starts_with("timeout"), "{reason}"),
+        other => panic!("expected init timeout, got {:?}", other.err()),
+    }
+}
+
+#[test]
+fn hostile_calls_are_classified_and_the_stage_recovers() {
+    let rt = Runtime::new().unwrap();
+    let stage = rt.load(&component("hostile")).unwrap();
+    let limits = Limits { timeout: Duration::from_millis(200), max_memory_bytes: 32 << 20, max_output_bytes: 1 << 20 };
+    let c = ctx(&[], limits);
+    for (payload, want) in [
+        ("loop", ErrorKind::Timeout),
+        ("trap", ErrorKind::Trap),
+        ("alloc", ErrorKind::Memory),
+        ("recurse", ErrorKind::Trap),
+    ] {
+        let mut inst = stage.instantiate(&c).unwrap();
+        let started = Instant::now();
+        match inst.handle_batch(&[msg("fine"), msg(payload)]) {
+            Err(Error::Call { kind, .. }) => assert_eq!(kind, want, "{payload}"),
+            other => panic!("{payload}: expected a {want} error, got {other:?}"),
+        }
+        assert!(started.elapsed() < Duration::from_secs(10), "{payload} was not stopped");
+        assert!(inst.is_poisoned());
+        // A fresh instance of the same stage works.
+        let mut fresh = stage.instantiate(&c).unwrap();
+        assert_eq!(fresh.handle_batch(&[msg("fine")]).unwrap()[0].as_ref().unwrap()[0].payload, b"fine");
+    }
+    let mut inst = stage.instantiate(&c).unwrap();
+    let out = inst.handle_batch(&[msg("big"), msg("retry"), msg("reject"), msg("ok")]).unwrap();
+    assert!(matches!(&out[0], Err(Failure::Reject(r)) if r.contains("max_output_bytes")));
+    assert!(matches!(&out[1], Err(Failure::Retry(_))));
+    assert!(matches!(&out[2], Err(Failure::Reject(_))));
+    assert!(out[3].is_ok());
+    assert!(!inst.is_poisoned());
+}
+
+#[test]
+fn files_that_are_not_stages_are_refused_clearly() {
+    let rt = Runtime::new().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let cases: [(&str, &[u8], &str); 4] = [
+        ("text.wasm", b"hello, not wasm", "not a WebAssembly file"),
+        ("core.wasm", b"\0asm\x01\0\0\0", "core WebAssembly module"),
+        ("empty-component.wasm", &wat::parse_str("(component)").unwrap(), "does not implement weir:pipeline/stage"),
+        (
+            "foreign-import.wasm",
+            &wat::parse_str(r#"(component (import "acme:db/query" (instance (export "run" (func)))))"#).unwrap(),
+            "acme:db/query",
+        ),
+    ];
+    for (name, bytes, want) in cases {
+        let path = dir.path().join(name);
+        std::fs::write(&path, bytes).unwrap();
+        match rt.load(&path) {
+            Err(e @ Error::NotAStage { .. }) => {
+                let text = e.to_string();
+                assert!(text.contains(want), "{name}: {text}");
+                assert!(text.contains(name), "{name}: error names the file: {text}");
+            }
+            other => panic!("{name}: expected NotAStage, got {other:?}"),
+        }
+    }
+    assert!(matches!(rt.load(&dir.path().join("missing.wasm")), Err(Error::Read { .. })));
+}
