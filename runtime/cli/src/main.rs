@@ -1,1 +1,92 @@
-fn main(){}
+//! `weir`: run WebAssembly stream-processing pipelines on an embedded durable queue.
+
+mod consume;
+mod produce;
+mod run;
+mod topics;
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Run WebAssembly stream-processing pipelines on an embedded durable queue.
+#[derive(Parser)]
+#[command(name = "weir", version, about, propagate_version = true)]
+struct Cli {
+    /// Data directory of the embedded queue [default: the pipeline's
+    /// `data_dir`, else ./.weir]
+    #[arg(long, global = true, env = "WEIR_DATA_DIR", value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a pipeline.
+    Run(run::RunArgs),
+    /// Check a pipeline file and every component it names.
+    Validate(run::ValidateArgs),
+    /// Publish lines from standard input to a topic, one message per line.
+    Produce(produce::ProduceArgs),
+    /// Print messages of a topic.
+    Consume(consume::ConsumeArgs),
+    /// List, create and describe topics.
+    #[command(subcommand)]
+    Topics(topics::TopicsCommand),
+}
+
+/// The data directory: `--data-dir`/`WEIR_DATA_DIR`, else the pipeline's, else `./.weir`.
+pub(crate) fn data_dir(flag: Option<PathBuf>, pipeline: Option<&PathBuf>) -> PathBuf {
+    flag.or_else(|| pipeline.cloned()).unwrap_or_else(|| PathBuf::from(".weir"))
+}
+
+/// An error that has already been printed in full; exit with this code.
+#[derive(Debug)]
+pub(crate) struct Reported(pub u8);
+
+impl std::fmt::Display for Reported {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "exit {}", self.0)
+    }
+}
+
+impl std::error::Error for Reported {}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_env("WEIR_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,weir=info,weir_engine=info,weir_queue=info"));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).init();
+
+    let result = match cli.command {
+        Command::Run(args) => run::run(args, cli.data_dir),
+        Command::Validate(args) => run::validate(args),
+        Command::Produce(args) => produce::produce(args, data_dir(cli.data_dir, None)),
+        Command::Consume(args) => consume::consume(args, data_dir(cli.data_dir, None)),
+        Command::Topics(cmd) => topics::topics(cmd, data_dir(cli.data_dir, None)),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            if let Some(Reported(code)) = e.downcast_ref::<Reported>() {
+                return ExitCode::from(*code);
+            }
+            if is_broken_pipe(&e) {
+                return ExitCode::SUCCESS;
+            }
+            let _ = writeln!(std::io::stderr(), "error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// A closed stdout (e.g. `weir consume ... | head`) is not an error.
+fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain()
+        .filter_map(|c| c.downcast_ref::<std::io::Error>())
+        .any(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+}

@@ -1,1 +1,116 @@
+//! weir's pipeline engine: loads pipeline files and runs them on the
+//! embedded queue with WebAssembly stages.
+//!
+//! ```no_run
+//! use std::path::Path;
+//! use weir_engine::{Engine, RunOptions};
+//!
+//! # fn main() -> Result<(), weir_engine::Error> {
+//! let pipeline = weir_engine::config::load(Path::new("examples/pipelines/hello.toml"))?;
+//! let queue = weir_queue::Queue::open(".weir")?;
+//! let engine = Engine::new()?;
+//! let stats = engine.run(&pipeline, &queue, &RunOptions { drain: true, ..RunOptions::default() })?;
+//! println!("{} messages in", stats.received());
+//! # Ok(()) }
+//! ```
+#![deny(missing_docs)]
 
+pub mod config;
+mod run;
+mod stats;
+
+pub use config::{ConfigError, ConfigErrors, Pipeline};
+pub use run::RunOptions;
+pub use stats::{PipelineStats, StageStats};
+
+use weir_host::{Message, Runtime};
+
+/// Errors from the engine.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The pipeline file is invalid.
+    #[error("{0}")]
+    Config(#[from] ConfigErrors),
+    /// The queue failed.
+    #[error(transparent)]
+    Queue(#[from] weir_queue::Error),
+    /// A component could not be loaded or initialised.
+    #[error(transparent)]
+    Host(#[from] weir_host::Error),
+    /// A sink could not write.
+    #[error("sink: {0}")]
+    Sink(String),
+}
+
+/// Result alias for this crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Runs pipelines; holds the WebAssembly runtime.
+pub struct Engine {
+    runtime: Runtime,
+}
+
+impl Engine {
+    /// Create the WebAssembly runtime.
+    ///
+    /// # Errors
+    /// If wasmtime cannot be set up on this machine.
+    pub fn new() -> Result<Self> {
+        Ok(Engine { runtime: Runtime::new()? })
+    }
+
+    /// Check that every stage's component loads and implements the stage world.
+    /// Errors name the stage, its module and where it is configured.
+    ///
+    /// # Errors
+    /// One [`ConfigError`] per stage whose component is refused.
+    pub fn check_components(&self, pipeline: &Pipeline) -> Result<(), ConfigErrors> {
+        let errors: Vec<ConfigError> = pipeline
+            .stages
+            .iter()
+            .enumerate()
+            .filter_map(|(i, s)| {
+                self.runtime.load(&s.module).err().map(|e| ConfigError {
+                    file: pipeline.file.clone(),
+                    location: s.module_at,
+                    path: format!("stage[{i}].module"),
+                    message: e.to_string(),
+                })
+            })
+            .collect();
+        if errors.is_empty() { Ok(()) } else { Err(ConfigErrors(errors)) }
+    }
+
+    /// Run `pipeline` on `queue` until `options.stop` is set or, with
+    /// `options.drain`, until the source is exhausted and everything settled.
+    ///
+    /// # Errors
+    /// A component that fails to load or initialise (before any message is
+    /// pulled), or a queue or sink failure (nothing unwritten is acknowledged).
+    pub fn run(&self, pipeline: &Pipeline, queue: &weir_queue::Queue, options: &RunOptions) -> Result<PipelineStats> {
+        let prepared = run::prepare(pipeline, &self.runtime)?;
+        run::run(pipeline, queue, prepared, options)
+    }
+}
+
+/// One JSON object for a message: topic, partition, offset, timestamp, key,
+/// headers and payload (text when UTF-8, else base64-free byte array).
+pub fn json_line(msg: &Message) -> String {
+    let text = |b: &[u8]| match std::str::from_utf8(b) {
+        Ok(s) => serde_json::Value::String(s.to_owned()),
+        Err(_) => serde_json::Value::from(b.to_vec()),
+    };
+    let headers: serde_json::Map<String, serde_json::Value> =
+        msg.headers.iter().map(|(k, v)| (k.clone(), text(v))).collect();
+    serde_json::json!({
+        "topic": msg.topic,
+        "partition": msg.partition,
+        "offset": msg.offset,
+        "timestamp_ms": msg.timestamp_ms,
+        "key": msg.key.as_deref().map(text),
+        "headers": headers,
+        "payload": text(&msg.payload),
+    })
+    .to_string()
+}

@@ -1,0 +1,120 @@
+//! `weir consume`: print messages of a topic.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Args, ValueEnum};
+use weir_queue::{ConsumerOptions, Queue, StartFrom, StoredRecord};
+
+#[derive(Args)]
+pub(crate) struct ConsumeArgs {
+    /// The topic.
+    topic: String,
+    /// Start at the oldest message rather than at the end.
+    #[arg(long)]
+    from_beginning: bool,
+    /// Stop after this many messages.
+    #[arg(long, value_name = "N")]
+    count: Option<u64>,
+    /// Keep waiting for new messages instead of exiting when caught up.
+    #[arg(long)]
+    follow: bool,
+    /// Consume as this consumer group: resume from its committed offsets and
+    /// commit what was printed. Without a group nothing is written, and it
+    /// works while another weir process owns the data directory.
+    #[arg(long, value_name = "G")]
+    group: Option<String>,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    format: Format,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Format {
+    /// The payload as text, one message per line.
+    Text,
+    /// One JSON object per line with key, headers, offset and timestamp.
+    Json,
+}
+
+const POLL: Duration = Duration::from_millis(100);
+
+pub(crate) fn consume(args: ConsumeArgs, dir: PathBuf) -> anyhow::Result<()> {
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    let mut printed = 0u64;
+    let limit = args.count.unwrap_or(u64::MAX);
+    let print = |out: &mut std::io::StdoutLock<'_>, topic: &str, r: StoredRecord| -> std::io::Result<()> {
+        match args.format {
+            Format::Text => {
+                out.write_all(&r.payload)?;
+                out.write_all(b"\n")?;
+            }
+            Format::Json => {
+                let msg = weir_host::Message {
+                    topic: topic.to_owned(),
+                    partition: r.partition,
+                    offset: r.offset,
+                    key: r.key,
+                    payload: r.payload,
+                    headers: r.headers,
+                    timestamp_ms: r.timestamp_ms,
+                    attempt: 1,
+                };
+                writeln!(out, "{}", weir_engine::json_line(&msg))?;
+            }
+        }
+        Ok(())
+    };
+    if let Some(group) = &args.group {
+        let queue = Queue::open(&dir).with_context(|| format!("opening data directory {}", dir.display()))?;
+        let start = if args.from_beginning { StartFrom::Earliest } else { StartFrom::Latest };
+        let mut consumer = queue.consumer(&args.topic, group, ConsumerOptions { start, ..ConsumerOptions::default() })?;
+        while printed < limit {
+            let want = (limit - printed).min(1000) as usize;
+            let batch = consumer.fetch(want, POLL)?;
+            if batch.is_empty() && !args.follow {
+                break;
+            }
+            for d in batch {
+                let id = d.id();
+                print(&mut out, &args.topic, d.record)?;
+                consumer.ack(id);
+                printed += 1;
+            }
+            out.flush()?;
+            consumer.commit()?;
+        }
+        return Ok(());
+    }
+    let queue = Queue::open_read_only(&dir)
+        .with_context(|| format!("opening data directory {} (has anything been produced there?)", dir.display()))?;
+    let info = queue.topic_info(&args.topic)?;
+    let mut next: Vec<u64> =
+        info.offsets.iter().map(|&(start, end)| if args.from_beginning { start } else { end }).collect();
+    while printed < limit {
+        let mut got = false;
+        for (p, pos) in next.iter_mut().enumerate() {
+            let want = (limit - printed).min(1000) as usize;
+            if want == 0 {
+                break;
+            }
+            for r in queue.read(&args.topic, p as u32, *pos, want)? {
+                *pos = r.offset + 1;
+                print(&mut out, &args.topic, r)?;
+                printed += 1;
+                got = true;
+            }
+        }
+        out.flush()?;
+        if !got {
+            if !args.follow {
+                break;
+            }
+            std::thread::sleep(POLL);
+        }
+    }
+    Ok(())
+}

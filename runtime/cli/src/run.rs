@@ -1,0 +1,131 @@
+//! `weir run` and `weir validate`.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use anyhow::Context;
+use clap::Args;
+use weir_engine::{Engine, Pipeline, PipelineStats, RunOptions};
+
+use crate::Reported;
+
+#[derive(Args)]
+pub(crate) struct RunArgs {
+    /// The pipeline file.
+    pipeline: PathBuf,
+    /// Exit 0 once the source has no more messages and everything in flight
+    /// is acknowledged.
+    #[arg(long)]
+    drain: bool,
+}
+
+#[derive(Args)]
+pub(crate) struct ValidateArgs {
+    /// The pipeline file.
+    pipeline: PathBuf,
+}
+
+/// Load and fully check a pipeline: config, then every component.
+fn load(path: &PathBuf, engine: &Engine) -> anyhow::Result<Pipeline> {
+    let report = |errors: weir_engine::ConfigErrors| {
+        for e in &errors.0 {
+            eprintln!("error: {e}");
+        }
+        let n = errors.0.len();
+        eprintln!("{}: {n} error{}", path.display(), if n == 1 { "" } else { "s" });
+        anyhow::Error::new(Reported(1))
+    };
+    let pipeline = weir_engine::config::load(path).map_err(report)?;
+    engine.check_components(&pipeline).map_err(report)?;
+    Ok(pipeline)
+}
+
+pub(crate) fn validate(args: ValidateArgs) -> anyhow::Result<()> {
+    let engine = Engine::new()?;
+    let p = load(&args.pipeline, &engine)?;
+    println!(
+        "{}: ok: pipeline `{}`, {} stage(s), {} sink(s), dead letters to `{}`",
+        args.pipeline.display(),
+        p.name,
+        p.stages.len(),
+        p.sinks.len(),
+        p.dead_letter_topic
+    );
+    Ok(())
+}
+
+pub(crate) fn run(args: RunArgs, data_dir_flag: Option<PathBuf>) -> anyhow::Result<()> {
+    let engine = Engine::new()?;
+    let pipeline = load(&args.pipeline, &engine)?;
+    let dir = crate::data_dir(data_dir_flag, pipeline.data_dir.as_ref());
+    let queue = weir_queue::Queue::open(&dir).with_context(|| format!("opening data directory {}", dir.display()))?;
+    let stop = Arc::new(AtomicBool::new(false));
+    install_signal_handlers(stop.clone());
+    let options = RunOptions { drain: args.drain, stop };
+    tracing::info!(pipeline = %pipeline.name, data_dir = %dir.display(), drain = args.drain, "pipeline starting");
+    let stats = engine.run(&pipeline, &queue, &options).with_context(|| format!("pipeline `{}`", pipeline.name))?;
+    print_summary(&stats);
+    Ok(())
+}
+
+/// First SIGINT/SIGTERM: stop pulling, drain, commit, exit 0. Second: exit at
+/// once (nothing acknowledged is lost: acks follow durable writes).
+fn install_signal_handlers(stop: Arc<AtomicBool>) {
+    std::thread::Builder::new()
+        .name("weir-signals".into())
+        .spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("signal runtime");
+            rt.block_on(async move {
+                use tokio::signal::unix::{SignalKind, signal};
+                let (Ok(mut int), Ok(mut term)) = (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) else {
+                    tracing::warn!("cannot install signal handlers");
+                    return;
+                };
+                loop {
+                    tokio::select! {
+                        _ = int.recv() => {}
+                        _ = term.recv() => {}
+                    }
+                    if stop.swap(true, Ordering::SeqCst) {
+                        eprintln!("weir: second signal, exiting now");
+                        std::process::exit(130);
+                    }
+                    eprintln!("weir: stopping: finishing in-flight batches (signal again to exit at once)");
+                }
+            });
+        })
+        .expect("spawn signal thread");
+}
+
+fn print_summary(stats: &PipelineStats) {
+    let secs = stats.elapsed().as_secs_f64();
+    eprintln!(
+        "weir: {} in, {} out, {} dead-lettered in {secs:.2}s",
+        stats.received(),
+        stats.written(),
+        stats.dead_lettered()
+    );
+    if stats.stages().is_empty() {
+        return;
+    }
+    eprintln!("{:<20} {:>10} {:>10} {:>8} {:>9} {:>7} {:>10}", "stage", "received", "emitted", "retried", "rejected", "errors", "busy");
+    for s in stats.stages() {
+        let errors = s.errors();
+        let errs: u64 = errors.values().sum();
+        eprintln!(
+            "{:<20} {:>10} {:>10} {:>8} {:>9} {:>7} {:>8.1}ms",
+            s.name,
+            s.received(),
+            s.emitted(),
+            s.retried(),
+            s.rejected(),
+            errs,
+            s.busy().as_secs_f64() * 1e3
+        );
+        if !errors.is_empty() {
+            let detail: Vec<String> = errors.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            eprintln!("{:<20} errors: {}", "", detail.join(" "));
+        }
+    }
+}

@@ -1,0 +1,70 @@
+//! `weir topics`.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Subcommand, ValueEnum};
+use weir_queue::{Fsync, Queue, TopicConfig};
+
+#[derive(Subcommand)]
+pub(crate) enum TopicsCommand {
+    /// List topics with their partitions and message counts.
+    List,
+    /// Create a topic.
+    Create {
+        /// Topic name.
+        name: String,
+        /// Number of partitions (fixed for the topic's life).
+        #[arg(long, default_value_t = 1)]
+        partitions: u32,
+        /// When appends are made durable.
+        #[arg(long, value_enum, default_value_t = FsyncArg::Always)]
+        fsync: FsyncArg,
+        /// With `--fsync interval`: the interval.
+        #[arg(long, default_value_t = 100)]
+        fsync_interval_ms: u64,
+    },
+    /// Show a topic's settings and per-partition offsets.
+    Describe {
+        /// Topic name.
+        name: String,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub(crate) enum FsyncArg {
+    Always,
+    Interval,
+    Never,
+}
+
+pub(crate) fn topics(cmd: TopicsCommand, dir: PathBuf) -> anyhow::Result<()> {
+    let open_ro = || Queue::open_read_only(&dir).with_context(|| format!("opening data directory {}", dir.display()));
+    match cmd {
+        TopicsCommand::List => {
+            let queue = open_ro()?;
+            for t in queue.topics() {
+                println!("{:<30} partitions={:<4} messages={}", t.name, t.config.partitions, t.len());
+            }
+        }
+        TopicsCommand::Create { name, partitions, fsync, fsync_interval_ms } => {
+            let queue = Queue::open(&dir).with_context(|| format!("opening data directory {}", dir.display()))?;
+            let fsync = match fsync {
+                FsyncArg::Always => Fsync::Always,
+                FsyncArg::Interval => Fsync::Interval { ms: fsync_interval_ms },
+                FsyncArg::Never => Fsync::Never,
+            };
+            let info = queue.create_topic(&name, &TopicConfig { partitions, fsync, ..TopicConfig::default() })?;
+            println!("created topic {} with {} partition(s)", info.name, info.config.partitions);
+        }
+        TopicsCommand::Describe { name } => {
+            let queue = open_ro()?;
+            let t = queue.topic_info(&name)?;
+            println!("topic {}: {} partition(s), fsync {:?}", t.name, t.config.partitions, t.config.fsync);
+            for (p, (start, end)) in t.offsets.iter().enumerate() {
+                println!("  partition {p}: offsets {start}..{end} ({} messages)", end - start);
+            }
+        }
+    }
+    Ok(())
+}

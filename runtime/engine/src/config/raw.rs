@@ -1,0 +1,102 @@
+//! Phase one: the pipeline file exactly as written, checked only for shape.
+//! Every table denies unknown fields so a typo is an error, not a default.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawFile {
+    pub pipeline: RawPipeline,
+    pub source: RawSource,
+    #[serde(default)]
+    pub stage: Vec<RawStage>,
+    #[serde(default)]
+    pub sink: Vec<RawSink>,
+    pub dead_letter: Option<RawDeadLetter>,
+    #[serde(default)]
+    pub topic: Vec<RawTopic>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawPipeline {
+    pub name: String,
+    pub data_dir: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub(crate) enum RawSource {
+    /// A topic of the embedded queue, read by a consumer group.
+    Queue {
+        topic: String,
+        group: Option<String>,
+        start: Option<RawStart>,
+        max_ack_pending: Option<i64>,
+    },
+}
+
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum RawStart {
+    Earliest,
+    Latest,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawStage {
+    pub name: String,
+    pub module: String,
+    pub concurrency: Option<i64>,
+    pub batch_size: Option<i64>,
+    pub batch_timeout_ms: Option<i64>,
+    pub timeout_ms: Option<i64>,
+    pub max_memory_bytes: Option<i64>,
+    pub max_output_bytes: Option<i64>,
+    pub max_attempts: Option<i64>,
+    pub retry_backoff_ms: Option<i64>,
+    #[serde(default)]
+    pub config: BTreeMap<String, toml::Value>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub(crate) enum RawSink {
+    /// Publish to a topic of the embedded queue.
+    Queue { topic: String },
+    /// Print each message's payload as a line on standard output.
+    Stdout { format: Option<RawFormat> },
+}
+
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum RawFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawDeadLetter {
+    pub topic: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawTopic {
+    pub name: String,
+    pub partitions: Option<i64>,
+    pub fsync: Option<RawFsync>,
+    pub fsync_interval_ms: Option<i64>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum RawFsync {
+    Always,
+    Interval,
+    Never,
+}

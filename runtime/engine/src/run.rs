@@ -1,0 +1,520 @@
+//! Running a pipeline: a source thread, one thread per stage and a sink
+//! thread, joined by bounded channels.
+//!
+//! A batch of source deliveries travels down the chain as one unit. Every
+//! message in it remembers the source delivery it descends from (its
+//! *origin*); a failure at any stage decides that origin's fate (retry or
+//! dead-letter) and drops its other descendants. The sink writes the outputs
+//! and dead letters durably, then hands the settlements back to the source,
+//! which acknowledges and commits. So a source message is acknowledged only
+//! after everything it produced is durable: at-least-once end to end.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, SyncSender, sync_channel};
+use std::sync::{Arc, mpsc};
+use std::time::{Duration, Instant};
+
+use weir_host::{Failure, Instance, Message, Output, Runtime, StageContext};
+use weir_queue::{Consumer, ConsumerOptions, DeliveryId, Queue, Record};
+
+use crate::config::{Pipeline, Sink, Source, StageSpec};
+use crate::stats::{PipelineStats, StageStats};
+use crate::{Error, Result};
+
+/// Batches buffered between two threads; bounds memory and applies backpressure.
+const CHANNEL_DEPTH: usize = 2;
+
+/// Options of one run.
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    /// Exit once the source has no more messages and all are settled.
+    pub drain: bool,
+    /// Set to stop: the source stops pulling, in-flight batches finish, and
+    /// the run returns after committing.
+    pub stop: Arc<AtomicBool>,
+}
+
+/// What happened to a source message.
+enum Fate {
+    Ok,
+    Retry { delay: Duration },
+    Dead { stage: String, kind: &'static str, reason: String, msg: Message },
+}
+
+struct Origin {
+    id: DeliveryId,
+    attempt: u32,
+    fate: Fate,
+}
+
+struct Item {
+    origin: usize,
+    msg: Message,
+}
+
+struct Batch {
+    origins: Vec<Origin>,
+    /// Messages flowing to the next stage (or the sinks after the last).
+    items: Vec<Item>,
+    /// Outputs that named a topic: published there directly.
+    routed: Vec<(usize, String, Output)>,
+}
+
+struct Settlement {
+    acks: Vec<DeliveryId>,
+    naks: Vec<(DeliveryId, Duration)>,
+}
+
+fn message_from(origin_msg: &Message, out: Output) -> Message {
+    Message {
+        topic: origin_msg.topic.clone(),
+        partition: origin_msg.partition,
+        offset: origin_msg.offset,
+        key: out.key,
+        payload: out.payload,
+        headers: out.headers,
+        timestamp_ms: origin_msg.timestamp_ms,
+        attempt: origin_msg.attempt,
+    }
+}
+
+/// Load every stage's component and create its first instances, so that a
+/// bad component or a failing `init` stops the pipeline before it pulls a message.
+pub(crate) struct Prepared {
+    stages: Vec<(StageSpec, weir_host::Stage, StageContext, Vec<Instance>)>,
+}
+
+pub(crate) fn prepare(pipeline: &Pipeline, runtime: &Runtime) -> Result<Prepared> {
+    let mut stages = Vec::new();
+    for spec in &pipeline.stages {
+        let component = runtime.load(&spec.module)?;
+        let ctx = StageContext::new(&pipeline.name, &spec.name, spec.config.clone(), spec.limits.clone());
+        let instances = (0..spec.concurrency).map(|_| component.instantiate(&ctx)).collect::<Result<Vec<_>, _>>()?;
+        stages.push((spec.clone(), component, ctx, instances));
+    }
+    Ok(Prepared { stages })
+}
+
+/// Run `pipeline` on `queue` until stopped (or drained, with `drain`).
+pub(crate) fn run(pipeline: &Pipeline, queue: &Queue, prepared: Prepared, options: &RunOptions) -> Result<PipelineStats> {
+    for (name, config) in &pipeline.topics {
+        queue.ensure_topic(name, config)?;
+    }
+    let Source::Queue { topic, group, start, max_ack_pending } = &pipeline.source;
+    let consumer = queue.consumer(topic, group, ConsumerOptions { start: *start, max_ack_pending: *max_ack_pending })?;
+    let stats = PipelineStats::new(pipeline.stages.iter().map(|s| s.name.clone()).collect());
+    let fetch_size = pipeline.stages.first().map_or(256, |s| s.batch_size * s.concurrency);
+    let fill_wait = pipeline.stages.first().map_or(Duration::ZERO, |s| s.batch_timeout);
+
+    std::thread::scope(|scope| -> Result<()> {
+        let (settle_tx, settle_rx) = mpsc::channel::<Settlement>();
+        let (first_tx, mut rx) = sync_channel::<Batch>(CHANNEL_DEPTH);
+        let mut handles = Vec::new();
+        for (i, (spec, component, ctx, instances)) in prepared.stages.into_iter().enumerate() {
+            let (tx, next_rx) = sync_channel::<Batch>(CHANNEL_DEPTH);
+            let stage_stats = stats.stage(i);
+            let worker = StageWorker { spec, component, ctx, instances, stats: stage_stats };
+            let input = std::mem::replace(&mut rx, next_rx);
+            handles.push(scope.spawn(move || worker.run(input, tx)));
+        }
+        let sink = SinkWorker { pipeline, queue: queue.clone(), stats: &stats, settle: settle_tx };
+        let sink_handle = scope.spawn(move || sink.run(rx));
+        let source = SourceWorker {
+            consumer,
+            options,
+            stats: &stats,
+            fetch_size,
+            fill_wait,
+            in_pipeline: 0,
+        };
+        let source_result = source.run(first_tx, settle_rx);
+        let sink_result = sink_handle.join().expect("sink thread panicked");
+        for h in handles {
+            h.join().expect("stage thread panicked");
+        }
+        source_result.and(sink_result)
+    })?;
+    Ok(stats)
+}
+
+struct SourceWorker<'a> {
+    consumer: Consumer,
+    options: &'a RunOptions,
+    stats: &'a PipelineStats,
+    fetch_size: usize,
+    fill_wait: Duration,
+    /// Batches sent down the pipeline and not yet settled.
+    in_pipeline: usize,
+}
+
+impl SourceWorker<'_> {
+    fn run(mut self, tx: SyncSender<Batch>, settlements: Receiver<Settlement>) -> Result<()> {
+        let result = self.pull(&tx, &settlements);
+        // Stop feeding; the stages and the sink finish what they hold, and
+        // every settlement they send is applied before the final commit.
+        drop(tx);
+        while let Ok(s) = settlements.recv() {
+            self.apply(s);
+        }
+        let committed = self.consumer.commit().map_err(Error::from);
+        result.and(committed)
+    }
+
+    fn apply(&mut self, s: Settlement) {
+        for id in s.acks {
+            self.consumer.ack(id);
+        }
+        for (id, delay) in s.naks {
+            self.consumer.nak(id, delay);
+        }
+        self.in_pipeline -= 1;
+    }
+
+    fn pull(&mut self, tx: &SyncSender<Batch>, settlements: &Receiver<Settlement>) -> Result<()> {
+        loop {
+            let mut settled = false;
+            while let Ok(s) = settlements.try_recv() {
+                self.apply(s);
+                settled = true;
+            }
+            if settled {
+                self.consumer.commit()?;
+            }
+            if self.options.stop.load(Ordering::Relaxed) {
+                return Ok(());
+            }
+            if self.options.drain && self.in_pipeline == 0 && self.consumer.is_settled() {
+                return Ok(());
+            }
+            let wait = if self.in_pipeline > 0 { Duration::ZERO } else { Duration::from_millis(50) };
+            let mut deliveries = self.consumer.fetch(self.fetch_size, wait)?;
+            if deliveries.is_empty() {
+                if self.in_pipeline > 0 {
+                    // Nothing new (or max_ack_pending reached): wait for batches to settle.
+                    match settlements.recv_timeout(Duration::from_millis(50)) {
+                        Ok(s) => {
+                            self.apply(s);
+                            self.consumer.commit()?;
+                        }
+                        Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => {}
+                    }
+                }
+                continue;
+            }
+            if deliveries.len() < self.fetch_size && !self.fill_wait.is_zero() {
+                let more = self.consumer.fetch(self.fetch_size - deliveries.len(), self.fill_wait)?;
+                deliveries.extend(more);
+            }
+            self.stats.source_received(deliveries.len() as u64);
+            let mut origins = Vec::with_capacity(deliveries.len());
+            let mut items = Vec::with_capacity(deliveries.len());
+            let topic = self.consumer.topic().to_owned();
+            for (i, d) in deliveries.into_iter().enumerate() {
+                origins.push(Origin { id: d.id(), attempt: d.attempt, fate: Fate::Ok });
+                let r = d.record;
+                items.push(Item {
+                    origin: i,
+                    msg: Message {
+                        topic: topic.clone(),
+                        partition: r.partition,
+                        offset: r.offset,
+                        key: r.key,
+                        payload: r.payload,
+                        headers: r.headers,
+                        timestamp_ms: r.timestamp_ms,
+                        attempt: d.attempt,
+                    },
+                });
+            }
+            self.in_pipeline += 1;
+            if tx.send(Batch { origins, items, routed: Vec::new() }).is_err() {
+                // A downstream thread stopped (its error is reported by the join).
+                self.in_pipeline -= 1;
+                return Ok(());
+            }
+        }
+    }
+}
+
+struct StageWorker {
+    spec: StageSpec,
+    component: weir_host::Stage,
+    ctx: StageContext,
+    /// One per unit of concurrency; a poisoned one is replaced before its next call.
+    instances: Vec<Instance>,
+    stats: Arc<StageStats>,
+}
+
+impl StageWorker {
+    fn run(mut self, input: Receiver<Batch>, output: SyncSender<Batch>) {
+        while let Ok(batch) = input.recv() {
+            let batch = self.process(batch);
+            if output.send(batch).is_err() {
+                return;
+            }
+        }
+    }
+
+    fn process(&mut self, mut batch: Batch) -> Batch {
+        let started = Instant::now();
+        let items = std::mem::take(&mut batch.items);
+        let (live, _dropped): (Vec<Item>, Vec<Item>) =
+            items.into_iter().partition(|it| matches!(batch.origins[it.origin].fate, Fate::Ok));
+        self.stats.add_received(live.len() as u64);
+        let msgs: Vec<Message> = live.iter().map(|it| it.msg.clone()).collect();
+        let results = self.call_all(&msgs);
+        let mut next = Vec::with_capacity(live.len());
+        for (item, result) in live.into_iter().zip(results) {
+            let origin = &mut batch.origins[item.origin];
+            if !matches!(origin.fate, Fate::Ok) {
+                continue; // a sibling already failed this origin
+            }
+            match result {
+                Ok(outputs) => {
+                    self.stats.add_emitted(outputs.len() as u64);
+                    for out in outputs {
+                        match out.topic.clone() {
+                            Some(topic) => batch.routed.push((item.origin, topic, out)),
+                            None => next.push(Item { origin: item.origin, msg: message_from(&item.msg, out) }),
+                        }
+                    }
+                }
+                Err(CallFailure { failure: Failure::Retry(reason), kind }) if origin.attempt < self.spec.max_attempts => {
+                    self.stats.add_retried(1);
+                    tracing::debug!(stage = %self.spec.name, %reason, kind, attempt = origin.attempt, "message will be retried");
+                    origin.fate = Fate::Retry { delay: self.spec.retry_backoff };
+                }
+                Err(CallFailure { failure, kind }) => {
+                    let reason = match &failure {
+                        Failure::Retry(r) => format!("{r} (gave up after {} attempts)", origin.attempt),
+                        Failure::Reject(r) => r.clone(),
+                    };
+                    if matches!(failure, Failure::Reject(_)) {
+                        self.stats.add_rejected(1);
+                    }
+                    origin.fate = Fate::Dead { stage: self.spec.name.clone(), kind, reason, msg: item.msg };
+                }
+            }
+        }
+        batch.items = next;
+        self.stats.add_busy(started.elapsed());
+        batch
+    }
+
+    /// Handle `msgs` in batches of `batch_size`, spread over the instances.
+    fn call_all(&mut self, msgs: &[Message]) -> Vec<Result<Vec<Output>, CallFailure>> {
+        let per_instance = msgs.len().div_ceil(self.instances.len().max(1)).max(1);
+        let chunks: Vec<&[Message]> = msgs.chunks(per_instance).collect();
+        let spec = &self.spec;
+        let component = &self.component;
+        let ctx = &self.ctx;
+        let stats = &self.stats;
+        let mut results: Vec<Vec<Result<Vec<Output>, CallFailure>>> = Vec::new();
+        if chunks.len() <= 1 {
+            let inst = &mut self.instances[0];
+            results.push(chunks.first().map_or_else(Vec::new, |c| call_chunked(spec, component, ctx, stats, inst, c)));
+        } else {
+            std::thread::scope(|s| {
+                let handles: Vec<_> = self
+                    .instances
+                    .iter_mut()
+                    .zip(chunks)
+                    .map(|(inst, chunk)| s.spawn(move || call_chunked(spec, component, ctx, stats, inst, chunk)))
+                    .collect();
+                for h in handles {
+                    results.push(h.join().expect("stage instance thread panicked"));
+                }
+            });
+        }
+        results.into_iter().flatten().collect()
+    }
+}
+
+struct CallFailure {
+    failure: Failure,
+    /// `guest` for a failure the stage returned, else the host's error kind.
+    kind: &'static str,
+}
+
+/// Call one instance on `msgs`, `batch_size` at a time. When a call fails as a
+/// whole (trap, timeout, memory), the instance is replaced and the batch's
+/// messages are retried one by one, so only the culprit is charged.
+fn call_chunked(
+    spec: &StageSpec,
+    component: &weir_host::Stage,
+    ctx: &StageContext,
+    stats: &StageStats,
+    inst: &mut Instance,
+    msgs: &[Message],
+) -> Vec<Result<Vec<Output>, CallFailure>> {
+    let guest = |r: Result<Vec<Output>, Failure>| r.map_err(|failure| CallFailure { failure, kind: "guest" });
+    let mut out = Vec::with_capacity(msgs.len());
+    for batch in msgs.chunks(spec.batch_size) {
+        match call_one(component, ctx, inst, batch) {
+            Ok(results) => out.extend(results.into_iter().map(guest)),
+            Err(_) if batch.len() > 1 => {
+                for msg in batch {
+                    match call_one(component, ctx, inst, std::slice::from_ref(msg)) {
+                        Ok(mut r) => out.push(guest(r.pop().expect("one result"))),
+                        Err(e) => out.push(Err(host_failure(stats, e))),
+                    }
+                }
+            }
+            Err(e) => out.push(Err(host_failure(stats, e))),
+        }
+    }
+    out
+}
+
+fn host_failure(stats: &StageStats, e: weir_host::Error) -> CallFailure {
+    let kind = match &e {
+        weir_host::Error::Call { kind, .. } => kind.as_str(),
+        _ => "instantiate",
+    };
+    stats.add_error(kind);
+    CallFailure { failure: Failure::Retry(e.to_string()), kind }
+}
+
+fn call_one(
+    component: &weir_host::Stage,
+    ctx: &StageContext,
+    inst: &mut Instance,
+    batch: &[Message],
+) -> Result<Vec<Result<Vec<Output>, Failure>>, weir_host::Error> {
+    if inst.is_poisoned() {
+        *inst = component.instantiate(ctx)?;
+    }
+    let result = inst.handle_batch(batch);
+    if let Err(e) = &result {
+        tracing::warn!(stage = %ctx.stage, error = %e, messages = batch.len(), "stage call failed; replacing the instance");
+    }
+    result
+}
+
+struct SinkWorker<'a> {
+    pipeline: &'a Pipeline,
+    queue: Queue,
+    stats: &'a PipelineStats,
+    settle: Sender<Settlement>,
+}
+
+fn record(msg: Message) -> Record {
+    Record { key: msg.key, headers: msg.headers, payload: msg.payload, timestamp_ms: Some(msg.timestamp_ms) }
+}
+
+impl SinkWorker<'_> {
+    fn run(self, input: Receiver<Batch>) -> Result<()> {
+        let stdout = std::io::stdout();
+        while let Ok(batch) = input.recv() {
+            let settlement = self.write(batch, &mut stdout.lock())?;
+            if self.settle.send(settlement).is_err() {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    fn write(&self, mut batch: Batch, out: &mut impl Write) -> Result<Settlement> {
+        // Outputs to undeclared topics make their origin a dead letter.
+        for (origin, topic, _) in &batch.routed {
+            if !self.pipeline.topics.contains_key(topic) && matches!(batch.origins[*origin].fate, Fate::Ok) {
+                let o = &mut batch.origins[*origin];
+                o.fate = Fate::Dead {
+                    stage: "routing".into(),
+                    kind: "routing",
+                    reason: format!("output names topic {topic:?}, which the pipeline does not declare"),
+                    msg: Message {
+                        topic: String::new(),
+                        partition: o.id.partition,
+                        offset: o.id.offset,
+                        key: None,
+                        payload: Vec::new(),
+                        headers: Vec::new(),
+                        timestamp_ms: 0,
+                        attempt: o.attempt,
+                    },
+                };
+            }
+        }
+        let mut by_topic: BTreeMap<&str, Vec<Record>> = BTreeMap::new();
+        let mut printed: Vec<Message> = Vec::new();
+        let final_items: Vec<Item> = std::mem::take(&mut batch.items);
+        for item in final_items {
+            if !matches!(batch.origins[item.origin].fate, Fate::Ok) {
+                continue;
+            }
+            for sink in &self.pipeline.sinks {
+                match sink {
+                    Sink::Queue { topic } => by_topic.entry(topic).or_default().push(record(item.msg.clone())),
+                    Sink::Stdout { .. } => printed.push(item.msg.clone()),
+                }
+            }
+        }
+        let routed = std::mem::take(&mut batch.routed);
+        let mut routed_topics: Vec<(String, Record)> = Vec::new();
+        for (origin, topic, out) in routed {
+            if matches!(batch.origins[origin].fate, Fate::Ok) {
+                routed_topics.push((topic, Record { key: out.key, headers: out.headers, payload: out.payload, timestamp_ms: None }));
+            }
+        }
+        for (topic, rec) in &routed_topics {
+            by_topic.entry(topic.as_str()).or_default().push(rec.clone());
+        }
+        let source_topic = match &self.pipeline.source {
+            Source::Queue { topic, .. } => topic.as_str(),
+        };
+        let mut acks = Vec::new();
+        let mut naks = Vec::new();
+        let mut dead = Vec::new();
+        for o in &mut batch.origins {
+            match std::mem::replace(&mut o.fate, Fate::Ok) {
+                Fate::Ok => acks.push(o.id),
+                Fate::Retry { delay } => naks.push((o.id, delay)),
+                Fate::Dead { stage, kind, reason, msg } => {
+                    tracing::warn!(%stage, kind, %reason, partition = o.id.partition, offset = o.id.offset, "message dead-lettered");
+                    let mut rec = record(msg);
+                    for (k, v) in [
+                        ("weir.reason", reason),
+                        ("weir.error-kind", kind.to_owned()),
+                        ("weir.stage", stage),
+                        ("weir.source.topic", source_topic.to_owned()),
+                        ("weir.source.partition", o.id.partition.to_string()),
+                        ("weir.source.offset", o.id.offset.to_string()),
+                        ("weir.attempts", o.attempt.to_string()),
+                    ] {
+                        rec.headers.push((k.to_owned(), v.into_bytes()));
+                    }
+                    dead.push(rec);
+                    acks.push(o.id);
+                }
+            }
+        }
+        let dead_count = dead.len() as u64;
+        let outputs: u64 = by_topic.values().map(|r| r.len() as u64).sum::<u64>() + printed.len() as u64;
+        if !dead.is_empty() {
+            by_topic.entry(&self.pipeline.dead_letter_topic).or_default().extend(dead);
+        }
+        // Durable before anything is acknowledged.
+        for (topic, records) in &by_topic {
+            self.queue.publish(topic, records)?;
+        }
+        for msg in &printed {
+            let json = self.pipeline.sinks.iter().any(|s| matches!(s, Sink::Stdout { json: true }));
+            let line = if json {
+                crate::json_line(msg)
+            } else {
+                String::from_utf8_lossy(&msg.payload).into_owned()
+            };
+            if let Err(e) = writeln!(out, "{line}") {
+                if e.kind() != std::io::ErrorKind::BrokenPipe {
+                    return Err(Error::Sink(format!("stdout: {e}")));
+                }
+            }
+        }
+        out.flush().ok();
+        self.stats.sink_written(outputs, dead_count);
+        Ok(Settlement { acks, naks })
+    }
+}

@@ -1,0 +1,144 @@
+//! Bad pipelines and components get one clear error naming the file, and
+//! nothing already published is lost or changed.
+
+use crate::{Weir, pipeline_file};
+
+fn hello_pipeline(module: &str) -> String {
+    format!(
+        r#"[pipeline]
+name = "hello"
+
+[source]
+type = "queue"
+topic = "hello"
+
+[[stage]]
+name = "uppercase"
+module = "{module}"
+
+[[sink]]
+type = "queue"
+topic = "hello-out"
+"#
+    )
+}
+
+/// Run `weir run` and `weir validate` on a broken pipeline, check the error
+/// mentions each of `want`, then check the published message is untouched and
+/// still processed by a good run.
+fn refused_without_loss(weir: &Weir, pipeline: &std::path::Path, want: &[&str]) {
+    let p = pipeline.to_str().unwrap();
+    for cmd in ["run", "validate"] {
+        let err = weir.fails(&[cmd, p, "--drain"][..if cmd == "run" { 3 } else { 2 }], b"");
+        for w in want {
+            assert!(err.contains(w), "`weir {cmd}` error should mention {w:?}:\n{err}");
+        }
+        assert!(err.lines().count() <= 12, "the error fits on one screen:\n{err}");
+    }
+    assert_eq!(weir.consume_all("hello"), ["Hello World!"], "published data unchanged");
+    let out = weir.ok(&["run", "examples/pipelines/hello.toml", "--drain"], b"");
+    assert_eq!(out, "HELLO WORLD!\n", "the message was not consumed by the failed run");
+}
+
+#[test]
+fn missing_pipeline_file() {
+    let weir = Weir::new();
+    weir.produce("hello", &["Hello World!"]);
+    let missing = weir.data.path().join("nope.toml");
+    refused_without_loss(&weir, &missing, &["nope.toml", "cannot read pipeline file"]);
+}
+
+#[test]
+fn malformed_toml() {
+    let weir = Weir::new();
+    weir.produce("hello", &["Hello World!"]);
+    let dir = tempfile::tempdir().unwrap();
+    let p = pipeline_file(dir.path(), "bad.toml", "[pipeline]\nname = \"hello\"\n[source\ntype = \"queue\"\n");
+    refused_without_loss(&weir, &p, &["bad.toml:3:", "expected `]`"]);
+}
+
+#[test]
+fn missing_component_file() {
+    let weir = Weir::new();
+    weir.produce("hello", &["Hello World!"]);
+    let dir = tempfile::tempdir().unwrap();
+    let p = pipeline_file(dir.path(), "p.toml", &hello_pipeline("no-such.wasm"));
+    refused_without_loss(&weir, &p, &["p.toml:10:1", "stage[0].module", "no-such.wasm", "does not exist"]);
+}
+
+#[test]
+fn a_file_that_is_not_a_component() {
+    let weir = Weir::new();
+    weir.produce("hello", &["Hello World!"]);
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("text.wasm"), "plain text").unwrap();
+    std::fs::write(dir.path().join("core.wasm"), wat::parse_str("(module)").unwrap()).unwrap();
+    let p = pipeline_file(dir.path(), "text.toml", &hello_pipeline("text.wasm"));
+    refused_without_loss(&weir, &p, &["text.toml:10:1", "text.wasm", "not a WebAssembly file"]);
+    let p = pipeline_file(dir.path(), "core.toml", &hello_pipeline("core.wasm"));
+    let err = weir.fails(&["validate", p.to_str().unwrap()], b"");
+    assert!(err.contains("core.wasm") && err.contains("core WebAssembly module"), "{err}");
+}
+
+#[test]
+fn a_component_that_does_not_implement_the_stage_world() {
+    let weir = Weir::new();
+    weir.produce("hello", &["Hello World!"]);
+    let dir = tempfile::tempdir().unwrap();
+    let bytes = wat::parse_str(r#"(component (import "acme:db/query" (instance (export "run" (func)))))"#).unwrap();
+    std::fs::write(dir.path().join("other.wasm"), bytes).unwrap();
+    std::fs::write(dir.path().join("empty.wasm"), wat::parse_str("(component)").unwrap()).unwrap();
+    let p = pipeline_file(dir.path(), "other.toml", &hello_pipeline("other.wasm"));
+    refused_without_loss(&weir, &p, &["other.wasm", "weir:pipeline/stage", "acme:db/query"]);
+    let p = pipeline_file(dir.path(), "empty.toml", &hello_pipeline("empty.wasm"));
+    let err = weir.fails(&["validate", p.to_str().unwrap()], b"");
+    assert!(err.contains("does not implement weir:pipeline/stage") && err.contains("weir:pipeline/consumer"), "{err}");
+}
+
+#[test]
+fn a_stage_whose_init_fails_stops_the_pipeline_at_start() {
+    let weir = Weir::new();
+    weir.produce("hello", &["Hello World!"]);
+    let dir = tempfile::tempdir().unwrap();
+    let toml = hello_pipeline("{component:filter}").replace("[[sink]]", "[stage.config]\nignore_case = true\n\n[[sink]]");
+    let p = pipeline_file(dir.path(), "p.toml", &toml);
+    let err = weir.fails(&["run", p.to_str().unwrap(), "--drain"], b"");
+    assert!(err.contains("init failed") && err.contains("missing config key `drop_if_contains`"), "{err}");
+    assert_eq!(weir.consume_all("hello"), ["Hello World!"]);
+    assert_eq!(weir.ok(&["run", "examples/pipelines/hello.toml", "--drain"], b""), "HELLO WORLD!\n");
+}
+
+#[test]
+fn every_config_error_is_reported_at_once() {
+    let weir = Weir::new();
+    let dir = tempfile::tempdir().unwrap();
+    let p = pipeline_file(
+        dir.path(),
+        "p.toml",
+        r#"[pipeline]
+name = "p"
+
+[source]
+type = "queue"
+topic = "in"
+
+[[stage]]
+name = "a"
+module = "{component:uppercase}"
+timeout_ms = 0
+
+[[stage]]
+name = "a"
+module = "{component:uppercase}"
+batch_size = -1
+
+[[sink]]
+type = "stdout"
+"#,
+    );
+    let err = weir.fails(&["validate", p.to_str().unwrap()], b"");
+    assert!(err.contains("p.toml:11:1: stage[0].timeout_ms: must be between 1 and 3600000 ms, got 0"), "{err}");
+    assert!(err.contains("p.toml:14:1: stage[1].name: duplicate stage name \"a\""), "{err}");
+    assert!(err.contains("p.toml:16:1: stage[1].batch_size: must be between 1 and 100000, got -1"), "{err}");
+    assert!(err.contains("3 errors"), "{err}");
+}

@@ -1,0 +1,89 @@
+//! End-to-end tests: they drive the real `weir` binary as a user would.
+
+mod bad_input;
+mod hello;
+mod pipelines;
+mod ui;
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+pub use weir_e2e::{component, repo_root};
+
+/// A `weir` binary bound to a fresh data directory.
+pub struct Weir {
+    pub data: tempfile::TempDir,
+}
+
+impl Weir {
+    pub fn new() -> Self {
+        Weir { data: tempfile::tempdir().unwrap() }
+    }
+
+    pub fn bin() -> PathBuf {
+        PathBuf::from(env!("CARGO_BIN_EXE_weir"))
+    }
+
+    /// `weir ARGS --data-dir DATA`, run from the repository root.
+    pub fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(Self::bin());
+        c.args(args).arg("--data-dir").arg(self.data.path()).current_dir(repo_root()).env("WEIR_LOG", "warn");
+        c
+    }
+
+    /// Run with `stdin` as input; returns the output whatever the exit status.
+    pub fn output(&self, args: &[&str], stdin: &[u8]) -> Output {
+        let mut child = self.cmd(args).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+        // The command may exit without reading its input (e.g. on an error).
+        let _ = child.stdin.take().unwrap().write_all(stdin);
+        child.wait_with_output().unwrap()
+    }
+
+    /// Run and require success; returns stdout.
+    pub fn ok(&self, args: &[&str], stdin: &[u8]) -> String {
+        let out = self.output(args, stdin);
+        assert!(out.status.success(), "weir {args:?} failed: {}\n{}", out.status, String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    /// Run and require failure; returns stderr.
+    pub fn fails(&self, args: &[&str], stdin: &[u8]) -> String {
+        let out = self.output(args, stdin);
+        assert!(!out.status.success(), "weir {args:?} should have failed; stdout: {}", String::from_utf8_lossy(&out.stdout));
+        String::from_utf8(out.stderr).unwrap()
+    }
+
+    pub fn produce(&self, topic: &str, lines: &[&str]) {
+        let mut input = lines.join("\n");
+        input.push('\n');
+        self.ok(&["produce", topic], input.as_bytes());
+    }
+
+    /// Every payload of `topic`, from the beginning.
+    pub fn consume_all(&self, topic: &str) -> Vec<String> {
+        self.ok(&["consume", topic, "--from-beginning"], b"").lines().map(str::to_owned).collect()
+    }
+
+    /// Every message of `topic` as JSON.
+    pub fn consume_json(&self, topic: &str) -> Vec<serde_json::Value> {
+        self.ok(&["consume", topic, "--from-beginning", "--format", "json"], b"")
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+}
+
+/// Write a pipeline file into `dir`, replacing `{component:NAME}` with the
+/// absolute path of that example component.
+pub fn pipeline_file(dir: &Path, name: &str, toml: &str) -> PathBuf {
+    let mut text = toml.to_owned();
+    while let Some(start) = text.find("{component:") {
+        let end = start + text[start..].find('}').unwrap();
+        let comp = component(&text[start + 11..end]);
+        text.replace_range(start..=end, comp.to_str().unwrap());
+    }
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    path
+}

@@ -1,0 +1,121 @@
+//! Multi-stage pipelines, poison messages, hostile guests, signals and locking.
+
+use std::io::{BufRead, BufReader};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use crate::{Weir, pipeline_file};
+
+#[test]
+fn three_stages_with_a_filter_and_a_dead_letter() {
+    let weir = Weir::new();
+    let input: Vec<String> = (0..500).map(|i| if i % 10 == 3 { format!("DEBUG {i}") } else { format!("line {i}") }).collect();
+    let mut bytes = input.join("\n").into_bytes();
+    bytes.extend_from_slice(b"\n\xff\xfe not utf-8\n");
+    weir.ok(&["produce", "logs"], &bytes);
+    let stdout = weir.ok(&["run", "examples/pipelines/filter.toml", "--drain"], b"");
+
+    let want: Vec<String> = input.iter().filter(|l| !l.contains("DEBUG")).map(|l| l.to_uppercase()).collect();
+    assert_eq!(weir.consume_all("logs-clean"), want, "exact output, in order");
+    assert_eq!(stdout.lines().collect::<Vec<_>>(), want);
+
+    let dead = weir.consume_json("logs.dlq");
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    let h = &dead[0]["headers"];
+    assert_eq!(h["weir.stage"], "shout");
+    assert_eq!(h["weir.error-kind"], "guest");
+    assert_eq!(h["weir.source.topic"], "logs");
+    assert_eq!(h["weir.source.offset"], "500");
+    assert!(h["weir.reason"].as_str().unwrap().contains("not UTF-8"));
+}
+
+#[test]
+fn hostile_messages_are_contained_and_the_rest_flow() {
+    let weir = Weir::new();
+    let dir = tempfile::tempdir().unwrap();
+    let p = pipeline_file(
+        dir.path(),
+        "hostile.toml",
+        r#"[pipeline]
+name = "h"
+
+[source]
+type = "queue"
+topic = "in"
+
+[[stage]]
+name = "hostile"
+module = "{component:hostile}"
+timeout_ms = 300
+max_memory_bytes = 33554432
+max_output_bytes = 1048576
+max_attempts = 2
+retry_backoff_ms = 0
+
+[[sink]]
+type = "queue"
+topic = "out"
+"#,
+    );
+    weir.produce("in", &["ok-1", "loop", "ok-2", "trap", "alloc", "recurse", "big", "retry", "reject", "ok-3"]);
+    let started = Instant::now();
+    weir.ok(&["run", p.to_str().unwrap(), "--drain"], b"");
+    assert!(started.elapsed() < Duration::from_secs(60));
+    assert_eq!(weir.consume_all("out"), ["ok-1", "ok-2", "ok-3"]);
+
+    let dead = weir.consume_json("h.dlq");
+    let mut kinds: Vec<(String, String, String)> = dead
+        .iter()
+        .map(|d| {
+            let h = &d["headers"];
+            let payload = d["payload"].as_str().unwrap().to_owned();
+            (payload, h["weir.error-kind"].as_str().unwrap().to_owned(), h["weir.attempts"].as_str().unwrap().to_owned())
+        })
+        .collect();
+    kinds.sort();
+    let want = [
+        ("alloc", "memory", "2"),
+        ("big", "guest", "1"),
+        ("loop", "timeout", "2"),
+        ("recurse", "trap", "2"),
+        ("reject", "guest", "1"),
+        ("retry", "guest", "2"),
+        ("trap", "trap", "2"),
+    ];
+    let want: Vec<(String, String, String)> = want.iter().map(|(a, b, c)| (a.to_string(), b.to_string(), c.to_string())).collect();
+    assert_eq!(kinds, want);
+}
+
+fn spawn_run(weir: &Weir, pipeline: &str) -> std::process::Child {
+    weir.cmd(&["run", pipeline]).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap()
+}
+
+#[test]
+fn a_running_pipeline_locks_writers_out_readers_follow_and_sigint_drains() {
+    let weir = Weir::new();
+    weir.produce("hello", &["one"]);
+    let mut run = spawn_run(&weir, "examples/pipelines/hello.toml");
+    let mut lines = BufReader::new(run.stdout.take().unwrap()).lines();
+    assert_eq!(lines.next().unwrap().unwrap(), "ONE");
+
+    // A second writer is refused with a clear message; nothing changes.
+    let err = weir.fails(&["produce", "hello"], b"two\n");
+    assert!(err.contains("in use by another weir process") && err.contains("pid"), "{err}");
+    // Readers without a group work alongside the running pipeline.
+    assert_eq!(weir.ok(&["consume", "hello-out", "--from-beginning"], b""), "ONE\n");
+
+    let status = std::process::Command::new("kill").args(["-INT", &run.id().to_string()]).status().unwrap();
+    assert!(status.success());
+    let started = Instant::now();
+    let status = loop {
+        if let Some(s) = run.try_wait().unwrap() {
+            break s;
+        }
+        assert!(started.elapsed() < Duration::from_secs(20), "weir run did not stop on SIGINT");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success(), "SIGINT exits 0 after draining: {status}");
+    // The data dir is free again and the committed offset holds.
+    weir.produce("hello", &["two"]);
+    assert_eq!(weir.ok(&["run", "examples/pipelines/hello.toml", "--drain"], b""), "TWO\n");
+}
