@@ -1,0 +1,37 @@
+# Shared setup for scripts/hello and scripts/test: installs what weir's build
+# and tests need, so both work on a fresh machine. Source it; do not run it.
+
+# The guest target for WebAssembly components.
+ensure_wasm_target() {
+    if ! rustup target list --installed | grep -qx wasm32-wasip2; then
+        echo "==> installing the wasm32-wasip2 target"
+        rustup target add wasm32-wasip2
+    fi
+}
+
+# NATS with JetStream on 127.0.0.1:4222, for the tests that scale out on it.
+ensure_nats() {
+    if (exec 3<>/dev/tcp/127.0.0.1/4222) 2>/dev/null; then
+        return
+    fi
+    if ! command -v nats-server >/dev/null && [ ! -x /usr/sbin/nats-server ]; then
+        echo "==> installing nats-server"
+        apt-get update -qq && apt-get install -y -qq nats-server
+    fi
+    echo "==> starting nats-server with JetStream on 127.0.0.1:4222"
+    mkdir -p /var/lib/nats-server
+    start-stop-daemon --start --oknodo --background --exec "$(command -v nats-server || echo /usr/sbin/nats-server)" -- \
+        -a 127.0.0.1 -p 4222 -js -sd /var/lib/nats-server -l /var/log/nats-server.log
+    for _ in $(seq 1 50); do
+        (exec 3<>/dev/tcp/127.0.0.1/4222) 2>/dev/null && return
+        sleep 0.1
+    done
+    echo "nats-server did not start; see /var/log/nats-server.log" >&2
+    return 1
+}
+
+# The example and fixture components, into target/wasm32-wasip2/release.
+build_examples() {
+    echo "==> building the example components (wasm32-wasip2)"
+    cargo build --manifest-path examples/Cargo.toml --target wasm32-wasip2 --release --target-dir target
+}
