@@ -53,16 +53,7 @@ pub(crate) fn consume(args: ConsumeArgs, dir: PathBuf) -> anyhow::Result<()> {
                 out.write_all(b"\n")?;
             }
             Format::Json => {
-                let msg = weir_host::Message {
-                    topic: topic.to_owned(),
-                    partition: r.partition,
-                    offset: r.offset,
-                    key: r.key,
-                    payload: r.payload,
-                    headers: r.headers,
-                    timestamp_ms: r.timestamp_ms,
-                    attempt: 1,
-                };
+                let msg = weir_engine::message_from_record(topic, r, 1);
                 writeln!(out, "{}", weir_engine::json_line(&msg))?;
             }
         }

@@ -94,6 +94,20 @@ impl Engine {
     }
 }
 
+/// The message a stage sees for a stored record of `topic`.
+pub fn message_from_record(topic: &str, r: weir_queue::StoredRecord, attempt: u32) -> Message {
+    Message {
+        topic: topic.to_owned(),
+        partition: r.partition,
+        offset: r.offset,
+        key: r.key,
+        payload: r.payload,
+        headers: r.headers,
+        timestamp_ms: r.timestamp_ms,
+        attempt,
+    }
+}
+
 /// One JSON object for a message: topic, partition, offset, timestamp, key,
 /// headers and payload (text when UTF-8, else base64-free byte array).
 pub fn json_line(msg: &Message) -> String {

@@ -213,20 +213,8 @@ impl SourceWorker<'_> {
             let topic = self.consumer.topic().to_owned();
             for (i, d) in deliveries.into_iter().enumerate() {
                 origins.push(Origin { id: d.id(), attempt: d.attempt, fate: Fate::Ok });
-                let r = d.record;
-                items.push(Item {
-                    origin: i,
-                    msg: Message {
-                        topic: topic.clone(),
-                        partition: r.partition,
-                        offset: r.offset,
-                        key: r.key,
-                        payload: r.payload,
-                        headers: r.headers,
-                        timestamp_ms: r.timestamp_ms,
-                        attempt: d.attempt,
-                    },
-                });
+                let attempt = d.attempt;
+                items.push(Item { origin: i, msg: crate::message_from_record(&topic, d.record, attempt) });
             }
             self.in_pipeline += 1;
             if tx.send(Batch { origins, items, routed: Vec::new() }).is_err() {
