@@ -1,5 +1,6 @@
 //! `weir`: run WebAssembly stream-processing pipelines on an embedded durable queue.
 
+mod bench;
 mod consume;
 mod produce;
 mod run;
@@ -37,6 +38,9 @@ enum Command {
     /// List, create and describe topics.
     #[command(subcommand)]
     Topics(topics::TopicsCommand),
+    /// Benchmarks: figures and ratios against a baseline measured in the same run.
+    #[command(subcommand)]
+    Bench(bench::BenchCommand),
 }
 
 /// The data directory: `--data-dir`/`WEIR_DATA_DIR`, else the pipeline's, else `./.weir`.
@@ -73,6 +77,7 @@ fn main() -> ExitCode {
         Command::Produce(args) => produce::produce(args, data_dir(cli.data_dir, None)),
         Command::Consume(args) => consume::consume(args, data_dir(cli.data_dir, None)),
         Command::Topics(cmd) => topics::topics(cmd, data_dir(cli.data_dir, None)),
+        Command::Bench(cmd) => bench::bench(cmd),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -119,7 +119,7 @@ impl Consumer {
                 let start = match (&saved, options.start) {
                     (Some(f), _) if (p as usize) < f.committed.len() => f.committed[p as usize],
                     (_, StartFrom::Earliest) => topic.start_offset(p),
-                    (_, StartFrom::Latest) => topic.end_offset(p),
+                    (_, StartFrom::Latest) => topic.visible_end(p),
                 };
                 let start = start.max(topic.start_offset(p));
                 PartState { frontier: start, committed: start, next: start, ..PartState::default() }
@@ -143,11 +143,11 @@ impl Consumer {
         self.parts.iter().map(|p| p.in_flight.len()).sum()
     }
 
-    /// Messages not yet acknowledged: the log end minus the ack frontier, summed
-    /// over partitions.
+    /// Messages not yet acknowledged: the visible log end minus the ack
+    /// frontier, summed over partitions.
     pub fn lag(&self) -> u64 {
         (0..self.parts.len())
-            .map(|p| self.topic.end_offset(p as u32).saturating_sub(self.parts[p].frontier))
+            .map(|p| self.topic.visible_end(p as u32).saturating_sub(self.parts[p].frontier))
             .sum()
     }
 
@@ -222,7 +222,7 @@ impl Consumer {
             if self.queue.is_read_only() {
                 self.topic.refresh(p as u32)?;
             }
-            if self.parts[p].next >= self.topic.end_offset(p as u32) {
+            if self.parts[p].next >= self.topic.visible_end(p as u32) {
                 continue;
             }
             let recs = self.queue.read(&self.topic.name, p as u32, self.parts[p].next, want)?;

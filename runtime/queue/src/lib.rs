@@ -27,6 +27,7 @@
 #![deny(missing_docs)]
 
 mod consumer;
+mod durable;
 mod partition;
 mod record;
 mod topic;
@@ -226,7 +227,7 @@ impl Queue {
             let topic = Topic::open(&entry.path(), read_only)?;
             topics.insert(topic.name.clone(), Arc::new(topic));
         }
-        Ok(Queue {
+        let queue = Queue {
             inner: Arc::new(Inner {
                 dir: dir.to_owned(),
                 read_only,
@@ -235,7 +236,11 @@ impl Queue {
                 published: Mutex::new(0),
                 wakeup: Condvar::new(),
             }),
-        })
+        };
+        if !read_only {
+            spawn_flusher(Arc::downgrade(&queue.inner));
+        }
+        Ok(queue)
     }
 
     /// The data directory.
@@ -324,13 +329,7 @@ impl Queue {
     /// # Errors
     /// Unknown topic or partition, I/O or corruption errors.
     pub fn read(&self, topic: &str, partition: u32, offset: u64, max: usize) -> Result<Vec<StoredRecord>> {
-        let t = self.topic(topic)?;
-        let p = t.partition(partition)?;
-        let mut p = p.lock().unwrap();
-        if self.inner.read_only {
-            p.refresh()?;
-        }
-        p.read(offset, max)
+        self.topic(topic)?.partition(partition)?.read(offset, max)
     }
 
     /// A consumer of `topic` for consumer group `group`, resuming from the
@@ -362,6 +361,27 @@ impl Queue {
 
     pub(crate) fn publish_count(&self) -> u64 {
         *self.inner.published.lock().unwrap()
+    }
+}
+
+/// How often the background flusher looks for `fsync = "interval"` work.
+const FLUSH_TICK: Duration = Duration::from_millis(5);
+
+/// Sync `interval` topics on time even when nobody publishes. Exits when the queue is dropped.
+fn spawn_flusher(inner: std::sync::Weak<Inner>) {
+    let spawned = std::thread::Builder::new().name("weir-queue-flush".into()).spawn(move || {
+        while let Some(inner) = inner.upgrade() {
+            let topics: Vec<Arc<Topic>> = inner.topics.read().unwrap().values().cloned().collect();
+            drop(inner);
+            for t in topics {
+                // A failure is fail-stop inside the partition and reported to publishers.
+                let _ = t.sync_due();
+            }
+            std::thread::sleep(FLUSH_TICK);
+        }
+    });
+    if let Err(e) = spawned {
+        tracing::error!(error = %e, "cannot start the fsync interval thread; interval topics sync on publish only");
     }
 }
 

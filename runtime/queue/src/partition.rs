@@ -4,10 +4,12 @@ use std::fs::{self, File, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
 
 use crate::record::{self, Invalid, Record, StoredRecord};
 use crate::{Error, Fsync, Result, now_ms, sync_dir};
+
+pub(crate) use crate::durable::Partition;
 
 /// A sparse index entry every this many bytes of log.
 const INDEX_INTERVAL: u64 = 4096;
@@ -121,23 +123,22 @@ pub struct Truncation {
     pub reason: &'static str,
 }
 
-pub(crate) struct Partition {
+pub(crate) struct Log {
     id: u32,
     dir: PathBuf,
     segments: Vec<Segment>,
-    writer: Option<File>,
+    /// Append handle of the last segment.
+    writer: Option<Arc<File>>,
     read_only: bool,
     fsync: Fsync,
     segment_bytes: u64,
     last_ts: u64,
-    last_sync: Instant,
-    unsynced: bool,
     /// Set after a write or fsync failure: the partition refuses writes.
     failed: Option<String>,
     buf: Vec<u8>,
 }
 
-impl Partition {
+impl Log {
     /// Open (or create) the partition in `dir`, recovering its tail.
     pub(crate) fn open(
         id: u32,
@@ -159,7 +160,7 @@ impl Partition {
             }
         }
         bases.sort_unstable();
-        let mut part = Partition {
+        let mut part = Log {
             id,
             dir: dir.to_owned(),
             segments: Vec::new(),
@@ -168,8 +169,6 @@ impl Partition {
             fsync,
             segment_bytes,
             last_ts: 0,
-            last_sync: Instant::now(),
-            unsynced: false,
             failed: None,
             buf: Vec::new(),
         };
@@ -213,8 +212,10 @@ impl Partition {
                 part.new_segment(0)?;
             }
             let seg = part.segments.last().unwrap();
-            part.writer =
-                Some(OpenOptions::new().append(true).open(&seg.path).map_err(|e| Error::io(&seg.path, e))?);
+            let writer = OpenOptions::new().append(true).open(&seg.path).map_err(|e| Error::io(&seg.path, e))?;
+            // What recovery kept may have been in the page cache only: make it durable now.
+            writer.sync_all().map_err(|e| Error::io(&seg.path, e))?;
+            part.writer = Some(Arc::new(writer));
         }
         Ok((part, truncation))
     }
@@ -228,7 +229,7 @@ impl Partition {
             .open(&path)
             .map_err(|e| Error::io(&path, e))?;
         sync_dir(&self.dir)?;
-        self.writer = Some(file.try_clone().map_err(|e| Error::io(&path, e))?);
+        self.writer = Some(Arc::new(file.try_clone().map_err(|e| Error::io(&path, e))?));
         self.segments.push(Segment { base, path, file, len: 0, next: base, index: Vec::new() });
         Ok(())
     }
@@ -243,8 +244,10 @@ impl Partition {
         self.segments.first().map_or(0, |s| s.base)
     }
 
-    /// Append records; returns the offset of the first. Durable on return per
-    /// the fsync policy. On a write error nothing of the batch stays visible.
+    /// Append records with one write; returns the offset of the first. Not
+    /// durable yet: see [`Partition`]. On a write error nothing of the batch
+    /// stays visible, and the partition keeps accepting writes (e.g. once
+    /// disk space is freed) unless even the rollback failed.
     pub(crate) fn append(&mut self, records: &[&Record]) -> Result<u64> {
         if self.read_only {
             return Err(Error::ReadOnly);
@@ -254,9 +257,7 @@ impl Partition {
         }
         let seg = self.segments.last().unwrap();
         if seg.len >= self.segment_bytes && seg.next > seg.base {
-            let base = seg.next;
-            self.sync()?;
-            self.new_segment(base)?;
+            self.roll()?;
         }
         let now = now_ms().max(self.last_ts);
         let first = self.end_offset();
@@ -268,10 +269,8 @@ impl Partition {
             positions.push(start_len + self.buf.len() as u64);
             rec.encode(first + i as u64, now, rec.timestamp_ms.unwrap_or(now), &mut self.buf);
         }
-        let writer = self.writer.as_mut().unwrap();
+        let mut writer: &File = self.writer.as_ref().unwrap();
         if let Err(e) = writer.write_all(&self.buf) {
-            // Roll back so no partial record is ever visible; if even that
-            // fails the partition stops accepting writes.
             let err = Error::io(&seg.path, e);
             if let Err(e2) = writer.set_len(start_len) {
                 self.failed = Some(format!("write failed ({err}) and rollback failed ({e2})"));
@@ -287,30 +286,32 @@ impl Partition {
         seg.len += self.buf.len() as u64;
         seg.next = first + records.len() as u64;
         self.last_ts = now;
-        self.unsynced = true;
-        match self.fsync {
-            Fsync::Always => self.sync()?,
-            Fsync::Interval { ms } if self.last_sync.elapsed() >= Duration::from_millis(ms) => self.sync()?,
-            Fsync::Interval { .. } | Fsync::Never => {}
-        }
         Ok(first)
     }
 
-    /// Make everything appended so far durable. A failure is fail-stop.
-    pub(crate) fn sync(&mut self) -> Result<()> {
-        if !self.unsynced {
-            return Ok(());
+    /// Seal the last segment (durably, unless fsync is "never") and start a new one.
+    fn roll(&mut self) -> Result<()> {
+        let base = self.end_offset();
+        if !matches!(self.fsync, Fsync::Never) {
+            let seg = self.segments.last().unwrap();
+            if let Err(e) = self.writer.as_ref().unwrap().sync_data() {
+                let reason = format!("fsync of {} failed: {e}", seg.path.display());
+                self.fail(reason.clone());
+                return Err(Error::Failed { partition_dir: self.dir.clone(), reason });
+            }
         }
-        let seg = self.segments.last().unwrap();
-        if let Err(e) = self.writer.as_ref().unwrap().sync_data() {
-            let reason = format!("fsync of {} failed: {e}", seg.path.display());
-            tracing::error!(partition = self.id, %reason, "partition stops accepting writes");
-            self.failed = Some(reason.clone());
-            return Err(Error::Failed { partition_dir: self.dir.clone(), reason });
-        }
-        self.unsynced = false;
-        self.last_sync = Instant::now();
-        Ok(())
+        self.new_segment(base)
+    }
+
+    /// The append handle of the last segment, for syncing outside the lock.
+    pub(crate) fn writer(&self) -> Option<Arc<File>> {
+        self.writer.clone()
+    }
+
+    /// Stop accepting writes: a durability guarantee could not be kept.
+    pub(crate) fn fail(&mut self, reason: String) {
+        tracing::error!(partition = %self.dir.display(), %reason, "partition stops accepting writes");
+        self.failed.get_or_insert(reason);
     }
 
     /// For a read-only view: pick up records appended by the owning process.
@@ -385,10 +386,3 @@ impl Partition {
     }
 }
 
-impl Drop for Partition {
-    fn drop(&mut self) {
-        if self.unsynced && self.failed.is_none() && !matches!(self.fsync, Fsync::Never) {
-            let _ = self.sync();
-        }
-    }
-}

@@ -2,7 +2,7 @@
 
 use std::fs;
 use std::path::Path;
-use std::sync::Mutex;
+use std::time::Duration;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use serde::{Deserialize, Serialize};
@@ -32,19 +32,29 @@ pub enum Fsync {
 
 /// Settings of a topic, fixed at creation.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, default)]
 pub struct TopicConfig {
     /// Number of partitions (≥ 1).
     pub partitions: u32,
     /// Durability policy.
     pub fsync: Fsync,
+    /// Under `fsync = "always"`, how long the publisher leading a group commit
+    /// waits for more appends before its fsync (0: fsync at once; publishes
+    /// that arrive during an fsync are still grouped into the next one).
+    pub group_commit_us: u64,
     /// A segment file is closed and a new one started past this size.
     pub segment_bytes: u64,
 }
 
 impl Default for TopicConfig {
     fn default() -> Self {
-        TopicConfig { partitions: 1, fsync: Fsync::Always, segment_bytes: 64 * 1024 * 1024 }
+        TopicConfig { partitions: 1, fsync: Fsync::Always, group_commit_us: 0, segment_bytes: 64 * 1024 * 1024 }
+    }
+}
+
+impl TopicConfig {
+    fn group_commit(&self) -> Duration {
+        Duration::from_micros(self.group_commit_us)
     }
 }
 
@@ -55,8 +65,10 @@ pub struct TopicInfo {
     pub name: String,
     /// Its settings.
     pub config: TopicConfig,
-    /// Per partition: (oldest retained offset, log end offset).
+    /// Per partition: (oldest retained offset, end of the deliverable log).
     pub offsets: Vec<(u64, u64)>,
+    /// Group-commit fsyncs run since the queue was opened.
+    pub fsyncs: u64,
 }
 
 impl TopicInfo {
@@ -74,7 +86,7 @@ impl TopicInfo {
 pub(crate) struct Topic {
     pub(crate) name: String,
     pub(crate) config: TopicConfig,
-    partitions: Vec<Mutex<Partition>>,
+    partitions: Vec<Partition>,
     next_keyless: AtomicU32,
 }
 
@@ -100,7 +112,7 @@ impl Topic {
         let meta = serde_json::to_vec_pretty(config).expect("topic config serialises");
         // The partitions exist before the metadata that makes the topic visible.
         for p in 0..config.partitions {
-            Partition::open(p, &dir.join(p.to_string()), config.fsync, config.segment_bytes, false)?;
+            Partition::open(p, &dir.join(p.to_string()), config.fsync, config.segment_bytes, config.group_commit(), false)?;
         }
         sync_dir(&dir)?;
         write_atomic(&dir.join(META_FILE), &meta)?;
@@ -116,14 +128,20 @@ impl Topic {
         let name = dir.file_name().unwrap_or_default().to_string_lossy().into_owned();
         let mut partitions = Vec::with_capacity(config.partitions as usize);
         for p in 0..config.partitions {
-            let (part, _truncated) =
-                Partition::open(p, &dir.join(p.to_string()), config.fsync, config.segment_bytes, read_only)?;
-            partitions.push(Mutex::new(part));
+            let (part, _truncated) = Partition::open(
+                p,
+                &dir.join(p.to_string()),
+                config.fsync,
+                config.segment_bytes,
+                config.group_commit(),
+                read_only,
+            )?;
+            partitions.push(part);
         }
         Ok(Topic { name, config, partitions, next_keyless: AtomicU32::new(0) })
     }
 
-    pub(crate) fn partition(&self, p: u32) -> Result<&Mutex<Partition>> {
+    pub(crate) fn partition(&self, p: u32) -> Result<&Partition> {
         self.partitions.get(p as usize).ok_or_else(|| Error::Invalid {
             what: "partition",
             value: format!("{}/{p}", self.name),
@@ -139,24 +157,23 @@ impl Topic {
         let offsets = self
             .partitions
             .iter()
-            .map(|p| {
-                let p = p.lock().unwrap();
-                (p.start_offset(), p.end_offset())
-            })
+            .map(|p| (p.start_offset(), p.visible_end()))
             .collect();
-        TopicInfo { name: self.name.clone(), config: self.config.clone(), offsets }
+        let fsyncs = self.partitions.iter().map(Partition::fsyncs).sum();
+        TopicInfo { name: self.name.clone(), config: self.config.clone(), offsets, fsyncs }
     }
 
-    pub(crate) fn end_offset(&self, p: u32) -> u64 {
-        self.partitions[p as usize].lock().unwrap().end_offset()
+    /// Offsets below this may be delivered (see [`Partition::visible_end`]).
+    pub(crate) fn visible_end(&self, p: u32) -> u64 {
+        self.partitions[p as usize].visible_end()
     }
 
     pub(crate) fn start_offset(&self, p: u32) -> u64 {
-        self.partitions[p as usize].lock().unwrap().start_offset()
+        self.partitions[p as usize].start_offset()
     }
 
     pub(crate) fn refresh(&self, p: u32) -> Result<()> {
-        self.partitions[p as usize].lock().unwrap().refresh()
+        self.partitions[p as usize].refresh()
     }
 
     fn partition_for(&self, key: Option<&[u8]>, keyless: u32) -> u32 {
@@ -186,7 +203,7 @@ impl Topic {
                 continue;
             }
             let batch: Vec<&Record> = recs.iter().map(|(_, r)| *r).collect();
-            let first = self.partitions[p].lock().unwrap().append(&batch)?;
+            let first = self.partitions[p].publish(&batch)?;
             for (j, (i, _)) in recs.iter().enumerate() {
                 out[*i] = (p as u32, first + j as u64);
             }
@@ -196,7 +213,17 @@ impl Topic {
 
     pub(crate) fn sync(&self) -> Result<()> {
         for p in &self.partitions {
-            p.lock().unwrap().sync()?;
+            p.sync()?;
+        }
+        Ok(())
+    }
+
+    /// For `fsync = "interval"` topics: sync partitions whose last sync is older than the interval.
+    pub(crate) fn sync_due(&self) -> Result<()> {
+        if let Fsync::Interval { ms } = self.config.fsync {
+            for p in &self.partitions {
+                p.sync_if_older(Duration::from_millis(ms))?;
+            }
         }
         Ok(())
     }

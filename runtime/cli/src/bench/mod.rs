@@ -1,0 +1,219 @@
+//! `weir bench`: measured workloads, reported as figures and ratios.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use clap::{Args, Subcommand, ValueEnum};
+use hdrhistogram::Histogram;
+use serde::Serialize;
+use weir_queue::{ConsumerOptions, Fsync, Queue, Record, TopicConfig};
+
+mod nats;
+
+#[derive(Subcommand)]
+pub(crate) enum BenchCommand {
+    /// Publish N messages, then consume and acknowledge them, on the embedded queue.
+    Queue(QueueArgs),
+}
+
+#[derive(Args, Clone)]
+pub(crate) struct QueueArgs {
+    /// Messages to publish and consume.
+    #[arg(long, default_value_t = 1_000_000)]
+    messages: u64,
+    /// Payload size in bytes.
+    #[arg(long, default_value_t = 100)]
+    size: usize,
+    /// Partitions of the benchmark topic.
+    #[arg(long, default_value_t = 1)]
+    partitions: u32,
+    /// Durability policy of the benchmark topic.
+    #[arg(long, value_enum, default_value_t = FsyncArg::Interval)]
+    fsync: FsyncArg,
+    /// Messages per publish call.
+    #[arg(long, default_value_t = 1000)]
+    batch: usize,
+    /// Concurrent publishers.
+    #[arg(long, default_value_t = 2)]
+    producers: usize,
+    /// Also run the same workload on NATS JetStream (file storage) and print the ratio.
+    #[arg(long, value_enum)]
+    compare: Option<Compare>,
+    /// NATS server for `--compare nats`.
+    #[arg(long, default_value = "nats://127.0.0.1:4222")]
+    nats_url: String,
+    /// Print the results as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub(crate) enum FsyncArg {
+    Always,
+    Interval,
+    Never,
+}
+
+#[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub(crate) enum Compare {
+    Nats,
+}
+
+/// One system's figures for the workload.
+#[derive(Serialize)]
+pub(crate) struct QueueResult {
+    system: String,
+    messages: u64,
+    publish_msgs_per_s: f64,
+    publish_mb_per_s: f64,
+    consume_msgs_per_s: f64,
+    /// Publish call latency (submit to durable acknowledgement), microseconds.
+    publish_p50_us: u64,
+    publish_p99_us: u64,
+    publish_p999_us: u64,
+    /// Messages covered by one fsync (fsync = always), if known.
+    messages_per_fsync: Option<f64>,
+}
+
+pub(crate) fn bench(cmd: BenchCommand) -> anyhow::Result<()> {
+    match cmd {
+        BenchCommand::Queue(args) => bench_queue(&args),
+    }
+}
+
+fn bench_queue(args: &QueueArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(args.messages > 0 && args.batch > 0 && args.producers > 0, "--messages, --batch and --producers must be > 0");
+    let mut results = vec![embedded(args)?];
+    if args.compare == Some(Compare::Nats) {
+        results.push(nats::jetstream(args)?);
+    }
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&results)?);
+        return Ok(());
+    }
+    println!(
+        "{} messages of {} bytes, {} partition(s), batches of {}, {} producer(s), fsync {}",
+        args.messages,
+        args.size,
+        args.partitions,
+        args.batch,
+        args.producers,
+        match args.fsync {
+            FsyncArg::Always => "always",
+            FsyncArg::Interval => "interval (100 ms)",
+            FsyncArg::Never => "never",
+        }
+    );
+    println!(
+        "{:<16} {:>14} {:>10} {:>16} {:>10} {:>10} {:>10} {:>12}",
+        "system", "publish msg/s", "MB/s", "consume+ack msg/s", "p50 µs", "p99 µs", "p99.9 µs", "msgs/fsync"
+    );
+    for r in &results {
+        println!(
+            "{:<16} {:>14.0} {:>10.1} {:>16.0} {:>10} {:>10} {:>10} {:>12}",
+            r.system,
+            r.publish_msgs_per_s,
+            r.publish_mb_per_s,
+            r.consume_msgs_per_s,
+            r.publish_p50_us,
+            r.publish_p99_us,
+            r.publish_p999_us,
+            r.messages_per_fsync.map_or("-".into(), |m| format!("{m:.0}"))
+        );
+    }
+    if let [weir, other] = &results[..] {
+        println!(
+            "weir / {}: publish {:.1}x, consume+ack {:.1}x",
+            other.system,
+            weir.publish_msgs_per_s / other.publish_msgs_per_s,
+            weir.consume_msgs_per_s / other.consume_msgs_per_s
+        );
+    }
+    Ok(())
+}
+
+pub(crate) fn histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid histogram bounds")
+}
+
+/// Split `total` messages into per-producer counts.
+pub(crate) fn shares(total: u64, producers: usize) -> Vec<u64> {
+    let n = producers as u64;
+    (0..n).map(|i| total / n + u64::from(i < total % n)).collect()
+}
+
+fn embedded(args: &QueueArgs) -> anyhow::Result<QueueResult> {
+    let dir = tempfile::Builder::new().prefix("weir-bench-").tempdir().context("creating a temporary data directory")?;
+    let queue = Queue::open(dir.path())?;
+    let fsync = match args.fsync {
+        FsyncArg::Always => Fsync::Always,
+        FsyncArg::Interval => Fsync::Interval { ms: 100 },
+        FsyncArg::Never => Fsync::Never,
+    };
+    queue.create_topic("bench", &TopicConfig { partitions: args.partitions, fsync, ..TopicConfig::default() })?;
+    let payload = Arc::new(vec![b'x'; args.size]);
+
+    let started = Instant::now();
+    let handles: Vec<_> = shares(args.messages, args.producers)
+        .into_iter()
+        .enumerate()
+        .map(|(p, count)| {
+            let queue = queue.clone();
+            let payload = payload.clone();
+            let batch = args.batch;
+            std::thread::spawn(move || -> anyhow::Result<Histogram<u64>> {
+                let mut hist = histogram();
+                let mut sent = 0u64;
+                let mut records = Vec::with_capacity(batch);
+                while sent < count {
+                    let n = (batch as u64).min(count - sent);
+                    records.clear();
+                    // Keys spread the load over partitions.
+                    records.extend((0..n).map(|i| Record {
+                        key: Some(((sent + i) as u32 ^ p as u32).to_le_bytes().to_vec()),
+                        payload: payload.to_vec(),
+                        ..Record::default()
+                    }));
+                    let t = Instant::now();
+                    queue.publish("bench", &records)?;
+                    hist.record(t.elapsed().as_micros().max(1) as u64)?;
+                    sent += n;
+                }
+                Ok(hist)
+            })
+        })
+        .collect();
+    let mut hist = histogram();
+    for h in handles {
+        hist.add(h.join().expect("producer thread panicked")?)?;
+    }
+    let publish_secs = started.elapsed().as_secs_f64();
+    let fsyncs = queue.topic_info("bench")?.fsyncs;
+
+    let started = Instant::now();
+    let mut consumer = queue.consumer("bench", "bench", ConsumerOptions { max_ack_pending: 100_000, ..ConsumerOptions::default() })?;
+    let mut consumed = 0u64;
+    while consumed < args.messages {
+        let batch = consumer.fetch(10_000, Duration::from_millis(100))?;
+        anyhow::ensure!(!batch.is_empty(), "consumer stalled after {consumed} of {} messages", args.messages);
+        for d in &batch {
+            consumer.ack(d.id());
+        }
+        consumed += batch.len() as u64;
+        consumer.commit()?;
+    }
+    let consume_secs = started.elapsed().as_secs_f64();
+    let n = args.messages as f64;
+    Ok(QueueResult {
+        system: "weir".into(),
+        messages: args.messages,
+        publish_msgs_per_s: n / publish_secs,
+        publish_mb_per_s: n * args.size as f64 / publish_secs / 1e6,
+        consume_msgs_per_s: n / consume_secs,
+        publish_p50_us: hist.value_at_quantile(0.5),
+        publish_p99_us: hist.value_at_quantile(0.99),
+        publish_p999_us: hist.value_at_quantile(0.999),
+        messages_per_fsync: (args.fsync == FsyncArg::Always && fsyncs > 0).then(|| n / fsyncs as f64),
+    })
+}
