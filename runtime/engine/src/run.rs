@@ -103,7 +103,18 @@ pub(crate) fn run(pipeline: &Pipeline, queue: &Queue, prepared: Prepared, option
         queue.ensure_topic(name, config)?;
     }
     let Source::Queue { topic, group, start, max_ack_pending } = &pipeline.source;
-    let consumer = queue.consumer(topic, group, ConsumerOptions { start: *start, max_ack_pending: *max_ack_pending })?;
+    // Retries and dead letters are decided per stage; the queue's own limit only
+    // backs them up. A lease must outlive the slowest batch: every stage may
+    // replay a failed batch message by message, each up to its timeout.
+    let slowest: Duration = pipeline.stages.iter().map(|s| s.limits.timeout * s.batch_size.min(64) as u32).sum();
+    let consumer_options = ConsumerOptions {
+        start: *start,
+        max_ack_pending: *max_ack_pending,
+        ack_wait: slowest.max(Duration::from_secs(60)),
+        max_attempts: pipeline.stages.iter().map(|s| s.max_attempts).max().unwrap_or(5),
+        dead_letter: Some(pipeline.dead_letter_topic.clone()),
+    };
+    let consumer = queue.consumer(topic, group, consumer_options)?;
     let stats = PipelineStats::new(pipeline.stages.iter().map(|s| s.name.clone()).collect());
     let fetch_size = pipeline.stages.first().map_or(256, |s| s.batch_size * s.concurrency);
     let fill_wait = pipeline.stages.first().map_or(Duration::ZERO, |s| s.batch_timeout);
@@ -389,7 +400,7 @@ struct SinkWorker<'a> {
 }
 
 fn record(msg: Message) -> Record {
-    Record { key: msg.key, headers: msg.headers, payload: msg.payload, timestamp_ms: Some(msg.timestamp_ms) }
+    Record { key: msg.key, headers: msg.headers, payload: msg.payload, timestamp_ms: Some(msg.timestamp_ms), id: None }
 }
 
 impl SinkWorker<'_> {
@@ -444,15 +455,14 @@ impl SinkWorker<'_> {
         let mut routed_topics: Vec<(String, Record)> = Vec::new();
         for (origin, topic, out) in routed {
             if matches!(batch.origins[origin].fate, Fate::Ok) {
-                routed_topics.push((topic, Record { key: out.key, headers: out.headers, payload: out.payload, timestamp_ms: None }));
+                let rec = Record { key: out.key, headers: out.headers, payload: out.payload, timestamp_ms: None, id: None };
+                routed_topics.push((topic, rec));
             }
         }
         for (topic, rec) in &routed_topics {
             by_topic.entry(topic.as_str()).or_default().push(rec.clone());
         }
-        let source_topic = match &self.pipeline.source {
-            Source::Queue { topic, .. } => topic.as_str(),
-        };
+        let Source::Queue { topic: source_topic, group, .. } = &self.pipeline.source;
         let mut acks = Vec::new();
         let mut naks = Vec::new();
         let mut dead = Vec::new();
@@ -467,13 +477,16 @@ impl SinkWorker<'_> {
                         ("weir.reason", reason),
                         ("weir.error-kind", kind.to_owned()),
                         ("weir.stage", stage),
-                        ("weir.source.topic", source_topic.to_owned()),
+                        ("weir.source.topic", source_topic.clone()),
                         ("weir.source.partition", o.id.partition.to_string()),
                         ("weir.source.offset", o.id.offset.to_string()),
                         ("weir.attempts", o.attempt.to_string()),
                     ] {
                         rec.headers.push((k.to_owned(), v.into_bytes()));
                     }
+                    // Same id as the queue's own dead letters: a replay after a
+                    // crash between this write and the ack does not duplicate it.
+                    rec.id = Some(format!("dlq/{group}/{source_topic}/{}/{}", o.id.partition, o.id.offset));
                     dead.push(rec);
                     acks.push(o.id);
                 }

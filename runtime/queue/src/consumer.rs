@@ -6,16 +6,16 @@
 //! offset written to disk is the frontier, so a restart redelivers exactly the
 //! messages that were not acknowledged (at-least-once).
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use crate::record::StoredRecord;
+use crate::record::{Record, StoredRecord};
 use crate::topic::Topic;
-use crate::{Error, Queue, Result, validate_name, write_atomic};
+use crate::{Error, Queue, Result, TopicConfig, validate_name, write_atomic};
 
 /// Where a group with no committed offset starts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -34,12 +34,40 @@ pub struct ConsumerOptions {
     pub start: StartFrom,
     /// At most this many delivered but unsettled messages.
     pub max_ack_pending: usize,
+    /// A delivery not settled within this time is delivered again
+    /// ([`Consumer::in_progress`] extends it).
+    pub ack_wait: Duration,
+    /// A message delivered this many times without an ack is dead-lettered
+    /// instead of being delivered again.
+    pub max_attempts: u32,
+    /// The dead-letter topic; `None` means `<topic>.dlq`. Created when first needed.
+    pub dead_letter: Option<String>,
 }
 
 impl Default for ConsumerOptions {
     fn default() -> Self {
-        ConsumerOptions { start: StartFrom::Earliest, max_ack_pending: 10_000 }
+        ConsumerOptions {
+            start: StartFrom::Earliest,
+            max_ack_pending: 10_000,
+            ack_wait: Duration::from_secs(30),
+            max_attempts: 5,
+            dead_letter: None,
+        }
     }
+}
+
+/// Header names on dead-lettered records.
+pub mod dlq_headers {
+    /// Why the message was dead-lettered.
+    pub const REASON: &str = "weir.reason";
+    /// The topic it was read from.
+    pub const SOURCE_TOPIC: &str = "weir.source.topic";
+    /// Its partition there.
+    pub const SOURCE_PARTITION: &str = "weir.source.partition";
+    /// Its offset there.
+    pub const SOURCE_OFFSET: &str = "weir.source.offset";
+    /// How many times it was delivered.
+    pub const ATTEMPTS: &str = "weir.attempts";
 }
 
 /// Identifies a delivered message for acknowledgement.
@@ -67,6 +95,11 @@ impl Delivery {
     }
 }
 
+struct InFlight {
+    attempt: u32,
+    deadline: Instant,
+}
+
 #[derive(Default)]
 struct PartState {
     /// Every offset below this is acknowledged.
@@ -77,9 +110,9 @@ struct PartState {
     next: u64,
     /// Acknowledged offsets at or above the frontier.
     acked: BTreeSet<u64>,
-    /// Delivered, not yet settled: offset → attempt.
-    in_flight: HashMap<u64, u32>,
-    /// Negatively acknowledged: offset → (not before, attempt of the next delivery).
+    /// Delivered, not yet settled.
+    in_flight: HashMap<u64, InFlight>,
+    /// To deliver again: offset → (not before, attempt of that delivery).
     redeliver: BTreeMap<u64, (Instant, u32)>,
 }
 
@@ -92,8 +125,11 @@ struct GroupFile {
 /// Reads a topic on behalf of a consumer group.
 ///
 /// Obtain with [`Queue::consumer`]. Messages are fetched with
-/// [`Consumer::fetch`], settled with [`Consumer::ack`] or [`Consumer::nak`],
-/// and progress is made durable with [`Consumer::commit`].
+/// [`Consumer::fetch`] and settled with [`Consumer::ack`], [`Consumer::nak`]
+/// or [`Consumer::reject`]; progress is made durable with [`Consumer::commit`].
+/// A delivery not settled within `ack_wait` is delivered again; after
+/// `max_attempts` deliveries, or on `reject`, the message is copied to the
+/// dead-letter topic (durably) and only then acknowledged.
 pub struct Consumer {
     queue: Queue,
     topic: Arc<Topic>,
@@ -101,6 +137,9 @@ pub struct Consumer {
     path: PathBuf,
     options: ConsumerOptions,
     parts: Vec<PartState>,
+    /// Lease deadlines in the order they were set: (deadline, partition, offset).
+    /// Entries whose delivery was settled or extended are skipped when popped.
+    leases: VecDeque<(Instant, u32, u64)>,
     /// Partition to fetch new records from first, rotating for fairness.
     cursor: usize,
 }
@@ -108,6 +147,9 @@ pub struct Consumer {
 impl Consumer {
     pub(crate) fn new(queue: Queue, topic: Arc<Topic>, group: &str, options: ConsumerOptions) -> Result<Self> {
         validate_name("consumer group", group)?;
+        if let Some(dlq) = &options.dead_letter {
+            validate_name("dead-letter topic", dlq)?;
+        }
         let path = queue.dir().join("groups").join(group).join(format!("{}.json", topic.name));
         let saved: Option<GroupFile> = match std::fs::read(&path) {
             Ok(bytes) => Some(serde_json::from_slice(&bytes).map_err(|source| Error::Metadata { path: path.clone(), source })?),
@@ -125,7 +167,7 @@ impl Consumer {
                 PartState { frontier: start, committed: start, next: start, ..PartState::default() }
             })
             .collect();
-        Ok(Consumer { queue, topic, group: group.to_owned(), path, options, parts, cursor: 0 })
+        Ok(Consumer { queue, topic, group: group.to_owned(), path, options, parts, leases: VecDeque::new(), cursor: 0 })
     }
 
     /// The group this consumer belongs to.
@@ -136,6 +178,11 @@ impl Consumer {
     /// The topic it reads.
     pub fn topic(&self) -> &str {
         &self.topic.name
+    }
+
+    /// The dead-letter topic.
+    pub fn dead_letter_topic(&self) -> String {
+        self.options.dead_letter.clone().unwrap_or_else(|| format!("{}.dlq", self.topic.name))
     }
 
     /// Number of delivered, unsettled messages.
@@ -161,7 +208,7 @@ impl Consumer {
     /// Due redeliveries come first, then new messages, rotating over partitions.
     ///
     /// # Errors
-    /// I/O or corruption while reading.
+    /// I/O or corruption while reading; a failure writing a dead letter.
     pub fn fetch(&mut self, max: usize, wait: Duration) -> Result<Vec<Delivery>> {
         let deadline = Instant::now() + wait;
         loop {
@@ -172,7 +219,8 @@ impl Consumer {
                 return Ok(out);
             }
             let next_retry = self.parts.iter().filter_map(|p| p.redeliver.values().map(|(t, _)| *t).min()).min();
-            let until = next_retry.map_or(deadline, |t| t.min(deadline));
+            let next_lease = self.leases.front().map(|(t, ..)| *t);
+            let until = [next_retry, next_lease, Some(deadline)].into_iter().flatten().min().unwrap_or(deadline);
             let nap = until.saturating_duration_since(now).max(Duration::from_millis(1));
             if self.queue.is_read_only() {
                 // Another process writes: poll.
@@ -183,39 +231,70 @@ impl Consumer {
         }
     }
 
+    /// Move deliveries whose lease ran out to the redelivery set.
+    fn expire_leases(&mut self, now: Instant) {
+        while let Some(&(deadline, p, offset)) = self.leases.front() {
+            if deadline > now {
+                break;
+            }
+            self.leases.pop_front();
+            let part = &mut self.parts[p as usize];
+            if let Some(f) = part.in_flight.get(&offset)
+                && f.deadline == deadline
+            {
+                let attempt = f.attempt;
+                part.in_flight.remove(&offset);
+                part.redeliver.insert(offset, (now, attempt + 1));
+            }
+        }
+    }
+
+    fn budget(&self, max: usize, taken: usize) -> usize {
+        max.saturating_sub(taken).min(self.options.max_ack_pending.saturating_sub(self.in_flight()))
+    }
+
+    fn deliver(&mut self, record: StoredRecord, attempt: u32, now: Instant, out: &mut Vec<Delivery>) {
+        let deadline = now + self.options.ack_wait;
+        self.parts[record.partition as usize].in_flight.insert(record.offset, InFlight { attempt, deadline });
+        self.leases.push_back((deadline, record.partition, record.offset));
+        out.push(Delivery { record, attempt });
+    }
+
     fn try_fetch(&mut self, max: usize) -> Result<Vec<Delivery>> {
-        let mut out = Vec::new();
-        let budget = |out: &Vec<Delivery>, parts: &[PartState], opts: &ConsumerOptions| {
-            let pending: usize = parts.iter().map(|p| p.in_flight.len()).sum();
-            max.saturating_sub(out.len()).min(opts.max_ack_pending.saturating_sub(pending))
-        };
         let now = Instant::now();
+        self.expire_leases(now);
+        let mut out = Vec::new();
         for p in 0..self.parts.len() {
             let due: Vec<(u64, u32)> = self.parts[p]
                 .redeliver
                 .iter()
                 .filter(|(_, (t, _))| *t <= now)
                 .map(|(o, (_, a))| (*o, *a))
-                .take(budget(&out, &self.parts, &self.options))
+                .take(self.budget(max, out.len()))
                 .collect();
             for (offset, attempt) in due {
+                self.parts[p].redeliver.remove(&offset);
                 let rec = self.queue.read(&self.topic.name, p as u32, offset, 1)?;
-                let part = &mut self.parts[p];
-                part.redeliver.remove(&offset);
                 match rec.into_iter().next().filter(|r| r.offset == offset) {
-                    Some(record) => {
-                        part.in_flight.insert(offset, attempt);
-                        out.push(Delivery { record, attempt });
+                    Some(record) if attempt > self.options.max_attempts => {
+                        let reason = format!(
+                            "not acknowledged after {} deliveries (max_attempts {})",
+                            attempt - 1,
+                            self.options.max_attempts
+                        );
+                        self.dead_letter(record, attempt - 1, &reason)?;
+                        Self::settle(&mut self.parts[p], offset);
                     }
+                    Some(record) => self.deliver(record, attempt, now, &mut out),
                     // Deleted by retention meanwhile: nothing left to deliver.
-                    None => Self::settle(part, offset),
+                    None => Self::settle(&mut self.parts[p], offset),
                 }
             }
         }
         let n = self.parts.len();
         for i in 0..n {
             let p = (self.cursor + i) % n;
-            let want = budget(&out, &self.parts, &self.options);
+            let want = self.budget(max, out.len());
             if want == 0 {
                 break;
             }
@@ -226,20 +305,54 @@ impl Consumer {
                 continue;
             }
             let recs = self.queue.read(&self.topic.name, p as u32, self.parts[p].next, want)?;
-            let part = &mut self.parts[p];
             for record in recs {
+                let part = &mut self.parts[p];
                 // Records removed by retention before we read them count as settled.
                 while part.next < record.offset {
-                    Self::settle(part, part.next);
+                    let gone = part.next;
+                    Self::settle(part, gone);
                     part.next += 1;
                 }
                 part.next = record.offset + 1;
-                part.in_flight.insert(record.offset, 1);
-                out.push(Delivery { record, attempt: 1 });
+                self.deliver(record, 1, now, &mut out);
             }
         }
         self.cursor = (self.cursor + 1) % n.max(1);
         Ok(out)
+    }
+
+    /// Copy `record` to the dead-letter topic with headers saying why and
+    /// where from; returns once the copy is durable.
+    fn dead_letter(&mut self, record: StoredRecord, attempts: u32, reason: &str) -> Result<()> {
+        let topic = self.dead_letter_topic();
+        self.queue.ensure_topic(&topic, &TopicConfig::default())?;
+        let mut headers = record.headers;
+        for (name, value) in [
+            (dlq_headers::REASON, reason.to_owned()),
+            (dlq_headers::SOURCE_TOPIC, self.topic.name.clone()),
+            (dlq_headers::SOURCE_PARTITION, record.partition.to_string()),
+            (dlq_headers::SOURCE_OFFSET, record.offset.to_string()),
+            (dlq_headers::ATTEMPTS, attempts.to_string()),
+        ] {
+            headers.push((name.to_owned(), value.into_bytes()));
+        }
+        // A fixed id per source message: if we crash after this write but
+        // before the ack is committed, the redelivered message's dead letter
+        // deduplicates against this one instead of landing twice.
+        let id = format!("dlq/{}/{}/{}/{}", self.group, self.topic.name, record.partition, record.offset);
+        let copy = Record {
+            key: record.key,
+            headers,
+            payload: record.payload,
+            timestamp_ms: Some(record.timestamp_ms),
+            id: Some(id),
+        };
+        self.queue.publish(&topic, &[copy])?;
+        tracing::warn!(
+            topic = %self.topic.name, partition = record.partition, offset = record.offset,
+            dead_letter = %topic, reason, "message dead-lettered"
+        );
+        Ok(())
     }
 
     fn settle(part: &mut PartState, offset: u64) {
@@ -252,25 +365,56 @@ impl Consumer {
         }
     }
 
-    fn part(&mut self, id: DeliveryId) -> Option<&mut PartState> {
-        self.parts.get_mut(id.partition as usize).filter(|p| p.in_flight.contains_key(&id.offset))
+    fn in_flight_mut(&mut self, id: DeliveryId) -> Option<(&mut PartState, u32)> {
+        let part = self.parts.get_mut(id.partition as usize)?;
+        let attempt = part.in_flight.get(&id.offset)?.attempt;
+        Some((part, attempt))
     }
 
     /// Acknowledge a delivered message: it will not be delivered again to this
     /// group once committed. Unknown or already settled ids are ignored.
     pub fn ack(&mut self, id: DeliveryId) {
-        if let Some(part) = self.part(id) {
+        if let Some((part, _)) = self.in_flight_mut(id) {
             Self::settle(part, id.offset);
         }
     }
 
-    /// Negatively acknowledge: deliver the message again after `delay`, with
-    /// its attempt count incremented. Unknown or already settled ids are ignored.
+    /// Negatively acknowledge: deliver the message again after `delay`, or
+    /// dead-letter it if it has had `max_attempts` deliveries. Unknown or
+    /// already settled ids are ignored.
     pub fn nak(&mut self, id: DeliveryId, delay: Duration) {
-        if let Some(part) = self.part(id) {
-            let attempt = part.in_flight.remove(&id.offset).unwrap_or(1);
+        if let Some((part, attempt)) = self.in_flight_mut(id) {
+            part.in_flight.remove(&id.offset);
             part.redeliver.insert(id.offset, (Instant::now() + delay, attempt + 1));
         }
+    }
+
+    /// Still working on it: restart the delivery's `ack_wait` lease.
+    pub fn in_progress(&mut self, id: DeliveryId) {
+        let deadline = Instant::now() + self.options.ack_wait;
+        if let Some(part) = self.parts.get_mut(id.partition as usize)
+            && let Some(f) = part.in_flight.get_mut(&id.offset)
+        {
+            f.deadline = deadline;
+            self.leases.push_back((deadline, id.partition, id.offset));
+        }
+    }
+
+    /// Reject a delivered message as one that can never be handled: copy it to
+    /// the dead-letter topic with `reason`, then acknowledge it. Unknown or
+    /// already settled ids are ignored.
+    ///
+    /// # Errors
+    /// A failure reading the message or writing the dead letter; the message
+    /// then stays in flight (and is redelivered after `ack_wait`).
+    pub fn reject(&mut self, id: DeliveryId, reason: &str) -> Result<()> {
+        let Some((_, attempt)) = self.in_flight_mut(id) else { return Ok(()) };
+        let record = self.queue.read(&self.topic.name, id.partition, id.offset, 1)?;
+        if let Some(record) = record.into_iter().next().filter(|r| r.offset == id.offset) {
+            self.dead_letter(record, attempt, reason)?;
+        }
+        Self::settle(&mut self.parts[id.partition as usize], id.offset);
+        Ok(())
     }
 
     /// Write the group's progress (the ack frontier of each partition) durably.
@@ -299,7 +443,6 @@ impl Consumer {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{Record, TopicConfig};
 
     fn queue_with(n: usize, partitions: u32) -> (tempfile::TempDir, Queue) {
         let dir = tempfile::tempdir().unwrap();

@@ -39,9 +39,9 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-pub use consumer::{Consumer, ConsumerOptions, Delivery, DeliveryId, StartFrom};
+pub use consumer::{Consumer, ConsumerOptions, Delivery, DeliveryId, StartFrom, dlq_headers};
 pub use partition::Truncation;
-pub use record::{Record, StoredRecord};
+pub use record::{MSG_ID_HEADER, Record, StoredRecord};
 pub use topic::{Fsync, TopicConfig, TopicInfo};
 
 use topic::Topic;

@@ -26,6 +26,8 @@ struct Segment {
     next: u64,
     /// (offset, byte position) of some records, ascending.
     index: Vec<(u64, u64)>,
+    /// Latest append timestamp in the segment.
+    max_ts: u64,
 }
 
 impl Segment {
@@ -67,6 +69,7 @@ impl Segment {
                             self.index.push((offset, rec_pos));
                         }
                         *last_ts = (*last_ts).max(ts);
+                        self.max_ts = self.max_ts.max(ts);
                         next += 1;
                         at += len;
                     }
@@ -186,7 +189,7 @@ impl Log {
                     reason: format!("segment starts at offset {base} but the previous one ends at {}", prev.next),
                 });
             }
-            let mut seg = Segment { base, path, file, len: 0, next: base, index: Vec::new() };
+            let mut seg = Segment { base, path, file, len: 0, next: base, index: Vec::new(), max_ts: 0 };
             let bad = seg.scan_from(0, base, &mut part.last_ts)?;
             if let Some((at, why)) = bad {
                 let is_tail = i + 1 == count;
@@ -230,7 +233,7 @@ impl Log {
             .map_err(|e| Error::io(&path, e))?;
         sync_dir(&self.dir)?;
         self.writer = Some(Arc::new(file.try_clone().map_err(|e| Error::io(&path, e))?));
-        self.segments.push(Segment { base, path, file, len: 0, next: base, index: Vec::new() });
+        self.segments.push(Segment { base, path, file, len: 0, next: base, index: Vec::new(), max_ts: 0 });
         Ok(())
     }
 
@@ -285,6 +288,7 @@ impl Log {
         }
         seg.len += self.buf.len() as u64;
         seg.next = first + records.len() as u64;
+        seg.max_ts = now;
         self.last_ts = now;
         Ok(first)
     }
@@ -301,6 +305,12 @@ impl Log {
             }
         }
         self.new_segment(base)
+    }
+
+    /// The first offset of the oldest segment holding a record appended at or
+    /// after `cutoff_ms` (or the end, if none).
+    pub(crate) fn first_offset_since(&self, cutoff_ms: u64) -> u64 {
+        self.segments.iter().find(|s| s.max_ts >= cutoff_ms && s.next > s.base).map_or(self.end_offset(), |s| s.base)
     }
 
     /// The append handle of the last segment, for syncing outside the lock.
@@ -326,7 +336,7 @@ impl Log {
             }
             let base = self.end_offset();
             let file = File::open(&following).map_err(|e| Error::io(&following, e))?;
-            self.segments.push(Segment { base, path: following, file, len: 0, next: base, index: Vec::new() });
+            self.segments.push(Segment { base, path: following, file, len: 0, next: base, index: Vec::new(), max_ts: 0 });
         }
     }
 

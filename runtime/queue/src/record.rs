@@ -36,7 +36,14 @@ pub struct Record {
     pub payload: Vec<u8>,
     /// When the producer created it (ms since the Unix epoch); `None` means now.
     pub timestamp_ms: Option<u64>,
+    /// Idempotency key: a publish of a record whose id was already published
+    /// to the topic within its dedupe window writes nothing and returns the
+    /// original position. Stored as the header [`MSG_ID_HEADER`].
+    pub id: Option<String>,
 }
+
+/// Header that carries a record's idempotency key ([`Record::id`]).
+pub const MSG_ID_HEADER: &str = "weir.msg-id";
 
 impl Record {
     /// A record with only a payload.
@@ -64,12 +71,13 @@ impl Record {
             + MIN_BODY
             + self.key.as_ref().map_or(0, Vec::len)
             + self.headers.iter().map(|(k, v)| 6 + k.len() + v.len()).sum::<usize>()
+            + self.id.as_ref().map_or(0, |id| 6 + MSG_ID_HEADER.len() + id.len())
             + self.payload.len()
     }
 
     /// Checks that the record can be encoded.
     pub(crate) fn validate(&self) -> Result<(), &'static str> {
-        if self.headers.len() > u16::MAX as usize {
+        if self.headers.len() >= u16::MAX as usize {
             return Err("more than 65535 headers");
         }
         if self.headers.iter().any(|(k, _)| k.len() > u16::MAX as usize) {
@@ -95,8 +103,11 @@ impl Record {
             }
             None => out.extend_from_slice(&NO_KEY.to_le_bytes()),
         }
-        out.extend_from_slice(&(self.headers.len() as u16).to_le_bytes());
-        for (name, value) in &self.headers {
+        let id = self.id.as_ref().map(|id| (MSG_ID_HEADER, id.as_bytes()));
+        let count = self.headers.len() + usize::from(id.is_some());
+        out.extend_from_slice(&(count as u16).to_le_bytes());
+        let headers = self.headers.iter().map(|(k, v)| (k.as_str(), v.as_slice())).chain(id);
+        for (name, value) in headers {
             out.extend_from_slice(&(name.len() as u16).to_le_bytes());
             out.extend_from_slice(name.as_bytes());
             out.extend_from_slice(&(value.len() as u32).to_le_bytes());

@@ -2,14 +2,16 @@
 
 use std::fs;
 use std::path::Path;
+use std::collections::{HashMap, VecDeque};
+use std::sync::Mutex;
 use std::time::Duration;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use serde::{Deserialize, Serialize};
 
 use crate::partition::Partition;
-use crate::record::Record;
-use crate::{Error, Result, sync_dir, validate_name, write_atomic};
+use crate::record::{MSG_ID_HEADER, Record};
+use crate::{Error, Result, now_ms, sync_dir, validate_name, write_atomic};
 
 pub(crate) const META_FILE: &str = "topic.json";
 
@@ -44,11 +46,19 @@ pub struct TopicConfig {
     pub group_commit_us: u64,
     /// A segment file is closed and a new one started past this size.
     pub segment_bytes: u64,
+    /// How long a [`Record::id`] is remembered for idempotent publish.
+    pub dedupe_window_ms: u64,
 }
 
 impl Default for TopicConfig {
     fn default() -> Self {
-        TopicConfig { partitions: 1, fsync: Fsync::Always, group_commit_us: 0, segment_bytes: 64 * 1024 * 1024 }
+        TopicConfig {
+            partitions: 1,
+            fsync: Fsync::Always,
+            group_commit_us: 0,
+            segment_bytes: 64 * 1024 * 1024,
+            dedupe_window_ms: 120_000,
+        }
     }
 }
 
@@ -88,6 +98,32 @@ pub(crate) struct Topic {
     pub(crate) config: TopicConfig,
     partitions: Vec<Partition>,
     next_keyless: AtomicU32,
+    dedupe: Mutex<Dedupe>,
+}
+
+/// Message ids published within the dedupe window, with their positions.
+#[derive(Default)]
+struct Dedupe {
+    ids: HashMap<String, (u32, u64)>,
+    /// (append time in ms, id), oldest first.
+    order: VecDeque<(u64, String)>,
+}
+
+impl Dedupe {
+    fn prune(&mut self, cutoff_ms: u64) {
+        while let Some((ts, _)) = self.order.front() {
+            if *ts >= cutoff_ms {
+                break;
+            }
+            let (_, id) = self.order.pop_front().unwrap();
+            self.ids.remove(&id);
+        }
+    }
+
+    fn insert(&mut self, id: String, pos: (u32, u64), ts: u64) {
+        self.ids.insert(id.clone(), pos);
+        self.order.push_back((ts, id));
+    }
 }
 
 impl Topic {
@@ -138,7 +174,37 @@ impl Topic {
             )?;
             partitions.push(part);
         }
-        Ok(Topic { name, config, partitions, next_keyless: AtomicU32::new(0) })
+        let dedupe = if read_only { Dedupe::default() } else { Self::recent_ids(&partitions, config.dedupe_window_ms)? };
+        Ok(Topic { name, config, partitions, next_keyless: AtomicU32::new(0), dedupe: Mutex::new(dedupe) })
+    }
+
+    /// Rebuild the dedupe table from the records appended within the window.
+    fn recent_ids(partitions: &[Partition], window_ms: u64) -> Result<Dedupe> {
+        let cutoff = now_ms().saturating_sub(window_ms);
+        let mut found = Vec::new();
+        for (p, part) in partitions.iter().enumerate() {
+            let log = part.log();
+            let mut from = log.first_offset_since(cutoff);
+            while from < log.end_offset() {
+                let recs = log.read(from, 10_000)?;
+                let Some(last) = recs.last() else { break };
+                from = last.offset + 1;
+                for r in recs {
+                    if r.append_timestamp_ms < cutoff {
+                        continue;
+                    }
+                    if let Some((_, id)) = r.headers.into_iter().find(|(k, _)| k == MSG_ID_HEADER) {
+                        found.push((r.append_timestamp_ms, String::from_utf8_lossy(&id).into_owned(), (p as u32, r.offset)));
+                    }
+                }
+            }
+        }
+        found.sort_by_key(|(ts, ..)| *ts);
+        let mut dedupe = Dedupe::default();
+        for (ts, id, pos) in found {
+            dedupe.insert(id, pos, ts);
+        }
+        Ok(dedupe)
     }
 
     pub(crate) fn partition(&self, p: u32) -> Result<&Partition> {
@@ -192,6 +258,51 @@ impl Topic {
                 reason,
             })?;
         }
+        if records.iter().all(|r| r.id.is_none()) {
+            return self.append(&records.iter().collect::<Vec<_>>());
+        }
+        // Idempotent publish: check, append and remember under one lock, so two
+        // concurrent publishes of one id cannot both append.
+        let mut dedupe = self.dedupe.lock().unwrap();
+        let now = now_ms();
+        dedupe.prune(now.saturating_sub(self.config.dedupe_window_ms));
+        let mut out: Vec<Option<(u32, u64)>> = vec![None; records.len()];
+        let mut first_in_batch: HashMap<&str, usize> = HashMap::new();
+        let mut fresh = Vec::new();
+        for (i, r) in records.iter().enumerate() {
+            if let Some(id) = &r.id {
+                if let Some(&pos) = dedupe.ids.get(id) {
+                    out[i] = Some(pos);
+                    continue;
+                }
+                if first_in_batch.contains_key(id.as_str()) {
+                    continue; // filled in from its first occurrence below
+                }
+                first_in_batch.insert(id, i);
+            }
+            fresh.push(i);
+        }
+        let positions = self.append(&fresh.iter().map(|&i| &records[i]).collect::<Vec<_>>())?;
+        for (&i, pos) in fresh.iter().zip(positions) {
+            out[i] = Some(pos);
+            if let Some(id) = &records[i].id {
+                dedupe.insert(id.clone(), pos, now);
+            }
+        }
+        // A repeated id within the batch gets the position of its first occurrence.
+        Ok((0..records.len())
+            .map(|i| {
+                out[i].unwrap_or_else(|| {
+                    let id = records[i].id.as_deref().expect("only records with an id are skipped");
+                    out[first_in_batch[id]].expect("first occurrence was appended")
+                })
+            })
+            .collect())
+    }
+
+    /// Append records (keyed ones to their key's partition, the others
+    /// together to the next partition in turn), durable per the fsync policy.
+    fn append(&self, records: &[&Record]) -> Result<Vec<(u32, u64)>> {
         let keyless = self.next_keyless.fetch_add(1, Ordering::Relaxed);
         let mut by_part: Vec<Vec<(usize, &Record)>> = vec![Vec::new(); self.config.partitions as usize];
         for (i, r) in records.iter().enumerate() {

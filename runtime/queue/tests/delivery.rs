@@ -1,0 +1,161 @@
+//! Leases, redelivery, dead-lettering and idempotent publish.
+
+use std::time::Duration;
+
+use weir_queue::{ConsumerOptions, Delivery, Queue, Record, TopicConfig, dlq_headers};
+
+fn setup(n: usize) -> (tempfile::TempDir, Queue) {
+    let dir = tempfile::tempdir().unwrap();
+    let q = Queue::open(dir.path()).unwrap();
+    q.create_topic("t", &TopicConfig::default()).unwrap();
+    let recs: Vec<Record> = (0..n).map(|i| Record::new(format!("m{i}"))).collect();
+    q.publish("t", &recs).unwrap();
+    (dir, q)
+}
+
+fn header<'a>(r: &'a weir_queue::StoredRecord, name: &str) -> &'a str {
+    let v = &r.headers.iter().find(|(k, _)| k == name).unwrap_or_else(|| panic!("no header {name}")).1;
+    std::str::from_utf8(v).unwrap()
+}
+
+fn fetch_all(c: &mut weir_queue::Consumer, wait: Duration) -> Vec<Delivery> {
+    c.fetch(100, wait).unwrap()
+}
+
+#[test]
+fn an_unacked_delivery_is_redelivered_after_ack_wait() {
+    let (_dir, q) = setup(2);
+    let opts = ConsumerOptions { ack_wait: Duration::from_millis(50), ..Default::default() };
+    let mut c = q.consumer("t", "g", opts).unwrap();
+    let first = fetch_all(&mut c, Duration::ZERO);
+    assert_eq!(first.len(), 2);
+    c.ack(first[1].id());
+    assert!(fetch_all(&mut c, Duration::ZERO).is_empty(), "not before the lease ends");
+    let again = fetch_all(&mut c, Duration::from_secs(5));
+    assert_eq!(again.len(), 1);
+    assert_eq!((again[0].record.offset, again[0].attempt), (0, 2));
+    c.ack(again[0].id());
+    assert!(c.is_settled());
+}
+
+#[test]
+fn in_progress_extends_the_lease() {
+    let (_dir, q) = setup(1);
+    let opts = ConsumerOptions { ack_wait: Duration::from_millis(200), ..Default::default() };
+    let mut c = q.consumer("t", "g", opts).unwrap();
+    let d = fetch_all(&mut c, Duration::ZERO);
+    for _ in 0..4 {
+        std::thread::sleep(Duration::from_millis(100));
+        c.in_progress(d[0].id());
+        assert!(fetch_all(&mut c, Duration::ZERO).is_empty(), "lease was extended");
+    }
+    assert_eq!(fetch_all(&mut c, Duration::from_secs(5))[0].attempt, 2, "and expires when no longer extended");
+}
+
+#[test]
+fn reject_dead_letters_with_headers_then_acknowledges() {
+    let (dir, q) = setup(3);
+    let mut c = q.consumer("t", "g", ConsumerOptions::default()).unwrap();
+    let d = fetch_all(&mut c, Duration::ZERO);
+    c.ack(d[0].id());
+    c.reject(d[1].id(), "bad input").unwrap();
+    c.ack(d[2].id());
+    c.commit().unwrap();
+    let dead = q.read("t.dlq", 0, 0, 10).unwrap();
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].payload, b"m1");
+    assert_eq!(header(&dead[0], dlq_headers::REASON), "bad input");
+    assert_eq!(header(&dead[0], dlq_headers::SOURCE_TOPIC), "t");
+    assert_eq!(header(&dead[0], dlq_headers::SOURCE_PARTITION), "0");
+    assert_eq!(header(&dead[0], dlq_headers::SOURCE_OFFSET), "1");
+    assert_eq!(header(&dead[0], dlq_headers::ATTEMPTS), "1");
+    drop(c);
+    drop(q);
+    let q = Queue::open(dir.path()).unwrap();
+    let mut c = q.consumer("t", "g", ConsumerOptions::default()).unwrap();
+    assert!(fetch_all(&mut c, Duration::ZERO).is_empty(), "the rejected message was acknowledged");
+}
+
+#[test]
+fn max_attempts_dead_letters_after_naks_and_after_expired_leases() {
+    let (_dir, q) = setup(2);
+    let opts = ConsumerOptions {
+        ack_wait: Duration::from_millis(20),
+        max_attempts: 3,
+        dead_letter: Some("poison".into()),
+        ..Default::default()
+    };
+    let mut c = q.consumer("t", "g", opts).unwrap();
+    let mut attempts = Vec::new();
+    for _ in 0..20 {
+        for d in fetch_all(&mut c, Duration::from_millis(50)) {
+            attempts.push((d.record.offset, d.attempt));
+            if d.record.offset == 0 {
+                c.nak(d.id(), Duration::ZERO);
+            } // offset 1 is never settled: its lease runs out
+        }
+        if c.is_settled() {
+            break;
+        }
+    }
+    assert!(c.is_settled(), "both were dead-lettered: {attempts:?}");
+    attempts.sort();
+    assert_eq!(attempts, [(0, 1), (0, 2), (0, 3), (1, 1), (1, 2), (1, 3)]);
+    let dead = q.read("poison", 0, 0, 10).unwrap();
+    assert_eq!(dead.len(), 2);
+    for r in &dead {
+        assert_eq!(header(r, dlq_headers::ATTEMPTS), "3");
+        assert!(header(r, dlq_headers::REASON).contains("max_attempts 3"));
+    }
+}
+
+#[test]
+fn a_crash_between_the_dead_letter_write_and_the_ack_does_not_duplicate_it() {
+    let (dir, q) = setup(1);
+    let mut c = q.consumer("t", "g", ConsumerOptions::default()).unwrap();
+    let d = fetch_all(&mut c, Duration::ZERO);
+    c.reject(d[0].id(), "poison").unwrap();
+    // Crash: the dead letter is durable but the ack was never committed.
+    drop(c);
+    drop(q);
+    let q = Queue::open(dir.path()).unwrap();
+    let mut c = q.consumer("t", "g", ConsumerOptions::default()).unwrap();
+    let again = fetch_all(&mut c, Duration::ZERO);
+    assert_eq!(again.len(), 1, "redelivered: the ack was lost with the crash");
+    c.reject(again[0].id(), "poison").unwrap();
+    c.commit().unwrap();
+    assert_eq!(q.read("t.dlq", 0, 0, 10).unwrap().len(), 1, "one dead letter, not two");
+}
+
+#[test]
+fn a_retried_publish_returns_the_original_offset_even_after_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let rec = |id: &str, body: &str| Record { id: Some(id.into()), ..Record::new(body) };
+    {
+        let q = Queue::open(dir.path()).unwrap();
+        q.create_topic("t", &TopicConfig { partitions: 3, ..Default::default() }).unwrap();
+        let first = q.publish("t", &[rec("a", "1"), rec("b", "2")]).unwrap();
+        let retry = q.publish("t", &[rec("b", "2"), rec("a", "1"), rec("c", "3"), rec("c", "3")]).unwrap();
+        assert_eq!(&retry[..2], &[first[1], first[0]]);
+        assert_eq!(retry[2], retry[3], "a repeated id within one batch is written once");
+        assert_eq!(q.topic_info("t").unwrap().len(), 3);
+    }
+    let q = Queue::open(dir.path()).unwrap();
+    let before = q.topic_info("t").unwrap().len();
+    q.publish("t", &[rec("a", "1")]).unwrap();
+    assert_eq!(q.topic_info("t").unwrap().len(), before, "the window survives a restart");
+    let stored = q.read("t", q.publish("t", &[rec("a", "1")]).unwrap()[0].0, 0, 10).unwrap();
+    assert!(stored.iter().any(|r| r.headers.iter().any(|(k, v)| k == weir_queue::MSG_ID_HEADER && v == b"a")));
+}
+
+#[test]
+fn ids_expire_with_the_dedupe_window() {
+    let dir = tempfile::tempdir().unwrap();
+    let q = Queue::open(dir.path()).unwrap();
+    q.create_topic("t", &TopicConfig { dedupe_window_ms: 50, ..Default::default() }).unwrap();
+    let rec = Record { id: Some("x".into()), ..Record::new("1") };
+    let a = q.publish("t", std::slice::from_ref(&rec)).unwrap();
+    std::thread::sleep(Duration::from_millis(80));
+    let b = q.publish("t", &[rec]).unwrap();
+    assert_ne!(a, b, "outside the window the id is new again");
+}
