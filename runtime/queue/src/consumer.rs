@@ -185,6 +185,11 @@ impl Consumer {
         self.options.dead_letter.clone().unwrap_or_else(|| format!("{}.dlq", self.topic.name))
     }
 
+    /// The committed offset of each partition (as last written by [`Consumer::commit`]).
+    pub fn committed(&self) -> Vec<u64> {
+        self.parts.iter().map(|p| p.committed).collect()
+    }
+
     /// Number of delivered, unsettled messages.
     pub fn in_flight(&self) -> usize {
         self.parts.iter().map(|p| p.in_flight.len()).sum()

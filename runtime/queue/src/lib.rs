@@ -173,8 +173,6 @@ pub fn validate_name(what: &'static str, name: &str) -> Result<()> {
 struct Inner {
     dir: PathBuf,
     read_only: bool,
-    /// Held (locked) for the life of a writable queue.
-    _lock: Option<File>,
     topics: RwLock<HashMap<String, Arc<Topic>>>,
     /// Bumped on every publish; consumers wait on it.
     published: Mutex<u64>,
@@ -185,6 +183,9 @@ struct Inner {
 #[derive(Clone)]
 pub struct Queue {
     inner: Arc<Inner>,
+    /// The directory lock, held by the handles only (not by background
+    /// threads), so it is released the moment the last handle is dropped.
+    _lock: Option<Arc<File>>,
 }
 
 impl Queue {
@@ -228,10 +229,10 @@ impl Queue {
             topics.insert(topic.name.clone(), Arc::new(topic));
         }
         let queue = Queue {
+            _lock: lock.map(Arc::new),
             inner: Arc::new(Inner {
                 dir: dir.to_owned(),
                 read_only,
-                _lock: lock,
                 topics: RwLock::new(topics),
                 published: Mutex::new(0),
                 wakeup: Condvar::new(),

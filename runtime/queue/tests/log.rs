@@ -157,3 +157,18 @@ fn bad_names_are_refused() {
     }
     assert!(matches!(q.publish("nope", &[Record::new("x")]), Err(Error::UnknownTopic(_))));
 }
+
+/// Regression: the interval flusher briefly held the queue alive after the
+/// last handle was dropped, so an immediate reopen found the directory locked.
+#[test]
+fn reopen_right_after_drop_is_not_locked_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = TopicConfig { fsync: weir_queue::Fsync::Interval { ms: 1 }, ..TopicConfig::default() };
+    for i in 0..2000 {
+        let q = Queue::open(dir.path()).unwrap_or_else(|e| panic!("reopen {i}: {e}"));
+        q.ensure_topic("t", &config).unwrap();
+        q.publish("t", &[Record::new("x")]).unwrap();
+    }
+    let q = Queue::open(dir.path()).unwrap();
+    assert_eq!(q.topic_info("t").unwrap().len(), 2000);
+}
