@@ -17,6 +17,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use crate::faults::Faults;
 use crate::partition::{Log, Truncation};
 use crate::record::{Record, StoredRecord};
 use crate::{Error, Fsync, Result};
@@ -43,6 +44,7 @@ pub(crate) struct Partition {
     synced: Condvar,
     /// fsyncs run by group commit, for benchmarks and metrics.
     fsyncs: AtomicU64,
+    faults: Faults,
 }
 
 impl Partition {
@@ -53,8 +55,9 @@ impl Partition {
         segment_bytes: u64,
         group_commit: Duration,
         read_only: bool,
+        faults: Faults,
     ) -> Result<(Self, Option<Truncation>)> {
-        let (log, truncation) = Log::open(id, dir, fsync, segment_bytes, read_only)?;
+        let (log, truncation) = Log::open(id, dir, fsync, segment_bytes, read_only, faults.clone())?;
         let state = SyncState { synced_end: log.end_offset(), syncing: false, failed: None, last_sync: Instant::now() };
         let part = Partition {
             dir: dir.to_owned(),
@@ -65,6 +68,7 @@ impl Partition {
             state: Mutex::new(state),
             synced: Condvar::new(),
             fsyncs: AtomicU64::new(0),
+            faults,
         };
         Ok((part, truncation))
     }
@@ -129,7 +133,10 @@ impl Partition {
                 let log = self.log();
                 (log.writer(), log.end_offset())
             };
-            let result = file.map_or(Ok(()), |f| f.sync_data());
+            let result = match self.faults.fsync_error() {
+                Some(e) => Err(e),
+                None => file.map_or(Ok(()), |f| f.sync_data()),
+            };
             self.fsyncs.fetch_add(1, Ordering::Relaxed);
             let failure = result.err().map(|e| {
                 // Fail-stop: after a failed fsync the kernel may have dropped

@@ -28,6 +28,7 @@
 
 mod consumer;
 mod durable;
+mod faults;
 mod partition;
 mod record;
 mod topic;
@@ -39,6 +40,8 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+#[cfg(feature = "fault-injection")]
+pub use faults::FaultInjector;
 pub use consumer::{Consumer, ConsumerOptions, Delivery, DeliveryId, StartFrom, dlq_headers};
 pub use partition::Truncation;
 pub use record::{MSG_ID_HEADER, Record, StoredRecord};
@@ -173,6 +176,7 @@ pub fn validate_name(what: &'static str, name: &str) -> Result<()> {
 struct Inner {
     dir: PathBuf,
     read_only: bool,
+    faults: faults::Faults,
     topics: RwLock<HashMap<String, Arc<Topic>>>,
     /// Bumped on every publish; consumers wait on it.
     published: Mutex<u64>,
@@ -195,7 +199,16 @@ impl Queue {
     /// # Errors
     /// [`Error::Locked`] if another process has it open; I/O and corruption errors.
     pub fn open(dir: impl AsRef<Path>) -> Result<Self> {
-        Self::open_mode(dir.as_ref(), false)
+        Self::open_mode(dir.as_ref(), false, faults::Faults::default())
+    }
+
+    /// Open `dir` like [`Queue::open`], with storage faults injected on demand.
+    ///
+    /// # Errors
+    /// As [`Queue::open`].
+    #[cfg(feature = "fault-injection")]
+    pub fn open_with_faults(dir: impl AsRef<Path>, injector: Arc<FaultInjector>) -> Result<Self> {
+        Self::open_mode(dir.as_ref(), false, faults::Faults { injector: Some(injector) })
     }
 
     /// Open `dir` read-only, without the lock: for inspecting a queue that
@@ -204,10 +217,10 @@ impl Queue {
     /// # Errors
     /// I/O and corruption errors; a directory that holds no queue.
     pub fn open_read_only(dir: impl AsRef<Path>) -> Result<Self> {
-        Self::open_mode(dir.as_ref(), true)
+        Self::open_mode(dir.as_ref(), true, faults::Faults::default())
     }
 
-    fn open_mode(dir: &Path, read_only: bool) -> Result<Self> {
+    fn open_mode(dir: &Path, read_only: bool, faults: faults::Faults) -> Result<Self> {
         let lock = if read_only {
             if !dir.join("topics").is_dir() {
                 return Err(Error::io(&dir.join("topics"), std::io::ErrorKind::NotFound.into()));
@@ -225,7 +238,7 @@ impl Queue {
             if !entry.path().join(topic::META_FILE).is_file() {
                 continue;
             }
-            let topic = Topic::open(&entry.path(), read_only)?;
+            let topic = Topic::open(&entry.path(), read_only, &faults)?;
             topics.insert(topic.name.clone(), Arc::new(topic));
         }
         let queue = Queue {
@@ -233,6 +246,7 @@ impl Queue {
             inner: Arc::new(Inner {
                 dir: dir.to_owned(),
                 read_only,
+                faults,
                 topics: RwLock::new(topics),
                 published: Mutex::new(0),
                 wakeup: Condvar::new(),
@@ -270,7 +284,7 @@ impl Queue {
                 requested: config.partitions,
             });
         }
-        let topic = Topic::create(&self.inner.dir.join("topics"), name, config)?;
+        let topic = Topic::create(&self.inner.dir.join("topics"), name, config, &self.inner.faults)?;
         let info = topic.info();
         topics.insert(name.to_owned(), Arc::new(topic));
         Ok(info)

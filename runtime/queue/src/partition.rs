@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::record::{self, Invalid, Record, StoredRecord};
+use crate::faults::Faults;
 use crate::{Error, Fsync, Result, now_ms, sync_dir};
 
 pub(crate) use crate::durable::Partition;
@@ -139,6 +140,7 @@ pub(crate) struct Log {
     /// Set after a write or fsync failure: the partition refuses writes.
     failed: Option<String>,
     buf: Vec<u8>,
+    faults: Faults,
 }
 
 impl Log {
@@ -149,6 +151,7 @@ impl Log {
         fsync: Fsync,
         segment_bytes: u64,
         read_only: bool,
+        faults: Faults,
     ) -> Result<(Self, Option<Truncation>)> {
         if !read_only {
             fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
@@ -174,6 +177,7 @@ impl Log {
             last_ts: 0,
             failed: None,
             buf: Vec::new(),
+            faults,
         };
         let mut truncation = None;
         let count = bases.len();
@@ -273,7 +277,13 @@ impl Log {
             rec.encode(first + i as u64, now, rec.timestamp_ms.unwrap_or(now), &mut self.buf);
         }
         let mut writer: &File = self.writer.as_ref().unwrap();
-        if let Err(e) = writer.write_all(&self.buf) {
+        let written = if self.faults.disk_full() {
+            // As a full disk does: part of the data lands, then ENOSPC.
+            writer.write_all(&self.buf[..self.buf.len() / 2]).and(Err(std::io::Error::from_raw_os_error(28)))
+        } else {
+            writer.write_all(&self.buf)
+        };
+        if let Err(e) = written {
             let err = Error::io(&seg.path, e);
             if let Err(e2) = writer.set_len(start_len) {
                 self.failed = Some(format!("write failed ({err}) and rollback failed ({e2})"));

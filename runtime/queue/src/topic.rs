@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 
 use serde::{Deserialize, Serialize};
 
+use crate::faults::Faults;
 use crate::partition::Partition;
 use crate::record::{MSG_ID_HEADER, Record};
 use crate::{Error, Result, now_ms, sync_dir, validate_name, write_atomic};
@@ -127,7 +128,7 @@ impl Dedupe {
 }
 
 impl Topic {
-    pub(crate) fn create(topics_dir: &Path, name: &str, config: &TopicConfig) -> Result<Topic> {
+    pub(crate) fn create(topics_dir: &Path, name: &str, config: &TopicConfig, faults: &Faults) -> Result<Topic> {
         validate_name("topic name", name)?;
         if config.partitions == 0 || config.partitions > 4096 {
             return Err(Error::Invalid {
@@ -148,15 +149,16 @@ impl Topic {
         let meta = serde_json::to_vec_pretty(config).expect("topic config serialises");
         // The partitions exist before the metadata that makes the topic visible.
         for p in 0..config.partitions {
-            Partition::open(p, &dir.join(p.to_string()), config.fsync, config.segment_bytes, config.group_commit(), false)?;
+            let dir = dir.join(p.to_string());
+            Partition::open(p, &dir, config.fsync, config.segment_bytes, config.group_commit(), false, faults.clone())?;
         }
         sync_dir(&dir)?;
         write_atomic(&dir.join(META_FILE), &meta)?;
         sync_dir(topics_dir)?;
-        Topic::open(&dir, false)
+        Topic::open(&dir, false, faults)
     }
 
-    pub(crate) fn open(dir: &Path, read_only: bool) -> Result<Topic> {
+    pub(crate) fn open(dir: &Path, read_only: bool, faults: &Faults) -> Result<Topic> {
         let meta_path = dir.join(META_FILE);
         let bytes = fs::read(&meta_path).map_err(|e| Error::io(&meta_path, e))?;
         let config: TopicConfig =
@@ -171,6 +173,7 @@ impl Topic {
                 config.segment_bytes,
                 config.group_commit(),
                 read_only,
+                faults.clone(),
             )?;
             partitions.push(part);
         }
