@@ -23,6 +23,12 @@ pub(crate) enum TopicsCommand {
         /// With `--fsync interval`: the interval.
         #[arg(long, default_value_t = 100)]
         fsync_interval_ms: u64,
+        /// Delete a partition's oldest segments once older than this.
+        #[arg(long)]
+        max_age_ms: Option<u64>,
+        /// Delete a partition's oldest segments while it is larger than this.
+        #[arg(long)]
+        max_bytes: Option<u64>,
     },
     /// Show a topic's settings and per-partition offsets.
     Describe {
@@ -47,14 +53,15 @@ pub(crate) fn topics(cmd: TopicsCommand, dir: PathBuf) -> anyhow::Result<()> {
                 println!("{:<30} partitions={:<4} messages={}", t.name, t.config.partitions, t.len());
             }
         }
-        TopicsCommand::Create { name, partitions, fsync, fsync_interval_ms } => {
+        TopicsCommand::Create { name, partitions, fsync, fsync_interval_ms, max_age_ms, max_bytes } => {
             let queue = Queue::open(&dir).with_context(|| format!("opening data directory {}", dir.display()))?;
             let fsync = match fsync {
                 FsyncArg::Always => Fsync::Always,
                 FsyncArg::Interval => Fsync::Interval { ms: fsync_interval_ms },
                 FsyncArg::Never => Fsync::Never,
             };
-            let info = queue.create_topic(&name, &TopicConfig { partitions, fsync, ..TopicConfig::default() })?;
+            let config = TopicConfig { partitions, fsync, max_age_ms, max_bytes, ..TopicConfig::default() };
+            let info = queue.create_topic(&name, &config)?;
             println!("created topic {} with {} partition(s)", info.name, info.config.partitions);
         }
         TopicsCommand::Describe { name } => {

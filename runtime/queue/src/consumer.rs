@@ -56,6 +56,19 @@ impl Default for ConsumerOptions {
     }
 }
 
+/// A position to [`Consumer::seek`] to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Seek {
+    /// This offset (clamped to what is retained).
+    Offset(u64),
+    /// The first record appended at or after this time (ms since the Unix epoch).
+    Time(u64),
+    /// The oldest retained record.
+    First,
+    /// The end: only records published from now on.
+    Last,
+}
+
 /// Header names on dead-lettered records.
 pub mod dlq_headers {
     /// Why the message was dead-lettered.
@@ -306,7 +319,18 @@ impl Consumer {
             if self.queue.is_read_only() {
                 self.topic.refresh(p as u32)?;
             }
-            if self.parts[p].next >= self.topic.visible_end(p as u32) {
+            // Retention may have deleted what the group had not read: skip it.
+            let start = self.topic.start_offset(p as u32);
+            let part = &mut self.parts[p];
+            if part.frontier < start {
+                part.frontier = start;
+                part.acked.retain(|&o| o >= start);
+                while part.acked.remove(&part.frontier) {
+                    part.frontier += 1;
+                }
+            }
+            part.next = part.next.max(start);
+            if part.next >= self.topic.visible_end(p as u32) {
                 continue;
             }
             let recs = self.queue.read(&self.topic.name, p as u32, self.parts[p].next, want)?;
@@ -419,6 +443,34 @@ impl Consumer {
             self.dead_letter(record, attempt, reason)?;
         }
         Self::settle(&mut self.parts[id.partition as usize], id.offset);
+        Ok(())
+    }
+
+    /// Move partition `partition` to `to`: deliveries of it in flight or
+    /// waiting for redelivery are forgotten, and the next fetch starts there.
+    /// The group's committed offset follows at the next [`Consumer::commit`].
+    ///
+    /// # Errors
+    /// Unknown partition; I/O errors looking up a time.
+    pub fn seek(&mut self, partition: u32, to: Seek) -> Result<()> {
+        let p = partition as usize;
+        if p >= self.parts.len() {
+            return Err(Error::Invalid { what: "partition", value: partition.to_string(), reason: "no such partition" });
+        }
+        let start = self.topic.start_offset(partition);
+        let end = self.topic.visible_end(partition);
+        let offset = match to {
+            Seek::Offset(o) => o.clamp(start, end),
+            Seek::Time(ts) => self.topic.offset_for_time(partition, ts)?.clamp(start, end),
+            Seek::First => start,
+            Seek::Last => end,
+        };
+        let part = &mut self.parts[p];
+        part.frontier = offset;
+        part.next = offset;
+        part.acked.clear();
+        part.in_flight.clear();
+        part.redeliver.clear();
         Ok(())
     }
 

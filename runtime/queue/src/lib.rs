@@ -42,7 +42,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 #[cfg(feature = "fault-injection")]
 pub use faults::FaultInjector;
-pub use consumer::{Consumer, ConsumerOptions, Delivery, DeliveryId, StartFrom, dlq_headers};
+pub use consumer::{Consumer, ConsumerOptions, Delivery, DeliveryId, Seek, StartFrom, dlq_headers};
 pub use partition::Truncation;
 pub use record::{MSG_ID_HEADER, Record, StoredRecord};
 pub use topic::{Fsync, TopicConfig, TopicInfo};
@@ -95,15 +95,13 @@ pub enum Error {
     /// The topic does not exist.
     #[error("unknown topic `{0}`")]
     UnknownTopic(String),
-    /// The topic exists with other settings.
-    #[error("topic `{name}` already exists with {existing} partition(s), not {requested}")]
-    TopicMismatch {
+    /// A topic of that name already exists.
+    #[error("topic `{name}` already exists (with {partitions} partition(s))")]
+    TopicExists {
         /// The topic.
         name: String,
         /// Its partition count.
-        existing: u32,
-        /// The partition count asked for.
-        requested: u32,
+        partitions: u32,
     },
     /// A name or value was rejected.
     #[error("invalid {what} `{value}`: {reason}")]
@@ -278,11 +276,7 @@ impl Queue {
         }
         let mut topics = self.inner.topics.write().unwrap();
         if let Some(t) = topics.get(name) {
-            return Err(Error::TopicMismatch {
-                name: name.into(),
-                existing: t.config.partitions,
-                requested: config.partitions,
-            });
+            return Err(Error::TopicExists { name: name.into(), partitions: t.config.partitions });
         }
         let topic = Topic::create(&self.inner.dir.join("topics"), name, config, &self.inner.faults)?;
         let info = topic.info();
@@ -356,6 +350,25 @@ impl Queue {
         Consumer::new(self.clone(), self.topic(topic)?, group, options)
     }
 
+    /// Apply every topic's retention limits now (a background thread also
+    /// does so every second). Returns how many records were deleted.
+    ///
+    /// # Errors
+    /// An I/O error deleting a segment.
+    pub fn apply_retention(&self) -> Result<u64> {
+        let topics: Vec<Arc<Topic>> = self.inner.topics.read().unwrap().values().cloned().collect();
+        topics.iter().map(|t| t.apply_retention()).sum()
+    }
+
+    /// The first offset of a partition appended at or after `timestamp_ms`
+    /// (ms since the Unix epoch), or its end if none is.
+    ///
+    /// # Errors
+    /// Unknown topic or partition; I/O errors.
+    pub fn offset_for_time(&self, topic: &str, partition: u32, timestamp_ms: u64) -> Result<u64> {
+        self.topic(topic)?.offset_for_time(partition, timestamp_ms)
+    }
+
     /// Make every partition's appended data durable now, whatever its policy.
     ///
     /// # Errors
@@ -382,15 +395,27 @@ impl Queue {
 /// How often the background flusher looks for `fsync = "interval"` work.
 const FLUSH_TICK: Duration = Duration::from_millis(5);
 
-/// Sync `interval` topics on time even when nobody publishes. Exits when the queue is dropped.
+/// How often retention limits are applied.
+const RETENTION_TICK: Duration = Duration::from_secs(1);
+
+/// Sync `interval` topics on time even when nobody publishes, and apply
+/// retention. Exits when the queue is dropped.
 fn spawn_flusher(inner: std::sync::Weak<Inner>) {
     let spawned = std::thread::Builder::new().name("weir-queue-flush".into()).spawn(move || {
+        let mut last_retention = std::time::Instant::now();
         while let Some(inner) = inner.upgrade() {
             let topics: Vec<Arc<Topic>> = inner.topics.read().unwrap().values().cloned().collect();
             drop(inner);
+            let retention_due = last_retention.elapsed() >= RETENTION_TICK;
             for t in topics {
                 // A failure is fail-stop inside the partition and reported to publishers.
                 let _ = t.sync_due();
+                if retention_due && let Err(e) = t.apply_retention() {
+                    tracing::error!(topic = %t.name, error = %e, "retention failed");
+                }
+            }
+            if retention_due {
+                last_retention = std::time::Instant::now();
             }
             std::thread::sleep(FLUSH_TICK);
         }

@@ -25,8 +25,8 @@ struct Segment {
     len: u64,
     /// Offset after the last record in this segment.
     next: u64,
-    /// (offset, byte position) of some records, ascending.
-    index: Vec<(u64, u64)>,
+    /// (offset, byte position, append time) of some records, ascending.
+    index: Vec<(u64, u64, u64)>,
     /// Latest append timestamp in the segment.
     max_ts: u64,
 }
@@ -38,7 +38,7 @@ impl Segment {
 
     /// Byte position from which to scan to find `offset`.
     fn seek_pos(&self, offset: u64) -> u64 {
-        match self.index.partition_point(|&(o, _)| o <= offset) {
+        match self.index.partition_point(|&(o, ..)| o <= offset) {
             0 => 0,
             i => self.index[i - 1].1,
         }
@@ -65,9 +65,9 @@ impl Segment {
                             break 'outer;
                         }
                         let rec_pos = pos + at as u64;
-                        let last_indexed = self.index.last().map_or(None, |&(_, p)| Some(p));
+                        let last_indexed = self.index.last().map(|&(_, p, _)| p);
                         if last_indexed.is_none_or(|p| rec_pos >= p + INDEX_INTERVAL) {
-                            self.index.push((offset, rec_pos));
+                            self.index.push((offset, rec_pos, ts));
                         }
                         *last_ts = (*last_ts).max(ts);
                         self.max_ts = self.max_ts.max(ts);
@@ -291,9 +291,9 @@ impl Log {
             return Err(err);
         }
         for (i, pos) in positions.into_iter().enumerate() {
-            let last_indexed = seg.index.last().map(|&(_, p)| p);
+            let last_indexed = seg.index.last().map(|&(_, p, _)| p);
             if last_indexed.is_none_or(|p| pos >= p + INDEX_INTERVAL) {
-                seg.index.push((first + i as u64, pos));
+                seg.index.push((first + i as u64, pos, now));
             }
         }
         seg.len += self.buf.len() as u64;
@@ -321,6 +321,50 @@ impl Log {
     /// after `cutoff_ms` (or the end, if none).
     pub(crate) fn first_offset_since(&self, cutoff_ms: u64) -> u64 {
         self.segments.iter().find(|s| s.max_ts >= cutoff_ms && s.next > s.base).map_or(self.end_offset(), |s| s.base)
+    }
+
+    /// Delete the oldest sealed segments while they are older than `max_age_ms`
+    /// or the partition is larger than `max_bytes`. The active segment is never
+    /// deleted. Returns how many records went.
+    pub(crate) fn apply_retention(&mut self, now_ms: u64, max_age_ms: Option<u64>, max_bytes: Option<u64>) -> Result<u64> {
+        let mut removed = 0;
+        let mut total: u64 = self.segments.iter().map(|s| s.len).sum();
+        while self.segments.len() > 1 {
+            let oldest = &self.segments[0];
+            let too_old = max_age_ms.is_some_and(|age| oldest.max_ts.saturating_add(age) < now_ms);
+            let too_big = max_bytes.is_some_and(|max| total > max);
+            if !(too_old || too_big) {
+                break;
+            }
+            if !self.read_only {
+                std::fs::remove_file(&oldest.path).map_err(|e| Error::io(&oldest.path, e))?;
+                sync_dir(&self.dir)?;
+            }
+            tracing::debug!(segment = %oldest.path.display(), too_old, too_big, "retention deleted a segment");
+            total -= oldest.len;
+            removed += oldest.next - oldest.base;
+            self.segments.remove(0);
+        }
+        Ok(removed)
+    }
+
+    /// The first offset whose append time is at or after `ts_ms` (the end if none).
+    pub(crate) fn offset_for_time(&self, ts_ms: u64) -> Result<u64> {
+        let Some(seg) = self.segments.iter().find(|s| s.max_ts >= ts_ms && s.next > s.base) else {
+            return Ok(self.end_offset());
+        };
+        // Scan the segment from the last index entry known to be earlier.
+        let i = seg.index.partition_point(|&(_, _, t)| t < ts_ms);
+        let from = if i == 0 { seg.base } else { seg.index[i - 1].0 };
+        let mut at = from;
+        while at < seg.next {
+            let recs = self.read(at, 1000)?;
+            match recs.iter().find(|r| r.append_timestamp_ms >= ts_ms) {
+                Some(r) => return Ok(r.offset),
+                None => at = recs.last().map_or(seg.next, |r| r.offset + 1),
+            }
+        }
+        Ok(seg.next)
     }
 
     /// The append handle of the last segment, for syncing outside the lock.

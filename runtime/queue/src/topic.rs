@@ -49,6 +49,12 @@ pub struct TopicConfig {
     pub segment_bytes: u64,
     /// How long a [`Record::id`] is remembered for idempotent publish.
     pub dedupe_window_ms: u64,
+    /// Delete a partition's oldest segments once all their records are older
+    /// than this. `None`: keep forever.
+    pub max_age_ms: Option<u64>,
+    /// Delete a partition's oldest segments while it is larger than this.
+    /// `None`: no limit. The active segment is never deleted.
+    pub max_bytes: Option<u64>,
 }
 
 impl Default for TopicConfig {
@@ -59,6 +65,8 @@ impl Default for TopicConfig {
             group_commit_us: 0,
             segment_bytes: 64 * 1024 * 1024,
             dedupe_window_ms: 120_000,
+            max_age_ms: None,
+            max_bytes: None,
         }
     }
 }
@@ -330,6 +338,23 @@ impl Topic {
             p.sync()?;
         }
         Ok(())
+    }
+
+    /// Apply the retention limits to every partition.
+    pub(crate) fn apply_retention(&self) -> Result<u64> {
+        if self.config.max_age_ms.is_none() && self.config.max_bytes.is_none() {
+            return Ok(0);
+        }
+        let now = now_ms();
+        let mut removed = 0;
+        for p in &self.partitions {
+            removed += p.log().apply_retention(now, self.config.max_age_ms, self.config.max_bytes)?;
+        }
+        Ok(removed)
+    }
+
+    pub(crate) fn offset_for_time(&self, p: u32, ts_ms: u64) -> Result<u64> {
+        self.partition(p)?.log().offset_for_time(ts_ms)
     }
 
     /// For `fsync = "interval"` topics: sync partitions whose last sync is older than the interval.

@@ -248,7 +248,15 @@ pub fn compile(file: &Path, text: &str) -> Result<Pipeline, ConfigErrors> {
                 Fsync::Always
             }
         };
-        let config = TopicConfig { partitions, fsync, ..TopicConfig::default() };
+        let d = TopicConfig::default();
+        let group_commit_us = c.int(&tp.key("group_commit_us"), t.group_commit_us, 0, 0, 1_000_000, " µs") as u64;
+        let segment_bytes =
+            c.int(&tp.key("segment_bytes"), t.segment_bytes, d.segment_bytes as i64, 4096, 1 << 40, " bytes") as u64;
+        let dedupe_window_ms =
+            c.int(&tp.key("dedupe_window_ms"), t.dedupe_window_ms, d.dedupe_window_ms as i64, 0, 86_400_000, " ms") as u64;
+        let max_age_ms = t.max_age_ms.map(|v| c.int(&tp.key("max_age_ms"), Some(v), 1, 1, i64::MAX, " ms") as u64);
+        let max_bytes = t.max_bytes.map(|v| c.int(&tp.key("max_bytes"), Some(v), 4096, 4096, i64::MAX, " bytes") as u64);
+        let config = TopicConfig { partitions, fsync, group_commit_us, segment_bytes, dedupe_window_ms, max_age_ms, max_bytes };
         if topics.insert(t.name.clone(), config).is_some() {
             c.error(&tp.key("name"), format!("topic {:?} is defined twice", t.name));
         }

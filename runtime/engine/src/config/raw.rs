@@ -91,6 +91,11 @@ pub(crate) struct RawTopic {
     pub partitions: Option<i64>,
     pub fsync: Option<RawFsync>,
     pub fsync_interval_ms: Option<i64>,
+    pub group_commit_us: Option<i64>,
+    pub segment_bytes: Option<i64>,
+    pub dedupe_window_ms: Option<i64>,
+    pub max_age_ms: Option<i64>,
+    pub max_bytes: Option<i64>,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize)]
