@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use crate::record::{self, Invalid, Record, StoredRecord};
 use crate::faults::Faults;
-use crate::{Error, Fsync, Result, now_ms, sync_dir};
+use crate::{Error, Fsync, Result, now_ms, sync_dir, write_atomic};
 
 pub(crate) use crate::durable::Partition;
 
@@ -29,11 +29,61 @@ struct Segment {
     index: Vec<(u64, u64, u64)>,
     /// Latest append timestamp in the segment.
     max_ts: u64,
+    /// Some record carries a message id (the dedupe window is rebuilt from these).
+    has_ids: bool,
 }
+
+const INDEX_MAGIC: &[u8; 8] = b"WEIRIDX1";
 
 impl Segment {
     fn file_name(base: u64) -> String {
         format!("{base:020}.log")
+    }
+
+    fn index_path(&self) -> PathBuf {
+        self.path.with_extension("index")
+    }
+
+    /// The index file of a sealed segment: magic, base, length, next offset,
+    /// latest append time, has-ids flag, entry count, entries (offset, position, time),
+    /// CRC32C of all of it. Little-endian.
+    fn encode_index(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(48 + self.index.len() * 24 + 4);
+        out.extend_from_slice(INDEX_MAGIC);
+        for v in [self.base, self.len, self.next, self.max_ts, u64::from(self.has_ids), self.index.len() as u64] {
+            out.extend_from_slice(&v.to_le_bytes());
+        }
+        for &(o, p, t) in &self.index {
+            for v in [o, p, t] {
+                out.extend_from_slice(&v.to_le_bytes());
+            }
+        }
+        let crc = crc32c::crc32c(&out);
+        out.extend_from_slice(&crc.to_le_bytes());
+        out
+    }
+
+    /// Load the index file if it is intact and matches the segment as it is on disk.
+    fn load_index(&mut self, file_len: u64) -> bool {
+        let Ok(bytes) = std::fs::read(self.index_path()) else { return false };
+        let u64_at = |i: usize| u64::from_le_bytes(bytes[i..i + 8].try_into().unwrap());
+        if bytes.len() < 60 || &bytes[..8] != INDEX_MAGIC {
+            return false;
+        }
+        let (body, crc) = bytes.split_at(bytes.len() - 4);
+        if crc32c::crc32c(body) != u32::from_le_bytes(crc.try_into().unwrap()) {
+            return false;
+        }
+        let count = u64_at(48) as usize;
+        if body.len() != 56 + count * 24 || u64_at(8) != self.base || u64_at(16) != file_len {
+            return false;
+        }
+        self.len = file_len;
+        self.next = u64_at(24);
+        self.max_ts = u64_at(32);
+        self.has_ids = u64_at(40) != 0;
+        self.index = (0..count).map(|i| (u64_at(56 + i * 24), u64_at(64 + i * 24), u64_at(72 + i * 24))).collect();
+        true
     }
 
     /// Byte position from which to scan to find `offset`.
@@ -71,6 +121,7 @@ impl Segment {
                         }
                         *last_ts = (*last_ts).max(ts);
                         self.max_ts = self.max_ts.max(ts);
+                        self.has_ids |= record::flags(&buf[at..]) & record::FLAG_HAS_ID != 0;
                         next += 1;
                         at += len;
                     }
@@ -193,10 +244,22 @@ impl Log {
                     reason: format!("segment starts at offset {base} but the previous one ends at {}", prev.next),
                 });
             }
-            let mut seg = Segment { base, path, file, len: 0, next: base, index: Vec::new(), max_ts: 0 };
+            let mut seg = Segment { base, path, file, len: 0, next: base, index: Vec::new(), max_ts: 0, has_ids: false };
+            let is_tail = i + 1 == count;
+            let file_len = seg.file.metadata().map_err(|e| Error::io(&seg.path, e))?.len();
+            // A sealed segment with an intact index is not scanned: its records
+            // are CRC-checked when read. The tail is always scanned and cut.
+            if !is_tail && seg.load_index(file_len) {
+                part.last_ts = part.last_ts.max(seg.max_ts);
+                part.segments.push(seg);
+                continue;
+            }
             let bad = seg.scan_from(0, base, &mut part.last_ts)?;
+            if !is_tail && bad.is_none() && !read_only {
+                tracing::warn!(segment = %seg.path.display(), "index file missing or damaged; rebuilt it from the log");
+                write_atomic(&seg.index_path(), &seg.encode_index())?;
+            }
             if let Some((at, why)) = bad {
-                let is_tail = i + 1 == count;
                 if !is_tail {
                     return Err(Error::Corrupt { path: seg.path, position: at, reason: why.describe().into() });
                 }
@@ -237,7 +300,7 @@ impl Log {
             .map_err(|e| Error::io(&path, e))?;
         sync_dir(&self.dir)?;
         self.writer = Some(Arc::new(file.try_clone().map_err(|e| Error::io(&path, e))?));
-        self.segments.push(Segment { base, path, file, len: 0, next: base, index: Vec::new(), max_ts: 0 });
+        self.segments.push(Segment { base, path, file, len: 0, next: base, index: Vec::new(), max_ts: 0, has_ids: false });
         Ok(())
     }
 
@@ -299,6 +362,7 @@ impl Log {
         seg.len += self.buf.len() as u64;
         seg.next = first + records.len() as u64;
         seg.max_ts = now;
+        seg.has_ids |= records.iter().any(|r| r.id.is_some());
         self.last_ts = now;
         Ok(first)
     }
@@ -314,13 +378,15 @@ impl Log {
                 return Err(Error::Failed { partition_dir: self.dir.clone(), reason });
             }
         }
+        let sealed = self.segments.last().unwrap();
+        write_atomic(&sealed.index_path(), &sealed.encode_index())?;
         self.new_segment(base)
     }
 
-    /// The first offset of the oldest segment holding a record appended at or
-    /// after `cutoff_ms` (or the end, if none).
-    pub(crate) fn first_offset_since(&self, cutoff_ms: u64) -> u64 {
-        self.segments.iter().find(|s| s.max_ts >= cutoff_ms && s.next > s.base).map_or(self.end_offset(), |s| s.base)
+    /// Offset ranges of the segments that hold records with message ids
+    /// appended at or after `cutoff_ms`.
+    pub(crate) fn id_ranges_since(&self, cutoff_ms: u64) -> Vec<(u64, u64)> {
+        self.segments.iter().filter(|s| s.has_ids && s.max_ts >= cutoff_ms).map(|s| (s.base, s.next)).collect()
     }
 
     /// Delete the oldest sealed segments while they are older than `max_age_ms`
@@ -337,6 +403,11 @@ impl Log {
                 break;
             }
             if !self.read_only {
+                // The index first: an index without its log is never loaded.
+                match std::fs::remove_file(oldest.index_path()) {
+                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(Error::io(&oldest.index_path(), e)),
+                    _ => {}
+                }
                 std::fs::remove_file(&oldest.path).map_err(|e| Error::io(&oldest.path, e))?;
                 sync_dir(&self.dir)?;
             }
@@ -390,58 +461,56 @@ impl Log {
             }
             let base = self.end_offset();
             let file = File::open(&following).map_err(|e| Error::io(&following, e))?;
-            self.segments.push(Segment { base, path: following, file, len: 0, next: base, index: Vec::new(), max_ts: 0 });
+            self.segments.push(Segment { base, path: following, file, len: 0, next: base, index: Vec::new(), max_ts: 0, has_ids: false });
         }
     }
 
     /// Read up to `max` records starting at `from` (clamped to the start).
+    /// Every record's CRC is checked: damage is an error, never skipped.
     pub(crate) fn read(&self, from: u64, max: usize) -> Result<Vec<StoredRecord>> {
         let mut out = Vec::new();
         let mut want = from.max(self.start_offset());
         let first = self.segments.partition_point(|s| s.next <= want);
+        let mut buf = Vec::new();
         for seg in &self.segments[first..] {
             if out.len() >= max {
                 break;
             }
+            let corrupt = |position: u64, reason: &str| Error::Corrupt {
+                path: seg.path.clone(),
+                position,
+                reason: reason.to_owned(),
+            };
             let mut pos = seg.seek_pos(want);
-            let mut buf = vec![0; READ_CHUNK];
-            'seg: while pos < seg.len && out.len() < max {
-                let n = ((seg.len - pos) as usize).min(READ_CHUNK);
-                buf.resize(n, 0);
+            while pos < seg.len && out.len() < max {
+                buf.resize(((seg.len - pos) as usize).min(READ_CHUNK), 0);
                 seg.file.read_exact_at(&mut buf, pos).map_err(|e| Error::io(&seg.path, e))?;
                 let mut at = 0;
-                while out.len() < max {
-                    let len = match record::frame_len(&buf[at..]) {
-                        Ok(len) if at + len <= buf.len() => len,
-                        Ok(len) if at == 0 => {
-                            buf.resize(len, 0);
+                while at < buf.len() && out.len() < max {
+                    let len = match record::check(&buf[at..]) {
+                        Ok((len, ..)) => len,
+                        // The next record continues past this chunk: read on from it.
+                        Err(Invalid::Truncated) if at > 0 => break,
+                        Err(Invalid::Truncated) => {
+                            // One record larger than the chunk: read exactly it.
+                            let total = record::frame_len(&buf).map_err(|why| corrupt(pos, why.describe()))?;
+                            if pos + total as u64 > seg.len {
+                                return Err(corrupt(pos, "record runs past the end of the segment"));
+                            }
+                            buf.resize(total, 0);
                             seg.file.read_exact_at(&mut buf, pos).map_err(|e| Error::io(&seg.path, e))?;
-                            len
+                            continue;
                         }
-                        Ok(_) | Err(Invalid::Truncated) if at > 0 => break,
-                        Ok(_) | Err(_) => {
-                            return Err(Error::Corrupt {
-                                path: seg.path.clone(),
-                                position: pos + at as u64,
-                                reason: "unreadable record inside the validated log".into(),
-                            });
-                        }
+                        Err(why) => return Err(corrupt(pos + at as u64, why.describe())),
                     };
                     let frame = &buf[at..at + len];
                     let offset = u64::from_le_bytes(frame[8..16].try_into().unwrap());
                     if offset >= want {
-                        let rec = record::decode(self.id, frame).map_err(|why| Error::Corrupt {
-                            path: seg.path.clone(),
-                            position: pos + at as u64,
-                            reason: why.describe().into(),
-                        })?;
+                        let rec = record::decode(self.id, frame).map_err(|why| corrupt(pos + at as u64, why.describe()))?;
                         out.push(rec);
                         want = offset + 1;
                     }
                     at += len;
-                    if pos + at as u64 >= seg.len {
-                        break 'seg;
-                    }
                 }
                 pos += at as u64;
             }
@@ -449,4 +518,3 @@ impl Log {
         Ok(out)
     }
 }
-

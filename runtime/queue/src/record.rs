@@ -7,6 +7,7 @@
 //!   u64  offset
 //!   u64  append timestamp, ms since the Unix epoch (monotonic per partition)
 //!   u64  producer timestamp, ms since the Unix epoch
+//!   u8   flags: bit 0 = carries a message id header (for idempotent publish)
 //!   u32  key length, or u32::MAX for no key
 //!   ..   key
 //!   u16  header count
@@ -19,8 +20,12 @@
 
 /// Bytes before the body: length and CRC.
 pub(crate) const HEADER_LEN: usize = 8;
-/// Smallest possible body: offset, two timestamps, key length, header count.
-const MIN_BODY: usize = 8 + 8 + 8 + 4 + 2;
+/// Smallest possible body: offset, two timestamps, flags, key length, header count.
+const MIN_BODY: usize = 8 + 8 + 8 + 1 + 4 + 2;
+/// Position of the flags byte in a frame.
+const FLAGS_AT: usize = HEADER_LEN + 24;
+/// Flag: the record carries a [`MSG_ID_HEADER`].
+pub(crate) const FLAG_HAS_ID: u8 = 1;
 /// Largest body we accept; guards recovery against a garbage length field.
 pub(crate) const MAX_BODY: usize = 64 * 1024 * 1024;
 const NO_KEY: u32 = u32::MAX;
@@ -96,6 +101,7 @@ impl Record {
         out.extend_from_slice(&offset.to_le_bytes());
         out.extend_from_slice(&append_ts.to_le_bytes());
         out.extend_from_slice(&producer_ts.to_le_bytes());
+        out.push(if self.id.is_some() { FLAG_HAS_ID } else { 0 });
         match &self.key {
             Some(k) => {
                 out.extend_from_slice(&(k.len() as u32).to_le_bytes());
@@ -177,6 +183,11 @@ pub(crate) fn frame_len(buf: &[u8]) -> Result<usize, Invalid> {
     Ok(HEADER_LEN + len)
 }
 
+/// The flags of a validated frame.
+pub(crate) fn flags(frame: &[u8]) -> u8 {
+    frame[FLAGS_AT]
+}
+
 /// Validate the record at the start of `buf` and return its total length and offset.
 pub(crate) fn check(buf: &[u8]) -> Result<(usize, u64, u64), Invalid> {
     let total = frame_len(buf)?;
@@ -199,6 +210,7 @@ pub(crate) fn decode(partition: u32, frame: &[u8]) -> Result<StoredRecord, Inval
     let offset = r.u64()?;
     let append_timestamp_ms = r.u64()?;
     let timestamp_ms = r.u64()?;
+    let _flags = r.bytes(1)?;
     let key_len = r.u32()?;
     let key = if key_len == NO_KEY { None } else { Some(r.bytes(key_len as usize)?.to_vec()) };
     let count = r.u16()?;

@@ -195,17 +195,18 @@ impl Topic {
         let mut found = Vec::new();
         for (p, part) in partitions.iter().enumerate() {
             let log = part.log();
-            let mut from = log.first_offset_since(cutoff);
-            while from < log.end_offset() {
-                let recs = log.read(from, 10_000)?;
-                let Some(last) = recs.last() else { break };
-                from = last.offset + 1;
-                for r in recs {
-                    if r.append_timestamp_ms < cutoff {
-                        continue;
-                    }
-                    if let Some((_, id)) = r.headers.into_iter().find(|(k, _)| k == MSG_ID_HEADER) {
-                        found.push((r.append_timestamp_ms, String::from_utf8_lossy(&id).into_owned(), (p as u32, r.offset)));
+            for (mut from, end) in log.id_ranges_since(cutoff) {
+                while from < end {
+                    let recs = log.read(from, 10_000)?;
+                    let Some(last) = recs.last() else { break };
+                    from = last.offset + 1;
+                    for r in recs {
+                        if r.append_timestamp_ms < cutoff {
+                            continue;
+                        }
+                        if let Some((_, id)) = r.headers.into_iter().find(|(k, _)| k == MSG_ID_HEADER) {
+                            found.push((r.append_timestamp_ms, String::from_utf8_lossy(&id).into_owned(), (p as u32, r.offset)));
+                        }
                     }
                 }
             }
