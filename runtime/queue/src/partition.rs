@@ -482,8 +482,12 @@ impl Log {
                 reason: reason.to_owned(),
             };
             let mut pos = seg.seek_pos(want);
+            // The wanted record is within about one index interval of `pos`:
+            // a small read serves a small request (a redelivery, a lookup).
+            let mut chunk = (2 * INDEX_INTERVAL as usize + max.saturating_mul(256)).min(READ_CHUNK);
             while pos < seg.len && out.len() < max {
-                buf.resize(((seg.len - pos) as usize).min(READ_CHUNK), 0);
+                buf.resize(((seg.len - pos) as usize).min(chunk), 0);
+                chunk = READ_CHUNK;
                 seg.file.read_exact_at(&mut buf, pos).map_err(|e| Error::io(&seg.path, e))?;
                 let mut at = 0;
                 while at < buf.len() && out.len() < max {
