@@ -1,6 +1,7 @@
 //! End-to-end tests: they drive the real `weir` binary as a user would.
 
 mod bad_input;
+mod bench;
 mod hello;
 mod pipelines;
 mod ui;

@@ -1,0 +1,35 @@
+//! `weir bench queue` runs end to end (figures are checked for shape, never
+//! for speed: timings on shared machines are noise).
+
+use crate::Weir;
+
+#[test]
+fn bench_queue_reports_both_systems_as_json() {
+    let weir = Weir::new();
+    // NATS runs on 127.0.0.1:4222 (scripts/test starts it when it is not running).
+    let out = weir.ok(
+        &["bench", "queue", "--messages", "20000", "--batch", "500", "--fsync", "always", "--compare", "nats", "--json"],
+        b"",
+    );
+    let results: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let results = results.as_array().unwrap();
+    assert_eq!(results.len(), 2);
+    assert_eq!(results[0]["system"], "weir");
+    assert_eq!(results[1]["system"], "NATS JetStream");
+    for r in results {
+        assert_eq!(r["messages"], 20000);
+        for k in ["publish_msgs_per_s", "consume_msgs_per_s", "publish_mb_per_s"] {
+            assert!(r[k].as_f64().unwrap() > 0.0, "{k}: {r}");
+        }
+        assert!(r["publish_p50_us"].as_u64().unwrap() <= r["publish_p999_us"].as_u64().unwrap());
+    }
+    let per_fsync = results[0]["messages_per_fsync"].as_f64().unwrap();
+    assert!(per_fsync >= 1.0, "fsync always reports messages per fsync: {per_fsync}");
+}
+
+#[test]
+fn bench_queue_prints_a_table() {
+    let weir = Weir::new();
+    let out = weir.ok(&["bench", "queue", "--messages", "5000", "--partitions", "2"], b"");
+    assert!(out.contains("publish msg/s") && out.lines().any(|l| l.starts_with("weir ")), "{out}");
+}
