@@ -112,6 +112,7 @@ pub(crate) fn run(pipeline: &Pipeline, queue: &Queue, prepared: Prepared, option
         max_ack_pending: *max_ack_pending,
         ack_wait: slowest.max(Duration::from_secs(60)),
         max_attempts: pipeline.stages.iter().map(|s| s.max_attempts).max().unwrap_or(5),
+        retry_backoff: pipeline.stages.iter().map(|s| s.retry_backoff).max().unwrap_or(Duration::from_secs(1)),
         dead_letter: Some(pipeline.dead_letter_topic.clone()),
     };
     let consumer = queue.consumer(topic, group, consumer_options)?;
@@ -258,14 +259,17 @@ impl StageWorker {
 
     fn process(&mut self, mut batch: Batch) -> Batch {
         let started = Instant::now();
-        let items = std::mem::take(&mut batch.items);
-        let (live, _dropped): (Vec<Item>, Vec<Item>) =
-            items.into_iter().partition(|it| matches!(batch.origins[it.origin].fate, Fate::Ok));
-        self.stats.add_received(live.len() as u64);
-        let msgs: Vec<Message> = live.iter().map(|it| it.msg.clone()).collect();
+        // Descendants of origins that already failed upstream are dropped.
+        let (owners, msgs): (Vec<usize>, Vec<Message>) = std::mem::take(&mut batch.items)
+            .into_iter()
+            .filter(|it| matches!(batch.origins[it.origin].fate, Fate::Ok))
+            .map(|it| (it.origin, it.msg))
+            .unzip();
+        self.stats.add_received(msgs.len() as u64);
         let results = self.call_all(&msgs);
-        let mut next = Vec::with_capacity(live.len());
-        for (item, result) in live.into_iter().zip(results) {
+        let mut next = Vec::with_capacity(msgs.len());
+        for ((owner, msg), result) in owners.into_iter().zip(msgs).zip(results) {
+            let item = Item { origin: owner, msg };
             let origin = &mut batch.origins[item.origin];
             if !matches!(origin.fate, Fate::Ok) {
                 continue; // a sibling already failed this origin

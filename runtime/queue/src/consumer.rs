@@ -40,6 +40,9 @@ pub struct ConsumerOptions {
     /// A message delivered this many times without an ack is dead-lettered
     /// instead of being delivered again.
     pub max_attempts: u32,
+    /// Delay before a delivery whose lease ran out is delivered again
+    /// ([`Consumer::nak`] gives its own delay).
+    pub retry_backoff: Duration,
     /// The dead-letter topic; `None` means `<topic>.dlq`. Created when first needed.
     pub dead_letter: Option<String>,
 }
@@ -51,6 +54,7 @@ impl Default for ConsumerOptions {
             max_ack_pending: 10_000,
             ack_wait: Duration::from_secs(30),
             max_attempts: 5,
+            retry_backoff: Duration::from_secs(1),
             dead_letter: None,
         }
     }
@@ -262,7 +266,7 @@ impl Consumer {
             {
                 let attempt = f.attempt;
                 part.in_flight.remove(&offset);
-                part.redeliver.insert(offset, (now, attempt + 1));
+                part.redeliver.insert(offset, (now + self.options.retry_backoff, attempt + 1));
             }
         }
     }

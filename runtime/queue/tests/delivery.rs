@@ -25,13 +25,19 @@ fn fetch_all(c: &mut weir_queue::Consumer, wait: Duration) -> Vec<Delivery> {
 #[test]
 fn an_unacked_delivery_is_redelivered_after_ack_wait() {
     let (_dir, q) = setup(2);
-    let opts = ConsumerOptions { ack_wait: Duration::from_millis(50), ..Default::default() };
+    let opts = ConsumerOptions {
+        ack_wait: Duration::from_millis(50),
+        retry_backoff: Duration::from_millis(100),
+        ..Default::default()
+    };
     let mut c = q.consumer("t", "g", opts).unwrap();
+    let started = std::time::Instant::now();
     let first = fetch_all(&mut c, Duration::ZERO);
     assert_eq!(first.len(), 2);
     c.ack(first[1].id());
     assert!(fetch_all(&mut c, Duration::ZERO).is_empty(), "not before the lease ends");
     let again = fetch_all(&mut c, Duration::from_secs(5));
+    assert!(started.elapsed() >= Duration::from_millis(150), "lease, then backoff");
     assert_eq!(again.len(), 1);
     assert_eq!((again[0].record.offset, again[0].attempt), (0, 2));
     c.ack(again[0].id());
@@ -41,7 +47,7 @@ fn an_unacked_delivery_is_redelivered_after_ack_wait() {
 #[test]
 fn in_progress_extends_the_lease() {
     let (_dir, q) = setup(1);
-    let opts = ConsumerOptions { ack_wait: Duration::from_millis(200), ..Default::default() };
+    let opts = ConsumerOptions { ack_wait: Duration::from_millis(200), retry_backoff: Duration::ZERO, ..Default::default() };
     let mut c = q.consumer("t", "g", opts).unwrap();
     let d = fetch_all(&mut c, Duration::ZERO);
     for _ in 0..4 {
@@ -81,6 +87,7 @@ fn max_attempts_dead_letters_after_naks_and_after_expired_leases() {
     let (_dir, q) = setup(2);
     let opts = ConsumerOptions {
         ack_wait: Duration::from_millis(20),
+        retry_backoff: Duration::ZERO,
         max_attempts: 3,
         dead_letter: Some("poison".into()),
         ..Default::default()
