@@ -76,6 +76,31 @@ pub(crate) struct QueueResult {
     messages_per_fsync: Option<f64>,
 }
 
+impl QueueResult {
+    /// Figures for `args.messages` published in `publish_secs` and consumed in `consume_secs`.
+    pub(crate) fn new(
+        system: &str,
+        args: &QueueArgs,
+        publish_secs: f64,
+        consume_secs: f64,
+        publish_latency: &Histogram<u64>,
+        messages_per_fsync: Option<f64>,
+    ) -> Self {
+        let n = args.messages as f64;
+        QueueResult {
+            system: system.into(),
+            messages: args.messages,
+            publish_msgs_per_s: n / publish_secs,
+            publish_mb_per_s: n * args.size as f64 / publish_secs / 1e6,
+            consume_msgs_per_s: n / consume_secs,
+            publish_p50_us: publish_latency.value_at_quantile(0.5),
+            publish_p99_us: publish_latency.value_at_quantile(0.99),
+            publish_p999_us: publish_latency.value_at_quantile(0.999),
+            messages_per_fsync,
+        }
+    }
+}
+
 pub(crate) fn bench(cmd: BenchCommand) -> anyhow::Result<()> {
     match cmd {
         BenchCommand::Queue(args) => bench_queue(&args),
@@ -204,16 +229,6 @@ fn embedded(args: &QueueArgs) -> anyhow::Result<QueueResult> {
         consumer.commit()?;
     }
     let consume_secs = started.elapsed().as_secs_f64();
-    let n = args.messages as f64;
-    Ok(QueueResult {
-        system: "weir".into(),
-        messages: args.messages,
-        publish_msgs_per_s: n / publish_secs,
-        publish_mb_per_s: n * args.size as f64 / publish_secs / 1e6,
-        consume_msgs_per_s: n / consume_secs,
-        publish_p50_us: hist.value_at_quantile(0.5),
-        publish_p99_us: hist.value_at_quantile(0.99),
-        publish_p999_us: hist.value_at_quantile(0.999),
-        messages_per_fsync: (args.fsync == FsyncArg::Always && fsyncs > 0).then(|| n / fsyncs as f64),
-    })
+    let per_fsync = (args.fsync == FsyncArg::Always && fsyncs > 0).then(|| args.messages as f64 / fsyncs as f64);
+    Ok(QueueResult::new("weir", args, publish_secs, consume_secs, &hist, per_fsync))
 }

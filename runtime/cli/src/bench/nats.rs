@@ -91,16 +91,5 @@ async fn workload(args: &QueueArgs, js: &jetstream::Context, name: &str) -> anyh
         consumed += got;
     }
     let consume_secs = started.elapsed().as_secs_f64();
-    let n = args.messages as f64;
-    Ok(QueueResult {
-        system: "NATS JetStream".into(),
-        messages: args.messages,
-        publish_msgs_per_s: n / publish_secs,
-        publish_mb_per_s: n * args.size as f64 / publish_secs / 1e6,
-        consume_msgs_per_s: n / consume_secs,
-        publish_p50_us: hist.value_at_quantile(0.5),
-        publish_p99_us: hist.value_at_quantile(0.99),
-        publish_p999_us: hist.value_at_quantile(0.999),
-        messages_per_fsync: None,
-    })
+    Ok(QueueResult::new("NATS JetStream", args, publish_secs, consume_secs, &hist, None))
 }
