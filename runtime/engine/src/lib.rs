@@ -52,12 +52,17 @@ pub struct Engine {
 }
 
 impl Engine {
-    /// Create the WebAssembly runtime.
+    /// Create the WebAssembly runtime, caching compiled components in
+    /// [`weir_host::default_cache_dir`] (when there is a home directory).
     ///
     /// # Errors
     /// If wasmtime cannot be set up on this machine.
     pub fn new() -> Result<Self> {
-        Ok(Engine { runtime: Runtime::new()? })
+        let runtime = match weir_host::default_cache_dir() {
+            Some(dir) => Runtime::with_cache(dir)?,
+            None => Runtime::new()?,
+        };
+        Ok(Engine { runtime })
     }
 
     /// Check that every stage's component loads and implements the stage world.

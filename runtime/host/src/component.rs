@@ -2,8 +2,6 @@
 
 use std::path::{Path, PathBuf};
 
-use wasmtime::component::Component;
-
 use crate::bindings::StagePre;
 use crate::{Error, Result, Runtime, describe};
 
@@ -46,8 +44,7 @@ impl Runtime {
                     .into(),
             ));
         }
-        let component = Component::new(self.engine_ref(), &bytes)
-            .map_err(|e| not_a_stage(format!("invalid component: {}", describe(&e))))?;
+        let component = self.compile(&bytes).map_err(|e| not_a_stage(format!("invalid component: {}", describe(&e))))?;
         let instance_pre = self.linker().instantiate_pre(&component).map_err(|e| {
             not_a_stage(format!(
                 "does not fit the weir:pipeline/stage world: {} (a stage may import only \

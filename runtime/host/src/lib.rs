@@ -23,6 +23,7 @@
 //! ```
 #![deny(missing_docs)]
 
+mod cache;
 mod component;
 mod instance;
 
@@ -33,6 +34,7 @@ use std::time::Duration;
 use wasmtime::component::Linker;
 use wasmtime::{Config, Engine};
 
+pub use cache::default_cache_dir;
 pub use component::Stage;
 pub use instance::{Counters, ErrorKind, Instance, Limits, StageContext};
 
@@ -130,21 +132,37 @@ pub struct Runtime {
 struct RuntimeInner {
     engine: Engine,
     linker: Linker<instance::HostState>,
+    cache: Option<cache::Cache>,
 }
 
 impl Runtime {
     /// Create the engine, start its epoch ticker and build the linker.
+    /// Components are compiled on every load; see [`Runtime::with_cache`].
     ///
     /// # Errors
     /// [`Error::Engine`] if wasmtime cannot be configured on this machine.
     pub fn new() -> Result<Self> {
+        Self::build(None)
+    }
+
+    /// Like [`Runtime::new`], keeping compiled components in `dir` (created
+    /// when needed) so that loading an unchanged component again, in this
+    /// process or the next, skips compilation.
+    ///
+    /// # Errors
+    /// [`Error::Engine`] if wasmtime cannot be configured on this machine.
+    pub fn with_cache(dir: impl Into<PathBuf>) -> Result<Self> {
+        Self::build(Some(cache::Cache::new(dir.into())))
+    }
+
+    fn build(cache: Option<cache::Cache>) -> Result<Self> {
         let engine = Self::engine().map_err(|e| Error::Engine(describe(&e)))?;
         spawn_ticker(&engine);
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(|e| Error::Engine(describe(&e)))?;
         bindings::Stage::add_to_linker::<_, wasmtime::component::HasSelf<_>>(&mut linker, |s| s)
             .map_err(|e| Error::Engine(describe(&e)))?;
-        Ok(Runtime { inner: Arc::new(RuntimeInner { engine, linker }) })
+        Ok(Runtime { inner: Arc::new(RuntimeInner { engine, linker, cache }) })
     }
 
     fn engine() -> wasmtime::Result<Engine> {
@@ -177,6 +195,14 @@ impl Runtime {
 
     pub(crate) fn linker(&self) -> &Linker<instance::HostState> {
         &self.inner.linker
+    }
+
+    /// Compile `wasm`, through the cache when there is one.
+    pub(crate) fn compile(&self, wasm: &[u8]) -> wasmtime::Result<wasmtime::component::Component> {
+        match &self.inner.cache {
+            Some(cache) => cache.load_or_compile(&self.inner.engine, wasm),
+            None => wasmtime::component::Component::new(&self.inner.engine, wasm),
+        }
     }
 }
 

@@ -135,3 +135,34 @@ fn files_that_are_not_stages_are_refused_clearly() {
     }
     assert!(matches!(rt.load(&dir.path().join("missing.wasm")), Err(Error::Read { .. })));
 }
+
+#[test]
+fn compiled_components_are_cached_and_a_damaged_artifact_is_recompiled() {
+    let cache = tempfile::tempdir().unwrap();
+    let artifacts = || -> Vec<std::path::PathBuf> {
+        std::fs::read_dir(cache.path()).map_or_else(|_| Vec::new(), |d| d.map(|e| e.unwrap().path()).collect())
+    };
+    let rt = Runtime::with_cache(cache.path()).unwrap();
+    rt.load(&component("uppercase")).unwrap();
+    let files = artifacts();
+    assert_eq!(files.len(), 1, "one artifact: {files:?}");
+    let written = std::fs::metadata(&files[0]).unwrap().modified().unwrap();
+
+    // A new runtime (as after a restart) loads the artifact instead of compiling.
+    let rt = Runtime::with_cache(cache.path()).unwrap();
+    let stage = rt.load(&component("uppercase")).unwrap();
+    assert_eq!(std::fs::metadata(&files[0]).unwrap().modified().unwrap(), written, "not rewritten");
+    let mut inst = stage.instantiate(&ctx(&[], Limits::default())).unwrap();
+    assert_eq!(inst.handle_batch(&[msg("a")]).unwrap()[0].as_ref().unwrap()[0].payload, b"A");
+
+    // A damaged artifact is ignored and replaced.
+    std::fs::write(&files[0], b"\0asm but not really a compiled artifact").unwrap();
+    let rt = Runtime::with_cache(cache.path()).unwrap();
+    let stage = rt.load(&component("uppercase")).unwrap();
+    let mut inst = stage.instantiate(&ctx(&[], Limits::default())).unwrap();
+    assert_eq!(inst.handle_batch(&[msg("b")]).unwrap()[0].as_ref().unwrap()[0].payload, b"B");
+    assert!(std::fs::read(&files[0]).unwrap().len() > 1000, "rewritten with a real artifact");
+    // A different component gets its own artifact.
+    rt.load(&component("filter")).unwrap();
+    assert_eq!(artifacts().len(), 2);
+}
