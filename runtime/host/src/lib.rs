@@ -23,6 +23,7 @@
 //! ```
 #![deny(missing_docs)]
 
+pub mod bench;
 mod cache;
 mod component;
 mod instance;

@@ -15,6 +15,38 @@ mod nats;
 pub(crate) enum BenchCommand {
     /// Publish N messages, then consume and acknowledge them, on the embedded queue.
     Queue(QueueArgs),
+    /// Per-message cost of a stage through weir-host against bare wasmtime.
+    Host(HostArgs),
+}
+
+#[derive(Args)]
+pub(crate) struct HostArgs {
+    /// The stage component [default: the uppercase example].
+    #[arg(long)]
+    component: Option<std::path::PathBuf>,
+    /// Payload size in bytes.
+    #[arg(long, default_value_t = 100)]
+    size: usize,
+    /// Messages per call.
+    #[arg(long, default_value_t = 64)]
+    batch: usize,
+    /// Seconds to measure each side.
+    #[arg(long, default_value_t = 2.0)]
+    seconds: f64,
+}
+
+fn bench_host(args: &HostArgs) -> anyhow::Result<()> {
+    let path = args.component.clone().unwrap_or_else(|| "target/wasm32-wasip2/release/uppercase.wasm".into());
+    anyhow::ensure!(path.is_file(), "no component at {} (build the examples first; see the README)", path.display());
+    let r = weir_host::bench::measure(&path, args.size, args.batch, Duration::from_secs_f64(args.seconds))?;
+    println!("{}: batches of {} messages of {} bytes", path.display(), args.batch, args.size);
+    println!("{:<44} {:>12}", "bare wasmtime, ns/message", format!("{:.0}", r.bare_ns_per_message));
+    println!("{:<44} {:>12}", "weir-host with limits, ns/message", format!("{:.0}", r.host_ns_per_message));
+    println!("{:<44} {:>12}", "ratio weir-host / bare", format!("{:.2}", r.host_ns_per_message / r.bare_ns_per_message));
+    println!("{:<44} {:>12}", "instantiate + init (pooled), µs", format!("{:.1}", r.instantiate_us));
+    println!("{:<44} {:>12}", "cold start, compile cache warm, ms", format!("{:.1}", r.cold_start_cached_ms));
+    println!("{:<44} {:>12}", "cold start, compiling, ms", format!("{:.1}", r.cold_start_compile_ms));
+    Ok(())
 }
 
 #[derive(Args, Clone)]
@@ -104,6 +136,7 @@ impl QueueResult {
 pub(crate) fn bench(cmd: BenchCommand) -> anyhow::Result<()> {
     match cmd {
         BenchCommand::Queue(args) => bench_queue(&args),
+        BenchCommand::Host(args) => bench_host(&args),
     }
 }
 
