@@ -166,3 +166,22 @@ fn compiled_components_are_cached_and_a_damaged_artifact_is_recompiled() {
     rt.load(&component("filter")).unwrap();
     assert_eq!(artifacts().len(), 2);
 }
+
+#[test]
+fn guests_get_no_files_environment_arguments_or_sockets() {
+    let rt = Runtime::new().unwrap();
+    let stage = rt.load(&component("hostile")).unwrap();
+    let mut inst = stage.instantiate(&ctx(&[], Limits::default())).unwrap();
+    let batch = [msg("read-file"), msg("env"), msg("connect"), msg("args")];
+    let out: Vec<String> = inst
+        .handle_batch(&batch)
+        .unwrap()
+        .into_iter()
+        .map(|r| String::from_utf8(r.unwrap().remove(0).payload).unwrap())
+        .collect();
+    assert!(out[0].starts_with("denied"), "file read: {}", out[0]);
+    assert!(out[1].starts_with("denied"), "env var: {}", out[1]);
+    assert!(out[2].starts_with("denied"), "socket: {}", out[2]);
+    assert_eq!(out[3], "args: 0");
+    assert!(!inst.is_poisoned(), "a denied call is an error for the guest, not a trap");
+}
