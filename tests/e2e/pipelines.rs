@@ -119,3 +119,59 @@ fn a_running_pipeline_locks_writers_out_readers_follow_and_sigint_drains() {
     weir.produce("hello", &["two"]);
     assert_eq!(weir.ok(&["run", "examples/pipelines/hello.toml", "--drain"], b""), "TWO\n");
 }
+
+#[test]
+fn kill_9_mid_stream_loses_nothing() {
+    let weir = Weir::new();
+    let n = 20_000;
+    let input: Vec<String> = (0..n).map(|i| format!("message {i:05}")).collect();
+    let mut bytes = input.join("\n").into_bytes();
+    bytes.push(b'\n');
+    weir.ok(&["produce", "hello"], &bytes);
+
+    let dir = tempfile::tempdir().unwrap();
+    let p = pipeline_file(
+        dir.path(),
+        "p.toml",
+        r#"[pipeline]
+name = "k"
+
+[source]
+type = "queue"
+topic = "hello"
+
+[[stage]]
+name = "uppercase"
+module = "{component:uppercase}"
+batch_size = 32
+
+[[sink]]
+type = "queue"
+topic = "out"
+"#,
+    );
+    let p = p.to_str().unwrap();
+    let mut run = weir.cmd(&["run", p]).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    // Kill it once some, but not all, output is durable.
+    let started = Instant::now();
+    let at_kill = loop {
+        // Until the pipeline has created the topic, describe fails: nothing yet.
+        let info = String::from_utf8(weir.output(&["topics", "describe", "out"], b"").stdout).unwrap();
+        let done: u64 = info.lines().filter_map(|l| l.split('(').nth(1)?.split(' ').next()?.parse::<u64>().ok()).sum();
+        if done > 0 {
+            break done;
+        }
+        assert!(started.elapsed() < Duration::from_secs(60), "no output appeared");
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    run.kill().unwrap(); // SIGKILL
+    assert!(at_kill < n as u64, "killed mid-stream ({at_kill} of {n} written)");
+    run.wait().unwrap();
+
+    weir.ok(&["run", p, "--drain"], b"");
+    let out = weir.consume_all("out");
+    let distinct: std::collections::BTreeSet<&String> = out.iter().collect();
+    let want: std::collections::BTreeSet<String> = input.iter().map(|l| l.to_uppercase()).collect();
+    assert_eq!(distinct.into_iter().cloned().collect::<std::collections::BTreeSet<_>>(), want, "every input reflected");
+    assert!(out.len() >= n, "at least once: {} outputs for {n} inputs", out.len());
+}
