@@ -64,3 +64,24 @@ fn data_dir_comes_from_the_environment_when_no_flag_is_given() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("no lines on standard input"));
     assert!(weir.data.path().join("topics/envtopic/topic.json").exists());
 }
+
+/// Regression: with two stdout sinks the format of one was applied to both.
+#[test]
+fn each_stdout_sink_keeps_its_own_format() {
+    let weir = Weir::new();
+    weir.produce("in", &["one"]);
+    let dir = tempfile::tempdir().unwrap();
+    let p = crate::pipeline_file(
+        dir.path(),
+        "p.toml",
+        "[pipeline]\nname = \"p\"\n[source]\ntype = \"queue\"\ntopic = \"in\"\n\
+         [[stage]]\nname = \"u\"\nmodule = \"{component:uppercase}\"\n\
+         [[sink]]\ntype = \"stdout\"\n[[sink]]\ntype = \"stdout\"\nformat = \"json\"\n",
+    );
+    let out = weir.ok(&["run", p.to_str().unwrap(), "--drain"], b"");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 2, "{out}");
+    assert!(lines.contains(&"ONE"), "{out}");
+    let json = lines.iter().find(|l| l.starts_with('{')).expect("a JSON line");
+    assert_eq!(serde_json::from_str::<serde_json::Value>(json).unwrap()["payload"], "ONE");
+}

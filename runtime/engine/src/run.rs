@@ -442,7 +442,8 @@ impl SinkWorker<'_> {
             }
         }
         let mut by_topic: BTreeMap<&str, Vec<Record>> = BTreeMap::new();
-        let mut printed: Vec<Message> = Vec::new();
+        // (as JSON?, message) for each stdout sink.
+        let mut printed: Vec<(bool, Message)> = Vec::new();
         let final_items: Vec<Item> = std::mem::take(&mut batch.items);
         for item in final_items {
             if !matches!(batch.origins[item.origin].fate, Fate::Ok) {
@@ -451,7 +452,7 @@ impl SinkWorker<'_> {
             for sink in &self.pipeline.sinks {
                 match sink {
                     Sink::Queue { topic } => by_topic.entry(topic).or_default().push(record(item.msg.clone())),
-                    Sink::Stdout { .. } => printed.push(item.msg.clone()),
+                    Sink::Stdout { json } => printed.push((*json, item.msg.clone())),
                 }
             }
         }
@@ -505,17 +506,17 @@ impl SinkWorker<'_> {
         for (topic, records) in &by_topic {
             self.queue.publish(topic, records)?;
         }
-        for msg in &printed {
-            let json = self.pipeline.sinks.iter().any(|s| matches!(s, Sink::Stdout { json: true }));
-            let line = if json {
-                crate::json_line(msg)
+        for (json, msg) in &printed {
+            // Text is the payload's bytes as they are, like `weir consume`.
+            let written = if *json {
+                writeln!(out, "{}", crate::json_line(msg))
             } else {
-                String::from_utf8_lossy(&msg.payload).into_owned()
+                out.write_all(&msg.payload).and_then(|()| out.write_all(b"\n"))
             };
-            if let Err(e) = writeln!(out, "{line}") {
-                if e.kind() != std::io::ErrorKind::BrokenPipe {
-                    return Err(Error::Sink(format!("stdout: {e}")));
-                }
+            if let Err(e) = written
+                && e.kind() != std::io::ErrorKind::BrokenPipe
+            {
+                return Err(Error::Sink(format!("stdout: {e}")));
             }
         }
         out.flush().ok();
