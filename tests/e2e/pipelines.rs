@@ -175,3 +175,39 @@ topic = "out"
     assert_eq!(distinct.into_iter().cloned().collect::<std::collections::BTreeSet<_>>(), want, "every input reflected");
     assert!(out.len() >= n, "at least once: {} outputs for {n} inputs", out.len());
 }
+
+#[test]
+fn a_guest_trapping_on_every_tenth_message_costs_only_those_messages() {
+    let weir = Weir::new();
+    let dir = tempfile::tempdir().unwrap();
+    let p = pipeline_file(
+        dir.path(),
+        "p.toml",
+        r#"[pipeline]
+name = "t10"
+
+[source]
+type = "queue"
+topic = "in"
+
+[[stage]]
+name = "hostile"
+module = "{component:hostile}"
+batch_size = 64
+max_attempts = 2
+retry_backoff_ms = 0
+
+[[sink]]
+type = "queue"
+topic = "out"
+"#,
+    );
+    let input: Vec<String> = (0..300).map(|i| if i % 10 == 9 { "trap".to_string() } else { format!("ok-{i}") }).collect();
+    weir.produce("in", &input.iter().map(String::as_str).collect::<Vec<_>>());
+    weir.ok(&["run", p.to_str().unwrap(), "--drain"], b"");
+    let want: Vec<&String> = input.iter().filter(|m| *m != "trap").collect();
+    assert_eq!(weir.consume_all("out").iter().collect::<Vec<_>>(), want, "all good messages, in order");
+    let dead = weir.consume_json("t10.dlq");
+    assert_eq!(dead.len(), 30);
+    assert!(dead.iter().all(|d| d["headers"]["weir.error-kind"] == "trap" && d["payload"] == "trap"));
+}
