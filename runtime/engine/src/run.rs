@@ -444,28 +444,29 @@ impl SinkWorker<'_> {
         let mut by_topic: BTreeMap<&str, Vec<Record>> = BTreeMap::new();
         // (as JSON?, message) for each stdout sink.
         let mut printed: Vec<(bool, Message)> = Vec::new();
-        let final_items: Vec<Item> = std::mem::take(&mut batch.items);
-        for item in final_items {
+        let sinks = &self.pipeline.sinks;
+        for item in std::mem::take(&mut batch.items) {
             if !matches!(batch.origins[item.origin].fate, Fate::Ok) {
                 continue;
             }
-            for sink in &self.pipeline.sinks {
+            // Every sink but the last gets a copy; the last takes the message.
+            let mut msg = Some(item.msg);
+            for (i, sink) in sinks.iter().enumerate() {
+                let m = if i + 1 == sinks.len() { msg.take().unwrap() } else { msg.clone().unwrap() };
                 match sink {
-                    Sink::Queue { topic } => by_topic.entry(topic).or_default().push(record(item.msg.clone())),
-                    Sink::Stdout { json } => printed.push((*json, item.msg.clone())),
+                    Sink::Queue { topic } => by_topic.entry(topic).or_default().push(record(m)),
+                    Sink::Stdout { json } => printed.push((*json, m)),
                 }
             }
         }
-        let routed = std::mem::take(&mut batch.routed);
-        let mut routed_topics: Vec<(String, Record)> = Vec::new();
-        for (origin, topic, out) in routed {
-            if matches!(batch.origins[origin].fate, Fate::Ok) {
-                let rec = Record { key: out.key, headers: out.headers, payload: out.payload, timestamp_ms: None, id: None };
-                routed_topics.push((topic, rec));
+        for (origin, topic, out) in std::mem::take(&mut batch.routed) {
+            if !matches!(batch.origins[origin].fate, Fate::Ok) {
+                continue;
             }
-        }
-        for (topic, rec) in &routed_topics {
-            by_topic.entry(topic.as_str()).or_default().push(rec.clone());
+            // Declared (checked above), so the key can borrow the pipeline's name.
+            let (name, _) = self.pipeline.topics.get_key_value(&topic).expect("routed topics are declared");
+            let rec = Record { key: out.key, headers: out.headers, payload: out.payload, timestamp_ms: None, id: None };
+            by_topic.entry(name).or_default().push(rec);
         }
         let Source::Queue { topic: source_topic, group, .. } = &self.pipeline.source;
         let mut acks = Vec::new();
