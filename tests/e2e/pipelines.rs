@@ -211,3 +211,41 @@ topic = "out"
     assert_eq!(dead.len(), 30);
     assert!(dead.iter().all(|d| d["headers"]["weir.error-kind"] == "trap" && d["payload"] == "trap"));
 }
+
+#[test]
+fn outputs_fan_out_to_declared_topics_and_undeclared_ones_are_dead_lettered_with_content() {
+    let weir = Weir::new();
+    let dir = tempfile::tempdir().unwrap();
+    let p = pipeline_file(
+        dir.path(),
+        "p.toml",
+        r#"[pipeline]
+name = "fan"
+
+[source]
+type = "queue"
+topic = "in"
+
+[[stage]]
+name = "router"
+module = "{component:hostile}"
+
+[[sink]]
+type = "queue"
+topic = "out"
+
+[[topic]]
+name = "side"
+"#,
+    );
+    weir.produce("in", &["plain", "route:side", "route:nowhere", "plain-2"]);
+    weir.ok(&["run", p.to_str().unwrap(), "--drain"], b"");
+    assert_eq!(weir.consume_all("out"), ["plain", "route:side", "plain-2"], "the undeclared one's outputs are all withheld");
+    assert_eq!(weir.consume_all("side"), ["route:side"]);
+    let dead = weir.consume_json("fan.dlq");
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0]["payload"], "route:nowhere", "the dead letter carries the undeliverable output");
+    assert_eq!(dead[0]["headers"]["weir.error-kind"], "routing");
+    assert!(dead[0]["headers"]["weir.reason"].as_str().unwrap().contains("\"nowhere\""));
+    assert_eq!(dead[0]["headers"]["weir.source.offset"], "2");
+}

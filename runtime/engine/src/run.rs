@@ -420,25 +420,27 @@ impl SinkWorker<'_> {
     }
 
     fn write(&self, mut batch: Batch, out: &mut impl Write) -> Result<Settlement> {
-        // Outputs to undeclared topics make their origin a dead letter.
-        for (origin, topic, _) in &batch.routed {
-            if !self.pipeline.topics.contains_key(topic) && matches!(batch.origins[*origin].fate, Fate::Ok) {
-                let o = &mut batch.origins[*origin];
-                o.fate = Fate::Dead {
-                    stage: "routing".into(),
-                    kind: "routing",
-                    reason: format!("output names topic {topic:?}, which the pipeline does not declare"),
-                    msg: Message {
-                        topic: String::new(),
-                        partition: o.id.partition,
-                        offset: o.id.offset,
-                        key: None,
-                        payload: Vec::new(),
-                        headers: Vec::new(),
-                        timestamp_ms: 0,
-                        attempt: o.attempt,
-                    },
+        // An output to an undeclared topic makes its origin a dead letter,
+        // carrying that output (what could not be delivered).
+        for (origin, topic, out) in std::mem::take(&mut batch.routed) {
+            if self.pipeline.topics.contains_key(&topic) {
+                batch.routed.push((origin, topic, out));
+                continue;
+            }
+            let o = &mut batch.origins[origin];
+            if matches!(o.fate, Fate::Ok) {
+                let reason = format!("output names topic {topic:?}, which the pipeline does not declare");
+                let msg = Message {
+                    topic,
+                    partition: o.id.partition,
+                    offset: o.id.offset,
+                    key: out.key,
+                    payload: out.payload,
+                    headers: out.headers,
+                    timestamp_ms: 0,
+                    attempt: o.attempt,
                 };
+                o.fate = Fate::Dead { stage: "routing".into(), kind: "routing", reason, msg };
             }
         }
         let mut by_topic: BTreeMap<&str, Vec<Record>> = BTreeMap::new();
