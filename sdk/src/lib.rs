@@ -83,12 +83,14 @@ macro_rules! export {
         const _: () = {
             struct __WeirStageExport;
             impl $crate::__private::bindings::exports::weir::pipeline::consumer::Guest for __WeirStageExport {
-                fn init(config: ::std::vec::Vec<(::std::string::String, ::std::string::String)>)
-                    -> ::std::result::Result<(), ::std::string::String> {
+                fn init(
+                    config: ::std::vec::Vec<(::std::string::String, ::std::string::String)>,
+                ) -> ::std::result::Result<(), ::std::string::String> {
                     $crate::__private::init::<$ty>(config)
                 }
-                fn handle_batch(batch: ::std::vec::Vec<$crate::Message>)
-                    -> ::std::vec::Vec<::std::result::Result<::std::vec::Vec<$crate::Output>, $crate::Failure>> {
+                fn handle_batch(
+                    batch: ::std::vec::Vec<$crate::Message>,
+                ) -> ::std::vec::Vec<::std::result::Result<::std::vec::Vec<$crate::Output>, $crate::Failure>> {
                     $crate::__private::handle_batch::<$ty>(batch)
                 }
             }

@@ -6,16 +6,16 @@ use crate::__private::bindings::weir::pipeline::types;
 /// Message headers: ordered (name, value) pairs; names may repeat.
 pub type Headers = Vec<(String, Vec<u8>)>;
 
-/// A message delivered to a stage. See `wit/weir.wit` for each field.
-pub use types::Message;
-/// A message a stage emits. See `wit/weir.wit` for each field.
-pub use types::Output;
 /// Why a stage could not handle a message.
 ///
 /// `Failure::Retry(reason)` delivers it again later, up to the stage's
 /// `max_attempts`; `Failure::Reject(reason)` sends it to the dead-letter topic
 /// at once.
 pub use types::Failure;
+/// A message delivered to a stage. See `wit/weir.wit` for each field.
+pub use types::Message;
+/// A message a stage emits. See `wit/weir.wit` for each field.
+pub use types::Output;
 
 impl Message {
     /// A message with only a payload, for tests: topic `test`, partition 0,
@@ -142,9 +142,7 @@ impl Config {
     where
         T::Err: std::fmt::Display,
     {
-        self.get(key)
-            .map(|v| v.parse::<T>().map_err(|e| format!("config key `{key}` = {v:?}: {e}")))
-            .transpose()
+        self.get(key).map(|v| v.parse::<T>().map_err(|e| format!("config key `{key}` = {v:?}: {e}"))).transpose()
     }
 
     /// All entries, in the order the host passed them.

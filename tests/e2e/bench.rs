@@ -7,10 +7,8 @@ use crate::Weir;
 fn bench_queue_reports_both_systems_as_json() {
     let weir = Weir::new();
     // NATS runs on 127.0.0.1:4222 (scripts/test starts it when it is not running).
-    let out = weir.ok(
-        &["bench", "queue", "--messages", "20000", "--batch", "500", "--fsync", "always", "--compare", "nats", "--json"],
-        b"",
-    );
+    let out =
+        weir.ok(&["bench", "queue", "--messages", "20000", "--batch", "500", "--fsync", "always", "--compare", "nats", "--json"], b"");
     let results: serde_json::Value = serde_json::from_str(&out).unwrap();
     let results = results.as_array().unwrap();
     assert_eq!(results.len(), 2);
@@ -39,7 +37,9 @@ fn bench_host_compares_against_bare_wasmtime() {
     crate::component("uppercase");
     let weir = Weir::new();
     let out = weir.ok(&["bench", "host", "--seconds", "0.2", "--batch", "16"], b"");
-    for line in ["bare wasmtime, ns/message", "weir-host with limits, ns/message", "ratio weir-host / bare", "cold start, compile cache warm, ms"] {
+    for line in
+        ["bare wasmtime, ns/message", "weir-host with limits, ns/message", "ratio weir-host / bare", "cold start, compile cache warm, ms"]
+    {
         let value = out.lines().find(|l| l.starts_with(line)).unwrap_or_else(|| panic!("missing {line:?}:\n{out}"));
         let n: f64 = value.split_whitespace().last().unwrap().parse().unwrap();
         assert!(n > 0.0, "{value}");

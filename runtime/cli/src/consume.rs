@@ -83,8 +83,7 @@ pub(crate) fn consume(args: ConsumeArgs, dir: PathBuf) -> anyhow::Result<()> {
     let queue = Queue::open_read_only(&dir)
         .with_context(|| format!("opening data directory {} (has anything been produced there?)", dir.display()))?;
     let info = queue.topic_info(&args.topic)?;
-    let mut next: Vec<u64> =
-        info.offsets.iter().map(|&(start, end)| if args.from_beginning { start } else { end }).collect();
+    let mut next: Vec<u64> = info.offsets.iter().map(|&(start, end)| if args.from_beginning { start } else { end }).collect();
     while printed < limit {
         let mut got = false;
         for (p, pos) in next.iter_mut().enumerate() {

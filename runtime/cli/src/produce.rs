@@ -69,12 +69,17 @@ pub(crate) fn produce(args: ProduceArgs, dir: PathBuf) -> anyhow::Result<()> {
     if total == 0 {
         bail!("no lines on standard input: nothing published");
     }
-    let parts: Vec<String> = ranges
-        .iter()
-        .map(|(p, (first, last, n))| {
-            if first == last { format!("partition {p} offset {first}") } else { format!("partition {p} offsets {first}..={last} ({n})") }
-        })
-        .collect();
+    let parts: Vec<String> =
+        ranges
+            .iter()
+            .map(|(p, (first, last, n))| {
+                if first == last {
+                    format!("partition {p} offset {first}")
+                } else {
+                    format!("partition {p} offsets {first}..={last} ({n})")
+                }
+            })
+            .collect();
     println!("published {total} message{} to {}: {}", if total == 1 { "" } else { "s" }, args.topic, parts.join(", "));
     Ok(())
 }

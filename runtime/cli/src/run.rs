@@ -1,6 +1,6 @@
 //! `weir run` and `weir validate`.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -27,7 +27,7 @@ pub(crate) struct ValidateArgs {
 }
 
 /// Load and fully check a pipeline: config, then every component.
-fn load(path: &PathBuf, engine: &Engine) -> anyhow::Result<Pipeline> {
+fn load(path: &Path, engine: &Engine) -> anyhow::Result<Pipeline> {
     let report = |errors: weir_engine::ConfigErrors| {
         for e in &errors.0 {
             eprintln!("error: {e}");
@@ -100,12 +100,7 @@ fn install_signal_handlers(stop: Arc<AtomicBool>) {
 
 fn print_summary(stats: &PipelineStats) {
     let secs = stats.elapsed().as_secs_f64();
-    eprintln!(
-        "weir: {} in, {} out, {} dead-lettered in {secs:.2}s",
-        stats.received(),
-        stats.written(),
-        stats.dead_lettered()
-    );
+    eprintln!("weir: {} in, {} out, {} dead-lettered in {secs:.2}s", stats.received(), stats.written(), stats.dead_lettered());
     if stats.stages().is_empty() {
         return;
     }

@@ -59,7 +59,9 @@ impl Cache {
             // hash; wasmtime re-checks the header and refuses a mismatch.
             match unsafe { Component::deserialize(engine, &bytes) } {
                 Ok(component) => return Ok(component),
-                Err(e) => tracing::warn!(path = %path.display(), error = %describe(&e), "ignoring unusable compiled artifact"),
+                Err(e) => {
+                    tracing::warn!(path = %path.display(), error = %describe(&e), "ignoring unusable compiled artifact")
+                }
             }
         }
         let component = Component::new(engine, wasm)?;

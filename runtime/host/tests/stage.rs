@@ -2,8 +2,8 @@
 
 use std::time::{Duration, Instant};
 
-use weir_host::{Error, ErrorKind, Failure, Limits, Message, Runtime, StageContext};
 use weir_e2e::component;
+use weir_host::{Error, ErrorKind, Failure, Limits, Message, Runtime, StageContext};
 
 fn msg(payload: &str) -> Message {
     Message {
@@ -58,7 +58,9 @@ fn init_errors_carry_the_guest_message() {
     let rt = Runtime::new().unwrap();
     let stage = rt.load(&component("filter")).unwrap();
     match stage.instantiate(&ctx(&[], Limits::default())) {
-        Err(Error::Init { reason, .. }) => assert_eq!(reason, "missing config key `drop_if_contains`"),
+        Err(Error::Init { reason, .. }) => {
+            assert_eq!(reason, "missing config key `drop_if_contains`")
+        }
         other => panic!("expected init error, got {:?}", other.err()),
     }
 }
@@ -80,12 +82,9 @@ fn hostile_calls_are_classified_and_the_stage_recovers() {
     let stage = rt.load(&component("hostile")).unwrap();
     let limits = Limits { timeout: Duration::from_millis(200), max_memory_bytes: 32 << 20, max_output_bytes: 1 << 20 };
     let c = ctx(&[], limits);
-    for (payload, want) in [
-        ("loop", ErrorKind::Timeout),
-        ("trap", ErrorKind::Trap),
-        ("alloc", ErrorKind::Memory),
-        ("recurse", ErrorKind::Trap),
-    ] {
+    for (payload, want) in
+        [("loop", ErrorKind::Timeout), ("trap", ErrorKind::Trap), ("alloc", ErrorKind::Memory), ("recurse", ErrorKind::Trap)]
+    {
         let mut inst = stage.instantiate(&c).unwrap();
         let started = Instant::now();
         match inst.handle_batch(&[msg("fine"), msg(payload)]) {
@@ -173,12 +172,8 @@ fn guests_get_no_files_environment_arguments_or_sockets() {
     let stage = rt.load(&component("hostile")).unwrap();
     let mut inst = stage.instantiate(&ctx(&[], Limits::default())).unwrap();
     let batch = [msg("read-file"), msg("env"), msg("connect"), msg("args")];
-    let out: Vec<String> = inst
-        .handle_batch(&batch)
-        .unwrap()
-        .into_iter()
-        .map(|r| String::from_utf8(r.unwrap().remove(0).payload).unwrap())
-        .collect();
+    let out: Vec<String> =
+        inst.handle_batch(&batch).unwrap().into_iter().map(|r| String::from_utf8(r.unwrap().remove(0).payload).unwrap()).collect();
     assert!(out[0].starts_with("denied"), "file read: {}", out[0]);
     assert!(out[1].starts_with("denied"), "env var: {}", out[1]);
     assert!(out[2].starts_with("denied"), "socket: {}", out[2]);

@@ -6,8 +6,8 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use crate::record::{self, Invalid, Record, StoredRecord};
 use crate::faults::Faults;
+use crate::record::{self, Invalid, Record, StoredRecord};
 use crate::{Error, Fsync, Result, now_ms, sync_dir, write_atomic};
 
 pub(crate) use crate::durable::Partition;
@@ -65,7 +65,9 @@ impl Segment {
 
     /// Load the index file if it is intact and matches the segment as it is on disk.
     fn load_index(&mut self, file_len: u64) -> bool {
-        let Ok(bytes) = std::fs::read(self.index_path()) else { return false };
+        let Ok(bytes) = std::fs::read(self.index_path()) else {
+            return false;
+        };
         let u64_at = |i: usize| u64::from_le_bytes(bytes[i..i + 8].try_into().unwrap());
         if bytes.len() < 60 || &bytes[..8] != INDEX_MAGIC {
             return false;
@@ -271,8 +273,7 @@ impl Log {
                         path = %seg.path.display(), at, removed = file_len - at, reason = why.describe(),
                         "recovery truncated a torn or corrupt tail"
                     );
-                    truncation =
-                        Some(Truncation { path: seg.path.clone(), at, removed: file_len - at, reason: why.describe() });
+                    truncation = Some(Truncation { path: seg.path.clone(), at, removed: file_len - at, reason: why.describe() });
                 }
             }
             part.segments.push(seg);
@@ -292,12 +293,7 @@ impl Log {
 
     fn new_segment(&mut self, base: u64) -> Result<()> {
         let path = self.dir.join(Segment::file_name(base));
-        let file = OpenOptions::new()
-            .read(true)
-            .append(true)
-            .create_new(true)
-            .open(&path)
-            .map_err(|e| Error::io(&path, e))?;
+        let file = OpenOptions::new().read(true).append(true).create_new(true).open(&path).map_err(|e| Error::io(&path, e))?;
         sync_dir(&self.dir)?;
         self.writer = Some(Arc::new(file.try_clone().map_err(|e| Error::io(&path, e))?));
         self.segments.push(Segment { base, path, file, len: 0, next: base, index: Vec::new(), max_ts: 0, has_ids: false });
@@ -405,7 +401,9 @@ impl Log {
             if !self.read_only {
                 // The index first: an index without its log is never loaded.
                 match std::fs::remove_file(oldest.index_path()) {
-                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(Error::io(&oldest.index_path(), e)),
+                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                        return Err(Error::io(&oldest.index_path(), e));
+                    }
                     _ => {}
                 }
                 std::fs::remove_file(&oldest.path).map_err(|e| Error::io(&oldest.path, e))?;
@@ -476,11 +474,7 @@ impl Log {
             if out.len() >= max {
                 break;
             }
-            let corrupt = |position: u64, reason: &str| Error::Corrupt {
-                path: seg.path.clone(),
-                position,
-                reason: reason.to_owned(),
-            };
+            let corrupt = |position: u64, reason: &str| Error::Corrupt { path: seg.path.clone(), position, reason: reason.to_owned() };
             let mut pos = seg.seek_pos(want);
             // The wanted record is within about one index interval of `pos`:
             // a small read serves a small request (a redelivery, a lookup).

@@ -221,15 +221,7 @@ pub(crate) fn decode(partition: u32, frame: &[u8]) -> Result<StoredRecord, Inval
         let v = r.u32()? as usize;
         headers.push((name, r.bytes(v)?.to_vec()));
     }
-    Ok(StoredRecord {
-        partition,
-        offset,
-        append_timestamp_ms,
-        timestamp_ms,
-        key,
-        headers,
-        payload: r.buf.to_vec(),
-    })
+    Ok(StoredRecord { partition, offset, append_timestamp_ms, timestamp_ms, key, headers, payload: r.buf.to_vec() })
 }
 
 struct Reader<'a> {

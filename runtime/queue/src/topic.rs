@@ -1,11 +1,11 @@
 //! Topics: named sets of partitions with shared settings.
 
+use std::collections::{HashMap, VecDeque};
 use std::fs;
 use std::path::Path;
-use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
-use std::time::Duration;
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
@@ -146,11 +146,7 @@ impl Topic {
             });
         }
         if config.segment_bytes < 4096 {
-            return Err(Error::Invalid {
-                what: "segment_bytes",
-                value: config.segment_bytes.to_string(),
-                reason: "must be at least 4096",
-            });
+            return Err(Error::Invalid { what: "segment_bytes", value: config.segment_bytes.to_string(), reason: "must be at least 4096" });
         }
         let dir = topics_dir.join(name);
         fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
@@ -169,8 +165,7 @@ impl Topic {
     pub(crate) fn open(dir: &Path, read_only: bool, faults: &Faults) -> Result<Topic> {
         let meta_path = dir.join(META_FILE);
         let bytes = fs::read(&meta_path).map_err(|e| Error::io(&meta_path, e))?;
-        let config: TopicConfig =
-            serde_json::from_slice(&bytes).map_err(|source| Error::Metadata { path: meta_path, source })?;
+        let config: TopicConfig = serde_json::from_slice(&bytes).map_err(|source| Error::Metadata { path: meta_path, source })?;
         let name = dir.file_name().unwrap_or_default().to_string_lossy().into_owned();
         let mut partitions = Vec::with_capacity(config.partitions as usize);
         for p in 0..config.partitions {
@@ -232,11 +227,7 @@ impl Topic {
     }
 
     pub(crate) fn info(&self) -> TopicInfo {
-        let offsets = self
-            .partitions
-            .iter()
-            .map(|p| (p.start_offset(), p.visible_end()))
-            .collect();
+        let offsets = self.partitions.iter().map(|p| (p.start_offset(), p.visible_end())).collect();
         let fsyncs = self.partitions.iter().map(Partition::fsyncs).sum();
         TopicInfo { name: self.name.clone(), config: self.config.clone(), offsets, fsyncs }
     }
@@ -264,11 +255,7 @@ impl Topic {
 
     pub(crate) fn publish(&self, records: &[Record]) -> Result<Vec<(u32, u64)>> {
         for r in records {
-            r.validate().map_err(|reason| Error::Invalid {
-                what: "record",
-                value: format!("{} bytes", r.payload.len()),
-                reason,
-            })?;
+            r.validate().map_err(|reason| Error::Invalid { what: "record", value: format!("{} bytes", r.payload.len()), reason })?;
         }
         if records.iter().all(|r| r.id.is_none()) {
             return self.append(&records.iter().collect::<Vec<_>>());

@@ -32,8 +32,7 @@ fn crash_child() {
     let mut consumer = q.consumer("t", "g", ConsumerOptions::default()).unwrap();
     let mut out = std::io::stdout().lock();
     for n in (0..).step_by(8) {
-        let recs: Vec<Record> =
-            (n..n + 8).map(|i| Record::new(payload(generation, i)).with_key(i.to_le_bytes().to_vec())).collect();
+        let recs: Vec<Record> = (n..n + 8).map(|i| Record::new(payload(generation, i)).with_key(i.to_le_bytes().to_vec())).collect();
         let positions = q.publish("t", &recs).unwrap();
         for (r, (p, o)) in recs.iter().zip(positions) {
             writeln!(out, "P {p} {o} {}", String::from_utf8_lossy(&r.payload)).unwrap();

@@ -25,11 +25,7 @@ fn fetch_all(c: &mut weir_queue::Consumer, wait: Duration) -> Vec<Delivery> {
 #[test]
 fn an_unacked_delivery_is_redelivered_after_ack_wait() {
     let (_dir, q) = setup(2);
-    let opts = ConsumerOptions {
-        ack_wait: Duration::from_millis(50),
-        retry_backoff: Duration::from_millis(100),
-        ..Default::default()
-    };
+    let opts = ConsumerOptions { ack_wait: Duration::from_millis(50), retry_backoff: Duration::from_millis(100), ..Default::default() };
     let mut c = q.consumer("t", "g", opts).unwrap();
     let started = std::time::Instant::now();
     let first = fetch_all(&mut c, Duration::ZERO);
@@ -152,7 +148,7 @@ fn a_retried_publish_returns_the_original_offset_even_after_reopen() {
     q.publish("t", &[rec("a", "1")]).unwrap();
     assert_eq!(q.topic_info("t").unwrap().len(), before, "the window survives a restart");
     let stored = q.read("t", q.publish("t", &[rec("a", "1")]).unwrap()[0].0, 0, 10).unwrap();
-    assert!(stored.iter().any(|r| r.headers.iter().any(|(k, v)| k == weir_queue::MSG_ID_HEADER && v == b"a")));
+    assert!(stored.iter().any(|r| { r.headers.iter().any(|(k, v)| k == weir_queue::MSG_ID_HEADER && v == b"a") }));
 }
 
 #[test]

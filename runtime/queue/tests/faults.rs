@@ -24,7 +24,9 @@ fn a_full_disk_fails_the_publish_leaves_no_partial_record_and_recovers_when_free
     faults.set_disk_full(true);
     let batch: Vec<Record> = (0..10).map(|i| Record::new(format!("lost {i}"))).collect();
     match q.publish("t", &batch) {
-        Err(Error::Io { source, .. }) => assert_eq!(source.raw_os_error(), Some(28), "ENOSPC: {source}"),
+        Err(Error::Io { source, .. }) => {
+            assert_eq!(source.raw_os_error(), Some(28), "ENOSPC: {source}")
+        }
         other => panic!("expected ENOSPC, got {other:?}"),
     }
     assert_eq!(segment_len(dir.path()), len, "the half-written batch was rolled back");

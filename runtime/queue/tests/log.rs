@@ -7,11 +7,7 @@ use std::path::{Path, PathBuf};
 use weir_queue::{Error, Queue, Record, TopicConfig};
 
 fn payloads(q: &Queue, topic: &str, partition: u32) -> Vec<String> {
-    q.read(topic, partition, 0, usize::MAX)
-        .unwrap()
-        .into_iter()
-        .map(|r| String::from_utf8(r.payload).unwrap())
-        .collect()
+    q.read(topic, partition, 0, usize::MAX).unwrap().into_iter().map(|r| String::from_utf8(r.payload).unwrap()).collect()
 }
 
 fn segments(dir: &Path, topic: &str) -> Vec<PathBuf> {

@@ -34,11 +34,7 @@ impl std::fmt::Display for ConfigError {
         if let Some((line, col)) = self.location {
             write!(f, ":{line}:{col}")?;
         }
-        if self.path.is_empty() {
-            write!(f, ": {}", self.message)
-        } else {
-            write!(f, ": {}: {}", self.path, self.message)
-        }
+        if self.path.is_empty() { write!(f, ": {}", self.message) } else { write!(f, ": {}: {}", self.path, self.message) }
     }
 }
 
@@ -250,8 +246,7 @@ pub fn compile(file: &Path, text: &str) -> Result<Pipeline, ConfigErrors> {
         };
         let d = TopicConfig::default();
         let group_commit_us = c.int(&tp.key("group_commit_us"), t.group_commit_us, 0, 0, 1_000_000, " µs") as u64;
-        let segment_bytes =
-            c.int(&tp.key("segment_bytes"), t.segment_bytes, d.segment_bytes as i64, 4096, 1 << 40, " bytes") as u64;
+        let segment_bytes = c.int(&tp.key("segment_bytes"), t.segment_bytes, d.segment_bytes as i64, 4096, 1 << 40, " bytes") as u64;
         let dedupe_window_ms =
             c.int(&tp.key("dedupe_window_ms"), t.dedupe_window_ms, d.dedupe_window_ms as i64, 0, 86_400_000, " ms") as u64;
         let max_age_ms = t.max_age_ms.map(|v| c.int(&tp.key("max_age_ms"), Some(v), 1, 1, i64::MAX, " ms") as u64);
@@ -270,8 +265,7 @@ pub fn compile(file: &Path, text: &str) -> Result<Pipeline, ConfigErrors> {
                 c.name(&s.key("group"), "consumer group", g);
             }
             let group = group.clone().unwrap_or_else(|| raw.pipeline.name.clone());
-            let max_ack_pending =
-                c.int(&s.key("max_ack_pending"), *max_ack_pending, defaults::MAX_ACK_PENDING, 1, 10_000_000, "");
+            let max_ack_pending = c.int(&s.key("max_ack_pending"), *max_ack_pending, defaults::MAX_ACK_PENDING, 1, 10_000_000, "");
             Source::Queue {
                 topic: topic.clone(),
                 group,
@@ -298,16 +292,13 @@ pub fn compile(file: &Path, text: &str) -> Result<Pipeline, ConfigErrors> {
         }
         let concurrency = c.int(&sp.key("concurrency"), st.concurrency, defaults::CONCURRENCY, 1, 1024, "");
         let batch_size = c.int(&sp.key("batch_size"), st.batch_size, defaults::BATCH_SIZE, 1, 100_000, "");
-        let batch_timeout_ms =
-            c.int(&sp.key("batch_timeout_ms"), st.batch_timeout_ms, defaults::BATCH_TIMEOUT_MS, 0, 3_600_000, " ms");
+        let batch_timeout_ms = c.int(&sp.key("batch_timeout_ms"), st.batch_timeout_ms, defaults::BATCH_TIMEOUT_MS, 0, 3_600_000, " ms");
         let timeout_ms = c.int(&sp.key("timeout_ms"), st.timeout_ms, defaults::TIMEOUT_MS, 1, 3_600_000, " ms");
         let max_memory_bytes =
             c.int(&sp.key("max_memory_bytes"), st.max_memory_bytes, defaults::MAX_MEMORY_BYTES, 1 << 20, 4 << 30, " bytes");
-        let max_output_bytes =
-            c.int(&sp.key("max_output_bytes"), st.max_output_bytes, defaults::MAX_OUTPUT_BYTES, 1, 64 << 20, " bytes");
+        let max_output_bytes = c.int(&sp.key("max_output_bytes"), st.max_output_bytes, defaults::MAX_OUTPUT_BYTES, 1, 64 << 20, " bytes");
         let max_attempts = c.int(&sp.key("max_attempts"), st.max_attempts, defaults::MAX_ATTEMPTS, 1, 1_000_000, "");
-        let retry_backoff_ms =
-            c.int(&sp.key("retry_backoff_ms"), st.retry_backoff_ms, defaults::RETRY_BACKOFF_MS, 0, 86_400_000, " ms");
+        let retry_backoff_ms = c.int(&sp.key("retry_backoff_ms"), st.retry_backoff_ms, defaults::RETRY_BACKOFF_MS, 0, 86_400_000, " ms");
         let mut config = Vec::new();
         for (k, v) in &st.config {
             let value = match v {

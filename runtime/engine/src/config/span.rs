@@ -102,10 +102,8 @@ impl Locator<'_> {
     /// key (or array item) that starts at or before it.
     pub(crate) fn path_at(&self, offset: usize) -> TomlPath {
         fn walk(table: &DeTable<'_>, offset: usize, path: &mut TomlPath) {
-            let best = table
-                .iter()
-                .filter(|(k, _)| k.span().start <= offset)
-                .max_by_key(|(k, v)| k.span().start.max(v.span().start.min(offset)));
+            let best =
+                table.iter().filter(|(k, _)| k.span().start <= offset).max_by_key(|(k, v)| k.span().start.max(v.span().start.min(offset)));
             if let Some((k, v)) = best {
                 path.0.push(Seg::Key(k.get_ref().to_string()));
                 descend(v, offset, path);
@@ -115,7 +113,7 @@ impl Locator<'_> {
             match v.get_ref() {
                 DeValue::Table(t) => walk(t, offset, path),
                 DeValue::Array(a) => {
-                    if let Some((i, item)) = a.iter().enumerate().filter(|(_, item)| item.span().start <= offset).last() {
+                    if let Some((i, item)) = a.iter().enumerate().rev().find(|(_, item)| item.span().start <= offset) {
                         path.0.push(Seg::Index(i));
                         descend(item, offset, path);
                     }
