@@ -7,7 +7,7 @@
 //! messages that were not acknowledged (at-least-once).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -139,6 +139,23 @@ struct GroupFile {
     committed: Vec<u64>,
 }
 
+/// Where `group` keeps its committed offsets of `topic`.
+pub(crate) fn group_file(dir: &Path, group: &str, topic: &str) -> PathBuf {
+    dir.join("groups").join(group).join(format!("{topic}.json"))
+}
+
+/// The committed offset per partition in a group file; `None` if there is none yet.
+pub(crate) fn read_committed(path: &Path) -> Result<Option<Vec<u64>>> {
+    match std::fs::read(path) {
+        Ok(bytes) => {
+            let f: GroupFile = serde_json::from_slice(&bytes).map_err(|source| Error::Metadata { path: path.to_owned(), source })?;
+            Ok(Some(f.committed))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(Error::io(path, e)),
+    }
+}
+
 /// Reads a topic on behalf of a consumer group.
 ///
 /// Obtain with [`Queue::consumer`]. Messages are fetched with
@@ -167,16 +184,12 @@ impl Consumer {
         if let Some(dlq) = &options.dead_letter {
             validate_name("dead-letter topic", dlq)?;
         }
-        let path = queue.dir().join("groups").join(group).join(format!("{}.json", topic.name));
-        let saved: Option<GroupFile> = match std::fs::read(&path) {
-            Ok(bytes) => Some(serde_json::from_slice(&bytes).map_err(|source| Error::Metadata { path: path.clone(), source })?),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-            Err(e) => return Err(Error::io(&path, e)),
-        };
+        let path = group_file(queue.dir(), group, &topic.name);
+        let saved = read_committed(&path)?;
         let parts = (0..topic.partition_count())
             .map(|p| {
                 let start = match (&saved, options.start) {
-                    (Some(f), _) if (p as usize) < f.committed.len() => f.committed[p as usize],
+                    (Some(c), _) if (p as usize) < c.len() => c[p as usize],
                     (_, StartFrom::Earliest) => topic.start_offset(p),
                     (_, StartFrom::Latest) => topic.visible_end(p),
                 };
@@ -215,9 +228,7 @@ impl Consumer {
     /// Messages not yet acknowledged: the visible log end minus the ack
     /// frontier, summed over partitions.
     pub fn lag(&self) -> u64 {
-        (0..self.parts.len())
-            .map(|p| self.topic.visible_end(p as u32).saturating_sub(self.parts[p].frontier))
-            .sum()
+        (0..self.parts.len()).map(|p| self.topic.visible_end(p as u32).saturating_sub(self.parts[p].frontier)).sum()
     }
 
     /// True when every stored message has been acknowledged and nothing is in
@@ -299,11 +310,8 @@ impl Consumer {
                 let rec = self.queue.read(&self.topic.name, p as u32, offset, 1)?;
                 match rec.into_iter().next().filter(|r| r.offset == offset) {
                     Some(record) if attempt > self.options.max_attempts => {
-                        let reason = format!(
-                            "not acknowledged after {} deliveries (max_attempts {})",
-                            attempt - 1,
-                            self.options.max_attempts
-                        );
+                        let reason =
+                            format!("not acknowledged after {} deliveries (max_attempts {})", attempt - 1, self.options.max_attempts);
                         self.dead_letter(record, attempt - 1, &reason)?;
                         Self::settle(&mut self.parts[p], offset);
                     }
@@ -373,13 +381,7 @@ impl Consumer {
         // before the ack is committed, the redelivered message's dead letter
         // deduplicates against this one instead of landing twice.
         let id = format!("dlq/{}/{}/{}/{}", self.group, self.topic.name, record.partition, record.offset);
-        let copy = Record {
-            key: record.key,
-            headers,
-            payload: record.payload,
-            timestamp_ms: Some(record.timestamp_ms),
-            id: Some(id),
-        };
+        let copy = Record { key: record.key, headers, payload: record.payload, timestamp_ms: Some(record.timestamp_ms), id: Some(id) };
         self.queue.publish(&topic, &[copy])?;
         tracing::warn!(
             topic = %self.topic.name, partition = record.partition, offset = record.offset,
@@ -422,6 +424,17 @@ impl Consumer {
         }
     }
 
+    /// Hand a delivered message back unprocessed: it is delivered again at
+    /// once, and this delivery does not count as an attempt. For work the
+    /// caller abandoned for its own reasons (the message did not fail).
+    /// Unknown or already settled ids are ignored.
+    pub fn release(&mut self, id: DeliveryId) {
+        if let Some((part, attempt)) = self.in_flight_mut(id) {
+            part.in_flight.remove(&id.offset);
+            part.redeliver.insert(id.offset, (Instant::now(), attempt));
+        }
+    }
+
     /// Still working on it: restart the delivery's `ack_wait` lease.
     pub fn in_progress(&mut self, id: DeliveryId) {
         let deadline = Instant::now() + self.options.ack_wait;
@@ -441,7 +454,9 @@ impl Consumer {
     /// A failure reading the message or writing the dead letter; the message
     /// then stays in flight (and is redelivered after `ack_wait`).
     pub fn reject(&mut self, id: DeliveryId, reason: &str) -> Result<()> {
-        let Some((_, attempt)) = self.in_flight_mut(id) else { return Ok(()) };
+        let Some((_, attempt)) = self.in_flight_mut(id) else {
+            return Ok(());
+        };
         let record = self.queue.read(&self.topic.name, id.partition, id.offset, 1)?;
         if let Some(record) = record.into_iter().next().filter(|r| r.offset == id.offset) {
             self.dead_letter(record, attempt, reason)?;
@@ -543,6 +558,19 @@ mod tests {
         assert_eq!(again.len(), 1);
         assert_eq!((again[0].record.offset, again[0].attempt), (0, 2));
         assert!(!c.is_settled());
+        c.ack(again[0].id());
+        assert!(c.is_settled());
+    }
+
+    #[test]
+    fn release_redelivers_at_once_without_spending_an_attempt() {
+        let (_dir, q) = queue_with(1, 1);
+        let opts = ConsumerOptions { retry_backoff: Duration::from_secs(3600), ..Default::default() };
+        let mut c = q.consumer("t", "g", opts).unwrap();
+        let d = c.fetch(10, Duration::ZERO).unwrap();
+        c.release(d[0].id());
+        let again = c.fetch(10, Duration::ZERO).unwrap();
+        assert_eq!((again[0].record.offset, again[0].attempt), (0, 1));
         c.ack(again[0].id());
         assert!(c.is_settled());
     }

@@ -31,6 +31,7 @@ mod durable;
 mod faults;
 mod partition;
 mod record;
+mod state;
 mod topic;
 
 use std::collections::HashMap;
@@ -40,11 +41,12 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+pub use consumer::{Consumer, ConsumerOptions, Delivery, DeliveryId, Seek, StartFrom, dlq_headers};
 #[cfg(feature = "fault-injection")]
 pub use faults::FaultInjector;
-pub use consumer::{Consumer, ConsumerOptions, Delivery, DeliveryId, Seek, StartFrom, dlq_headers};
 pub use partition::Truncation;
 pub use record::{MSG_ID_HEADER, Record, StoredRecord};
+pub use state::{StageMap, StateStore, StateWrite};
 pub use topic::{Fsync, TopicConfig, TopicInfo};
 
 use topic::Topic;
@@ -350,6 +352,18 @@ impl Queue {
         Consumer::new(self.clone(), self.topic(topic)?, group, options)
     }
 
+    /// The durable stage state of consumer group `group` reading `topic`
+    /// (see [`StateStore`]). Only one may be open at a time per (group, topic).
+    ///
+    /// # Errors
+    /// [`Error::ReadOnly`]; an invalid group name; I/O and corruption errors.
+    pub fn state_store(&self, group: &str, topic: &str) -> Result<StateStore> {
+        if self.is_read_only() {
+            return Err(Error::ReadOnly);
+        }
+        StateStore::open(self.dir(), group, topic)
+    }
+
     /// Apply every topic's retention limits now (a background thread also
     /// does so every second). Returns how many records were deleted.
     ///
@@ -427,8 +441,7 @@ fn spawn_flusher(inner: std::sync::Weak<Inner>) {
 
 fn lock_dir(dir: &Path) -> Result<File> {
     let path = dir.join("LOCK");
-    let mut file =
-        OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&path).map_err(|e| Error::io(&path, e))?;
+    let mut file = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&path).map_err(|e| Error::io(&path, e))?;
     match file.try_lock() {
         Ok(()) => {}
         Err(fs::TryLockError::WouldBlock) => {
