@@ -10,6 +10,7 @@ use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 use crate::bindings::weir::pipeline::host::{self, Level};
 use crate::component::Stage;
+use crate::state::{PendingWrites, StageState, StateMap, WriteSet};
 use crate::{EPOCH_TICK, Error, Failure, Message, MessageResult, Result, describe};
 
 /// Limits applied to every instance of a stage.
@@ -84,7 +85,7 @@ pub struct StageContext {
     /// Limits for every call.
     pub limits: Limits,
     counters: Arc<Counters>,
-    state: Arc<Mutex<BTreeMap<Vec<u8>, Vec<u8>>>>,
+    state: Arc<StageState>,
 }
 
 impl StageContext {
@@ -96,8 +97,21 @@ impl StageContext {
             config,
             limits,
             counters: Arc::default(),
-            state: Arc::default(),
+            state: StageState::new(stage, StateMap::new()),
         }
+    }
+
+    /// Start the stage's state from `committed` (what was made durable by
+    /// earlier runs) instead of empty.
+    #[must_use]
+    pub fn with_state(mut self, committed: StateMap) -> Self {
+        self.state = StageState::new(&self.stage, committed);
+        self
+    }
+
+    /// The stage's state, shared by its instances.
+    pub fn state(&self) -> &Arc<StageState> {
+        &self.state
     }
 
     /// The stage's custom counters.
@@ -129,6 +143,33 @@ pub(crate) struct HostState {
     table: ResourceTable,
     limiter: MemoryLimiter,
     ctx: StageContext,
+    /// While a call holds the stage's state gate: the generation it reads.
+    gate: Option<u64>,
+    /// The current call's state writes.
+    writes: WriteSet,
+}
+
+impl HostState {
+    fn enter_state(&mut self) {
+        if self.gate.is_none() {
+            self.gate = Some(self.ctx.state.enter());
+        }
+    }
+
+    /// End a call. If it held the gate and `keep`, its writes are registered
+    /// (before the gate opens, so the next call reads them) and returned; a
+    /// call that only read state registers an empty set: if what it read is
+    /// aborted, so is the call. Also says whether it wrote anything.
+    fn end_call(&mut self, keep: bool) -> (Option<Arc<PendingWrites>>, bool) {
+        let writes = std::mem::take(&mut self.writes);
+        let wrote = !writes.is_empty();
+        let pending = self.gate.take().and_then(|generation| {
+            let pending = keep.then(|| self.ctx.state.register(writes, generation));
+            self.ctx.state.leave();
+            pending
+        });
+        (pending, wrote)
+    }
 }
 
 impl WasiView for HostState {
@@ -168,15 +209,21 @@ impl host::Host for HostState {
     }
 
     fn state_get(&mut self, key: Vec<u8>) -> Option<Vec<u8>> {
-        self.ctx.state.lock().unwrap().get(&key).cloned()
+        self.enter_state();
+        match self.writes.get(&key) {
+            Some(v) => v.clone(),
+            None => self.ctx.state.read(&key),
+        }
     }
 
     fn state_put(&mut self, key: Vec<u8>, value: Vec<u8>) {
-        self.ctx.state.lock().unwrap().insert(key, value);
+        self.enter_state();
+        self.writes.insert(key, Some(value));
     }
 
     fn state_delete(&mut self, key: Vec<u8>) {
-        self.ctx.state.lock().unwrap().remove(&key);
+        self.enter_state();
+        self.writes.insert(key, None);
     }
 }
 
@@ -190,6 +237,7 @@ pub struct Instance {
     store: Store<HostState>,
     bindings: crate::bindings::Stage,
     poisoned: bool,
+    last_writes: Option<Arc<PendingWrites>>,
 }
 
 fn deadline_ticks(timeout: Duration) -> u64 {
@@ -209,16 +257,20 @@ impl Stage {
             table: ResourceTable::new(),
             limiter: MemoryLimiter { max_memory_bytes: ctx.limits.max_memory_bytes, hit: false },
             ctx: ctx.clone(),
+            gate: None,
+            writes: WriteSet::new(),
         };
         let mut store = Store::new(self.runtime.engine_ref(), state);
         store.limiter(|s| &mut s.limiter);
         store.set_epoch_deadline(deadline_ticks(ctx.limits.timeout));
-        let bindings = self
-            .pre
-            .instantiate(&mut store)
-            .map_err(|e| Error::Instantiate { stage: ctx.stage.clone(), reason: describe(&e) })?;
+        let bindings =
+            self.pre.instantiate(&mut store).map_err(|e| Error::Instantiate { stage: ctx.stage.clone(), reason: describe(&e) })?;
         let init_err = |reason: String| Error::Init { stage: ctx.stage.clone(), reason };
-        match bindings.weir_pipeline_consumer().call_init(&mut store, &ctx.config) {
+        let init = bindings.weir_pipeline_consumer().call_init(&mut store, &ctx.config);
+        if store.data_mut().end_call(false).1 {
+            tracing::warn!(pipeline = %ctx.pipeline, stage = %ctx.stage, "state written during init is discarded");
+        }
+        match init {
             Ok(Ok(())) => {}
             Ok(Err(msg)) => return Err(init_err(msg)),
             Err(e) => {
@@ -226,7 +278,7 @@ impl Stage {
                 return Err(init_err(format!("{kind}: {}", describe(&e))));
             }
         }
-        Ok(Instance { store, bindings, poisoned: false })
+        Ok(Instance { store, bindings, poisoned: false, last_writes: None })
     }
 }
 
@@ -241,6 +293,13 @@ fn classify(err: &wasmtime::Error, memory_limit_hit: bool) -> ErrorKind {
 }
 
 impl Instance {
+    /// The state writes of the last successful [`Instance::handle_batch`], if
+    /// it touched state (possibly none: a call that only read). The caller must commit or abort them (see [`PendingWrites`]);
+    /// until then later calls of the stage read them.
+    pub fn take_writes(&mut self) -> Option<Arc<PendingWrites>> {
+        self.last_writes.take()
+    }
+
     /// Whether a failed call left this instance unusable.
     pub fn is_poisoned(&self) -> bool {
         self.poisoned
@@ -259,15 +318,27 @@ impl Instance {
         if self.poisoned {
             return Err(Error::Call { stage, kind: ErrorKind::Trap, reason: "instance was poisoned by an earlier failure".into() });
         }
+        self.last_writes = None;
+        let data = self.store.data_mut();
+        if data.ctx.state.is_used() {
+            // Wait for the gate before the deadline starts counting.
+            data.enter_state();
+        }
+        data.limiter.hit = false;
         self.store.set_epoch_deadline(deadline_ticks(limits.timeout));
-        self.store.data_mut().limiter.hit = false;
-        let results = match self.bindings.weir_pipeline_consumer().call_handle_batch(&mut self.store, batch) {
+        let call = self.bindings.weir_pipeline_consumer().call_handle_batch(&mut self.store, batch);
+        // Writes of a failed call are dropped.
+        let keep = matches!(&call, Ok(r) if r.len() == batch.len());
+        self.last_writes = self.store.data_mut().end_call(keep).0;
+        let results = match call {
             Ok(results) => results,
             Err(e) => {
                 self.poisoned = true;
                 let kind = classify(&e, self.store.data().limiter.hit);
                 let reason = match kind {
-                    ErrorKind::Timeout => format!("call exceeded timeout of {} ms", limits.timeout.as_millis()),
+                    ErrorKind::Timeout => {
+                        format!("call exceeded timeout of {} ms", limits.timeout.as_millis())
+                    }
                     ErrorKind::Memory => {
                         format!("memory limit of {} bytes reached ({})", limits.max_memory_bytes, describe(&e))
                     }
@@ -290,10 +361,7 @@ impl Instance {
                 Ok(outputs) => {
                     let bytes: usize = outputs.iter().map(|o| o.payload.len()).sum();
                     if bytes > limits.max_output_bytes {
-                        Err(Failure::Reject(format!(
-                            "output of {bytes} bytes exceeds max_output_bytes ({})",
-                            limits.max_output_bytes
-                        )))
+                        Err(Failure::Reject(format!("output of {bytes} bytes exceeds max_output_bytes ({})", limits.max_output_bytes)))
                     } else {
                         Ok(outputs)
                     }

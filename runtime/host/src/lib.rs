@@ -27,6 +27,7 @@ pub mod bench;
 mod cache;
 mod component;
 mod instance;
+mod state;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -38,6 +39,7 @@ use wasmtime::{Config, Engine};
 pub use cache::default_cache_dir;
 pub use component::Stage;
 pub use instance::{Counters, ErrorKind, Instance, Limits, StageContext};
+pub use state::{PendingWrites, StageState, StateMap, WriteSet};
 
 /// Generated bindings for the `weir:pipeline/stage` world.
 mod bindings {
@@ -47,14 +49,14 @@ mod bindings {
     });
 }
 
+/// Severity of a guest log line.
+pub use bindings::weir::pipeline::host::Level;
+/// A stage's reason for not handling a message (the WIT `failure` variant).
+pub use bindings::weir::pipeline::types::Failure;
 /// A message delivered to a stage (the WIT `message` record).
 pub use bindings::weir::pipeline::types::Message;
 /// A message emitted by a stage (the WIT `output` record).
 pub use bindings::weir::pipeline::types::Output;
-/// A stage's reason for not handling a message (the WIT `failure` variant).
-pub use bindings::weir::pipeline::types::Failure;
-/// Severity of a guest log line.
-pub use bindings::weir::pipeline::host::Level;
 
 /// The result of one message: its outputs, or the stage's failure.
 pub type MessageResult = Result<Vec<Output>, Failure>;
