@@ -2,7 +2,9 @@
 //!
 //! [`Harness`] runs a [`Stage`] the way the host does — `init` with a config,
 //! then batches — and records what it logged, the counters it added and the
-//! state it wrote.
+//! state it wrote. State follows the host's rules: writes made in `init` are
+//! discarded, and so are a call's writes when it asks to retry any message
+//! (the host then replays the batch one message at a time).
 //!
 //! ```
 //! use weir_sdk::{testing::Harness, Config, Failure, Message, Output, Stage};
@@ -51,7 +53,9 @@ impl<S: Stage> Harness<S> {
     pub fn new(config: &[(&str, &str)]) -> Result<Self, String> {
         RECORDED.with(|r| *r.borrow_mut() = Recorded::default());
         let config: Vec<(String, String)> = config.iter().map(|(k, v)| ((*k).into(), (*v).into())).collect();
-        Ok(Harness { stage: S::init(&Config::from(config))? })
+        let stage = S::init(&Config::from(config))?;
+        RECORDED.with(|r| r.borrow_mut().state.clear());
+        Ok(Harness { stage })
     }
 
     /// Handle one message.
@@ -65,9 +69,22 @@ impl<S: Stage> Harness<S> {
     /// Handle a batch as the host would, checking that the stage returned one
     /// result per input.
     pub fn handle_batch(&mut self, batch: Vec<Message>) -> Vec<Result<Vec<Output>, Failure>> {
+        let out = self.call(batch.clone());
+        if !out.iter().any(|r| matches!(r, Err(Failure::Retry(_)))) || batch.len() == 1 {
+            return out;
+        }
+        batch.into_iter().flat_map(|m| self.call(vec![m])).collect()
+    }
+
+    /// One call; its state writes are undone if it asks for a retry.
+    fn call(&mut self, batch: Vec<Message>) -> Vec<Result<Vec<Output>, Failure>> {
         let n = batch.len();
+        let before = RECORDED.with(|r| r.borrow().state.clone());
         let out = self.stage.handle_batch(batch);
         assert_eq!(out.len(), n, "a stage must return exactly one result per input message");
+        if out.iter().any(|r| matches!(r, Err(Failure::Retry(_)))) {
+            RECORDED.with(|r| r.borrow_mut().state = before);
+        }
         out
     }
 
