@@ -4,6 +4,7 @@ mod bad_input;
 mod bench;
 mod hello;
 mod pipelines;
+mod state;
 mod ui;
 
 use std::io::Write;
@@ -15,6 +16,12 @@ pub use weir_e2e::{component, repo_root};
 /// A `weir` binary bound to a fresh data directory.
 pub struct Weir {
     pub data: tempfile::TempDir,
+}
+
+impl Default for Weir {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 impl Weir {

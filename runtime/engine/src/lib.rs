@@ -94,7 +94,7 @@ impl Engine {
     /// A component that fails to load or initialise (before any message is
     /// pulled), or a queue or sink failure (nothing unwritten is acknowledged).
     pub fn run(&self, pipeline: &Pipeline, queue: &weir_queue::Queue, options: &RunOptions) -> Result<PipelineStats> {
-        let prepared = run::prepare(pipeline, &self.runtime)?;
+        let prepared = run::prepare(pipeline, queue, &self.runtime)?;
         run::run(pipeline, queue, prepared, options)
     }
 }
@@ -120,8 +120,7 @@ pub fn json_line(msg: &Message) -> String {
         Ok(s) => serde_json::Value::String(s.to_owned()),
         Err(_) => serde_json::Value::from(b.to_vec()),
     };
-    let headers: serde_json::Map<String, serde_json::Value> =
-        msg.headers.iter().map(|(k, v)| (k.clone(), text(v))).collect();
+    let headers: serde_json::Map<String, serde_json::Value> = msg.headers.iter().map(|(k, v)| (k.clone(), text(v))).collect();
     serde_json::json!({
         "topic": msg.topic,
         "partition": msg.partition,

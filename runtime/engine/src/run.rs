@@ -8,16 +8,26 @@
 //! and dead letters durably, then hands the settlements back to the source,
 //! which acknowledges and commits. So a source message is acknowledged only
 //! after everything it produced is durable: at-least-once end to end.
+//!
+//! Stage state is exactly-once. Each stateful call's writes travel with the
+//! batch (see [`weir_host::PendingWrites`]); the sink commits them to the
+//! group's [`StateStore`] together with the ids of the messages it
+//! acknowledges, after their outputs are durable. A write set whose messages
+//! are not all settled for good (one is retried, or was abandoned because an
+//! earlier write set it may have read was aborted) is aborted and its
+//! messages are released for redelivery, so they are redone from committed
+//! state. A message whose id is in the store's applied set was already
+//! counted and is acknowledged without processing.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::io::Write;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, SyncSender, sync_channel};
 use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant};
 
-use weir_host::{Failure, Instance, Message, Output, Runtime, StageContext};
-use weir_queue::{Consumer, ConsumerOptions, DeliveryId, Queue, Record};
+use weir_host::{Failure, Instance, Message, Output, PendingWrites, Runtime, StageContext};
+use weir_queue::{Consumer, ConsumerOptions, DeliveryId, Queue, Record, StateStore, StateWrite};
 
 use crate::config::{Pipeline, Sink, Source, StageSpec};
 use crate::stats::{PipelineStats, StageStats};
@@ -39,8 +49,27 @@ pub struct RunOptions {
 /// What happened to a source message.
 enum Fate {
     Ok,
-    Retry { delay: Duration },
-    Dead { stage: String, kind: &'static str, reason: String, msg: Message },
+    Retry {
+        delay: Duration,
+    },
+    Dead {
+        stage: String,
+        kind: &'static str,
+        reason: String,
+        msg: Message,
+    },
+    /// Abandoned because state it depended on was aborted: redo it, without
+    /// charging an attempt.
+    Release,
+    /// Its state writes were already committed (it is a redelivery): acknowledge only.
+    Applied,
+}
+
+impl Fate {
+    /// Whether the message is settled without being redone.
+    fn is_final(&self) -> bool {
+        matches!(self, Fate::Ok | Fate::Dead { .. } | Fate::Applied)
+    }
 }
 
 struct Origin {
@@ -60,11 +89,21 @@ struct Batch {
     items: Vec<Item>,
     /// Outputs that named a topic: published there directly.
     routed: Vec<(usize, String, Output)>,
+    /// State writes of the stateful calls made for this batch.
+    writes: Vec<StateDelta>,
+}
+
+/// The state writes of one call and the origins of the messages it handled.
+struct StateDelta {
+    stage: usize,
+    writes: Arc<PendingWrites>,
+    origins: Vec<usize>,
 }
 
 struct Settlement {
     acks: Vec<DeliveryId>,
     naks: Vec<(DeliveryId, Duration)>,
+    releases: Vec<DeliveryId>,
 }
 
 fn message_from(origin_msg: &Message, out: Output) -> Message {
@@ -82,19 +121,24 @@ fn message_from(origin_msg: &Message, out: Output) -> Message {
 
 /// Load every stage's component and create its first instances, so that a
 /// bad component or a failing `init` stops the pipeline before it pulls a message.
+/// Stages start from the state the source's consumer group committed.
 pub(crate) struct Prepared {
     stages: Vec<(StageSpec, weir_host::Stage, StageContext, Vec<Instance>)>,
+    state: StateStore,
 }
 
-pub(crate) fn prepare(pipeline: &Pipeline, runtime: &Runtime) -> Result<Prepared> {
+pub(crate) fn prepare(pipeline: &Pipeline, queue: &Queue, runtime: &Runtime) -> Result<Prepared> {
+    let Source::Queue { topic, group, .. } = &pipeline.source;
+    let state = queue.state_store(group, topic)?;
     let mut stages = Vec::new();
     for spec in &pipeline.stages {
         let component = runtime.load(&spec.module)?;
-        let ctx = StageContext::new(&pipeline.name, &spec.name, spec.config.clone(), spec.limits.clone());
+        let ctx =
+            StageContext::new(&pipeline.name, &spec.name, spec.config.clone(), spec.limits.clone()).with_state(state.stage(&spec.name));
         let instances = (0..spec.concurrency).map(|_| component.instantiate(&ctx)).collect::<Result<Vec<_>, _>>()?;
         stages.push((spec.clone(), component, ctx, instances));
     }
-    Ok(Prepared { stages })
+    Ok(Prepared { stages, state })
 }
 
 /// Run `pipeline` on `queue` until stopped (or drained, with `drain`).
@@ -127,20 +171,14 @@ pub(crate) fn run(pipeline: &Pipeline, queue: &Queue, prepared: Prepared, option
         for (i, (spec, component, ctx, instances)) in prepared.stages.into_iter().enumerate() {
             let (tx, next_rx) = sync_channel::<Batch>(CHANNEL_DEPTH);
             let stage_stats = stats.stage(i);
-            let worker = StageWorker { spec, component, ctx, instances, stats: stage_stats };
+            let worker = StageWorker { index: i, spec, component, ctx, instances, stats: stage_stats };
             let input = std::mem::replace(&mut rx, next_rx);
             handles.push(scope.spawn(move || worker.run(input, tx)));
         }
-        let sink = SinkWorker { pipeline, queue: queue.clone(), stats: &stats, settle: settle_tx };
+        let applied = prepared.state.applied().clone();
+        let sink = SinkWorker { pipeline, queue: queue.clone(), state: prepared.state, stats: &stats, settle: settle_tx };
         let sink_handle = scope.spawn(move || sink.run(rx));
-        let source = SourceWorker {
-            consumer,
-            options,
-            stats: &stats,
-            fetch_size,
-            fill_wait,
-            in_pipeline: 0,
-        };
+        let source = SourceWorker { consumer, applied, options, stats: &stats, fetch_size, fill_wait, in_pipeline: 0 };
         let source_result = source.run(first_tx, settle_rx);
         let sink_result = sink_handle.join().expect("sink thread panicked");
         for h in handles {
@@ -153,6 +191,8 @@ pub(crate) fn run(pipeline: &Pipeline, queue: &Queue, prepared: Prepared, option
 
 struct SourceWorker<'a> {
     consumer: Consumer,
+    /// Ids whose state writes an earlier run committed (see [`StateStore::applied`]).
+    applied: HashSet<(u32, u64)>,
     options: &'a RunOptions,
     stats: &'a PipelineStats,
     fetch_size: usize,
@@ -180,6 +220,9 @@ impl SourceWorker<'_> {
         }
         for (id, delay) in s.naks {
             self.consumer.nak(id, delay);
+        }
+        for id in s.releases {
+            self.consumer.release(id);
         }
         self.in_pipeline -= 1;
     }
@@ -219,6 +262,19 @@ impl SourceWorker<'_> {
                 let more = self.consumer.fetch(self.fetch_size - deliveries.len(), self.fill_wait)?;
                 deliveries.extend(more);
             }
+            if !self.applied.is_empty() {
+                // Processed by an earlier run whose acknowledgement was lost with it.
+                deliveries.retain(|d| {
+                    let done = self.applied.contains(&(d.id().partition, d.id().offset));
+                    if done {
+                        self.consumer.ack(d.id());
+                    }
+                    !done
+                });
+                if deliveries.is_empty() {
+                    continue;
+                }
+            }
             self.stats.source_received(deliveries.len() as u64);
             let mut origins = Vec::with_capacity(deliveries.len());
             let mut items = Vec::with_capacity(deliveries.len());
@@ -229,7 +285,7 @@ impl SourceWorker<'_> {
                 items.push(Item { origin: i, msg: crate::message_from_record(&topic, d.record, attempt) });
             }
             self.in_pipeline += 1;
-            if tx.send(Batch { origins, items, routed: Vec::new() }).is_err() {
+            if tx.send(Batch { origins, items, routed: Vec::new(), writes: Vec::new() }).is_err() {
                 // A downstream thread stopped (its error is reported by the join).
                 self.in_pipeline -= 1;
                 return Ok(());
@@ -239,6 +295,8 @@ impl SourceWorker<'_> {
 }
 
 struct StageWorker {
+    /// Position in the pipeline.
+    index: usize,
     spec: StageSpec,
     component: weir_host::Stage,
     ctx: StageContext,
@@ -266,7 +324,11 @@ impl StageWorker {
             .map(|it| (it.origin, it.msg))
             .unzip();
         self.stats.add_received(msgs.len() as u64);
-        let results = self.call_all(&msgs);
+        let (results, writes) = self.call_all(&msgs);
+        for (w, idxs) in writes {
+            let origins = idxs.into_iter().map(|i| owners[i]).collect();
+            batch.writes.push(StateDelta { stage: self.index, writes: w, origins });
+        }
         let mut next = Vec::with_capacity(msgs.len());
         for ((owner, msg), result) in owners.into_iter().zip(msgs).zip(results) {
             let item = Item { origin: owner, msg };
@@ -291,7 +353,9 @@ impl StageWorker {
                 }
                 Err(CallFailure { failure, kind }) => {
                     let reason = match &failure {
-                        Failure::Retry(r) => format!("{r} (gave up after {} attempts)", origin.attempt),
+                        Failure::Retry(r) => {
+                            format!("{r} (gave up after {} attempts)", origin.attempt)
+                        }
                         Failure::Reject(r) => r.clone(),
                     };
                     if matches!(failure, Failure::Reject(_)) {
@@ -307,33 +371,48 @@ impl StageWorker {
     }
 
     /// Handle `msgs` in batches of `batch_size`, spread over the instances.
-    fn call_all(&mut self, msgs: &[Message]) -> Vec<Result<Vec<Output>, CallFailure>> {
+    /// Returns a result per message and the state writes of the calls, each
+    /// with the indexes (into `msgs`) of the messages it handled.
+    fn call_all(&mut self, msgs: &[Message]) -> (Vec<CallResult>, Vec<CallWrites>) {
         let per_instance = msgs.len().div_ceil(self.instances.len().max(1)).max(1);
         let chunks: Vec<&[Message]> = msgs.chunks(per_instance).collect();
-        let spec = &self.spec;
-        let component = &self.component;
-        let ctx = &self.ctx;
-        let stats = &self.stats;
-        let mut results: Vec<Vec<Result<Vec<Output>, CallFailure>>> = Vec::new();
+        let caller = Caller { spec: &self.spec, component: &self.component, ctx: &self.ctx, stats: &self.stats };
+        let mut results = Vec::with_capacity(msgs.len());
+        let mut writes = Vec::new();
         if chunks.len() <= 1 {
-            let inst = &mut self.instances[0];
-            results.push(chunks.first().map_or_else(Vec::new, |c| call_chunked(spec, component, ctx, stats, inst, c)));
+            if let Some(chunk) = chunks.first() {
+                caller.call_chunked(&mut self.instances[0], chunk, 0, &mut results, &mut writes);
+            }
         } else {
             std::thread::scope(|s| {
                 let handles: Vec<_> = self
                     .instances
                     .iter_mut()
                     .zip(chunks)
-                    .map(|(inst, chunk)| s.spawn(move || call_chunked(spec, component, ctx, stats, inst, chunk)))
+                    .enumerate()
+                    .map(|(i, (inst, chunk))| {
+                        let caller = &caller;
+                        s.spawn(move || {
+                            let (mut r, mut w) = (Vec::with_capacity(chunk.len()), Vec::new());
+                            caller.call_chunked(inst, chunk, i * per_instance, &mut r, &mut w);
+                            (r, w)
+                        })
+                    })
                     .collect();
                 for h in handles {
-                    results.push(h.join().expect("stage instance thread panicked"));
+                    let (r, w) = h.join().expect("stage instance thread panicked");
+                    results.extend(r);
+                    writes.extend(w);
                 }
             });
         }
-        results.into_iter().flatten().collect()
+        (results, writes)
     }
 }
+
+type CallResult = Result<Vec<Output>, CallFailure>;
+/// A call's state writes and the indexes of the messages it handled.
+type CallWrites = (Arc<PendingWrites>, Vec<usize>);
 
 struct CallFailure {
     failure: Failure,
@@ -341,34 +420,68 @@ struct CallFailure {
     kind: &'static str,
 }
 
-/// Call one instance on `msgs`, `batch_size` at a time. When a call fails as a
-/// whole (trap, timeout, memory), the instance is replaced and the batch's
-/// messages are retried one by one, so only the culprit is charged.
-fn call_chunked(
-    spec: &StageSpec,
-    component: &weir_host::Stage,
-    ctx: &StageContext,
-    stats: &StageStats,
-    inst: &mut Instance,
-    msgs: &[Message],
-) -> Vec<Result<Vec<Output>, CallFailure>> {
-    let guest = |r: Result<Vec<Output>, Failure>| r.map_err(|failure| CallFailure { failure, kind: "guest" });
-    let mut out = Vec::with_capacity(msgs.len());
-    for batch in msgs.chunks(spec.batch_size) {
-        match call_one(component, ctx, inst, batch) {
-            Ok(results) => out.extend(results.into_iter().map(guest)),
-            Err(_) if batch.len() > 1 => {
-                for msg in batch {
-                    match call_one(component, ctx, inst, std::slice::from_ref(msg)) {
-                        Ok(mut r) => out.push(guest(r.pop().expect("one result"))),
-                        Err(e) => out.push(Err(host_failure(stats, e))),
+/// What calling a stage's instances needs.
+struct Caller<'a> {
+    spec: &'a StageSpec,
+    component: &'a weir_host::Stage,
+    ctx: &'a StageContext,
+    stats: &'a StageStats,
+}
+
+fn guest(r: Result<Vec<Output>, Failure>) -> CallResult {
+    r.map_err(|failure| CallFailure { failure, kind: "guest" })
+}
+
+impl Caller<'_> {
+    /// Call one instance on `msgs` (indexes from `base`), `batch_size` at a
+    /// time. When a call fails as a whole (trap, timeout, memory), the
+    /// instance is replaced and the batch's messages are retried one by one,
+    /// so only the culprit is charged. So are they when a stateful call asks
+    /// to retry one of them, so the others' state writes can stand.
+    fn call_chunked(&self, inst: &mut Instance, msgs: &[Message], base: usize, out: &mut Vec<CallResult>, writes: &mut Vec<CallWrites>) {
+        for (n, batch) in msgs.chunks(self.spec.batch_size).enumerate() {
+            let first = base + n * self.spec.batch_size;
+            match call_one(self.component, self.ctx, inst, batch) {
+                Ok(results) => match inst.take_writes() {
+                    Some(w) if results.iter().any(|r| matches!(r, Err(Failure::Retry(_)))) => {
+                        w.abort();
+                        if batch.len() > 1 {
+                            self.one_by_one(inst, batch, first, out, writes);
+                        } else {
+                            out.extend(results.into_iter().map(guest));
+                        }
                     }
-                }
+                    w => {
+                        if let Some(w) = w {
+                            writes.push((w, (first..first + batch.len()).collect()));
+                        }
+                        out.extend(results.into_iter().map(guest));
+                    }
+                },
+                Err(_) if batch.len() > 1 => self.one_by_one(inst, batch, first, out, writes),
+                Err(e) => out.push(Err(host_failure(self.stats, e))),
             }
-            Err(e) => out.push(Err(host_failure(stats, e))),
         }
     }
-    out
+
+    fn one_by_one(&self, inst: &mut Instance, msgs: &[Message], first: usize, out: &mut Vec<CallResult>, writes: &mut Vec<CallWrites>) {
+        for (i, msg) in msgs.iter().enumerate() {
+            match call_one(self.component, self.ctx, inst, std::slice::from_ref(msg)) {
+                Ok(mut r) => {
+                    let r = r.pop().expect("one result");
+                    if let Some(w) = inst.take_writes() {
+                        if matches!(r, Err(Failure::Retry(_))) {
+                            w.abort();
+                        } else {
+                            writes.push((w, vec![first + i]));
+                        }
+                    }
+                    out.push(guest(r));
+                }
+                Err(e) => out.push(Err(host_failure(self.stats, e))),
+            }
+        }
+    }
 }
 
 fn host_failure(stats: &StageStats, e: weir_host::Error) -> CallFailure {
@@ -399,6 +512,7 @@ fn call_one(
 struct SinkWorker<'a> {
     pipeline: &'a Pipeline,
     queue: Queue,
+    state: StateStore,
     stats: &'a PipelineStats,
     settle: Sender<Settlement>,
 }
@@ -408,7 +522,7 @@ fn record(msg: Message) -> Record {
 }
 
 impl SinkWorker<'_> {
-    fn run(self, input: Receiver<Batch>) -> Result<()> {
+    fn run(mut self, input: Receiver<Batch>) -> Result<()> {
         let stdout = std::io::stdout();
         while let Ok(batch) = input.recv() {
             let settlement = self.write(batch, &mut stdout.lock())?;
@@ -419,7 +533,70 @@ impl SinkWorker<'_> {
         Ok(())
     }
 
-    fn write(&self, mut batch: Batch, out: &mut impl Write) -> Result<Settlement> {
+    /// Decide which of the batch's state writes can be committed. A write set
+    /// stands only if every message it handled is settled for good; if not,
+    /// it is aborted (with every later one of its stage) and its other
+    /// messages are released to be redone. Repeats until nothing changes.
+    fn resolve_state(&self, batch: &mut Batch) {
+        if batch.writes.is_empty() {
+            return;
+        }
+        let applied = self.state.applied();
+        for o in &mut batch.origins {
+            if o.fate.is_final() && applied.contains(&(o.id.partition, o.id.offset)) {
+                o.fate = Fate::Applied;
+            }
+        }
+        loop {
+            let mut changed = false;
+            for d in &batch.writes {
+                if !d.writes.is_aborted()
+                    && d.origins.iter().all(|&i| batch.origins[i].fate.is_final() && !matches!(batch.origins[i].fate, Fate::Applied))
+                {
+                    continue;
+                }
+                if !d.writes.is_aborted() {
+                    // Also aborts later write sets, maybe ones already passed over.
+                    d.writes.abort();
+                    changed = true;
+                }
+                for &i in &d.origins {
+                    let fate = &mut batch.origins[i].fate;
+                    if matches!(fate, Fate::Ok | Fate::Dead { .. }) {
+                        *fate = Fate::Release;
+                        changed = true;
+                    }
+                }
+            }
+            if !changed {
+                break;
+            }
+        }
+    }
+
+    /// Make the surviving state writes durable with the ids of the messages
+    /// acknowledged, then let the stages read them as committed.
+    fn commit_state(&mut self, batch: &mut Batch, acks: &[DeliveryId]) -> Result<()> {
+        let mut live: Vec<StateDelta> = std::mem::take(&mut batch.writes).into_iter().filter(|d| !d.writes.is_aborted()).collect();
+        live.sort_by_key(|d| (d.stage, d.writes.seq()));
+        let ops: Vec<StateWrite> = live
+            .iter()
+            .flat_map(|d| {
+                let stage = &self.pipeline.stages[d.stage].name;
+                d.writes.writes().iter().map(|(k, v)| StateWrite { stage: stage.clone(), key: k.clone(), value: v.clone() })
+            })
+            .collect();
+        if !ops.is_empty() {
+            let ids: Vec<(u32, u64)> = acks.iter().map(|id| (id.partition, id.offset)).collect();
+            self.state.commit(&ops, &ids)?;
+        }
+        for d in live {
+            d.writes.committed();
+        }
+        Ok(())
+    }
+
+    fn write(&mut self, mut batch: Batch, out: &mut impl Write) -> Result<Settlement> {
         // An output to an undeclared topic makes its origin a dead letter,
         // carrying that output (what could not be delivered).
         for (origin, topic, out) in std::mem::take(&mut batch.routed) {
@@ -443,6 +620,8 @@ impl SinkWorker<'_> {
                 o.fate = Fate::Dead { stage: "routing".into(), kind: "routing", reason, msg };
             }
         }
+        // Before any output is taken: it may release messages.
+        self.resolve_state(&mut batch);
         let mut by_topic: BTreeMap<&str, Vec<Record>> = BTreeMap::new();
         // (as JSON?, message) for each stdout sink.
         let mut printed: Vec<(bool, Message)> = Vec::new();
@@ -473,11 +652,13 @@ impl SinkWorker<'_> {
         let Source::Queue { topic: source_topic, group, .. } = &self.pipeline.source;
         let mut acks = Vec::new();
         let mut naks = Vec::new();
+        let mut releases = Vec::new();
         let mut dead = Vec::new();
         for o in &mut batch.origins {
             match std::mem::replace(&mut o.fate, Fate::Ok) {
-                Fate::Ok => acks.push(o.id),
+                Fate::Ok | Fate::Applied => acks.push(o.id),
                 Fate::Retry { delay } => naks.push((o.id, delay)),
+                Fate::Release => releases.push(o.id),
                 Fate::Dead { stage, kind, reason, msg } => {
                     tracing::warn!(%stage, kind, %reason, partition = o.id.partition, offset = o.id.offset, "message dead-lettered");
                     let mut rec = record(msg);
@@ -523,7 +704,8 @@ impl SinkWorker<'_> {
             }
         }
         out.flush().ok();
+        self.commit_state(&mut batch, &acks)?;
         self.stats.sink_written(outputs, dead_count);
-        Ok(Settlement { acks, naks })
+        Ok(Settlement { acks, naks, releases })
     }
 }
