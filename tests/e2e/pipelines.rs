@@ -57,7 +57,7 @@ type = "queue"
 topic = "out"
 "#,
     );
-    weir.produce("in", &["ok-1", "loop", "ok-2", "trap", "alloc", "recurse", "big", "retry", "reject", "ok-3"]);
+    weir.produce("in", &["ok-1", "loop", "ok-2", "trap", "alloc", "recurse", "big", "big:104857600", "retry", "reject", "ok-3"]);
     let started = Instant::now();
     weir.ok(&["run", p.to_str().unwrap(), "--drain"], b"");
     assert!(started.elapsed() < Duration::from_secs(60));
@@ -75,7 +75,8 @@ topic = "out"
     kinds.sort();
     let want = [
         ("alloc", "memory", "2"),
-        ("big", "guest", "1"),
+        ("big", "output", "1"),
+        ("big:104857600", "memory", "2"),
         ("loop", "timeout", "2"),
         ("recurse", "trap", "2"),
         ("reject", "guest", "1"),
@@ -248,4 +249,41 @@ name = "side"
     assert_eq!(dead[0]["headers"]["weir.error-kind"], "routing");
     assert!(dead[0]["headers"]["weir.reason"].as_str().unwrap().contains("\"nowhere\""));
     assert_eq!(dead[0]["headers"]["weir.source.offset"], "2");
+}
+
+#[test]
+fn stage_grants_in_toml_open_only_what_they_name() {
+    let weir = Weir::new();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("lookup")).unwrap();
+    std::fs::write(dir.path().join("lookup/table.txt"), "granted").unwrap();
+    let p = pipeline_file(
+        dir.path(),
+        "grants.toml",
+        r#"[pipeline]
+name = "g"
+
+[source]
+type = "queue"
+topic = "in"
+
+[[stage]]
+name = "hostile"
+module = "{component:hostile}"
+
+[stage.grants]
+env = ["WEIR_TEST_GRANT"]
+dirs = [{ host = "lookup", guest = "/lookup" }]
+
+[[sink]]
+type = "queue"
+topic = "out"
+"#,
+    );
+    weir.produce("in", &["read:/lookup/table.txt", "env:WEIR_TEST_GRANT", "read:/etc/passwd", "env:HOME", "connect"]);
+    let out = weir.cmd(&["run", p.to_str().unwrap(), "--drain"]).env("WEIR_TEST_GRANT", "yes").output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let got = weir.consume_all("out");
+    assert_eq!(got[..2], ["READ granted", "READ yes"]);
+    assert!(got[2..].iter().all(|l| l.starts_with("denied")), "{got:?}");
 }

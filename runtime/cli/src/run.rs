@@ -27,7 +27,7 @@ pub(crate) struct ValidateArgs {
 }
 
 /// Load and fully check a pipeline: config, then every component.
-fn load(path: &Path, engine: &Engine) -> anyhow::Result<Pipeline> {
+fn load(path: &Path) -> anyhow::Result<(Engine, Pipeline)> {
     let report = |errors: weir_engine::ConfigErrors| {
         for e in &errors.0 {
             eprintln!("error: {e}");
@@ -37,13 +37,13 @@ fn load(path: &Path, engine: &Engine) -> anyhow::Result<Pipeline> {
         anyhow::Error::new(Reported(1))
     };
     let pipeline = weir_engine::config::load(path).map_err(report)?;
+    let engine = Engine::for_pipeline(&pipeline)?;
     engine.check_components(&pipeline).map_err(report)?;
-    Ok(pipeline)
+    Ok((engine, pipeline))
 }
 
 pub(crate) fn validate(args: ValidateArgs) -> anyhow::Result<()> {
-    let engine = Engine::new()?;
-    let p = load(&args.pipeline, &engine)?;
+    let (_, p) = load(&args.pipeline)?;
     println!(
         "{}: ok: pipeline `{}`, {} stage(s), {} sink(s), dead letters to `{}`",
         args.pipeline.display(),
@@ -56,8 +56,7 @@ pub(crate) fn validate(args: ValidateArgs) -> anyhow::Result<()> {
 }
 
 pub(crate) fn run(args: RunArgs, data_dir_flag: Option<PathBuf>) -> anyhow::Result<()> {
-    let engine = Engine::new()?;
-    let pipeline = load(&args.pipeline, &engine)?;
+    let (engine, pipeline) = load(&args.pipeline)?;
     let dir = crate::data_dir(data_dir_flag, pipeline.data_dir.as_ref());
     let queue = weir_queue::Queue::open(&dir).with_context(|| format!("opening data directory {}", dir.display()))?;
     let stop = Arc::new(AtomicBool::new(false));

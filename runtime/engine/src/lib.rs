@@ -58,11 +58,21 @@ impl Engine {
     /// # Errors
     /// If wasmtime cannot be set up on this machine.
     pub fn new() -> Result<Self> {
-        let runtime = match weir_host::default_cache_dir() {
-            Some(dir) => Runtime::with_cache(dir)?,
-            None => Runtime::new()?,
-        };
-        Ok(Engine { runtime })
+        Self::with_fuel(false)
+    }
+
+    /// An engine fit for `pipeline`: it meters fuel only if a stage sets
+    /// `max_fuel` (metering slows every stage a little).
+    ///
+    /// # Errors
+    /// If wasmtime cannot be set up on this machine.
+    pub fn for_pipeline(pipeline: &Pipeline) -> Result<Self> {
+        Self::with_fuel(pipeline.stages.iter().any(|s| s.limits.max_fuel.is_some()))
+    }
+
+    fn with_fuel(fuel: bool) -> Result<Self> {
+        let options = weir_host::RuntimeOptions { cache_dir: weir_host::default_cache_dir(), fuel };
+        Ok(Engine { runtime: Runtime::with_options(&options)? })
     }
 
     /// Check that every stage's component loads and implements the stage world.

@@ -26,7 +26,7 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, SyncSender, sync_chann
 use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant};
 
-use weir_host::{Failure, Instance, Message, Output, PendingWrites, Runtime, StageContext};
+use weir_host::{Failure, Instance, Message, MessageError, MessageResult, Output, PendingWrites, Runtime, StageContext};
 use weir_queue::{Consumer, ConsumerOptions, DeliveryId, Queue, Record, StateStore, StateWrite};
 
 use crate::config::{Pipeline, Sink, Source, StageSpec};
@@ -133,8 +133,9 @@ pub(crate) fn prepare(pipeline: &Pipeline, queue: &Queue, runtime: &Runtime) -> 
     let mut stages = Vec::new();
     for spec in &pipeline.stages {
         let component = runtime.load(&spec.module)?;
-        let ctx =
-            StageContext::new(&pipeline.name, &spec.name, spec.config.clone(), spec.limits.clone()).with_state(state.stage(&spec.name));
+        let ctx = StageContext::new(&pipeline.name, &spec.name, spec.config.clone(), spec.limits.clone())
+            .with_state(state.stage(&spec.name))
+            .with_grants(spec.grants.clone());
         let instances = (0..spec.concurrency).map(|_| component.instantiate(&ctx)).collect::<Result<Vec<_>, _>>()?;
         stages.push((spec.clone(), component, ctx, instances));
     }
@@ -428,11 +429,23 @@ struct Caller<'a> {
     stats: &'a StageStats,
 }
 
-fn guest(r: Result<Vec<Output>, Failure>) -> CallResult {
-    r.map_err(|failure| CallFailure { failure, kind: "guest" })
+fn is_retry(r: &MessageResult) -> bool {
+    matches!(r, Err(MessageError::Guest(Failure::Retry(_))))
 }
 
 impl Caller<'_> {
+    /// One message's result, with the failure's kind; an output over the
+    /// limit is counted as an `output` error and dead-lettered.
+    fn settle(&self, r: MessageResult) -> CallResult {
+        r.map_err(|e| match e {
+            MessageError::Guest(failure) => CallFailure { failure, kind: "guest" },
+            MessageError::OutputLimit { .. } => {
+                self.stats.add_error("output");
+                CallFailure { failure: Failure::Reject(e.to_string()), kind: "output" }
+            }
+        })
+    }
+
     /// Call one instance on `msgs` (indexes from `base`), `batch_size` at a
     /// time. When a call fails as a whole (trap, timeout, memory), the
     /// instance is replaced and the batch's messages are retried one by one,
@@ -443,19 +456,19 @@ impl Caller<'_> {
             let first = base + n * self.spec.batch_size;
             match call_one(self.component, self.ctx, inst, batch) {
                 Ok(results) => match inst.take_writes() {
-                    Some(w) if results.iter().any(|r| matches!(r, Err(Failure::Retry(_)))) => {
+                    Some(w) if results.iter().any(is_retry) => {
                         w.abort();
                         if batch.len() > 1 {
                             self.one_by_one(inst, batch, first, out, writes);
                         } else {
-                            out.extend(results.into_iter().map(guest));
+                            out.extend(results.into_iter().map(|r| self.settle(r)));
                         }
                     }
                     w => {
                         if let Some(w) = w {
                             writes.push((w, (first..first + batch.len()).collect()));
                         }
-                        out.extend(results.into_iter().map(guest));
+                        out.extend(results.into_iter().map(|r| self.settle(r)));
                     }
                 },
                 Err(_) if batch.len() > 1 => self.one_by_one(inst, batch, first, out, writes),
@@ -470,13 +483,13 @@ impl Caller<'_> {
                 Ok(mut r) => {
                     let r = r.pop().expect("one result");
                     if let Some(w) = inst.take_writes() {
-                        if matches!(r, Err(Failure::Retry(_))) {
+                        if is_retry(&r) {
                             w.abort();
                         } else {
                             writes.push((w, vec![first + i]));
                         }
                     }
-                    out.push(guest(r));
+                    out.push(self.settle(r));
                 }
                 Err(e) => out.push(Err(host_failure(self.stats, e))),
             }
@@ -498,7 +511,7 @@ fn call_one(
     ctx: &StageContext,
     inst: &mut Instance,
     batch: &[Message],
-) -> Result<Vec<Result<Vec<Output>, Failure>>, weir_host::Error> {
+) -> Result<Vec<MessageResult>, weir_host::Error> {
     if inst.is_poisoned() {
         *inst = component.instantiate(ctx)?;
     }

@@ -1,17 +1,18 @@
 //! Stage instances: the store, host imports, limits and classified calls.
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use wasmtime::component::ResourceTable;
 use wasmtime::{ResourceLimiter, Store, Trap};
-use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 use crate::bindings::weir::pipeline::host::{self, Level};
 use crate::component::Stage;
 use crate::state::{PendingWrites, StageState, StateMap, WriteSet};
-use crate::{EPOCH_TICK, Error, Failure, Message, MessageResult, Result, describe};
+use crate::{EPOCH_TICK, Error, Message, MessageError, MessageResult, Result, describe};
 
 /// Limits applied to every instance of a stage.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -22,12 +23,38 @@ pub struct Limits {
     pub max_memory_bytes: usize,
     /// Cap on the total payload bytes a stage may emit for one message.
     pub max_output_bytes: usize,
+    /// Fuel (roughly, WebAssembly instructions) one call may burn; `None`
+    /// for no limit. Needs a [`crate::RuntimeOptions::fuel`] runtime.
+    pub max_fuel: Option<u64>,
 }
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits { timeout: Duration::from_secs(10), max_memory_bytes: 64 << 20, max_output_bytes: 4 << 20 }
+        Limits { timeout: Duration::from_secs(10), max_memory_bytes: 64 << 20, max_output_bytes: 4 << 20, max_fuel: None }
     }
+}
+
+/// What a stage may reach beyond the empty sandbox (clocks and random only).
+/// Each grant is explicit; the default grants nothing.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Grants {
+    /// Environment variables the guest sees (name, value).
+    pub env: Vec<(String, String)>,
+    /// Host directories the guest may open.
+    pub dirs: Vec<DirGrant>,
+    /// Let the guest write to weir's standard error (for debugging).
+    pub stderr: bool,
+}
+
+/// A host directory made visible to a guest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DirGrant {
+    /// The directory on the host.
+    pub host: PathBuf,
+    /// Where the guest sees it (e.g. `/data`).
+    pub guest: String,
+    /// Whether the guest may create, change and delete files in it.
+    pub writable: bool,
 }
 
 /// Why a call into a stage failed as a whole. Each kind is counted per stage.
@@ -39,6 +66,8 @@ pub enum ErrorKind {
     Timeout,
     /// The guest tried to grow its memory past `max_memory_bytes`.
     Memory,
+    /// The call burned its `max_fuel`.
+    Fuel,
     /// The guest broke the contract (wrong number of results).
     Contract,
 }
@@ -50,6 +79,7 @@ impl ErrorKind {
             ErrorKind::Trap => "trap",
             ErrorKind::Timeout => "timeout",
             ErrorKind::Memory => "memory",
+            ErrorKind::Fuel => "fuel",
             ErrorKind::Contract => "contract",
         }
     }
@@ -84,6 +114,8 @@ pub struct StageContext {
     pub config: Vec<(String, String)>,
     /// Limits for every call.
     pub limits: Limits,
+    /// Capabilities beyond the empty sandbox.
+    pub grants: Grants,
     counters: Arc<Counters>,
     state: Arc<StageState>,
 }
@@ -96,6 +128,7 @@ impl StageContext {
             stage: stage.to_owned(),
             config,
             limits,
+            grants: Grants::default(),
             counters: Arc::default(),
             state: StageState::new(stage, StateMap::new()),
         }
@@ -106,6 +139,13 @@ impl StageContext {
     #[must_use]
     pub fn with_state(mut self, committed: StateMap) -> Self {
         self.state = StageState::new(&self.stage, committed);
+        self
+    }
+
+    /// Grant the stage's instances `grants`.
+    #[must_use]
+    pub fn with_grants(mut self, grants: Grants) -> Self {
+        self.grants = grants;
         self
     }
 
@@ -251,7 +291,7 @@ impl Stage {
     /// [`Error::Instantiate`] if instantiation fails; [`Error::Init`] if `init`
     /// returns an error, traps or times out.
     pub fn instantiate(&self, ctx: &StageContext) -> Result<Instance> {
-        let wasi = WasiCtxBuilder::new().allow_tcp(false).allow_udp(false).allow_ip_name_lookup(false).build();
+        let wasi = wasi_ctx(&ctx.grants).map_err(|e| Error::Instantiate { stage: ctx.stage.clone(), reason: describe(&e) })?;
         let state = HostState {
             wasi,
             table: ResourceTable::new(),
@@ -263,6 +303,7 @@ impl Stage {
         let mut store = Store::new(self.runtime.engine_ref(), state);
         store.limiter(|s| &mut s.limiter);
         store.set_epoch_deadline(deadline_ticks(ctx.limits.timeout));
+        set_fuel(&mut store, &ctx.limits).map_err(|e| Error::Instantiate { stage: ctx.stage.clone(), reason: describe(&e) })?;
         let bindings =
             self.pre.instantiate(&mut store).map_err(|e| Error::Instantiate { stage: ctx.stage.clone(), reason: describe(&e) })?;
         let init_err = |reason: String| Error::Init { stage: ctx.stage.clone(), reason };
@@ -282,13 +323,42 @@ impl Stage {
     }
 }
 
+/// The guest's WASI context: nothing but clocks and random, plus `grants`.
+fn wasi_ctx(grants: &Grants) -> wasmtime::Result<WasiCtx> {
+    let mut b = WasiCtxBuilder::new();
+    b.allow_tcp(false).allow_udp(false).allow_ip_name_lookup(false);
+    for (k, v) in &grants.env {
+        b.env(k, v);
+    }
+    for d in &grants.dirs {
+        let perms = if d.writable { FsPerms::ReadWrite } else { FsPerms::ReadOnly };
+        b.preopened_dir(&d.host, &d.guest, perms).map_err(|e| e.context(format!("granting directory {}", d.host.display())))?;
+    }
+    if grants.stderr {
+        b.inherit_stderr();
+    }
+    Ok(b.build())
+}
+
+/// Fill the store's tank for one call, when the runtime meters fuel.
+fn set_fuel(store: &mut Store<HostState>, limits: &Limits) -> wasmtime::Result<()> {
+    if store.get_fuel().is_ok() {
+        store.set_fuel(limits.max_fuel.unwrap_or(u64::MAX))
+    } else if limits.max_fuel.is_some() {
+        wasmtime::bail!("max_fuel is set but the runtime does not meter fuel (RuntimeOptions::fuel)")
+    } else {
+        Ok(())
+    }
+}
+
 fn classify(err: &wasmtime::Error, memory_limit_hit: bool) -> ErrorKind {
     if memory_limit_hit {
-        ErrorKind::Memory
-    } else if err.downcast_ref::<Trap>() == Some(&Trap::Interrupt) {
-        ErrorKind::Timeout
-    } else {
-        ErrorKind::Trap
+        return ErrorKind::Memory;
+    }
+    match err.downcast_ref::<Trap>() {
+        Some(Trap::Interrupt) => ErrorKind::Timeout,
+        Some(Trap::OutOfFuel) => ErrorKind::Fuel,
+        _ => ErrorKind::Trap,
     }
 }
 
@@ -326,6 +396,9 @@ impl Instance {
         }
         data.limiter.hit = false;
         self.store.set_epoch_deadline(deadline_ticks(limits.timeout));
+        if limits.max_fuel.is_some() {
+            self.store.set_fuel(limits.max_fuel.unwrap_or(u64::MAX)).expect("the runtime meters fuel: checked at instantiation");
+        }
         let call = self.bindings.weir_pipeline_consumer().call_handle_batch(&mut self.store, batch);
         // Writes of a failed call are dropped.
         let keep = matches!(&call, Ok(r) if r.len() == batch.len());
@@ -342,6 +415,7 @@ impl Instance {
                     ErrorKind::Memory => {
                         format!("memory limit of {} bytes reached ({})", limits.max_memory_bytes, describe(&e))
                     }
+                    ErrorKind::Fuel => format!("call burned its max_fuel of {}", limits.max_fuel.unwrap_or(u64::MAX)),
                     _ => describe(&e),
                 };
                 return Err(Error::Call { stage, kind, reason });
@@ -361,12 +435,12 @@ impl Instance {
                 Ok(outputs) => {
                     let bytes: usize = outputs.iter().map(|o| o.payload.len()).sum();
                     if bytes > limits.max_output_bytes {
-                        Err(Failure::Reject(format!("output of {bytes} bytes exceeds max_output_bytes ({})", limits.max_output_bytes)))
+                        Err(MessageError::OutputLimit { bytes, limit: limits.max_output_bytes })
                     } else {
                         Ok(outputs)
                     }
                 }
-                Err(f) => Err(f),
+                Err(f) => Err(MessageError::Guest(f)),
             })
             .collect())
     }

@@ -38,7 +38,7 @@ use wasmtime::{Config, Engine};
 
 pub use cache::default_cache_dir;
 pub use component::Stage;
-pub use instance::{Counters, ErrorKind, Instance, Limits, StageContext};
+pub use instance::{Counters, DirGrant, ErrorKind, Grants, Instance, Limits, StageContext};
 pub use state::{PendingWrites, StageState, StateMap, WriteSet};
 
 /// Generated bindings for the `weir:pipeline/stage` world.
@@ -58,8 +58,33 @@ pub use bindings::weir::pipeline::types::Message;
 /// A message emitted by a stage (the WIT `output` record).
 pub use bindings::weir::pipeline::types::Output;
 
-/// The result of one message: its outputs, or the stage's failure.
-pub type MessageResult = Result<Vec<Output>, Failure>;
+/// The result of one message: its outputs, or why there are none.
+pub type MessageResult = Result<Vec<Output>, MessageError>;
+
+/// Why one message of a successful call has no outputs.
+#[derive(Debug, Clone)]
+pub enum MessageError {
+    /// The stage returned this failure.
+    Guest(Failure),
+    /// The stage's outputs for the message exceeded `max_output_bytes`; the
+    /// message should be dead-lettered (error kind `output`).
+    OutputLimit {
+        /// Payload bytes emitted.
+        bytes: usize,
+        /// The limit.
+        limit: usize,
+    },
+}
+
+impl std::fmt::Display for MessageError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            MessageError::Guest(Failure::Retry(r)) => write!(f, "retry: {r}"),
+            MessageError::Guest(Failure::Reject(r)) => write!(f, "reject: {r}"),
+            MessageError::OutputLimit { bytes, limit } => write!(f, "output of {bytes} bytes exceeds max_output_bytes ({limit})"),
+        }
+    }
+}
 
 /// How often the epoch ticker advances; call deadlines are counted in ticks.
 pub(crate) const EPOCH_TICK: Duration = Duration::from_millis(5);
@@ -126,6 +151,16 @@ pub(crate) fn describe(err: &wasmtime::Error) -> String {
     parts.join(": ")
 }
 
+/// How to build a [`Runtime`].
+#[derive(Debug, Clone, Default)]
+pub struct RuntimeOptions {
+    /// Keep compiled components here (see [`Runtime::with_cache`]).
+    pub cache_dir: Option<PathBuf>,
+    /// Meter fuel, so stages can set [`Limits::max_fuel`]. It slows every
+    /// stage a little, so it is off unless some stage asks for it.
+    pub fuel: bool,
+}
+
 /// The process-wide WebAssembly runtime. Cheap to clone.
 #[derive(Clone)]
 pub struct Runtime {
@@ -145,7 +180,7 @@ impl Runtime {
     /// # Errors
     /// [`Error::Engine`] if wasmtime cannot be configured on this machine.
     pub fn new() -> Result<Self> {
-        Self::build(None)
+        Self::with_options(&RuntimeOptions::default())
     }
 
     /// Like [`Runtime::new`], keeping compiled components in `dir` (created
@@ -155,11 +190,16 @@ impl Runtime {
     /// # Errors
     /// [`Error::Engine`] if wasmtime cannot be configured on this machine.
     pub fn with_cache(dir: impl Into<PathBuf>) -> Result<Self> {
-        Self::build(Some(cache::Cache::new(dir.into())))
+        Self::with_options(&RuntimeOptions { cache_dir: Some(dir.into()), ..RuntimeOptions::default() })
     }
 
-    fn build(cache: Option<cache::Cache>) -> Result<Self> {
-        let engine = Self::engine().map_err(|e| Error::Engine(describe(&e)))?;
+    /// A runtime with `options`.
+    ///
+    /// # Errors
+    /// [`Error::Engine`] if wasmtime cannot be configured on this machine.
+    pub fn with_options(options: &RuntimeOptions) -> Result<Self> {
+        let cache = options.cache_dir.clone().map(cache::Cache::new);
+        let engine = Self::engine(options.fuel).map_err(|e| Error::Engine(describe(&e)))?;
         spawn_ticker(&engine);
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(|e| Error::Engine(describe(&e)))?;
@@ -168,8 +208,9 @@ impl Runtime {
         Ok(Runtime { inner: Arc::new(RuntimeInner { engine, linker, cache }) })
     }
 
-    fn engine() -> wasmtime::Result<Engine> {
+    fn engine(fuel: bool) -> wasmtime::Result<Engine> {
         let mut config = Config::new();
+        config.consume_fuel(fuel);
         config.epoch_interruption(true);
         config.wasm_component_model(true);
         config.max_wasm_stack(1 << 20);

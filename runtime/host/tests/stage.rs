@@ -3,7 +3,7 @@
 use std::time::{Duration, Instant};
 
 use weir_e2e::component;
-use weir_host::{Error, ErrorKind, Failure, Limits, Message, Runtime, StageContext};
+use weir_host::{DirGrant, Error, ErrorKind, Failure, Grants, Limits, Message, MessageError, Runtime, RuntimeOptions, StageContext};
 
 fn msg(payload: &str) -> Message {
     Message {
@@ -38,7 +38,7 @@ fn uppercase_handles_a_batch_in_order() {
         assert_eq!(o.headers, vec![("h".to_string(), b"v".to_vec())], "headers kept");
     }
     let bad = inst.handle_batch(&[Message { payload: vec![0xff], ..msg("") }]).unwrap();
-    assert!(matches!(&bad[0], Err(Failure::Reject(r)) if r.contains("UTF-8")));
+    assert!(matches!(&bad[0], Err(MessageError::Guest(Failure::Reject(r))) if r.contains("UTF-8")));
 }
 
 #[test]
@@ -80,7 +80,7 @@ fn an_init_that_never_returns_times_out() {
 fn hostile_calls_are_classified_and_the_stage_recovers() {
     let rt = Runtime::new().unwrap();
     let stage = rt.load(&component("hostile")).unwrap();
-    let limits = Limits { timeout: Duration::from_millis(200), max_memory_bytes: 32 << 20, max_output_bytes: 1 << 20 };
+    let limits = Limits { timeout: Duration::from_millis(200), max_memory_bytes: 32 << 20, max_output_bytes: 1 << 20, max_fuel: None };
     let c = ctx(&[], limits);
     for (payload, want) in
         [("loop", ErrorKind::Timeout), ("trap", ErrorKind::Trap), ("alloc", ErrorKind::Memory), ("recurse", ErrorKind::Trap)]
@@ -99,9 +99,9 @@ fn hostile_calls_are_classified_and_the_stage_recovers() {
     }
     let mut inst = stage.instantiate(&c).unwrap();
     let out = inst.handle_batch(&[msg("big"), msg("retry"), msg("reject"), msg("ok")]).unwrap();
-    assert!(matches!(&out[0], Err(Failure::Reject(r)) if r.contains("max_output_bytes")));
-    assert!(matches!(&out[1], Err(Failure::Retry(_))));
-    assert!(matches!(&out[2], Err(Failure::Reject(_))));
+    assert!(matches!(&out[0], Err(MessageError::OutputLimit { bytes, limit: 1048576 }) if *bytes == 8 << 20));
+    assert!(matches!(&out[1], Err(MessageError::Guest(Failure::Retry(_)))));
+    assert!(matches!(&out[2], Err(MessageError::Guest(Failure::Reject(_)))));
     assert!(out[3].is_ok());
     assert!(!inst.is_poisoned());
 }
@@ -179,4 +179,73 @@ fn guests_get_no_files_environment_arguments_or_sockets() {
     assert!(out[2].starts_with("denied"), "socket: {}", out[2]);
     assert_eq!(out[3], "args: 0");
     assert!(!inst.is_poisoned(), "a denied call is an error for the guest, not a trap");
+}
+
+fn texts(results: Vec<weir_host::MessageResult>) -> Vec<String> {
+    results.into_iter().map(|r| String::from_utf8(r.unwrap().remove(0).payload).unwrap()).collect()
+}
+
+#[test]
+fn grants_open_exactly_what_they_name() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("hello.txt"), "granted").unwrap();
+    let rt = Runtime::new().unwrap();
+    let stage = rt.load(&component("hostile")).unwrap();
+    let grants = Grants {
+        env: vec![("GIVEN".into(), "yes".into())],
+        dirs: vec![DirGrant { host: dir.path().to_owned(), guest: "/data".into(), writable: false }],
+        stderr: false,
+    };
+    let mut inst = stage.instantiate(&ctx(&[], Limits::default()).with_grants(grants)).unwrap();
+    let batch = [msg("read:/data/hello.txt"), msg("env:GIVEN"), msg("read:/etc/passwd"), msg("env:HOME"), msg("connect")];
+    let out = texts(inst.handle_batch(&batch).unwrap());
+    assert_eq!(out[..2], ["READ granted", "READ yes"]);
+    for denied in &out[2..] {
+        assert!(denied.starts_with("denied"), "{out:?}");
+    }
+}
+
+#[test]
+fn fuel_stops_a_busy_guest_and_needs_a_metering_runtime() {
+    let limits = Limits { max_fuel: Some(50_000_000), ..Limits::default() };
+    let rt = Runtime::with_options(&RuntimeOptions { fuel: true, ..RuntimeOptions::default() }).unwrap();
+    let stage = rt.load(&component("hostile")).unwrap();
+    let mut inst = stage.instantiate(&ctx(&[], limits.clone())).unwrap();
+    assert_eq!(texts(inst.handle_batch(&[msg("fine")]).unwrap()), ["fine"]);
+    match inst.handle_batch(&[msg("loop")]) {
+        Err(Error::Call { kind, reason, .. }) => {
+            assert_eq!(kind, ErrorKind::Fuel);
+            assert!(reason.contains("50000000"), "{reason}");
+        }
+        other => panic!("expected a fuel error, got {other:?}"),
+    }
+    // Each call gets a full tank again.
+    let mut inst = stage.instantiate(&ctx(&[], limits.clone())).unwrap();
+    for _ in 0..100 {
+        inst.handle_batch(&[msg("fine")]).unwrap();
+    }
+    let plain = Runtime::new().unwrap().load(&component("hostile")).unwrap();
+    match plain.instantiate(&ctx(&[], limits)) {
+        Err(Error::Instantiate { reason, .. }) => assert!(reason.contains("does not meter fuel"), "{reason}"),
+        other => panic!("expected a refusal, got {:?}", other.err()),
+    }
+}
+
+#[test]
+fn a_100_mb_output_is_stopped_by_the_memory_cap_or_the_output_cap() {
+    let rt = Runtime::new().unwrap();
+    let stage = rt.load(&component("hostile")).unwrap();
+    let hundred_mb = msg(&format!("big:{}", 100 << 20));
+    // Default limits: the guest cannot even build it.
+    let mut inst = stage.instantiate(&ctx(&[], Limits::default())).unwrap();
+    match inst.handle_batch(std::slice::from_ref(&hundred_mb)) {
+        Err(Error::Call { kind, .. }) => assert_eq!(kind, ErrorKind::Memory),
+        other => panic!("expected a memory error, got {other:?}"),
+    }
+    // Room to build it: the output cap rejects the message, the instance lives on.
+    let roomy = Limits { max_memory_bytes: 256 << 20, ..Limits::default() };
+    let mut inst = stage.instantiate(&ctx(&[], roomy)).unwrap();
+    let out = inst.handle_batch(&[hundred_mb, msg("fine")]).unwrap();
+    assert!(matches!(&out[0], Err(MessageError::OutputLimit { bytes, .. }) if *bytes == 100 << 20), "{:?}", out[0].as_ref().err());
+    assert!(out[1].is_ok());
 }

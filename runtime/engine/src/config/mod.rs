@@ -9,10 +9,10 @@ use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use weir_host::Limits;
+use weir_host::{DirGrant, Grants, Limits};
 use weir_queue::{Fsync, StartFrom, TopicConfig};
 
-use raw::{RawFile, RawFormat, RawFsync, RawSink, RawSource, RawStart};
+use raw::{RawFile, RawFormat, RawFsync, RawGrants, RawSink, RawSource, RawStart};
 use span::{Locator, TomlPath};
 
 /// One problem in a pipeline file.
@@ -127,6 +127,8 @@ pub struct StageSpec {
     pub retry_backoff: Duration,
     /// `[stage.config]`, flattened to strings.
     pub config: Vec<(String, String)>,
+    /// `[stage.grants]`: capabilities beyond the empty sandbox.
+    pub grants: Grants,
     /// Line and column of `module`, for errors about the component.
     pub module_at: Option<(usize, usize)>,
 }
@@ -181,6 +183,34 @@ impl Compiler<'_> {
             return default;
         }
         v
+    }
+}
+
+impl Compiler<'_> {
+    /// `[stage.grants]`: environment values are read now; directories are
+    /// relative to the pipeline file and must exist.
+    fn grants(&mut self, path: &TomlPath, raw: &RawGrants, base: &Path) -> Grants {
+        let mut env = Vec::new();
+        for (i, name) in raw.env.iter().enumerate() {
+            if name.is_empty() || name.contains('=') {
+                self.error(&path.key("env").index(i), format!("{name:?} is not an environment variable name"));
+            } else if let Ok(value) = std::env::var(name) {
+                env.push((name.clone(), value));
+            }
+        }
+        let mut dirs = Vec::new();
+        for (i, d) in raw.dirs.iter().enumerate() {
+            let dp = path.key("dirs").index(i);
+            let host = base.join(&d.host);
+            if !host.is_dir() {
+                self.error(&dp.key("host"), format!("directory {} does not exist", host.display()));
+            }
+            if !d.guest.starts_with('/') {
+                self.error(&dp.key("guest"), format!("must be an absolute guest path like \"/data\", got {:?}", d.guest));
+            }
+            dirs.push(DirGrant { host, guest: d.guest.clone(), writable: d.writable });
+        }
+        Grants { env, dirs, stderr: raw.stderr }
     }
 }
 
@@ -299,6 +329,8 @@ pub fn compile(file: &Path, text: &str) -> Result<Pipeline, ConfigErrors> {
         let max_output_bytes = c.int(&sp.key("max_output_bytes"), st.max_output_bytes, defaults::MAX_OUTPUT_BYTES, 1, 64 << 20, " bytes");
         let max_attempts = c.int(&sp.key("max_attempts"), st.max_attempts, defaults::MAX_ATTEMPTS, 1, 1_000_000, "");
         let retry_backoff_ms = c.int(&sp.key("retry_backoff_ms"), st.retry_backoff_ms, defaults::RETRY_BACKOFF_MS, 0, 86_400_000, " ms");
+        let max_fuel = st.max_fuel.map(|f| c.int(&sp.key("max_fuel"), Some(f), 1, 1, i64::MAX, "") as u64);
+        let grants = c.grants(&sp.key("grants"), &st.grants, &base);
         let mut config = Vec::new();
         for (k, v) in &st.config {
             let value = match v {
@@ -324,10 +356,12 @@ pub fn compile(file: &Path, text: &str) -> Result<Pipeline, ConfigErrors> {
                 timeout: Duration::from_millis(timeout_ms as u64),
                 max_memory_bytes: max_memory_bytes as usize,
                 max_output_bytes: max_output_bytes as usize,
+                max_fuel,
             },
             max_attempts: max_attempts as u32,
             retry_backoff: Duration::from_millis(retry_backoff_ms as u64),
             config,
+            grants,
             module_at: c.locator.span(&sp.key("module")).map(|s| c.locator.line_col(s.start)),
         });
     }

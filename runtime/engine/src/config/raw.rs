@@ -53,8 +53,31 @@ pub(crate) struct RawStage {
     pub max_output_bytes: Option<i64>,
     pub max_attempts: Option<i64>,
     pub retry_backoff_ms: Option<i64>,
+    pub max_fuel: Option<i64>,
+    #[serde(default)]
+    pub grants: RawGrants,
     #[serde(default)]
     pub config: BTreeMap<String, toml::Value>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawGrants {
+    #[serde(default)]
+    pub env: Vec<String>,
+    #[serde(default)]
+    pub dirs: Vec<RawDir>,
+    #[serde(default)]
+    pub stderr: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawDir {
+    pub host: String,
+    pub guest: String,
+    #[serde(default)]
+    pub writable: bool,
 }
 
 #[derive(Debug, Deserialize)]
