@@ -35,11 +35,17 @@ fn bench_queue_prints_a_table() {
 #[test]
 fn bench_host_compares_against_bare_wasmtime() {
     crate::component("uppercase");
+    crate::component("hostile");
     let weir = Weir::new();
     let out = weir.ok(&["bench", "host", "--seconds", "0.2", "--batch", "16"], b"");
-    for line in
-        ["bare wasmtime, ns/message", "weir-host with limits, ns/message", "ratio weir-host / bare", "cold start, compile cache warm, ms"]
-    {
+    for line in [
+        "bare wasmtime, ns/message",
+        "weir-host with limits, ns/message",
+        "ratio weir-host / bare",
+        "ratio beside hostile / alone",
+        "instantiate (pooled), µs",
+        "cold start, compile cache warm, ms",
+    ] {
         let value = out.lines().find(|l| l.starts_with(line)).unwrap_or_else(|| panic!("missing {line:?}:\n{out}"));
         let n: f64 = value.split_whitespace().last().unwrap().parse().unwrap();
         assert!(n > 0.0, "{value}");

@@ -18,8 +18,13 @@ pub struct HostReport {
     pub bare_ns_per_message: f64,
     /// weir-host with deadline, memory cap and output cap: ns per message.
     pub host_ns_per_message: f64,
-    /// Creating an instance from the pooled allocator and running `init`, µs.
+    /// weir-host while a hostile instance of another stage spins into its
+    /// deadline on another thread, over and over: ns per message.
+    pub beside_hostile_ns_per_message: f64,
+    /// Creating an instance (store, sandbox, pooled memory), µs.
     pub instantiate_us: f64,
+    /// The same plus the guest's `init`, µs.
+    pub instantiate_init_us: f64,
     /// A new runtime loading the component from a warm compile cache and
     /// instantiating it, ms.
     pub cold_start_cached_ms: f64,
@@ -70,18 +75,80 @@ fn engine_err(e: wasmtime::Error) -> crate::Error {
     crate::Error::Engine(describe(&e))
 }
 
-/// The baseline: a plain wasmtime engine calling `handle-batch` in a loop.
-fn bare_ns_per_message(wasm: &[u8], batch: &[Message], duration: Duration) -> Result<f64> {
-    let engine = Engine::new(&Config::new()).map_err(engine_err)?;
-    let component = Component::new(&engine, wasm).map_err(engine_err)?;
-    let mut linker = Linker::new(&engine);
-    wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(engine_err)?;
-    crate::bindings::Stage::add_to_linker::<_, wasmtime::component::HasSelf<_>>(&mut linker, |s| s).map_err(engine_err)?;
-    let mut store = Store::new(&engine, Bare { wasi: WasiCtxBuilder::new().build(), table: ResourceTable::new() });
-    let stage = crate::bindings::Stage::instantiate(&mut store, &component, &linker).map_err(engine_err)?;
-    stage.weir_pipeline_consumer().call_init(&mut store, &[]).map_err(engine_err)?.map_err(crate::Error::Engine)?;
-    let call = |store: &mut Store<Bare>| stage.weir_pipeline_consumer().call_handle_batch(store, batch).map(drop);
-    timed(duration, batch.len(), || call(&mut store).map_err(engine_err))
+/// The baseline: a stage component instantiated in a plain wasmtime engine
+/// (default config: no limits, no deadline, no pooling), called directly.
+pub struct BareStage {
+    store: Store<Bare>,
+    stage: crate::bindings::Stage,
+}
+
+impl BareStage {
+    /// Compile `wasm`, instantiate it and call `init` with an empty config.
+    ///
+    /// # Errors
+    /// If it is not a stage component or `init` fails.
+    pub fn new(wasm: &[u8]) -> Result<Self> {
+        let engine = Engine::new(&Config::new()).map_err(engine_err)?;
+        let component = Component::new(&engine, wasm).map_err(engine_err)?;
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(engine_err)?;
+        crate::bindings::Stage::add_to_linker::<_, wasmtime::component::HasSelf<_>>(&mut linker, |s| s).map_err(engine_err)?;
+        let mut store = Store::new(&engine, Bare { wasi: WasiCtxBuilder::new().build(), table: ResourceTable::new() });
+        let stage = crate::bindings::Stage::instantiate(&mut store, &component, &linker).map_err(engine_err)?;
+        stage.weir_pipeline_consumer().call_init(&mut store, &[]).map_err(engine_err)?.map_err(crate::Error::Engine)?;
+        Ok(BareStage { store, stage })
+    }
+
+    /// Call `handle-batch`, discarding the results.
+    ///
+    /// # Errors
+    /// If the call traps.
+    pub fn handle_batch(&mut self, batch: &[Message]) -> Result<()> {
+        self.stage.weir_pipeline_consumer().call_handle_batch(&mut self.store, batch).map(drop).map_err(engine_err)
+    }
+}
+
+/// Instantiate `stage` without calling `init`: the host's part of starting
+/// an instance (for benchmarks).
+///
+/// # Errors
+/// [`crate::Error::Instantiate`].
+pub fn instantiate_only(stage: &crate::Stage, ctx: &StageContext) -> Result<()> {
+    stage.instantiate_uninit(ctx).map(drop)
+}
+
+/// While alive, a thread keeps instantiating `hostile` and sending it
+/// `loop`, which spins until its 10 ms deadline.
+struct HostileNeighbour {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<u64>>,
+}
+
+impl HostileNeighbour {
+    fn start(stage: crate::Stage) -> Self {
+        use std::sync::atomic::Ordering;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let limits = Limits { timeout: Duration::from_millis(10), ..Limits::default() };
+            let ctx = StageContext::new("bench", "hostile", Vec::new(), limits);
+            let spin = messages(1, 0).into_iter().map(|m| Message { payload: b"loop".to_vec(), ..m }).collect::<Vec<_>>();
+            let mut stopped = 0;
+            while !flag.load(Ordering::Relaxed) {
+                if let Ok(mut inst) = stage.instantiate(&ctx) {
+                    stopped += u64::from(inst.handle_batch(&spin).is_err());
+                }
+            }
+            stopped
+        });
+        HostileNeighbour { stop, thread: Some(thread) }
+    }
+
+    /// Stop it; how many of its calls were cut off.
+    fn stop(mut self) -> u64 {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.thread.take().map_or(0, |t| t.join().unwrap_or(0))
+    }
 }
 
 /// Run `f` repeatedly for about `duration` after a warm-up; ns per message.
@@ -101,27 +168,49 @@ fn timed(duration: Duration, per_call: usize, mut f: impl FnMut() -> Result<()>)
 }
 
 /// Measure the component at `path` with batches of `batch` messages of `size`
-/// bytes, each side for about `duration`.
+/// bytes, each side for about `duration`. With `hostile` (the path of the
+/// hostile test fixture), also measure it beside a guest that spins into
+/// its deadline over and over on another thread.
 ///
 /// # Errors
-/// If the component cannot be loaded or called.
-pub fn measure(path: &Path, size: usize, batch: usize, duration: Duration) -> Result<HostReport> {
+/// If a component cannot be loaded or called.
+pub fn measure(path: &Path, hostile: Option<&Path>, size: usize, batch: usize, duration: Duration) -> Result<HostReport> {
     let wasm = std::fs::read(path).map_err(|source| crate::Error::Read { path: path.to_owned(), source })?;
     let msgs = messages(batch, size);
-    let bare = bare_ns_per_message(&wasm, &msgs, duration)?;
+    let mut bare = BareStage::new(&wasm)?;
+    let bare = timed(duration, msgs.len(), || bare.handle_batch(&msgs))?;
 
     let ctx = StageContext::new("bench", "bench", Vec::new(), Limits::default());
     let runtime = Runtime::new()?;
     let stage = runtime.load(path)?;
     let mut inst = stage.instantiate(&ctx)?;
     let host = timed(duration, msgs.len(), || inst.handle_batch(&msgs).map(drop))?;
+    let beside_hostile = match hostile {
+        Some(h) => {
+            let neighbour = HostileNeighbour::start(runtime.load(h)?);
+            let ns = timed(duration, msgs.len(), || inst.handle_batch(&msgs).map(drop))?;
+            let cut_off = neighbour.stop();
+            if cut_off == 0 {
+                return Err(crate::Error::Engine("the hostile neighbour was never stopped by its deadline".into()));
+            }
+            ns
+        }
+        None => f64::NAN,
+    };
 
     let n = 2000;
-    let started = Instant::now();
-    for _ in 0..n {
-        drop(stage.instantiate(&ctx)?);
-    }
-    let instantiate_us = started.elapsed().as_secs_f64() * 1e6 / f64::from(n);
+    let per_instance = |f: &mut dyn FnMut() -> Result<()>| -> Result<f64> {
+        for _ in 0..100 {
+            f()?;
+        }
+        let started = Instant::now();
+        for _ in 0..n {
+            f()?;
+        }
+        Ok(started.elapsed().as_secs_f64() * 1e6 / f64::from(n))
+    };
+    let instantiate_us = per_instance(&mut || instantiate_only(&stage, &ctx))?;
+    let instantiate_init_us = per_instance(&mut || stage.instantiate(&ctx).map(drop))?;
 
     let cache = std::env::temp_dir().join(format!("weir-bench-cache-{}", std::process::id()));
     let cold = || -> Result<f64> {
@@ -136,7 +225,9 @@ pub fn measure(path: &Path, size: usize, batch: usize, duration: Duration) -> Re
     Ok(HostReport {
         bare_ns_per_message: bare,
         host_ns_per_message: host,
+        beside_hostile_ns_per_message: beside_hostile,
         instantiate_us,
+        instantiate_init_us,
         cold_start_cached_ms: cached,
         cold_start_compile_ms: compile,
     })

@@ -291,21 +291,7 @@ impl Stage {
     /// [`Error::Instantiate`] if instantiation fails; [`Error::Init`] if `init`
     /// returns an error, traps or times out.
     pub fn instantiate(&self, ctx: &StageContext) -> Result<Instance> {
-        let wasi = wasi_ctx(&ctx.grants).map_err(|e| Error::Instantiate { stage: ctx.stage.clone(), reason: describe(&e) })?;
-        let state = HostState {
-            wasi,
-            table: ResourceTable::new(),
-            limiter: MemoryLimiter { max_memory_bytes: ctx.limits.max_memory_bytes, hit: false },
-            ctx: ctx.clone(),
-            gate: None,
-            writes: WriteSet::new(),
-        };
-        let mut store = Store::new(self.runtime.engine_ref(), state);
-        store.limiter(|s| &mut s.limiter);
-        store.set_epoch_deadline(deadline_ticks(ctx.limits.timeout));
-        set_fuel(&mut store, &ctx.limits).map_err(|e| Error::Instantiate { stage: ctx.stage.clone(), reason: describe(&e) })?;
-        let bindings =
-            self.pre.instantiate(&mut store).map_err(|e| Error::Instantiate { stage: ctx.stage.clone(), reason: describe(&e) })?;
+        let (mut store, bindings) = self.instantiate_uninit(ctx)?;
         let init_err = |reason: String| Error::Init { stage: ctx.stage.clone(), reason };
         let init = bindings.weir_pipeline_consumer().call_init(&mut store, &ctx.config);
         if store.data_mut().end_call(false).1 {
@@ -320,6 +306,26 @@ impl Stage {
             }
         }
         Ok(Instance { store, bindings, poisoned: false, last_writes: None })
+    }
+
+    /// A new store with the stage's limits and an instance in it, before `init`.
+    pub(crate) fn instantiate_uninit(&self, ctx: &StageContext) -> Result<(Store<HostState>, crate::bindings::Stage)> {
+        let refuse = |e: wasmtime::Error| Error::Instantiate { stage: ctx.stage.clone(), reason: describe(&e) };
+        let wasi = wasi_ctx(&ctx.grants).map_err(refuse)?;
+        let state = HostState {
+            wasi,
+            table: ResourceTable::new(),
+            limiter: MemoryLimiter { max_memory_bytes: ctx.limits.max_memory_bytes, hit: false },
+            ctx: ctx.clone(),
+            gate: None,
+            writes: WriteSet::new(),
+        };
+        let mut store = Store::new(self.runtime.engine_ref(), state);
+        store.limiter(|s| &mut s.limiter);
+        store.set_epoch_deadline(deadline_ticks(ctx.limits.timeout));
+        set_fuel(&mut store, &ctx.limits).map_err(refuse)?;
+        let bindings = self.pre.instantiate(&mut store).map_err(refuse)?;
+        Ok((store, bindings))
     }
 }
 

@@ -33,19 +33,30 @@ pub(crate) struct HostArgs {
     /// Seconds to measure each side.
     #[arg(long, default_value_t = 2.0)]
     seconds: f64,
+    /// The hostile fixture, run beside the stage [default: the examples build's].
+    #[arg(long)]
+    hostile: Option<std::path::PathBuf>,
 }
 
 fn bench_host(args: &HostArgs) -> anyhow::Result<()> {
     let path = args.component.clone().unwrap_or_else(|| "target/wasm32-wasip2/release/uppercase.wasm".into());
     anyhow::ensure!(path.is_file(), "no component at {} (build the examples first; see the README)", path.display());
-    let r = weir_host::bench::measure(&path, args.size, args.batch, Duration::from_secs_f64(args.seconds))?;
+    let hostile = args.hostile.clone().unwrap_or_else(|| "target/wasm32-wasip2/release/hostile.wasm".into());
+    let hostile = hostile.is_file().then_some(hostile);
+    let r = weir_host::bench::measure(&path, hostile.as_deref(), args.size, args.batch, Duration::from_secs_f64(args.seconds))?;
     println!("{}: batches of {} messages of {} bytes", path.display(), args.batch, args.size);
-    println!("{:<44} {:>12}", "bare wasmtime, ns/message", format!("{:.0}", r.bare_ns_per_message));
-    println!("{:<44} {:>12}", "weir-host with limits, ns/message", format!("{:.0}", r.host_ns_per_message));
-    println!("{:<44} {:>12}", "ratio weir-host / bare", format!("{:.2}", r.host_ns_per_message / r.bare_ns_per_message));
-    println!("{:<44} {:>12}", "instantiate + init (pooled), µs", format!("{:.1}", r.instantiate_us));
-    println!("{:<44} {:>12}", "cold start, compile cache warm, ms", format!("{:.1}", r.cold_start_cached_ms));
-    println!("{:<44} {:>12}", "cold start, compiling, ms", format!("{:.1}", r.cold_start_compile_ms));
+    println!("{:<48} {:>12}", "bare wasmtime, ns/message", format!("{:.0}", r.bare_ns_per_message));
+    println!("{:<48} {:>12}", "weir-host with limits, ns/message", format!("{:.0}", r.host_ns_per_message));
+    println!("{:<48} {:>12}", "ratio weir-host / bare", format!("{:.2}", r.host_ns_per_message / r.bare_ns_per_message));
+    if hostile.is_some() {
+        println!("{:<48} {:>12}", "weir-host beside a hostile guest, ns/message", format!("{:.0}", r.beside_hostile_ns_per_message));
+        let ratio = r.beside_hostile_ns_per_message / r.host_ns_per_message;
+        println!("{:<48} {:>12}", "ratio beside hostile / alone", format!("{ratio:.2}"));
+    }
+    println!("{:<48} {:>12}", "instantiate (pooled), µs", format!("{:.1}", r.instantiate_us));
+    println!("{:<48} {:>12}", "instantiate + init (pooled), µs", format!("{:.1}", r.instantiate_init_us));
+    println!("{:<48} {:>12}", "cold start, compile cache warm, ms", format!("{:.1}", r.cold_start_cached_ms));
+    println!("{:<48} {:>12}", "cold start, compiling, ms", format!("{:.1}", r.cold_start_compile_ms));
     Ok(())
 }
 

@@ -330,7 +330,7 @@ pub fn compile(file: &Path, text: &str) -> Result<Pipeline, ConfigErrors> {
         let max_attempts = c.int(&sp.key("max_attempts"), st.max_attempts, defaults::MAX_ATTEMPTS, 1, 1_000_000, "");
         let retry_backoff_ms = c.int(&sp.key("retry_backoff_ms"), st.retry_backoff_ms, defaults::RETRY_BACKOFF_MS, 0, 86_400_000, " ms");
         let max_fuel = st.max_fuel.map(|f| c.int(&sp.key("max_fuel"), Some(f), 1, 1, i64::MAX, "") as u64);
-        let grants = c.grants(&sp.key("grants"), &st.grants, &base);
+        let grants = c.grants(&sp.key("grants"), &st.grants, base);
         let mut config = Vec::new();
         for (k, v) in &st.config {
             let value = match v {
