@@ -43,9 +43,15 @@ impl Weir {
     /// Run with `stdin` as input; returns the output whatever the exit status.
     pub fn output(&self, args: &[&str], stdin: &[u8]) -> Output {
         let mut child = self.cmd(args).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
-        // The command may exit without reading its input (e.g. on an error).
-        let _ = child.stdin.take().unwrap().write_all(stdin);
-        child.wait_with_output().unwrap()
+        // Fed from another thread: a large input must not block while the
+        // command waits for us to read its output. It may also exit without
+        // reading its input (e.g. on an error).
+        let mut input = child.stdin.take().unwrap();
+        let stdin = stdin.to_vec();
+        let feeder = std::thread::spawn(move || drop(input.write_all(&stdin)));
+        let out = child.wait_with_output().unwrap();
+        feeder.join().unwrap();
+        out
     }
 
     /// Run and require success; returns stdout.
