@@ -16,6 +16,7 @@
 #![deny(missing_docs)]
 
 pub mod config;
+mod feed;
 mod run;
 mod stats;
 
@@ -41,6 +42,9 @@ pub enum Error {
     /// A sink could not write.
     #[error("sink: {0}")]
     Sink(String),
+    /// A source could not be opened.
+    #[error("source: {0}")]
+    Source(String),
 }
 
 /// Result alias for this crate.

@@ -27,9 +27,10 @@ use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant};
 
 use weir_host::{Failure, Instance, Message, MessageError, MessageResult, Output, PendingWrites, Runtime, StageContext};
-use weir_queue::{Consumer, ConsumerOptions, DeliveryId, Queue, Record, StateStore, StateWrite};
+use weir_queue::{ConsumerOptions, DeliveryId, Queue, Record, StateStore, StateWrite};
 
 use crate::config::{Pipeline, Sink, Source, StageSpec};
+use crate::feed::Feed;
 use crate::stats::{PipelineStats, StageStats};
 use crate::{Error, Result};
 
@@ -128,8 +129,8 @@ pub(crate) struct Prepared {
 }
 
 pub(crate) fn prepare(pipeline: &Pipeline, queue: &Queue, runtime: &Runtime) -> Result<Prepared> {
-    let Source::Queue { topic, group, .. } = &pipeline.source;
-    let state = queue.state_store(group, topic)?;
+    let (group, name) = state_owner(pipeline);
+    let state = queue.state_store(&group, &name)?;
     let mut stages = Vec::new();
     for spec in &pipeline.stages {
         let component = runtime.load(&spec.module)?;
@@ -142,25 +143,46 @@ pub(crate) fn prepare(pipeline: &Pipeline, queue: &Queue, runtime: &Runtime) -> 
     Ok(Prepared { stages, state })
 }
 
+/// Whose stage state it is: the consumer group and topic of a queue source,
+/// else the pipeline and the kind of source.
+fn state_owner(pipeline: &Pipeline) -> (String, String) {
+    match &pipeline.source {
+        Source::Queue { topic, group, .. } => (group.clone(), topic.clone()),
+        Source::Stdin { .. } => (pipeline.name.clone(), "source-stdin".into()),
+        Source::File { .. } => (pipeline.name.clone(), "source-file".into()),
+        Source::Generator(_) => (pipeline.name.clone(), "source-generator".into()),
+    }
+}
+
 /// Run `pipeline` on `queue` until stopped (or drained, with `drain`).
 pub(crate) fn run(pipeline: &Pipeline, queue: &Queue, prepared: Prepared, options: &RunOptions) -> Result<PipelineStats> {
     for (name, config) in &pipeline.topics {
         queue.ensure_topic(name, config)?;
     }
-    let Source::Queue { topic, group, start, max_ack_pending } = &pipeline.source;
     // Retries and dead letters are decided per stage; the queue's own limit only
     // backs them up. A lease must outlive the slowest batch: every stage may
     // replay a failed batch message by message, each up to its timeout.
     let slowest: Duration = pipeline.stages.iter().map(|s| s.limits.timeout * s.batch_size.min(64) as u32).sum();
-    let consumer_options = ConsumerOptions {
-        start: *start,
-        max_ack_pending: *max_ack_pending,
-        ack_wait: slowest.max(Duration::from_secs(60)),
-        max_attempts: pipeline.stages.iter().map(|s| s.max_attempts).max().unwrap_or(5),
-        retry_backoff: pipeline.stages.iter().map(|s| s.retry_backoff).max().unwrap_or(Duration::from_secs(1)),
-        dead_letter: Some(pipeline.dead_letter_topic.clone()),
+    let feed = match &pipeline.source {
+        Source::Queue { topic, group, start, max_ack_pending } => {
+            let consumer_options = ConsumerOptions {
+                start: *start,
+                max_ack_pending: *max_ack_pending,
+                ack_wait: slowest.max(Duration::from_secs(60)),
+                max_attempts: pipeline.stages.iter().map(|s| s.max_attempts).max().unwrap_or(5),
+                retry_backoff: pipeline.stages.iter().map(|s| s.retry_backoff).max().unwrap_or(Duration::from_secs(1)),
+                dead_letter: Some(pipeline.dead_letter_topic.clone()),
+            };
+            Feed::Queue(queue.consumer(topic, group, consumer_options)?)
+        }
+        other => {
+            let dead_letter = (queue.clone(), pipeline.dead_letter_topic.clone());
+            let max_in_flight = crate::config::defaults::MAX_ACK_PENDING as usize;
+            Feed::ephemeral(other, max_in_flight, dead_letter).map_err(|e| Error::Source(format!("{}: {e}", other.name())))?
+        }
     };
-    let consumer = queue.consumer(topic, group, consumer_options)?;
+    let durable_ids = feed.has_durable_ids();
+    let files = open_file_sinks(pipeline)?;
     let stats = PipelineStats::new(pipeline.stages.iter().map(|s| s.name.clone()).collect());
     let fetch_size = pipeline.stages.first().map_or(256, |s| s.batch_size * s.concurrency);
     let fill_wait = pipeline.stages.first().map_or(Duration::ZERO, |s| s.batch_timeout);
@@ -176,10 +198,11 @@ pub(crate) fn run(pipeline: &Pipeline, queue: &Queue, prepared: Prepared, option
             let input = std::mem::replace(&mut rx, next_rx);
             handles.push(scope.spawn(move || worker.run(input, tx)));
         }
-        let applied = prepared.state.applied().clone();
-        let sink = SinkWorker { pipeline, queue: queue.clone(), state: prepared.state, stats: &stats, settle: settle_tx };
+        let applied = if durable_ids { prepared.state.applied().clone() } else { HashSet::new() };
+        let sink =
+            SinkWorker { pipeline, queue: queue.clone(), state: prepared.state, durable_ids, files, stats: &stats, settle: settle_tx };
         let sink_handle = scope.spawn(move || sink.run(rx));
-        let source = SourceWorker { consumer, applied, options, stats: &stats, fetch_size, fill_wait, in_pipeline: 0 };
+        let source = SourceWorker { feed, applied, options, stats: &stats, fetch_size, fill_wait, in_pipeline: 0 };
         let source_result = source.run(first_tx, settle_rx);
         let sink_result = sink_handle.join().expect("sink thread panicked");
         for h in handles {
@@ -191,7 +214,7 @@ pub(crate) fn run(pipeline: &Pipeline, queue: &Queue, prepared: Prepared, option
 }
 
 struct SourceWorker<'a> {
-    consumer: Consumer,
+    feed: Feed,
     /// Ids whose state writes an earlier run committed (see [`StateStore::applied`]).
     applied: HashSet<(u32, u64)>,
     options: &'a RunOptions,
@@ -211,19 +234,19 @@ impl SourceWorker<'_> {
         while let Ok(s) = settlements.recv() {
             self.apply(s);
         }
-        let committed = self.consumer.commit().map_err(Error::from);
+        let committed = self.feed.commit();
         result.and(committed)
     }
 
     fn apply(&mut self, s: Settlement) {
         for id in s.acks {
-            self.consumer.ack(id);
+            self.feed.ack(id);
         }
         for (id, delay) in s.naks {
-            self.consumer.nak(id, delay);
+            self.feed.nak(id, delay);
         }
         for id in s.releases {
-            self.consumer.release(id);
+            self.feed.release(id);
         }
         self.in_pipeline -= 1;
     }
@@ -236,23 +259,23 @@ impl SourceWorker<'_> {
                 settled = true;
             }
             if settled {
-                self.consumer.commit()?;
+                self.feed.commit()?;
             }
             if self.options.stop.load(Ordering::Relaxed) {
                 return Ok(());
             }
-            if self.options.drain && self.in_pipeline == 0 && self.consumer.is_settled() {
+            if self.options.drain && self.in_pipeline == 0 && self.feed.is_settled() {
                 return Ok(());
             }
             let wait = if self.in_pipeline > 0 { Duration::ZERO } else { Duration::from_millis(50) };
-            let mut deliveries = self.consumer.fetch(self.fetch_size, wait)?;
+            let mut deliveries = self.feed.fetch(self.fetch_size, wait)?;
             if deliveries.is_empty() {
                 if self.in_pipeline > 0 {
                     // Nothing new (or max_ack_pending reached): wait for batches to settle.
                     match settlements.recv_timeout(Duration::from_millis(50)) {
                         Ok(s) => {
                             self.apply(s);
-                            self.consumer.commit()?;
+                            self.feed.commit()?;
                         }
                         Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => {}
                     }
@@ -260,7 +283,7 @@ impl SourceWorker<'_> {
                 continue;
             }
             if deliveries.len() < self.fetch_size && !self.fill_wait.is_zero() {
-                let more = self.consumer.fetch(self.fetch_size - deliveries.len(), self.fill_wait)?;
+                let more = self.feed.fetch(self.fetch_size - deliveries.len(), self.fill_wait)?;
                 deliveries.extend(more);
             }
             if !self.applied.is_empty() {
@@ -268,7 +291,7 @@ impl SourceWorker<'_> {
                 deliveries.retain(|d| {
                     let done = self.applied.contains(&(d.id().partition, d.id().offset));
                     if done {
-                        self.consumer.ack(d.id());
+                        self.feed.ack(d.id());
                     }
                     !done
                 });
@@ -279,7 +302,7 @@ impl SourceWorker<'_> {
             self.stats.source_received(deliveries.len() as u64);
             let mut origins = Vec::with_capacity(deliveries.len());
             let mut items = Vec::with_capacity(deliveries.len());
-            let topic = self.consumer.topic().to_owned();
+            let topic = self.feed.topic().to_owned();
             for (i, d) in deliveries.into_iter().enumerate() {
                 origins.push(Origin { id: d.id(), attempt: d.attempt, fate: Fate::Ok });
                 let attempt = d.attempt;
@@ -526,8 +549,64 @@ struct SinkWorker<'a> {
     pipeline: &'a Pipeline,
     queue: Queue,
     state: StateStore,
+    /// Source ids survive restarts: use the applied set and dead-letter ids.
+    durable_ids: bool,
+    /// One per sink; `Some` for file sinks.
+    files: Vec<Option<std::fs::File>>,
     stats: &'a PipelineStats,
     settle: Sender<Settlement>,
+}
+
+/// Open (appending, creating) every file sink, so a bad path fails the run
+/// before it pulls a message.
+fn open_file_sinks(pipeline: &Pipeline) -> Result<Vec<Option<std::fs::File>>> {
+    pipeline
+        .sinks
+        .iter()
+        .map(|s| match &s.kind {
+            Sink::File { path, .. } => std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .map(Some)
+                .map_err(|e| Error::Sink(format!("{}: {}: {e}", s.name, path.display()))),
+            _ => Ok(None),
+        })
+        .collect()
+}
+
+/// A message as one output line: its payload's bytes, or a JSON object.
+fn line(json: bool, msg: &Message, out: &mut Vec<u8>) {
+    if json {
+        out.extend_from_slice(crate::json_line(msg).as_bytes());
+    } else {
+        out.extend_from_slice(&msg.payload);
+    }
+    out.push(b'\n');
+}
+
+/// Give `msg` to each sink in `to`: a copy to all but the last, which takes it.
+fn fan_out(per_sink: &mut [Vec<Message>], to: &[usize], msg: Message) {
+    if let Some((&last, rest)) = to.split_last() {
+        for &i in rest {
+            per_sink[i].push(msg.clone());
+        }
+        per_sink[last].push(msg);
+    }
+}
+
+/// A routed output as a message, placed at its origin.
+fn routed_message(o: &Origin, topic: String, out: Output) -> Message {
+    Message {
+        topic,
+        partition: o.id.partition,
+        offset: o.id.offset,
+        key: out.key,
+        payload: out.payload,
+        headers: out.headers,
+        timestamp_ms: 0,
+        attempt: o.attempt,
+    }
 }
 
 fn record(msg: Message) -> Record {
@@ -554,10 +633,12 @@ impl SinkWorker<'_> {
         if batch.writes.is_empty() {
             return;
         }
-        let applied = self.state.applied();
-        for o in &mut batch.origins {
-            if o.fate.is_final() && applied.contains(&(o.id.partition, o.id.offset)) {
-                o.fate = Fate::Applied;
+        if self.durable_ids {
+            let applied = self.state.applied();
+            for o in &mut batch.origins {
+                if o.fate.is_final() && applied.contains(&(o.id.partition, o.id.offset)) {
+                    o.fate = Fate::Applied;
+                }
             }
         }
         loop {
@@ -600,7 +681,8 @@ impl SinkWorker<'_> {
             })
             .collect();
         if !ops.is_empty() {
-            let ids: Vec<(u32, u64)> = acks.iter().map(|id| (id.partition, id.offset)).collect();
+            let ids: Vec<(u32, u64)> =
+                if self.durable_ids { acks.iter().map(|id| (id.partition, id.offset)).collect() } else { Vec::new() };
             self.state.commit(&ops, &ids)?;
         }
         for d in live {
@@ -610,59 +692,54 @@ impl SinkWorker<'_> {
     }
 
     fn write(&mut self, mut batch: Batch, out: &mut impl Write) -> Result<Settlement> {
-        // An output to an undeclared topic makes its origin a dead letter,
-        // carrying that output (what could not be delivered).
+        let sinks = &self.pipeline.sinks;
+        // An output to a topic that is neither declared nor taken by a sink
+        // makes its origin a dead letter, carrying that output.
         for (origin, topic, out) in std::mem::take(&mut batch.routed) {
-            if self.pipeline.topics.contains_key(&topic) {
+            if self.pipeline.topics.contains_key(&topic) || sinks.iter().any(|k| k.from.as_ref() == Some(&topic)) {
                 batch.routed.push((origin, topic, out));
                 continue;
             }
             let o = &mut batch.origins[origin];
             if matches!(o.fate, Fate::Ok) {
-                let reason = format!("output names topic {topic:?}, which the pipeline does not declare");
-                let msg = Message {
-                    topic,
-                    partition: o.id.partition,
-                    offset: o.id.offset,
-                    key: out.key,
-                    payload: out.payload,
-                    headers: out.headers,
-                    timestamp_ms: 0,
-                    attempt: o.attempt,
-                };
+                let reason = format!("output names topic {topic:?}, which the pipeline neither declares nor sends to a sink");
+                let msg = routed_message(o, topic, out);
                 o.fate = Fate::Dead { stage: "routing".into(), kind: "routing", reason, msg };
             }
         }
         // Before any output is taken: it may release messages.
         self.resolve_state(&mut batch);
-        let mut by_topic: BTreeMap<&str, Vec<Record>> = BTreeMap::new();
-        // (as JSON?, message) for each stdout sink.
-        let mut printed: Vec<(bool, Message)> = Vec::new();
-        let sinks = &self.pipeline.sinks;
+
+        // What each sink gets, in order.
+        let mut per_sink: Vec<Vec<Message>> = vec![Vec::new(); sinks.len()];
+        let main: Vec<usize> = (0..sinks.len()).filter(|&i| sinks[i].from.is_none()).collect();
         for item in std::mem::take(&mut batch.items) {
-            if !matches!(batch.origins[item.origin].fate, Fate::Ok) {
-                continue;
-            }
-            // Every sink but the last gets a copy; the last takes the message.
-            let mut msg = Some(item.msg);
-            for (i, sink) in sinks.iter().enumerate() {
-                let m = if i + 1 == sinks.len() { msg.take().unwrap() } else { msg.clone().unwrap() };
-                match sink {
-                    Sink::Queue { topic } => by_topic.entry(topic).or_default().push(record(m)),
-                    Sink::Stdout { json } => printed.push((*json, m)),
-                }
+            if matches!(batch.origins[item.origin].fate, Fate::Ok) {
+                fan_out(&mut per_sink, &main, item.msg);
             }
         }
+        let mut by_topic: BTreeMap<&str, Vec<Record>> = BTreeMap::new();
         for (origin, topic, out) in std::mem::take(&mut batch.routed) {
-            if !matches!(batch.origins[origin].fate, Fate::Ok) {
+            let o = &batch.origins[origin];
+            if !matches!(o.fate, Fate::Ok) {
                 continue;
             }
-            // Declared (checked above), so the key can borrow the pipeline's name.
-            let (name, _) = self.pipeline.topics.get_key_value(&topic).expect("routed topics are declared");
-            let rec = Record { key: out.key, headers: out.headers, payload: out.payload, timestamp_ms: None, id: None };
-            by_topic.entry(name).or_default().push(rec);
+            let takers: Vec<usize> = (0..sinks.len()).filter(|&i| sinks[i].from.as_ref() == Some(&topic)).collect();
+            if let Some((name, _)) = self.pipeline.topics.get_key_value(&topic) {
+                let rec = Record {
+                    key: out.key.clone(),
+                    headers: out.headers.clone(),
+                    payload: out.payload.clone(),
+                    timestamp_ms: None,
+                    id: None,
+                };
+                by_topic.entry(name).or_default().push(rec);
+            }
+            fan_out(&mut per_sink, &takers, routed_message(o, topic, out));
         }
-        let Source::Queue { topic: source_topic, group, .. } = &self.pipeline.source;
+
+        let source_topic = self.pipeline.source.name();
+        let group = state_owner(self.pipeline).0;
         let mut acks = Vec::new();
         let mut naks = Vec::new();
         let mut releases = Vec::new();
@@ -688,35 +765,50 @@ impl SinkWorker<'_> {
                     }
                     // Same id as the queue's own dead letters: a replay after a
                     // crash between this write and the ack does not duplicate it.
-                    rec.id = Some(format!("dlq/{group}/{source_topic}/{}/{}", o.id.partition, o.id.offset));
+                    if self.durable_ids {
+                        rec.id = Some(format!("dlq/{group}/{source_topic}/{}/{}", o.id.partition, o.id.offset));
+                    }
                     dead.push(rec);
                     acks.push(o.id);
                 }
             }
         }
         let dead_count = dead.len() as u64;
-        let outputs: u64 = by_topic.values().map(|r| r.len() as u64).sum::<u64>() + printed.len() as u64;
+        let outputs: u64 = per_sink.iter().map(|m| m.len() as u64).sum::<u64>() + by_topic.values().map(|r| r.len() as u64).sum::<u64>();
         if !dead.is_empty() {
             by_topic.entry(&self.pipeline.dead_letter_topic).or_default().extend(dead);
+        }
+        let mut printed = Vec::new();
+        let mut buf = Vec::new();
+        for ((spec, msgs), file) in sinks.iter().zip(per_sink).zip(&mut self.files) {
+            if msgs.is_empty() {
+                continue;
+            }
+            match &spec.kind {
+                Sink::Queue { topic } => by_topic.entry(topic).or_default().extend(msgs.into_iter().map(record)),
+                Sink::Stdout { json } => msgs.iter().for_each(|m| line(*json, m, &mut printed)),
+                Sink::File { path, json } => {
+                    buf.clear();
+                    msgs.iter().for_each(|m| line(*json, m, &mut buf));
+                    let file = file.as_mut().expect("file sinks are opened at start");
+                    file.write_all(&buf)
+                        .and_then(|()| file.sync_data())
+                        .map_err(|e| Error::Sink(format!("{}: {}: {e}", spec.name, path.display())))?;
+                }
+            }
         }
         // Durable before anything is acknowledged.
         for (topic, records) in &by_topic {
             self.queue.publish(topic, records)?;
         }
-        for (json, msg) in &printed {
-            // Text is the payload's bytes as they are, like `weir consume`.
-            let written = if *json {
-                writeln!(out, "{}", crate::json_line(msg))
-            } else {
-                out.write_all(&msg.payload).and_then(|()| out.write_all(b"\n"))
-            };
+        if !printed.is_empty() {
+            let written = out.write_all(&printed).and_then(|()| out.flush());
             if let Err(e) = written
                 && e.kind() != std::io::ErrorKind::BrokenPipe
             {
                 return Err(Error::Sink(format!("stdout: {e}")));
             }
         }
-        out.flush().ok();
         self.commit_state(&mut batch, &acks)?;
         self.stats.sink_written(outputs, dead_count);
         Ok(Settlement { acks, naks, releases })

@@ -67,8 +67,8 @@ pub struct Pipeline {
     pub source: Source,
     /// The stages, in order.
     pub stages: Vec<StageSpec>,
-    /// Where the last stage's outputs go.
-    pub sinks: Vec<Sink>,
+    /// Where the last stage's outputs, and routed outputs, go.
+    pub sinks: Vec<SinkSpec>,
     /// Topic that receives dead-lettered messages.
     pub dead_letter_topic: String,
     /// Topics the pipeline creates if absent, with their settings.
@@ -89,9 +89,61 @@ pub enum Source {
         /// Bound on delivered, unsettled messages.
         max_ack_pending: usize,
     },
+    /// Lines from standard input, read until it closes.
+    Stdin {
+        /// Each line is a payload, or a JSON message.
+        json: bool,
+    },
+    /// Lines of a file, read once per run.
+    File {
+        /// The file, resolved against the pipeline file's directory.
+        path: PathBuf,
+        /// Each line is a payload, or a JSON message.
+        json: bool,
+    },
+    /// Synthetic messages, for benchmarks and tests.
+    Generator(Generator),
+}
+
+impl Source {
+    /// What the messages' `topic` field says, and what names the source's
+    /// state and dead letters.
+    pub fn name(&self) -> String {
+        match self {
+            Source::Queue { topic, .. } => topic.clone(),
+            Source::Stdin { .. } => "stdin".into(),
+            Source::File { path, .. } => path.file_name().map_or_else(|| "file".into(), |n| n.to_string_lossy().into_owned()),
+            Source::Generator(_) => "generator".into(),
+        }
+    }
+}
+
+/// `[source] type = "generator"`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Generator {
+    /// Messages to make; `None` for no end.
+    pub count: Option<u64>,
+    /// Payload bytes per message.
+    pub size: usize,
+    /// Messages per second; `None` for as fast as the pipeline takes them.
+    pub rate: Option<u64>,
+    /// Distinct keys (`k0`, `k1`, ...) cycled through; 0 for no key.
+    pub keys: u64,
 }
 
 /// A pipeline's sink.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SinkSpec {
+    /// Its name (`sink[i]` unless set), for logs and metrics.
+    pub name: String,
+    /// `None`: the last stage's outputs. `Some(topic)`: the outputs routed to
+    /// that topic instead.
+    pub from: Option<String>,
+    /// Where the messages go.
+    pub kind: Sink,
+}
+
+/// Where a sink writes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Sink {
     /// Publish to a topic of the embedded queue.
@@ -101,6 +153,13 @@ pub enum Sink {
     },
     /// Print to standard output.
     Stdout {
+        /// Payload as text, or one JSON object per message.
+        json: bool,
+    },
+    /// Append to a file (created if absent), synced before acknowledging.
+    File {
+        /// The file, resolved against the pipeline file's directory.
+        path: PathBuf,
         /// Payload as text, or one JSON object per message.
         json: bool,
     },
@@ -306,6 +365,20 @@ pub fn compile(file: &Path, text: &str) -> Result<Pipeline, ConfigErrors> {
                 max_ack_pending: max_ack_pending as usize,
             }
         }
+        RawSource::Stdin { format } => Source::Stdin { json: matches!(format, Some(RawFormat::Json)) },
+        RawSource::File { path, format } => {
+            let path = base.join(path);
+            if !path.is_file() {
+                c.error(&s.key("path"), format!("input file {} does not exist", path.display()));
+            }
+            Source::File { path, json: matches!(format, Some(RawFormat::Json)) }
+        }
+        RawSource::Generator { count, size, rate, keys } => Source::Generator(Generator {
+            count: count.map(|n| c.int(&s.key("count"), Some(n), 1, 1, i64::MAX, "") as u64),
+            size: c.int(&s.key("size"), *size, 100, 0, 64 << 20, " bytes") as usize,
+            rate: rate.map(|r| c.int(&s.key("rate"), Some(r), 1, 1, i64::MAX, " messages/s") as u64),
+            keys: c.int(&s.key("keys"), *keys, 0, 0, i64::MAX, "") as u64,
+        }),
     };
 
     let mut stages = Vec::new();
@@ -370,20 +443,42 @@ pub fn compile(file: &Path, text: &str) -> Result<Pipeline, ConfigErrors> {
     if raw.sink.is_empty() {
         c.error(&root, "a pipeline needs at least one [[sink]]");
     }
+    let mut sink_names = HashSet::new();
     for (i, sink) in raw.sink.iter().enumerate() {
         let kp = root.key("sink").index(i);
-        sinks.push(match sink {
-            RawSink::Queue { topic } => {
+        let kind = match sink {
+            RawSink::Queue { topic, .. } => {
                 c.name(&kp.key("topic"), "topic name", topic);
                 topics.entry(topic.clone()).or_default();
                 Sink::Queue { topic: topic.clone() }
             }
-            RawSink::Stdout { format } => Sink::Stdout { json: matches!(format, Some(RawFormat::Json)) },
-        });
+            RawSink::Stdout { format, .. } => Sink::Stdout { json: matches!(format, Some(RawFormat::Json)) },
+            RawSink::File { path, format, .. } => {
+                let path = base.join(path);
+                if !path.parent().is_some_and(Path::is_dir) {
+                    c.error(&kp.key("path"), format!("the directory of {} does not exist", path.display()));
+                }
+                Sink::File { path, json: matches!(format, Some(RawFormat::Json)) }
+            }
+        };
+        let (name, from) = sink.name_and_from();
+        let name = name.clone().unwrap_or_else(|| format!("sink[{i}]"));
+        if !sink_names.insert(name.clone()) {
+            c.error(&kp.key("name"), format!("duplicate sink name {name:?}"));
+        }
+        if let Some(f) = from {
+            c.name(&kp.key("from"), "topic name", f);
+            if matches!(&source, Source::Queue { topic, .. } if topic == f) {
+                c.error(&kp.key("from"), format!("topic {f:?} is the source: outputs routed to it go back into the pipeline"));
+            }
+        }
+        sinks.push(SinkSpec { name, from: from.clone(), kind });
     }
-    {
-        let Source::Queue { topic, .. } = &source;
-        if sinks.iter().any(|k| matches!(k, Sink::Queue { topic: t } if t == topic)) {
+    if !raw.sink.is_empty() && sinks.iter().all(|k| k.from.is_some()) {
+        c.error(&root.key("sink"), "every sink has `from`: nothing takes the last stage's outputs");
+    }
+    if let Source::Queue { topic, .. } = &source {
+        if sinks.iter().any(|k| matches!(&k.kind, Sink::Queue { topic: t } if t == topic)) {
             c.error(&s.key("topic"), format!("topic {topic:?} is both the source and a sink: the pipeline would feed itself"));
         }
         topics.entry(topic.clone()).or_default();

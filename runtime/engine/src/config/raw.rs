@@ -31,6 +31,12 @@ pub(crate) struct RawPipeline {
 pub(crate) enum RawSource {
     /// A topic of the embedded queue, read by a consumer group.
     Queue { topic: String, group: Option<String>, start: Option<RawStart>, max_ack_pending: Option<i64> },
+    /// Lines (or JSON lines) from standard input.
+    Stdin { format: Option<RawFormat> },
+    /// Lines (or JSON lines) from a file.
+    File { path: String, format: Option<RawFormat> },
+    /// Synthetic messages.
+    Generator { count: Option<i64>, size: Option<i64>, rate: Option<i64>, keys: Option<i64> },
 }
 
 #[derive(Debug, Clone, Copy, Deserialize)]
@@ -84,9 +90,19 @@ pub(crate) struct RawDir {
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub(crate) enum RawSink {
     /// Publish to a topic of the embedded queue.
-    Queue { topic: String },
+    Queue { name: Option<String>, from: Option<String>, topic: String },
     /// Print each message's payload as a line on standard output.
-    Stdout { format: Option<RawFormat> },
+    Stdout { name: Option<String>, from: Option<String>, format: Option<RawFormat> },
+    /// Append each message as a line to a file.
+    File { name: Option<String>, from: Option<String>, path: String, format: Option<RawFormat> },
+}
+
+impl RawSink {
+    pub(crate) fn name_and_from(&self) -> (&Option<String>, &Option<String>) {
+        match self {
+            RawSink::Queue { name, from, .. } | RawSink::Stdout { name, from, .. } | RawSink::File { name, from, .. } => (name, from),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, Deserialize)]
