@@ -287,3 +287,105 @@ topic = "out"
     assert_eq!(got[..2], ["READ granted", "READ yes"]);
     assert!(got[2..].iter().all(|l| l.starts_with("denied")), "{got:?}");
 }
+
+#[test]
+fn three_json_stages_on_100k_messages_from_stdin() {
+    let weir = Weir::new();
+    let n = 100_000;
+    let mut input = String::new();
+    let mut want = Vec::new();
+    let mut bad = 0;
+    for i in 0..n {
+        if i % 97 == 5 {
+            input.push_str(&format!("not json {i}\n"));
+            bad += 1;
+            continue;
+        }
+        let level = if i % 10 == 3 { "debug" } else { "info" };
+        input.push_str(&format!("{{\"i\":{i},\"level\":\"{level}\"}}\n"));
+        if level != "debug" {
+            want.push(i);
+        }
+    }
+    let out = weir.output(&["run", "examples/pipelines/events.toml", "--drain"], input.as_bytes());
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let got = weir.consume_all("events-clean");
+    assert_eq!(got.len(), want.len(), "exact output count");
+    for (line, i) in got.iter().zip(&want) {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        assert_eq!(
+            (v["i"].as_u64(), v["level"].as_str(), v["region"].as_str()),
+            (Some(*i as u64), Some("info"), Some("eu-west")),
+            "{line}"
+        );
+    }
+    let dead = weir.consume_json("events.dlq");
+    assert_eq!(dead.len(), bad);
+    assert!(
+        dead.iter().all(|d| d["headers"]["weir.stage"] == "parse" && d["headers"]["weir.reason"].as_str().unwrap().contains("not JSON"))
+    );
+}
+
+#[test]
+fn generator_source_and_file_sinks_including_one_fed_by_routing() {
+    let weir = Weir::new();
+    let dir = tempfile::tempdir().unwrap();
+    let p = pipeline_file(
+        dir.path(),
+        "gen.toml",
+        r#"[pipeline]
+name = "gen"
+
+[source]
+type = "generator"
+count = 1000
+size = 24
+keys = 4
+
+[[stage]]
+name = "up"
+module = "{component:uppercase}"
+
+[[sink]]
+type = "file"
+path = "out.jsonl"
+format = "json"
+"#,
+    );
+    weir.ok(&["run", p.to_str().unwrap(), "--drain"], b"");
+    let lines: Vec<serde_json::Value> =
+        std::fs::read_to_string(dir.path().join("out.jsonl")).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.len(), 1000);
+    assert_eq!(lines[5]["key"], "k1");
+    assert_eq!(lines[5]["topic"], "generator");
+    assert!(lines.iter().enumerate().all(|(i, l)| l["payload"].as_str().unwrap().starts_with(&format!("{i:012}"))), "in order");
+
+    let p = pipeline_file(
+        dir.path(),
+        "route.toml",
+        r#"[pipeline]
+name = "route"
+
+[source]
+type = "stdin"
+
+[[stage]]
+name = "hostile"
+module = "{component:hostile}"
+
+[[sink]]
+type = "queue"
+topic = "out"
+
+[[sink]]
+name = "alerts"
+type = "file"
+path = "alerts.txt"
+from = "alerts"
+"#,
+    );
+    weir.ok(&["run", p.to_str().unwrap(), "--drain"], b"plain\nroute:alerts\nroute:nowhere\n");
+    assert_eq!(std::fs::read_to_string(dir.path().join("alerts.txt")).unwrap(), "route:alerts\n", "the routed output only");
+    assert_eq!(weir.consume_all("out"), ["plain", "route:alerts"]);
+    assert_eq!(weir.consume_json("route.dlq")[0]["headers"]["weir.error-kind"], "routing");
+}
