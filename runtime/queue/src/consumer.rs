@@ -264,21 +264,23 @@ impl Consumer {
         }
     }
 
-    /// Move deliveries whose lease ran out to the redelivery set.
+    /// Move deliveries whose lease ran out to the redelivery set, and drop
+    /// the leases of settled deliveries from the front of the queue (most are
+    /// settled in delivery order, so it stays about as long as what is in
+    /// flight instead of holding every delivery of the last `ack_wait`).
     fn expire_leases(&mut self, now: Instant) {
         while let Some(&(deadline, p, offset)) = self.leases.front() {
-            if deadline > now {
-                break;
+            let part = &mut self.parts[p as usize];
+            let live = part.in_flight.get(&offset).filter(|f| f.deadline == deadline).map(|f| f.attempt);
+            match live {
+                None => {}
+                Some(_) if deadline > now => break,
+                Some(attempt) => {
+                    part.in_flight.remove(&offset);
+                    part.redeliver.insert(offset, (now + self.options.retry_backoff, attempt + 1));
+                }
             }
             self.leases.pop_front();
-            let part = &mut self.parts[p as usize];
-            if let Some(f) = part.in_flight.get(&offset)
-                && f.deadline == deadline
-            {
-                let attempt = f.attempt;
-                part.in_flight.remove(&offset);
-                part.redeliver.insert(offset, (now + self.options.retry_backoff, attempt + 1));
-            }
         }
     }
 
@@ -573,6 +575,22 @@ mod tests {
         assert_eq!((again[0].record.offset, again[0].attempt), (0, 1));
         c.ack(again[0].id());
         assert!(c.is_settled());
+    }
+
+    #[test]
+    fn leases_of_settled_messages_are_dropped() {
+        let (_dir, q) = queue_with(5000, 1);
+        let mut c = q.consumer("t", "g", ConsumerOptions::default()).unwrap();
+        loop {
+            let d = c.fetch(100, Duration::ZERO).unwrap();
+            if d.is_empty() {
+                break;
+            }
+            for x in &d {
+                c.ack(x.id());
+            }
+        }
+        assert!(c.leases.len() <= 100, "{} leases kept for 5000 acked messages", c.leases.len());
     }
 
     #[test]
