@@ -17,6 +17,21 @@ pub(crate) enum BenchCommand {
     Queue(QueueArgs),
     /// Per-message cost of a stage through weir-host against bare wasmtime.
     Host(HostArgs),
+    /// Drain a backlog of N messages through one stage; report rate and peak memory.
+    Backlog(BacklogArgs),
+}
+
+#[derive(Args)]
+pub(crate) struct BacklogArgs {
+    /// Messages in the backlog.
+    #[arg(long, default_value_t = 10_000_000)]
+    messages: u64,
+    /// Payload size in bytes.
+    #[arg(long, default_value_t = 100)]
+    size: usize,
+    /// The stage component [default: the uppercase example].
+    #[arg(long)]
+    component: Option<std::path::PathBuf>,
 }
 
 #[derive(Args)]
@@ -148,7 +163,75 @@ pub(crate) fn bench(cmd: BenchCommand) -> anyhow::Result<()> {
     match cmd {
         BenchCommand::Queue(args) => bench_queue(&args),
         BenchCommand::Host(args) => bench_host(&args),
+        BenchCommand::Backlog(args) => bench_backlog(&args),
     }
+}
+
+/// Resident memory now and at its peak (`VmRSS`, `VmHWM`), bytes.
+fn rss() -> (u64, u64) {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let field = |name: &str| {
+        status.lines().find_map(|l| l.strip_prefix(name)?.trim().strip_suffix("kB")?.trim().parse::<u64>().ok()).unwrap_or(0) * 1024
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
+fn bench_backlog(args: &BacklogArgs) -> anyhow::Result<()> {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    let component = args.component.clone().unwrap_or_else(|| "target/wasm32-wasip2/release/uppercase.wasm".into());
+    anyhow::ensure!(component.is_file(), "no component at {} (build the examples first; see the README)", component.display());
+    let component = std::fs::canonicalize(&component)?;
+    let dir = tempfile::tempdir()?;
+    let queue = Queue::open(dir.path().join("data"))?;
+    queue.create_topic("backlog", &TopicConfig { fsync: Fsync::Never, ..TopicConfig::default() })?;
+    let started = Instant::now();
+    let batch: Vec<Record> = (0..1000).map(|i| Record::new(vec![b'a' + (i % 26) as u8; args.size])).collect();
+    let mut published = 0;
+    while published < args.messages {
+        let n = (args.messages - published).min(batch.len() as u64) as usize;
+        queue.publish("backlog", &batch[..n])?;
+        published += n as u64;
+        if published % 1_000_000 == 0 {
+            eprintln!("  published {published} of {}", args.messages);
+        }
+    }
+    let publish_secs = started.elapsed().as_secs_f64();
+    let (rss_before, _) = rss();
+
+    let toml = format!(
+        "[pipeline]\nname = \"backlog\"\n[source]\ntype = \"queue\"\ntopic = \"backlog\"\n\
+         [[stage]]\nname = \"stage\"\nmodule = {module:?}\nbatch_size = 256\n\
+         [[sink]]\ntype = \"queue\"\ntopic = \"out\"\n[[topic]]\nname = \"out\"\nfsync = \"interval\"\n",
+        module = component.display().to_string()
+    );
+    let pipeline = weir_engine::config::compile(&dir.path().join("backlog.toml"), &toml).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let engine = weir_engine::Engine::for_pipeline(&pipeline)?;
+    // Sample the resident set while draining: the figure to watch is its
+    // peak during the drain, after the backlog was written.
+    let done = Arc::new(AtomicBool::new(false));
+    let peak = Arc::new(AtomicU64::new(0));
+    let sampler = {
+        let (done, peak) = (done.clone(), peak.clone());
+        std::thread::spawn(move || {
+            while !done.load(Ordering::Relaxed) {
+                peak.fetch_max(rss().0, Ordering::Relaxed);
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        })
+    };
+    let started = Instant::now();
+    let stats = engine.run(&pipeline, &queue, &weir_engine::RunOptions { drain: true, ..Default::default() })?;
+    let drain_secs = started.elapsed().as_secs_f64();
+    done.store(true, Ordering::Relaxed);
+    sampler.join().ok();
+    anyhow::ensure!(stats.received() >= args.messages, "drained only {} of {} messages", stats.received(), args.messages);
+    let mb = |b: u64| b as f64 / (1 << 20) as f64;
+    println!("backlog of {} messages of {} bytes through {}", args.messages, args.size, component.display());
+    println!("{:<40} {:>12.0}", "publish, msg/s", args.messages as f64 / publish_secs);
+    println!("{:<40} {:>12.0}", "drain through the stage, msg/s", args.messages as f64 / drain_secs);
+    println!("{:<40} {:>12.1}", "RSS before the drain, MiB", mb(rss_before));
+    println!("{:<40} {:>12.1}", "peak RSS, MiB (target ≤ 150)", mb(peak.load(Ordering::Relaxed).max(rss().1)));
+    Ok(())
 }
 
 fn bench_queue(args: &QueueArgs) -> anyhow::Result<()> {
