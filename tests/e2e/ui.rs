@@ -40,3 +40,21 @@ fn every_example_pipeline_validates() {
         assert!(out.status.success(), "{}: {}", path.display(), String::from_utf8_lossy(&out.stderr));
     }
 }
+
+#[test]
+fn every_complete_example_in_the_reference_validates() {
+    let dir = repo_root().join("docs");
+    let text = std::fs::read_to_string(dir.join("pipeline.md")).unwrap();
+    let blocks: Vec<&str> =
+        text.split("```toml\n").skip(1).map(|b| b.split("```").next().unwrap()).filter(|b| b.contains("[pipeline]")).collect();
+    assert!(blocks.len() >= 2, "examples missing from docs/pipeline.md");
+    let tmp = tempfile::tempdir().unwrap();
+    for (i, block) in blocks.iter().enumerate() {
+        // Written next to the reference, so its relative paths resolve the same.
+        let path = dir.join(format!(".validate-{}-{i}.toml", std::process::id()));
+        std::fs::write(&path, block).unwrap();
+        let out = std::process::Command::new(Weir::bin()).arg("validate").arg(&path).env("WEIR_DATA_DIR", tmp.path()).output().unwrap();
+        std::fs::remove_file(&path).unwrap();
+        assert!(out.status.success(), "docs/pipeline.md example {i}:\n{}", String::from_utf8_lossy(&out.stderr));
+    }
+}
