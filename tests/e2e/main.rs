@@ -3,6 +3,7 @@
 mod bad_input;
 mod bench;
 mod hello;
+mod metrics;
 mod pipelines;
 mod state;
 mod ui;

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::Context;
 use clap::Args;
-use weir_engine::{Engine, Pipeline, PipelineStats, RunOptions};
+use weir_engine::{Engine, Pipeline, Report, RunOptions};
 
 use crate::Reported;
 
@@ -18,6 +18,10 @@ pub(crate) struct RunArgs {
     /// is acknowledged.
     #[arg(long)]
     drain: bool,
+    /// Write the run's per-stage figures (counts, rates, latency percentiles)
+    /// to this JSON file when it ends, also on Ctrl-C.
+    #[arg(long, value_name = "FILE.json")]
+    report: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -64,7 +68,12 @@ pub(crate) fn run(args: RunArgs, data_dir_flag: Option<PathBuf>) -> anyhow::Resu
     let options = RunOptions { drain: args.drain, stop };
     tracing::info!(pipeline = %pipeline.name, data_dir = %dir.display(), drain = args.drain, "pipeline starting");
     let stats = engine.run(&pipeline, &queue, &options).with_context(|| format!("pipeline `{}`", pipeline.name))?;
-    print_summary(&stats);
+    let report = stats.report(&pipeline.name);
+    print_summary(&report);
+    if let Some(path) = &args.report {
+        let json = serde_json::to_string_pretty(&report)?;
+        std::fs::write(path, json + "\n").with_context(|| format!("writing the report {}", path.display()))?;
+    }
     Ok(())
 }
 
@@ -97,29 +106,38 @@ fn install_signal_handlers(stop: Arc<AtomicBool>) {
         .expect("spawn signal thread");
 }
 
-fn print_summary(stats: &PipelineStats) {
-    let secs = stats.elapsed().as_secs_f64();
-    eprintln!("weir: {} in, {} out, {} dead-lettered in {secs:.2}s", stats.received(), stats.written(), stats.dead_lettered());
-    if stats.stages().is_empty() {
+fn print_summary(r: &Report) {
+    let out: u64 = r.sink.written;
+    eprintln!("weir: {} in, {out} out, {} dead-lettered in {:.2}s", r.source.received, r.sink.dead_lettered, r.elapsed_s);
+    if r.stages.is_empty() {
         return;
     }
-    eprintln!("{:<20} {:>10} {:>10} {:>8} {:>9} {:>7} {:>10}", "stage", "received", "emitted", "retried", "rejected", "errors", "busy");
-    for s in stats.stages() {
-        let errors = s.errors();
-        let errs: u64 = errors.values().sum();
+    eprintln!(
+        "{:<22} {:>10} {:>10} {:>8} {:>8} {:>7} {:>11} {:>9} {:>9} {:>6}",
+        "stage", "received", "ok", "retried", "dead", "errors", "msg/s", "p50 µs", "p99 µs", "busy"
+    );
+    for s in &r.stages {
+        let errs: u64 = s.errors.values().sum();
+        let mark = if r.bottleneck.as_deref() == Some(&s.name) { " *" } else { "" };
         eprintln!(
-            "{:<20} {:>10} {:>10} {:>8} {:>9} {:>7} {:>8.1}ms",
+            "{:<22} {:>10} {:>10} {:>8} {:>8} {:>7} {:>11.0} {:>9} {:>9} {:>5.0}%{mark}",
             s.name,
-            s.received(),
-            s.emitted(),
-            s.retried(),
-            s.rejected(),
+            s.received,
+            s.ok,
+            s.retried,
+            s.dead_lettered,
             errs,
-            s.busy().as_secs_f64() * 1e3
+            s.msgs_per_s,
+            s.per_message.p50_us,
+            s.per_message.p99_us,
+            s.busy_share * 100.0
         );
-        if !errors.is_empty() {
-            let detail: Vec<String> = errors.iter().map(|(k, v)| format!("{k}={v}")).collect();
-            eprintln!("{:<20} errors: {}", "", detail.join(" "));
+        if !s.errors.is_empty() {
+            let detail: Vec<String> = s.errors.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            eprintln!("{:<22} errors: {}", "", detail.join(" "));
         }
+    }
+    if let Some(b) = &r.bottleneck {
+        eprintln!("* bottleneck: {b}; end to end at the sink p50 {} µs, p99 {} µs", r.sink.end_to_end.p50_us, r.sink.end_to_end.p99_us);
     }
 }

@@ -22,7 +22,7 @@ mod stats;
 
 pub use config::{ConfigError, ConfigErrors, Pipeline};
 pub use run::RunOptions;
-pub use stats::{PipelineStats, StageStats};
+pub use stats::{Latency, LatencySummary, PipelineStats, Report, SinkReport, SourceReport, StageReport, StageStats};
 
 use weir_host::{Message, Runtime};
 

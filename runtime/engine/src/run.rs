@@ -31,7 +31,7 @@ use weir_queue::{ConsumerOptions, DeliveryId, Queue, Record, StateStore, StateWr
 
 use crate::config::{Pipeline, Sink, Source, StageSpec};
 use crate::feed::Feed;
-use crate::stats::{PipelineStats, StageStats};
+use crate::stats::{PipelineStats, StageStats, now_ms, since};
 use crate::{Error, Result};
 
 /// Batches buffered between two threads; bounds memory and applies backpressure.
@@ -92,6 +92,8 @@ struct Batch {
     routed: Vec<(usize, String, Output)>,
     /// State writes of the stateful calls made for this batch.
     writes: Vec<StateDelta>,
+    /// When it was last handed to a channel (for queue-wait times).
+    sent: Instant,
 }
 
 /// The state writes of one call and the origins of the messages it handled.
@@ -194,6 +196,7 @@ pub(crate) fn run(pipeline: &Pipeline, queue: &Queue, prepared: Prepared, option
         for (i, (spec, component, ctx, instances)) in prepared.stages.into_iter().enumerate() {
             let (tx, next_rx) = sync_channel::<Batch>(CHANNEL_DEPTH);
             let stage_stats = stats.stage(i);
+            stage_stats.custom.set(ctx.shared_counters()).ok();
             let worker = StageWorker { index: i, spec, component, ctx, instances, stats: stage_stats };
             let input = std::mem::replace(&mut rx, next_rx);
             handles.push(scope.spawn(move || worker.run(input, tx)));
@@ -300,6 +303,8 @@ impl SourceWorker<'_> {
                 }
             }
             self.stats.source_received(deliveries.len() as u64);
+            let now = now_ms();
+            self.stats.source_wait.record_all(deliveries.iter().filter_map(|d| since(now, d.record.append_timestamp_ms)));
             let mut origins = Vec::with_capacity(deliveries.len());
             let mut items = Vec::with_capacity(deliveries.len());
             let topic = self.feed.topic().to_owned();
@@ -309,7 +314,7 @@ impl SourceWorker<'_> {
                 items.push(Item { origin: i, msg: crate::message_from_record(&topic, d.record, attempt) });
             }
             self.in_pipeline += 1;
-            if tx.send(Batch { origins, items, routed: Vec::new(), writes: Vec::new() }).is_err() {
+            if tx.send(Batch { origins, items, routed: Vec::new(), writes: Vec::new(), sent: Instant::now() }).is_err() {
                 // A downstream thread stopped (its error is reported by the join).
                 self.in_pipeline -= 1;
                 return Ok(());
@@ -332,7 +337,8 @@ struct StageWorker {
 impl StageWorker {
     fn run(mut self, input: Receiver<Batch>, output: SyncSender<Batch>) {
         while let Ok(batch) = input.recv() {
-            let batch = self.process(batch);
+            let mut batch = self.process(batch);
+            batch.sent = Instant::now();
             if output.send(batch).is_err() {
                 return;
             }
@@ -347,7 +353,10 @@ impl StageWorker {
             .filter(|it| matches!(batch.origins[it.origin].fate, Fate::Ok))
             .map(|it| (it.origin, it.msg))
             .unzip();
-        self.stats.add_received(msgs.len() as u64);
+        self.stats.queue_wait.record_n(started.duration_since(batch.sent), msgs.len() as u64);
+        let now = now_ms();
+        self.stats.end_to_end.record_all(msgs.iter().filter_map(|m| since(now, m.timestamp_ms)));
+        self.stats.add_received(msgs.len() as u64, msgs.iter().map(|m| m.payload.len() as u64).sum());
         let (results, writes) = self.call_all(&msgs);
         for (w, idxs) in writes {
             let origins = idxs.into_iter().map(|i| owners[i]).collect();
@@ -358,11 +367,12 @@ impl StageWorker {
             let item = Item { origin: owner, msg };
             let origin = &mut batch.origins[item.origin];
             if !matches!(origin.fate, Fate::Ok) {
-                continue; // a sibling already failed this origin
+                self.stats.add_abandoned(); // a sibling already failed this origin
+                continue;
             }
             match result {
                 Ok(outputs) => {
-                    self.stats.add_emitted(outputs.len() as u64);
+                    self.stats.add_ok(outputs.len() as u64, outputs.iter().map(|o| o.payload.len() as u64).sum());
                     for out in outputs {
                         match out.topic.clone() {
                             Some(topic) => batch.routed.push((item.origin, topic, out)),
@@ -371,7 +381,7 @@ impl StageWorker {
                     }
                 }
                 Err(CallFailure { failure: Failure::Retry(reason), kind }) if origin.attempt < self.spec.max_attempts => {
-                    self.stats.add_retried(1);
+                    self.stats.add_retried();
                     tracing::debug!(stage = %self.spec.name, %reason, kind, attempt = origin.attempt, "message will be retried");
                     origin.fate = Fate::Retry { delay: self.spec.retry_backoff };
                 }
@@ -382,9 +392,7 @@ impl StageWorker {
                         }
                         Failure::Reject(r) => r.clone(),
                     };
-                    if matches!(failure, Failure::Reject(_)) {
-                        self.stats.add_rejected(1);
-                    }
+                    self.stats.add_dead(matches!(failure, Failure::Reject(_)));
                     origin.fate = Fate::Dead { stage: self.spec.name.clone(), kind, reason, msg: item.msg };
                 }
             }
@@ -457,6 +465,16 @@ fn is_retry(r: &MessageResult) -> bool {
 }
 
 impl Caller<'_> {
+    /// One call, timed.
+    fn call(&self, inst: &mut Instance, batch: &[Message]) -> Result<Vec<MessageResult>, weir_host::Error> {
+        let started = Instant::now();
+        let result = call_one(self.component, self.ctx, inst, batch);
+        let took = started.elapsed();
+        self.stats.per_call.record_n(took, 1);
+        self.stats.per_message.record_n(took / batch.len().max(1) as u32, batch.len() as u64);
+        result
+    }
+
     /// One message's result, with the failure's kind; an output over the
     /// limit is counted as an `output` error and dead-lettered.
     fn settle(&self, r: MessageResult) -> CallResult {
@@ -477,7 +495,7 @@ impl Caller<'_> {
     fn call_chunked(&self, inst: &mut Instance, msgs: &[Message], base: usize, out: &mut Vec<CallResult>, writes: &mut Vec<CallWrites>) {
         for (n, batch) in msgs.chunks(self.spec.batch_size).enumerate() {
             let first = base + n * self.spec.batch_size;
-            match call_one(self.component, self.ctx, inst, batch) {
+            match self.call(inst, batch) {
                 Ok(results) => match inst.take_writes() {
                     Some(w) if results.iter().any(is_retry) => {
                         w.abort();
@@ -502,7 +520,7 @@ impl Caller<'_> {
 
     fn one_by_one(&self, inst: &mut Instance, msgs: &[Message], first: usize, out: &mut Vec<CallResult>, writes: &mut Vec<CallWrites>) {
         for (i, msg) in msgs.iter().enumerate() {
-            match call_one(self.component, self.ctx, inst, std::slice::from_ref(msg)) {
+            match self.call(inst, std::slice::from_ref(msg)) {
                 Ok(mut r) => {
                     let r = r.pop().expect("one result");
                     if let Some(w) = inst.take_writes() {
@@ -778,6 +796,7 @@ impl SinkWorker<'_> {
         if !dead.is_empty() {
             by_topic.entry(&self.pipeline.dead_letter_topic).or_default().extend(dead);
         }
+        let written_at: Vec<u64> = per_sink.iter().flatten().map(|m| m.timestamp_ms).collect();
         let mut printed = Vec::new();
         let mut buf = Vec::new();
         for ((spec, msgs), file) in sinks.iter().zip(per_sink).zip(&mut self.files) {
@@ -811,6 +830,8 @@ impl SinkWorker<'_> {
         }
         self.commit_state(&mut batch, &acks)?;
         self.stats.sink_written(outputs, dead_count);
+        self.stats.sink_end_to_end.record_all(written_at.into_iter().filter_map(|t| since(now_ms(), t)));
+        self.stats.settled(acks.len(), naks.len(), releases.len());
         Ok(Settlement { acks, naks, releases })
     }
 }

@@ -1,36 +1,132 @@
-//! Per-stage counters, updated once per batch and read for the run summary.
+//! What a run measures, per stage and at the source and sink: counters,
+//! throughput and latency histograms (hdrhistogram, microseconds), updated
+//! once per batch or call, and the [`Report`] made from them.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-/// Counters of one stage.
+use hdrhistogram::Histogram;
+use serde::Serialize;
+use weir_host::Counters;
+
+/// A latency distribution in microseconds (1 µs to 1 hour, 3 significant digits).
+#[derive(Debug)]
+pub struct Latency(Mutex<Histogram<u64>>);
+
+impl Default for Latency {
+    fn default() -> Self {
+        Latency(Mutex::new(Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("valid histogram bounds")))
+    }
+}
+
+impl Latency {
+    /// Record `n` samples of `d`.
+    pub(crate) fn record_n(&self, d: Duration, n: u64) {
+        let us = (d.as_micros() as u64).clamp(1, 3_600_000_000);
+        self.0.lock().unwrap().saturating_record_n(us, n);
+    }
+
+    /// Record one sample per value, under one lock.
+    pub(crate) fn record_all(&self, samples: impl IntoIterator<Item = Duration>) {
+        let mut h = self.0.lock().unwrap();
+        for d in samples {
+            h.saturating_record((d.as_micros() as u64).clamp(1, 3_600_000_000));
+        }
+    }
+
+    /// Percentiles so far.
+    pub fn summary(&self) -> LatencySummary {
+        let h = self.0.lock().unwrap();
+        let q = |q: f64| if h.is_empty() { 0 } else { h.value_at_quantile(q) };
+        LatencySummary {
+            count: h.len(),
+            p50_us: q(0.5),
+            p90_us: q(0.9),
+            p99_us: q(0.99),
+            p999_us: q(0.999),
+            max_us: if h.is_empty() { 0 } else { h.max() },
+        }
+    }
+}
+
+/// Percentiles of a [`Latency`], in microseconds.
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+pub struct LatencySummary {
+    /// Samples.
+    pub count: u64,
+    /// Median.
+    pub p50_us: u64,
+    /// 90th percentile.
+    pub p90_us: u64,
+    /// 99th percentile.
+    pub p99_us: u64,
+    /// 99.9th percentile.
+    pub p999_us: u64,
+    /// Largest sample.
+    pub max_us: u64,
+}
+
+/// Milliseconds since the Unix epoch.
+pub(crate) fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Time from `timestamp_ms` (ms since the Unix epoch) to `now_ms`; `None`
+/// when the timestamp is unset (0), zero when it is ahead of this clock.
+pub(crate) fn since(now_ms: u64, timestamp_ms: u64) -> Option<Duration> {
+    (timestamp_ms > 0).then(|| Duration::from_millis(now_ms.saturating_sub(timestamp_ms)))
+}
+
+/// Counters and latencies of one stage.
 #[derive(Debug, Default)]
 pub struct StageStats {
     /// Stage name.
     pub name: String,
     received: AtomicU64,
+    ok: AtomicU64,
     emitted: AtomicU64,
     retried: AtomicU64,
     rejected: AtomicU64,
+    dead_lettered: AtomicU64,
+    abandoned: AtomicU64,
+    bytes_in: AtomicU64,
+    bytes_out: AtomicU64,
     busy_ns: AtomicU64,
     errors: Mutex<BTreeMap<&'static str, u64>>,
+    pub(crate) custom: OnceLock<Arc<Counters>>,
+    /// Call time divided by the messages in the call.
+    pub per_message: Latency,
+    /// Time of one `handle-batch` call.
+    pub per_call: Latency,
+    /// Time a batch waited in the channel before this stage took it.
+    pub queue_wait: Latency,
+    /// Time from the producer's timestamp to this stage taking the message.
+    pub end_to_end: Latency,
 }
 
 impl StageStats {
-    pub(crate) fn add_received(&self, n: u64) {
+    pub(crate) fn add_received(&self, n: u64, bytes: u64) {
         self.received.fetch_add(n, Relaxed);
+        self.bytes_in.fetch_add(bytes, Relaxed);
     }
-    pub(crate) fn add_emitted(&self, n: u64) {
-        self.emitted.fetch_add(n, Relaxed);
+    pub(crate) fn add_ok(&self, outputs: u64, bytes: u64) {
+        self.ok.fetch_add(1, Relaxed);
+        self.emitted.fetch_add(outputs, Relaxed);
+        self.bytes_out.fetch_add(bytes, Relaxed);
     }
-    pub(crate) fn add_retried(&self, n: u64) {
-        self.retried.fetch_add(n, Relaxed);
+    pub(crate) fn add_retried(&self) {
+        self.retried.fetch_add(1, Relaxed);
     }
-    pub(crate) fn add_rejected(&self, n: u64) {
-        self.rejected.fetch_add(n, Relaxed);
+    pub(crate) fn add_dead(&self, rejected: bool) {
+        self.dead_lettered.fetch_add(1, Relaxed);
+        if rejected {
+            self.rejected.fetch_add(1, Relaxed);
+        }
+    }
+    pub(crate) fn add_abandoned(&self) {
+        self.abandoned.fetch_add(1, Relaxed);
     }
     pub(crate) fn add_busy(&self, d: Duration) {
         self.busy_ns.fetch_add(d.as_nanos() as u64, Relaxed);
@@ -39,39 +135,63 @@ impl StageStats {
         *self.errors.lock().unwrap().entry(kind).or_default() += 1;
     }
 
-    /// Messages handed to the stage.
+    /// Messages handed to the stage (redeliveries count again).
     pub fn received(&self) -> u64 {
         self.received.load(Relaxed)
+    }
+    /// Messages the stage handled successfully.
+    pub fn ok(&self) -> u64 {
+        self.ok.load(Relaxed)
     }
     /// Outputs the stage returned.
     pub fn emitted(&self) -> u64 {
         self.emitted.load(Relaxed)
     }
-    /// Messages the stage asked to retry.
+    /// Messages that failed here and will be delivered again.
     pub fn retried(&self) -> u64 {
         self.retried.load(Relaxed)
     }
-    /// Messages the stage rejected.
+    /// Messages the stage rejected (also counted in `dead_lettered`).
     pub fn rejected(&self) -> u64 {
         self.rejected.load(Relaxed)
+    }
+    /// Messages dead-lettered by this stage: rejected, out of attempts, over a limit.
+    pub fn dead_lettered(&self) -> u64 {
+        self.dead_lettered.load(Relaxed)
+    }
+    /// Results dropped because another message from the same source
+    /// message failed here first.
+    pub fn abandoned(&self) -> u64 {
+        self.abandoned.load(Relaxed)
     }
     /// Time spent handling batches.
     pub fn busy(&self) -> Duration {
         Duration::from_nanos(self.busy_ns.load(Relaxed))
     }
-    /// Whole-call failures by kind (trap, timeout, memory, contract).
+    /// Whole-call failures and over-limit outputs, by kind.
     pub fn errors(&self) -> BTreeMap<&'static str, u64> {
         self.errors.lock().unwrap().clone()
     }
+    /// The guest's own counters (`counter-add`).
+    pub fn custom(&self) -> BTreeMap<String, u64> {
+        self.custom.get().map(|c| c.snapshot()).unwrap_or_default()
+    }
 }
 
-/// Counters of a whole run.
+/// Counters and latencies of a whole run.
 #[derive(Debug)]
 pub struct PipelineStats {
     started: Instant,
     source_received: AtomicU64,
+    acked: AtomicU64,
+    naked: AtomicU64,
+    released: AtomicU64,
     sink_written: AtomicU64,
     dead_lettered: AtomicU64,
+    /// At the source: fetch time minus the time the queue appended the message.
+    pub source_wait: Latency,
+    /// At the sink: time from the producer's timestamp to the output being durable.
+    pub sink_end_to_end: Latency,
     stages: Vec<Arc<StageStats>>,
 }
 
@@ -80,8 +200,13 @@ impl PipelineStats {
         PipelineStats {
             started: Instant::now(),
             source_received: AtomicU64::new(0),
+            acked: AtomicU64::new(0),
+            naked: AtomicU64::new(0),
+            released: AtomicU64::new(0),
             sink_written: AtomicU64::new(0),
             dead_lettered: AtomicU64::new(0),
+            source_wait: Latency::default(),
+            sink_end_to_end: Latency::default(),
             stages: names.into_iter().map(|name| Arc::new(StageStats { name, ..StageStats::default() })).collect(),
         }
     }
@@ -94,6 +219,11 @@ impl PipelineStats {
     pub(crate) fn sink_written(&self, written: u64, dead: u64) {
         self.sink_written.fetch_add(written, Relaxed);
         self.dead_lettered.fetch_add(dead, Relaxed);
+    }
+    pub(crate) fn settled(&self, acked: usize, naked: usize, released: usize) {
+        self.acked.fetch_add(acked as u64, Relaxed);
+        self.naked.fetch_add(naked as u64, Relaxed);
+        self.released.fetch_add(released as u64, Relaxed);
     }
 
     /// Deliveries taken from the source (redeliveries count again).
@@ -116,4 +246,140 @@ impl PipelineStats {
     pub fn elapsed(&self) -> Duration {
         self.started.elapsed()
     }
+
+    /// The stage that spent the largest share of the run busy, if any was.
+    pub fn bottleneck(&self) -> Option<&StageStats> {
+        self.stages.iter().filter(|s| s.busy() > Duration::ZERO).max_by_key(|s| s.busy()).map(|s| &**s)
+    }
+
+    /// The run's figures, for `--report` and the summary table.
+    pub fn report(&self, pipeline: &str) -> Report {
+        let secs = self.elapsed().as_secs_f64().max(1e-9);
+        let rate = |n: u64| n as f64 / secs;
+        Report {
+            pipeline: pipeline.to_owned(),
+            elapsed_s: secs,
+            bottleneck: self.bottleneck().map(|s| s.name.clone()),
+            source: SourceReport {
+                received: self.received(),
+                acked: self.acked.load(Relaxed),
+                retried: self.naked.load(Relaxed),
+                released: self.released.load(Relaxed),
+                msgs_per_s: rate(self.received()),
+                wait: self.source_wait.summary(),
+            },
+            stages: self
+                .stages
+                .iter()
+                .map(|s| StageReport {
+                    name: s.name.clone(),
+                    received: s.received(),
+                    ok: s.ok(),
+                    emitted: s.emitted(),
+                    retried: s.retried(),
+                    rejected: s.rejected(),
+                    dead_lettered: s.dead_lettered(),
+                    abandoned: s.abandoned(),
+                    errors: s.errors().into_iter().map(|(k, v)| (k.to_owned(), v)).collect(),
+                    bytes_in: s.bytes_in.load(Relaxed),
+                    bytes_out: s.bytes_out.load(Relaxed),
+                    msgs_per_s: rate(s.received()),
+                    busy_share: s.busy().as_secs_f64() / secs,
+                    per_message: s.per_message.summary(),
+                    per_call: s.per_call.summary(),
+                    queue_wait: s.queue_wait.summary(),
+                    end_to_end: s.end_to_end.summary(),
+                    custom: s.custom(),
+                })
+                .collect(),
+            sink: SinkReport { written: self.written(), dead_lettered: self.dead_lettered(), end_to_end: self.sink_end_to_end.summary() },
+        }
+    }
+}
+
+/// A run's figures (`weir run --report FILE.json`).
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    /// Pipeline name.
+    pub pipeline: String,
+    /// Wall time of the run, seconds.
+    pub elapsed_s: f64,
+    /// The stage busy for the largest share of the run.
+    pub bottleneck: Option<String>,
+    /// The source.
+    pub source: SourceReport,
+    /// Each stage, in order.
+    pub stages: Vec<StageReport>,
+    /// The sinks together.
+    pub sink: SinkReport,
+}
+
+/// The source's figures. `received = acked + retried + released` once a run
+/// has settled everything (dead letters are acknowledged).
+#[derive(Debug, Clone, Serialize)]
+pub struct SourceReport {
+    /// Deliveries taken (redeliveries count again).
+    pub received: u64,
+    /// Acknowledged: done, or dead-lettered.
+    pub acked: u64,
+    /// Handed back to be delivered again after a failure.
+    pub retried: u64,
+    /// Handed back to be redone because state they read was rolled back.
+    pub released: u64,
+    /// Average deliveries per second.
+    pub msgs_per_s: f64,
+    /// Fetch time minus append time.
+    pub wait: LatencySummary,
+}
+
+/// One stage's figures. `received = ok + retried + dead_lettered + abandoned`.
+#[derive(Debug, Clone, Serialize)]
+pub struct StageReport {
+    /// Stage name.
+    pub name: String,
+    /// Messages handed to it.
+    pub received: u64,
+    /// Handled successfully.
+    pub ok: u64,
+    /// Outputs returned.
+    pub emitted: u64,
+    /// Failed, to be delivered again.
+    pub retried: u64,
+    /// Rejected by the stage (part of `dead_lettered`).
+    pub rejected: u64,
+    /// Dead-lettered here.
+    pub dead_lettered: u64,
+    /// Dropped: another message from the same source message failed here first.
+    pub abandoned: u64,
+    /// Failures by kind (trap, timeout, memory, fuel, output, ...).
+    pub errors: BTreeMap<String, u64>,
+    /// Payload bytes in.
+    pub bytes_in: u64,
+    /// Payload bytes out.
+    pub bytes_out: u64,
+    /// Average messages per second over the run.
+    pub msgs_per_s: f64,
+    /// Share of the run's wall time spent handling batches (can exceed 1 with concurrency).
+    pub busy_share: f64,
+    /// Call time per message.
+    pub per_message: LatencySummary,
+    /// Time per `handle-batch` call.
+    pub per_call: LatencySummary,
+    /// Wait in the channel before the stage.
+    pub queue_wait: LatencySummary,
+    /// Producer timestamp to this stage.
+    pub end_to_end: LatencySummary,
+    /// The guest's own counters.
+    pub custom: BTreeMap<String, u64>,
+}
+
+/// The sinks' figures.
+#[derive(Debug, Clone, Serialize)]
+pub struct SinkReport {
+    /// Messages written (each sink counts).
+    pub written: u64,
+    /// Dead letters written.
+    pub dead_lettered: u64,
+    /// Producer timestamp to durable output.
+    pub end_to_end: LatencySummary,
 }

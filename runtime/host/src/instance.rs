@@ -158,6 +158,11 @@ impl StageContext {
     pub fn counters(&self) -> &Counters {
         &self.counters
     }
+
+    /// The stage's custom counters, to read while the stage runs.
+    pub fn shared_counters(&self) -> Arc<Counters> {
+        self.counters.clone()
+    }
 }
 
 struct MemoryLimiter {

@@ -1,0 +1,65 @@
+//! The run report: it names the slow stage, and every count reconciles.
+
+use crate::{Weir, pipeline_file};
+
+#[test]
+fn the_report_names_the_slow_stage_and_counts_reconcile() {
+    let weir = Weir::new();
+    let dir = tempfile::tempdir().unwrap();
+    let p = pipeline_file(
+        dir.path(),
+        "slow.toml",
+        r#"[pipeline]
+name = "slow"
+
+[source]
+type = "stdin"
+
+[[stage]]
+name = "slow"
+module = "{component:hostile}"
+batch_size = 16
+max_attempts = 2
+retry_backoff_ms = 0
+
+[[stage]]
+name = "fast"
+module = "{component:uppercase}"
+
+[[sink]]
+type = "queue"
+topic = "out"
+"#,
+    );
+    let mut input = String::new();
+    for i in 0..300 {
+        input.push_str("spin:1\n");
+        if i % 60 == 0 {
+            input.push_str("reject\nretry\n");
+        }
+    }
+    let report = dir.path().join("report.json");
+    weir.ok(&["run", p.to_str().unwrap(), "--drain", "--report", report.to_str().unwrap()], input.as_bytes());
+    let r: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+    assert_eq!(r["bottleneck"], "slow", "{r:#}");
+
+    let n = |v: &serde_json::Value| v.as_u64().unwrap();
+    let (slow, fast, source) = (&r["stages"][0], &r["stages"][1], &r["source"]);
+    // 300 spins, 5 rejects, 5 retries that fail twice.
+    assert_eq!((n(&slow["received"]), n(&slow["ok"]), n(&slow["retried"]), n(&slow["dead_lettered"])), (315, 300, 5, 10));
+    assert_eq!(n(&slow["rejected"]), 5);
+    assert_eq!((n(&fast["received"]), n(&fast["ok"])), (300, 300));
+    for s in [slow, fast] {
+        let parts = n(&s["ok"]) + n(&s["retried"]) + n(&s["dead_lettered"]) + n(&s["abandoned"]);
+        assert_eq!(n(&s["received"]), parts, "stage {}", s["name"]);
+    }
+    assert_eq!(n(&source["received"]), n(&source["acked"]) + n(&source["retried"]) + n(&source["released"]));
+    assert_eq!((n(&source["received"]), n(&source["acked"])), (315, 310));
+    assert_eq!((n(&r["sink"]["written"]), n(&r["sink"]["dead_lettered"])), (300, 10));
+
+    // Latencies: the slow stage spends about 1 ms per message.
+    let p50 = n(&slow["per_message"]["p50_us"]);
+    assert!(p50 >= 900, "slow stage p50 {p50} µs");
+    assert!(n(&fast["per_message"]["p50_us"]) < p50);
+    assert_eq!(n(&slow["per_message"]["count"]), n(&slow["received"]), "one sample per message handled");
+}
