@@ -63,3 +63,37 @@ topic = "out"
     assert!(n(&fast["per_message"]["p50_us"]) < p50);
     assert_eq!(n(&slow["per_message"]["count"]), n(&slow["received"]), "one sample per message handled");
 }
+
+#[test]
+fn a_terminal_gets_a_live_table_with_progress() {
+    let weir = Weir::new();
+    let dir = tempfile::tempdir().unwrap();
+    let p = pipeline_file(
+        dir.path(),
+        "live.toml",
+        r#"[pipeline]
+name = "live"
+
+[source]
+type = "generator"
+count = 4000
+rate = 2000
+
+[[stage]]
+name = "up"
+module = "{component:uppercase}"
+
+[[sink]]
+type = "file"
+path = "out.txt"
+"#,
+    );
+    // `script` runs weir on a pseudo-terminal, as a user at a shell would.
+    let cmd = format!("{} run {} --drain --data-dir {}", Weir::bin().display(), p.display(), weir.data.path().display());
+    let out = std::process::Command::new("script").args(["-qec", &cmd, "/dev/null"]).env("WEIR_LOG", "warn").output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let screen = String::from_utf8_lossy(&out.stdout);
+    assert!(screen.contains("/4000 ("), "a progress bar against the generator's count:\n{screen}");
+    assert!(screen.contains("\x1b[3F"), "the table is redrawn in place:\n{screen}");
+    assert!(screen.contains("weir: 4000 in, 4000 out"), "{screen}");
+}

@@ -2,6 +2,7 @@
 
 mod bench;
 mod consume;
+mod live;
 mod produce;
 mod run;
 mod topics;

@@ -65,9 +65,16 @@ pub(crate) fn run(args: RunArgs, data_dir_flag: Option<PathBuf>) -> anyhow::Resu
     let queue = weir_queue::Queue::open(&dir).with_context(|| format!("opening data directory {}", dir.display()))?;
     let stop = Arc::new(AtomicBool::new(false));
     install_signal_handlers(stop.clone());
-    let options = RunOptions { drain: args.drain, stop };
+    let stats = weir_engine::PipelineStats::for_pipeline(&pipeline);
+    let options = RunOptions { drain: args.drain, stop, stats: Some(stats.clone()) };
+    let total = match &pipeline.source {
+        weir_engine::config::Source::Generator(g) => g.count,
+        _ => None,
+    };
+    let live = crate::live::LiveView::start(stats, total);
     tracing::info!(pipeline = %pipeline.name, data_dir = %dir.display(), drain = args.drain, "pipeline starting");
     let stats = engine.run(&pipeline, &queue, &options).with_context(|| format!("pipeline `{}`", pipeline.name))?;
+    drop(live);
     let report = stats.report(&pipeline.name);
     print_summary(&report);
     if let Some(path) = &args.report {

@@ -107,7 +107,7 @@ impl Engine {
     /// # Errors
     /// A component that fails to load or initialise (before any message is
     /// pulled), or a queue or sink failure (nothing unwritten is acknowledged).
-    pub fn run(&self, pipeline: &Pipeline, queue: &weir_queue::Queue, options: &RunOptions) -> Result<PipelineStats> {
+    pub fn run(&self, pipeline: &Pipeline, queue: &weir_queue::Queue, options: &RunOptions) -> Result<std::sync::Arc<PipelineStats>> {
         let prepared = run::prepare(pipeline, queue, &self.runtime)?;
         run::run(pipeline, queue, prepared, options)
     }

@@ -45,6 +45,9 @@ pub struct RunOptions {
     /// Set to stop: the source stops pulling, in-flight batches finish, and
     /// the run returns after committing.
     pub stop: Arc<AtomicBool>,
+    /// Where to count, so another thread can watch the run (see
+    /// [`PipelineStats::for_pipeline`]); a fresh one if `None`.
+    pub stats: Option<Arc<PipelineStats>>,
 }
 
 /// What happened to a source message.
@@ -157,7 +160,7 @@ fn state_owner(pipeline: &Pipeline) -> (String, String) {
 }
 
 /// Run `pipeline` on `queue` until stopped (or drained, with `drain`).
-pub(crate) fn run(pipeline: &Pipeline, queue: &Queue, prepared: Prepared, options: &RunOptions) -> Result<PipelineStats> {
+pub(crate) fn run(pipeline: &Pipeline, queue: &Queue, prepared: Prepared, options: &RunOptions) -> Result<Arc<PipelineStats>> {
     for (name, config) in &pipeline.topics {
         queue.ensure_topic(name, config)?;
     }
@@ -185,7 +188,7 @@ pub(crate) fn run(pipeline: &Pipeline, queue: &Queue, prepared: Prepared, option
     };
     let durable_ids = feed.has_durable_ids();
     let files = open_file_sinks(pipeline)?;
-    let stats = PipelineStats::new(pipeline.stages.iter().map(|s| s.name.clone()).collect());
+    let stats = options.stats.clone().unwrap_or_else(|| PipelineStats::for_pipeline(pipeline));
     let fetch_size = pipeline.stages.first().map_or(256, |s| s.batch_size * s.concurrency);
     let fill_wait = pipeline.stages.first().map_or(Duration::ZERO, |s| s.batch_timeout);
 

@@ -196,7 +196,12 @@ pub struct PipelineStats {
 }
 
 impl PipelineStats {
-    pub(crate) fn new(names: Vec<String>) -> Self {
+    /// Fresh counters for a run of `pipeline`.
+    pub fn for_pipeline(pipeline: &crate::Pipeline) -> Arc<Self> {
+        Arc::new(Self::new(pipeline.stages.iter().map(|s| s.name.clone()).collect()))
+    }
+
+    fn new(names: Vec<String>) -> Self {
         PipelineStats {
             started: Instant::now(),
             source_received: AtomicU64::new(0),

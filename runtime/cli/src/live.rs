@@ -1,0 +1,126 @@
+//! The live per-stage view of `weir run`: on a terminal, a table redrawn
+//! every second on standard error (rate over the last second, cumulative
+//! counts, p50/p99 per message, busy share); otherwise a log line per stage
+//! every ten seconds.
+
+use std::io::{IsTerminal, Write};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use weir_engine::PipelineStats;
+
+/// Watches a run until dropped.
+pub(crate) struct LiveView {
+    done: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl LiveView {
+    /// Start watching `stats`; `total` is the number of messages expected, if known.
+    pub(crate) fn start(stats: Arc<PipelineStats>, total: Option<u64>) -> Self {
+        let done = Arc::new(AtomicBool::new(false));
+        let flag = done.clone();
+        let terminal = std::io::stderr().is_terminal();
+        let thread = std::thread::Builder::new()
+            .name("weir-live".into())
+            .spawn(move || {
+                let period = if terminal { Duration::from_secs(1) } else { Duration::from_secs(10) };
+                let mut last: Vec<u64> = Vec::new();
+                let mut last_at = Instant::now();
+                let mut drawn = 0;
+                while !sleep_until_done(&flag, period) {
+                    let secs = last_at.elapsed().as_secs_f64();
+                    last_at = Instant::now();
+                    let now: Vec<u64> = stats.stages().iter().map(|s| s.received()).collect();
+                    let rates: Vec<f64> =
+                        now.iter().enumerate().map(|(i, n)| (n - last.get(i).copied().unwrap_or(0)) as f64 / secs).collect();
+                    last = now;
+                    if terminal {
+                        drawn = draw(&stats, &rates, total, drawn);
+                    } else {
+                        for (s, rate) in stats.stages().iter().zip(&rates) {
+                            let p = s.per_message.summary();
+                            tracing::info!(stage = %s.name, received = s.received(), rate = *rate as u64, p50_us = p.p50_us, p99_us = p.p99_us, dead = s.dead_lettered(), "progress");
+                        }
+                    }
+                }
+                if terminal && drawn > 0 {
+                    // Leave the last table; the summary follows it.
+                    eprintln!();
+                }
+            })
+            .ok();
+        LiveView { done, thread }
+    }
+}
+
+impl Drop for LiveView {
+    fn drop(&mut self) {
+        self.done.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            t.join().ok();
+        }
+    }
+}
+
+/// Sleep `period` in short steps; true once `done` is set.
+fn sleep_until_done(done: &AtomicBool, period: Duration) -> bool {
+    let until = Instant::now() + period;
+    while Instant::now() < until {
+        if done.load(Ordering::Relaxed) {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    done.load(Ordering::Relaxed)
+}
+
+/// Redraw the table over the `drawn` lines of the last one; returns its height.
+fn draw(stats: &PipelineStats, rates: &[f64], total: Option<u64>, drawn: usize) -> usize {
+    let mut out = String::new();
+    if drawn > 0 {
+        out.push_str(&format!("\x1b[{drawn}F\x1b[J"));
+    }
+    let secs = stats.elapsed().as_secs_f64();
+    let received = stats.received();
+    match total {
+        Some(t) if t > 0 => {
+            let frac = (received as f64 / t as f64).min(1.0);
+            let width = 30;
+            let filled = (frac * width as f64) as usize;
+            out.push_str(&format!(
+                "[{}{}] {received}/{t} ({:.0}%)  {secs:.0}s\n",
+                "#".repeat(filled),
+                "-".repeat(width - filled),
+                frac * 100.0
+            ));
+        }
+        _ => out.push_str(&format!("{received} in, {} out, {} dead-lettered  {secs:.0}s\n", stats.written(), stats.dead_lettered())),
+    }
+    out.push_str(&format!(
+        "{:<22} {:>11} {:>10} {:>8} {:>7} {:>9} {:>9} {:>6}\n",
+        "stage", "msg/s", "received", "dead", "errors", "p50 µs", "p99 µs", "busy"
+    ));
+    let bottleneck = stats.bottleneck().map(|b| b.name.clone());
+    for (s, rate) in stats.stages().iter().zip(rates) {
+        let p = s.per_message.summary();
+        let errors: u64 = s.errors().values().sum();
+        let mark = if bottleneck.as_deref() == Some(s.name.as_str()) { " *" } else { "" };
+        out.push_str(&format!(
+            "{:<22} {:>11.0} {:>10} {:>8} {:>7} {:>9} {:>9} {:>5.0}%{mark}\n",
+            s.name,
+            rate,
+            s.received(),
+            s.dead_lettered(),
+            errors,
+            p.p50_us,
+            p.p99_us,
+            s.busy().as_secs_f64() / secs.max(1e-9) * 100.0
+        ));
+    }
+    let mut err = std::io::stderr().lock();
+    err.write_all(out.as_bytes()).ok();
+    err.flush().ok();
+    2 + stats.stages().len()
+}
