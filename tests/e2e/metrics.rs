@@ -97,3 +97,77 @@ path = "out.txt"
     assert!(screen.contains("\x1b[3F"), "the table is redrawn in place:\n{screen}");
     assert!(screen.contains("weir: 4000 in, 4000 out"), "{screen}");
 }
+
+/// GET `path` from `addr` over plain HTTP/1.0; the body, if it answered 200.
+fn http_get(addr: &str, path: &str) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).ok()?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").ok()?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).ok()?;
+    let (head, body) = text.split_once("\r\n\r\n")?;
+    head.starts_with("HTTP/1.0 200").then(|| body.to_owned()).or_else(|| head.starts_with("HTTP/1.1 200").then(|| body.to_owned()))
+}
+
+#[test]
+fn prometheus_metrics_are_served_while_running() {
+    let weir = Weir::new();
+    let dir = tempfile::tempdir().unwrap();
+    let p = pipeline_file(
+        dir.path(),
+        "prom.toml",
+        r#"[pipeline]
+name = "prom"
+
+[source]
+type = "generator"
+count = 6000
+rate = 2000
+
+[[stage]]
+name = "up"
+module = "{component:uppercase}"
+
+[[sink]]
+type = "file"
+path = "out.txt"
+"#,
+    );
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let addr = format!("127.0.0.1:{port}");
+    let mut run = weir
+        .cmd(&["run", p.to_str().unwrap(), "--drain", "--metrics-addr", &addr])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let started = std::time::Instant::now();
+    let body = loop {
+        let received = |b: &String| {
+            let line = b.lines().find(|l| l.starts_with("weir_stage_received_total{pipeline=\"prom\",stage=\"up\"} "))?;
+            line.rsplit_once(' ')?.1.parse::<u64>().ok()
+        };
+        if let Some(b) = http_get(&addr, "/metrics").filter(|b| received(b).is_some_and(|n| n > 0)) {
+            break b;
+        }
+        assert!(started.elapsed() < std::time::Duration::from_secs(30), "no metrics from {addr}");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    assert!(run.wait().unwrap().success());
+    // Every sample line is `name{labels} number`; the exposition ends with # EOF.
+    let mut names = std::collections::BTreeSet::new();
+    for line in body.lines().filter(|l| !l.starts_with('#')) {
+        let (series, value) = line.rsplit_once(' ').unwrap();
+        value.parse::<f64>().unwrap_or_else(|_| panic!("bad value in {line:?}"));
+        names.insert(series.split('{').next().unwrap().to_owned());
+    }
+    assert_eq!(body.lines().last(), Some("# EOF"));
+    for want in ["weir_source_received_total", "weir_stage_ok_total", "weir_stage_message_seconds_bucket", "weir_sink_written_total"] {
+        assert!(names.contains(want), "{want} missing from {names:?}");
+    }
+    assert!(
+        body.lines()
+            .any(|l| l.starts_with("weir_stage_message_seconds_bucket{") && l.contains("le=\"+Inf\"") && l.contains("stage=\"up\"")),
+        "{body}"
+    );
+}

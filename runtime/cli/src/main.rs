@@ -3,6 +3,7 @@
 mod bench;
 mod consume;
 mod live;
+mod metrics;
 mod produce;
 mod run;
 mod topics;

@@ -22,6 +22,10 @@ pub(crate) struct RunArgs {
     /// to this JSON file when it ends, also on Ctrl-C.
     #[arg(long, value_name = "FILE.json")]
     report: Option<PathBuf>,
+    /// Serve Prometheus metrics at http://ADDR/metrics while running
+    /// (e.g. 127.0.0.1:9464).
+    #[arg(long, value_name = "ADDR")]
+    metrics_addr: Option<std::net::SocketAddr>,
 }
 
 #[derive(Args)]
@@ -71,6 +75,10 @@ pub(crate) fn run(args: RunArgs, data_dir_flag: Option<PathBuf>) -> anyhow::Resu
         weir_engine::config::Source::Generator(g) => g.count,
         _ => None,
     };
+    if let Some(addr) = args.metrics_addr {
+        let bound = crate::metrics::serve(addr, &pipeline.name, stats.clone())?;
+        tracing::info!(%bound, "metrics at http://{bound}/metrics");
+    }
     let live = crate::live::LiveView::start(stats, total);
     tracing::info!(pipeline = %pipeline.name, data_dir = %dir.display(), drain = args.drain, "pipeline starting");
     let stats = engine.run(&pipeline, &queue, &options).with_context(|| format!("pipeline `{}`", pipeline.name))?;

@@ -36,6 +36,21 @@ impl Latency {
         }
     }
 
+    /// Samples per bucket (not cumulative) for upper bounds `bounds_us`, the
+    /// rest in a last bucket; the sample count; and their sum in µs.
+    pub fn buckets(&self, bounds_us: &[u64]) -> (Vec<u64>, u64, f64) {
+        let h = self.0.lock().unwrap();
+        let mut out = Vec::with_capacity(bounds_us.len() + 1);
+        let mut below = 0;
+        for &b in bounds_us {
+            let upto = if h.is_empty() { 0 } else { h.count_between(0, b) };
+            out.push(upto - below);
+            below = upto;
+        }
+        out.push(h.len() - below);
+        (out, h.len(), h.mean() * h.len() as f64)
+    }
+
     /// Percentiles so far.
     pub fn summary(&self) -> LatencySummary {
         let h = self.0.lock().unwrap();

@@ -1,0 +1,159 @@
+//! `--metrics-addr`: the run's figures in the Prometheus / OpenMetrics text
+//! format at `/metrics`, encoded by prometheus-client from the engine's
+//! counters and histograms at each scrape, served by axum.
+//!
+//! Names (stable; see the README): `weir_source_*`, `weir_stage_*{stage}`,
+//! `weir_sink_*`; latencies are histograms in seconds.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Context;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric, NoLabelSet};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::registry::Registry;
+use weir_engine::{Latency, PipelineStats};
+
+/// Histogram bucket upper bounds, in µs: 10 µs to 10 s.
+const BUCKETS_US: [u64; 13] = [10, 50, 100, 500, 1_000, 5_000, 10_000, 50_000, 100_000, 500_000, 1_000_000, 5_000_000, 10_000_000];
+
+#[derive(Debug)]
+struct StatsCollector {
+    pipeline: String,
+    stats: Arc<PipelineStats>,
+}
+
+type Labels = Vec<(String, String)>;
+
+fn counter(e: &mut DescriptorEncoder, name: &str, help: &str, series: &[(Labels, u64)]) -> std::fmt::Result {
+    let mut m = e.encode_descriptor(name, help, None, MetricType::Counter)?;
+    for (labels, v) in series {
+        ConstCounter::new(*v).encode(m.encode_family(labels)?)?;
+    }
+    Ok(())
+}
+
+fn histogram(e: &mut DescriptorEncoder, name: &str, help: &str, series: &[(Labels, &Latency)]) -> std::fmt::Result {
+    let mut m = e.encode_descriptor(name, help, None, MetricType::Histogram)?;
+    let bounds: Vec<f64> = BUCKETS_US.iter().map(|&us| us as f64 / 1e6).chain([f64::MAX]).collect();
+    for (labels, latency) in series {
+        let (counts, count, sum_us) = latency.buckets(&BUCKETS_US);
+        let buckets: Vec<(f64, u64)> = bounds.iter().copied().zip(counts).collect();
+        m.encode_family(labels)?.encode_histogram::<NoLabelSet>(sum_us / 1e6, count, &buckets, None)?;
+    }
+    Ok(())
+}
+
+impl Collector for StatsCollector {
+    fn encode(&self, mut e: DescriptorEncoder) -> std::fmt::Result {
+        let r = self.stats.report(&self.pipeline);
+        let p = || vec![("pipeline".to_owned(), self.pipeline.clone())];
+        let stage = |name: &str| vec![("pipeline".to_owned(), self.pipeline.clone()), ("stage".to_owned(), name.to_owned())];
+        counter(
+            &mut e,
+            "weir_source_received",
+            "Deliveries taken from the source (redeliveries count again).",
+            &[(p(), r.source.received)],
+        )?;
+        counter(&mut e, "weir_source_acked", "Source messages acknowledged (done or dead-lettered).", &[(p(), r.source.acked)])?;
+        counter(&mut e, "weir_source_retried", "Source messages handed back to be retried.", &[(p(), r.source.retried)])?;
+        counter(
+            &mut e,
+            "weir_source_released",
+            "Source messages redone because state they read was rolled back.",
+            &[(p(), r.source.released)],
+        )?;
+        histogram(
+            &mut e,
+            "weir_source_wait_seconds",
+            "Fetch time minus the time the queue appended the message.",
+            &[(p(), &self.stats.source_wait)],
+        )?;
+        let per = |f: &dyn Fn(&weir_engine::StageReport) -> u64| -> Vec<(Labels, u64)> {
+            r.stages.iter().map(|s| (stage(&s.name), f(s))).collect()
+        };
+        counter(&mut e, "weir_stage_received", "Messages handed to the stage.", &per(&|s| s.received))?;
+        counter(&mut e, "weir_stage_ok", "Messages the stage handled successfully.", &per(&|s| s.ok))?;
+        counter(&mut e, "weir_stage_emitted", "Outputs the stage returned.", &per(&|s| s.emitted))?;
+        counter(&mut e, "weir_stage_retried", "Messages that failed at the stage and will be retried.", &per(&|s| s.retried))?;
+        counter(&mut e, "weir_stage_rejected", "Messages the stage rejected.", &per(&|s| s.rejected))?;
+        counter(&mut e, "weir_stage_dead_lettered", "Messages dead-lettered at the stage.", &per(&|s| s.dead_lettered))?;
+        counter(
+            &mut e,
+            "weir_stage_abandoned",
+            "Results dropped because a sibling from the same source message failed.",
+            &per(&|s| s.abandoned),
+        )?;
+        counter(&mut e, "weir_stage_bytes_in", "Payload bytes handed to the stage.", &per(&|s| s.bytes_in))?;
+        counter(&mut e, "weir_stage_bytes_out", "Payload bytes the stage emitted.", &per(&|s| s.bytes_out))?;
+        let errors: Vec<(Labels, u64)> = r
+            .stages
+            .iter()
+            .flat_map(|s| s.errors.iter().map(|(k, v)| ([stage(&s.name), vec![("kind".to_owned(), k.clone())]].concat(), *v)))
+            .collect();
+        counter(&mut e, "weir_stage_errors", "Failures by kind: trap, timeout, memory, fuel, output, contract, instantiate.", &errors)?;
+        let custom: Vec<(Labels, u64)> = r
+            .stages
+            .iter()
+            .flat_map(|s| s.custom.iter().map(|(k, v)| ([stage(&s.name), vec![("name".to_owned(), k.clone())]].concat(), *v)))
+            .collect();
+        counter(&mut e, "weir_stage_custom", "The guest's own counters (counter-add).", &custom)?;
+        let stages = self.stats.stages();
+        let hist = |f: &dyn Fn(&weir_engine::StageStats) -> &Latency| -> Vec<(Labels, &Latency)> {
+            stages.iter().map(|s| (stage(&s.name), f(s))).collect()
+        };
+        histogram(&mut e, "weir_stage_message_seconds", "Call time per message.", &hist(&|s| &s.per_message))?;
+        histogram(&mut e, "weir_stage_call_seconds", "Time of one handle-batch call.", &hist(&|s| &s.per_call))?;
+        histogram(&mut e, "weir_stage_queue_wait_seconds", "Time a batch waited before the stage took it.", &hist(&|s| &s.queue_wait))?;
+        histogram(&mut e, "weir_stage_end_to_end_seconds", "Producer timestamp to the stage (ms resolution).", &hist(&|s| &s.end_to_end))?;
+        counter(&mut e, "weir_sink_written", "Messages written by the sinks (each sink counts).", &[(p(), r.sink.written)])?;
+        counter(&mut e, "weir_sink_dead_lettered", "Dead letters written.", &[(p(), r.sink.dead_lettered)])?;
+        histogram(
+            &mut e,
+            "weir_sink_end_to_end_seconds",
+            "Producer timestamp to durable output (ms resolution).",
+            &[(p(), &self.stats.sink_end_to_end)],
+        )?;
+        Ok(())
+    }
+}
+
+/// Serve `/metrics` on `addr` from a thread of its own for the rest of the
+/// process. Fails at once if the address cannot be bound.
+pub(crate) fn serve(addr: SocketAddr, pipeline: &str, stats: Arc<PipelineStats>) -> anyhow::Result<SocketAddr> {
+    let mut registry = Registry::default();
+    registry.register_collector(Box::new(StatsCollector { pipeline: pipeline.to_owned(), stats }));
+    let registry = Arc::new(registry);
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let listener = rt.block_on(tokio::net::TcpListener::bind(addr)).with_context(|| format!("--metrics-addr {addr}"))?;
+    let bound = listener.local_addr()?;
+    let app = axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(move || {
+            let registry = registry.clone();
+            async move {
+                let mut body = String::new();
+                match prometheus_client::encoding::text::encode(&mut body, &registry) {
+                    Ok(()) => (
+                        axum::http::StatusCode::OK,
+                        [(axum::http::header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+                        body,
+                    ),
+                    Err(_) => (
+                        axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+                        [(axum::http::header::CONTENT_TYPE, "text/plain")],
+                        "encoding failed".to_owned(),
+                    ),
+                }
+            }
+        }),
+    );
+    std::thread::Builder::new().name("weir-metrics".into()).spawn(move || {
+        if let Err(e) = rt.block_on(async move { axum::serve(listener, app).await }) {
+            tracing::error!(error = %e, "metrics endpoint stopped");
+        }
+    })?;
+    Ok(bound)
+}
