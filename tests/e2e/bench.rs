@@ -51,3 +51,25 @@ fn bench_host_compares_against_bare_wasmtime() {
         assert!(n > 0.0, "{value}");
     }
 }
+
+#[test]
+fn bench_a_pipeline_writes_a_report_with_series_and_a_chart() {
+    crate::component("uppercase");
+    let weir = Weir::new();
+    let dir = tempfile::tempdir().unwrap();
+    let (report, chart) = (dir.path().join("r.json"), dir.path().join("c.svg"));
+    let args = ["bench", "examples/pipelines/hello.toml", "--messages", "3000", "--size", "50"];
+    weir.ok(&[&args[..], &["--report", report.to_str().unwrap(), "--chart", chart.to_str().unwrap()]].concat(), b"");
+    let r: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+    assert_eq!(r["stages"][0]["name"], "uppercase");
+    assert_eq!(r["stages"][0]["received"], 3000);
+    assert_eq!(r["sink"]["written"], 6000, "two sinks");
+    let series = r["series"].as_array().unwrap();
+    assert!(!series.is_empty());
+    let seen: f64 = series.iter().map(|p| p["msgs_per_s"].as_f64().unwrap()).sum();
+    assert!(seen > 0.0);
+    let svg = std::fs::read_to_string(&chart).unwrap();
+    assert!(svg.starts_with("<svg") && svg.contains("uppercase") && svg.contains("<polyline"), "{svg}");
+    // The user's data directory is left alone: the run used a scratch one.
+    assert!(weir.output(&["topics", "describe", "hello-out"], b"").stdout.is_empty());
+}

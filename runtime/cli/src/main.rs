@@ -40,9 +40,9 @@ enum Command {
     /// List, create and describe topics.
     #[command(subcommand)]
     Topics(topics::TopicsCommand),
-    /// Benchmarks: figures and ratios against a baseline measured in the same run.
-    #[command(subcommand)]
-    Bench(bench::BenchCommand),
+    /// Benchmarks: a pipeline fed by a generator (`weir bench PIPELINE.toml`),
+    /// or figures and ratios against a baseline measured in the same run.
+    Bench(bench::BenchArgs),
 }
 
 /// The data directory: `--data-dir`/`WEIR_DATA_DIR`, else the pipeline's, else `./.weir`.

@@ -35,7 +35,7 @@ pub(crate) struct ValidateArgs {
 }
 
 /// Load and fully check a pipeline: config, then every component.
-fn load(path: &Path) -> anyhow::Result<(Engine, Pipeline)> {
+pub(crate) fn load(path: &Path) -> anyhow::Result<(Engine, Pipeline)> {
     let report = |errors: weir_engine::ConfigErrors| {
         for e in &errors.0 {
             eprintln!("error: {e}");
@@ -121,7 +121,7 @@ fn install_signal_handlers(stop: Arc<AtomicBool>) {
         .expect("spawn signal thread");
 }
 
-fn print_summary(r: &Report) {
+pub(crate) fn print_summary(r: &Report) {
     let out: u64 = r.sink.written;
     eprintln!("weir: {} in, {out} out, {} dead-lettered in {:.2}s", r.source.received, r.sink.dead_lettered, r.elapsed_s);
     if r.stages.is_empty() {

@@ -51,6 +51,11 @@ impl Latency {
         (out, h.len(), h.mean() * h.len() as f64)
     }
 
+    /// A copy of the distribution so far (for windows: subtract an earlier copy).
+    pub fn snapshot(&self) -> Histogram<u64> {
+        self.0.lock().unwrap().clone()
+    }
+
     /// Percentiles so far.
     pub fn summary(&self) -> LatencySummary {
         let h = self.0.lock().unwrap();

@@ -10,6 +10,17 @@ use serde::Serialize;
 use weir_queue::{ConsumerOptions, Fsync, Queue, Record, TopicConfig};
 
 mod nats;
+mod pipeline;
+
+/// `weir bench PIPELINE.toml [...]`, or one of the named benchmarks.
+#[derive(Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub(crate) struct BenchArgs {
+    #[command(subcommand)]
+    command: Option<BenchCommand>,
+    #[command(flatten)]
+    pipeline: pipeline::PipelineArgs,
+}
 
 #[derive(Subcommand)]
 pub(crate) enum BenchCommand {
@@ -159,7 +170,8 @@ impl QueueResult {
     }
 }
 
-pub(crate) fn bench(cmd: BenchCommand) -> anyhow::Result<()> {
+pub(crate) fn bench(args: BenchArgs) -> anyhow::Result<()> {
+    let Some(cmd) = args.command else { return pipeline::bench(&args.pipeline) };
     match cmd {
         BenchCommand::Queue(args) => bench_queue(&args),
         BenchCommand::Host(args) => bench_host(&args),
