@@ -128,6 +128,8 @@ pub(crate) fn bench(args: &PipelineArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+type Panel<'a> = DrawingArea<SVGBackend<'a>, plotters::coord::Shift>;
+
 /// Throughput (top) and p99 per message (bottom) over time, a line per stage.
 fn draw(path: &std::path::Path, name: &str, series: &[Point]) -> anyhow::Result<()> {
     let root = SVGBackend::new(path, (1000, 720)).into_drawing_area();
@@ -141,23 +143,26 @@ fn draw(path: &std::path::Path, name: &str, series: &[Point]) -> anyhow::Result<
         }
     }
     let t_max = series.iter().map(|p| p.t).fold(0.1, f64::max);
-    let panels: [(&DrawingArea<SVGBackend, plotters::coord::Shift>, &str, fn(&Point) -> f64); 2] =
-        [(&top, "messages/s", |p| p.msgs_per_s), (&bottom, "p99 per message (µs)", |p| p.p99_us as f64)];
-    for (area, label, value) in panels {
-        let y_max = series.iter().map(value).fold(1.0, f64::max) * 1.1;
-        let mut chart =
-            ChartBuilder::on(area).margin(12).x_label_area_size(36).y_label_area_size(80).build_cartesian_2d(0.0..t_max, 0.0..y_max)?;
-        chart.configure_mesh().x_desc("seconds").y_desc(label).draw()?;
-        for (i, stage) in stages.iter().enumerate() {
-            let color = Palette99::pick(i).to_rgba();
-            let line: Vec<(f64, f64)> = series.iter().filter(|p| p.stage == *stage).map(|p| (p.t, value(p))).collect();
-            chart
-                .draw_series(LineSeries::new(line, color.stroke_width(2)))?
-                .label(*stage)
-                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], color.stroke_width(2)));
-        }
-        chart.configure_series_labels().background_style(WHITE.mix(0.8)).border_style(BLACK).draw()?;
-    }
+    panel(&top, "messages/s", |p| p.msgs_per_s, series, &stages, t_max)?;
+    panel(&bottom, "p99 per message (µs)", |p| p.p99_us as f64, series, &stages, t_max)?;
     root.present()?;
+    Ok(())
+}
+
+/// One chart: `value` over time, a line per stage.
+fn panel(area: &Panel, label: &str, value: fn(&Point) -> f64, series: &[Point], stages: &[&str], t_max: f64) -> anyhow::Result<()> {
+    let y_max = series.iter().map(value).fold(1.0, f64::max) * 1.1;
+    let mut chart =
+        ChartBuilder::on(area).margin(12).x_label_area_size(36).y_label_area_size(80).build_cartesian_2d(0.0..t_max, 0.0..y_max)?;
+    chart.configure_mesh().x_desc("seconds").y_desc(label).draw()?;
+    for (i, stage) in stages.iter().enumerate() {
+        let color = Palette99::pick(i).to_rgba();
+        let line: Vec<(f64, f64)> = series.iter().filter(|p| p.stage == *stage).map(|p| (p.t, value(p))).collect();
+        chart
+            .draw_series(LineSeries::new(line, color.stroke_width(2)))?
+            .label(*stage)
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], color.stroke_width(2)));
+    }
+    chart.configure_series_labels().background_style(WHITE.mix(0.8)).border_style(BLACK).draw()?;
     Ok(())
 }
