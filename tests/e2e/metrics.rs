@@ -77,7 +77,7 @@ name = "live"
 [source]
 type = "generator"
 count = 4000
-rate = 2000
+rate = 1000
 
 [[stage]]
 name = "up"
@@ -88,6 +88,7 @@ type = "file"
 path = "out.txt"
 "#,
     );
+    // About four seconds, so several redraws whatever the machine's load.
     // `script` runs weir on a pseudo-terminal, as a user at a shell would.
     let cmd = format!("{} run {} --drain --data-dir {}", Weir::bin().display(), p.display(), weir.data.path().display());
     let out = std::process::Command::new("script").args(["-qec", &cmd, "/dev/null"]).env("WEIR_LOG", "warn").output().unwrap();
@@ -170,4 +171,18 @@ path = "out.txt"
             .any(|l| l.starts_with("weir_stage_message_seconds_bucket{") && l.contains("le=\"+Inf\"") && l.contains("stage=\"up\"")),
         "{body}"
     );
+}
+
+#[test]
+fn a_queue_source_reports_its_lag_per_partition() {
+    let weir = Weir::new();
+    weir.ok(&["topics", "create", "hello", "--partitions", "3"], b"");
+    weir.produce("hello", &["a", "b", "c", "d", "e"]);
+    let dir = tempfile::tempdir().unwrap();
+    let report = dir.path().join("r.json");
+    weir.ok(&["run", "examples/pipelines/hello.toml", "--drain", "--report", report.to_str().unwrap()], b"");
+    let r: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+    assert_eq!(r["source"]["received"], 5);
+    assert_eq!(r["source"]["lag"].as_array().unwrap().len(), 3, "one figure per partition: {r:#}");
+    assert_eq!(r["source"]["in_flight"], 0);
 }

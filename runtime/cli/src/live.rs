@@ -96,7 +96,15 @@ fn draw(stats: &PipelineStats, rates: &[f64], total: Option<u64>, drawn: usize) 
                 frac * 100.0
             ));
         }
-        _ => out.push_str(&format!("{received} in, {} out, {} dead-lettered  {secs:.0}s\n", stats.written(), stats.dead_lettered())),
+        _ => {
+            let lag: u64 = stats.lag().iter().sum();
+            out.push_str(&format!(
+                "{received} in, {} out, {} dead-lettered, {} in flight, lag {lag}  {secs:.0}s\n",
+                stats.written(),
+                stats.dead_lettered(),
+                stats.in_flight()
+            ));
+        }
     }
     out.push_str(&format!(
         "{:<22} {:>11} {:>10} {:>8} {:>7} {:>9} {:>9} {:>6}\n",

@@ -13,6 +13,7 @@ use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric, NoLabelSet};
 use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::Registry;
 use weir_engine::{Latency, PipelineStats};
 
@@ -31,6 +32,14 @@ fn counter(e: &mut DescriptorEncoder, name: &str, help: &str, series: &[(Labels,
     let mut m = e.encode_descriptor(name, help, None, MetricType::Counter)?;
     for (labels, v) in series {
         ConstCounter::new(*v).encode(m.encode_family(labels)?)?;
+    }
+    Ok(())
+}
+
+fn gauge(e: &mut DescriptorEncoder, name: &str, help: &str, series: &[(Labels, u64)]) -> std::fmt::Result {
+    let mut m = e.encode_descriptor(name, help, None, MetricType::Gauge)?;
+    for (labels, v) in series {
+        ConstGauge::new(*v as i64).encode(m.encode_family(labels)?)?;
     }
     Ok(())
 }
@@ -65,6 +74,10 @@ impl Collector for StatsCollector {
             "Source messages redone because state they read was rolled back.",
             &[(p(), r.source.released)],
         )?;
+        let lag: Vec<(Labels, u64)> =
+            r.source.lag.iter().enumerate().map(|(i, l)| ([p(), vec![("partition".to_owned(), i.to_string())]].concat(), *l)).collect();
+        gauge(&mut e, "weir_source_lag", "Per partition: log end minus the group's committed offset.", &lag)?;
+        gauge(&mut e, "weir_source_in_flight", "Source messages delivered and not yet settled.", &[(p(), r.source.in_flight)])?;
         histogram(
             &mut e,
             "weir_source_wait_seconds",

@@ -110,6 +110,22 @@ impl Feed {
         }
     }
 
+    /// Per partition, log end minus committed offset; `None` for ephemeral feeds.
+    pub(crate) fn lag(&self) -> Option<Vec<u64>> {
+        match self {
+            Feed::Queue(c) => Some(c.committed_lag()),
+            Feed::Memory(_) => None,
+        }
+    }
+
+    /// Delivered and not yet settled.
+    pub(crate) fn in_flight(&self) -> usize {
+        match self {
+            Feed::Queue(c) => c.in_flight(),
+            Feed::Memory(m) => m.in_flight.len(),
+        }
+    }
+
     /// Nothing more to read and nothing unsettled.
     pub(crate) fn is_settled(&self) -> bool {
         match self {

@@ -267,6 +267,7 @@ impl SourceWorker<'_> {
             if settled {
                 self.feed.commit()?;
             }
+            self.stats.set_source_state(self.feed.lag(), self.feed.in_flight());
             if self.options.stop.load(Ordering::Relaxed) {
                 return Ok(());
             }

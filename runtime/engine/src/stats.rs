@@ -210,6 +210,8 @@ pub struct PipelineStats {
     dead_lettered: AtomicU64,
     /// At the source: fetch time minus the time the queue appended the message.
     pub source_wait: Latency,
+    lag: Mutex<Vec<u64>>,
+    in_flight: AtomicU64,
     /// At the sink: time from the producer's timestamp to the output being durable.
     pub sink_end_to_end: Latency,
     stages: Vec<Arc<StageStats>>,
@@ -231,6 +233,8 @@ impl PipelineStats {
             sink_written: AtomicU64::new(0),
             dead_lettered: AtomicU64::new(0),
             source_wait: Latency::default(),
+            lag: Mutex::new(Vec::new()),
+            in_flight: AtomicU64::new(0),
             sink_end_to_end: Latency::default(),
             stages: names.into_iter().map(|name| Arc::new(StageStats { name, ..StageStats::default() })).collect(),
         }
@@ -251,9 +255,25 @@ impl PipelineStats {
         self.released.fetch_add(released as u64, Relaxed);
     }
 
+    pub(crate) fn set_source_state(&self, lag: Option<Vec<u64>>, in_flight: usize) {
+        if let Some(lag) = lag {
+            *self.lag.lock().unwrap() = lag;
+        }
+        self.in_flight.store(in_flight as u64, Relaxed);
+    }
+
     /// Deliveries taken from the source (redeliveries count again).
     pub fn received(&self) -> u64 {
         self.source_received.load(Relaxed)
+    }
+    /// Per partition of a queue source: log end minus the group's committed
+    /// offset, as of the source's last loop (empty for other sources).
+    pub fn lag(&self) -> Vec<u64> {
+        self.lag.lock().unwrap().clone()
+    }
+    /// Source messages delivered and not yet settled.
+    pub fn in_flight(&self) -> u64 {
+        self.in_flight.load(Relaxed)
     }
     /// Messages written by the sinks (each sink counts).
     pub fn written(&self) -> u64 {
@@ -292,6 +312,8 @@ impl PipelineStats {
                 released: self.released.load(Relaxed),
                 msgs_per_s: rate(self.received()),
                 wait: self.source_wait.summary(),
+                lag: self.lag(),
+                in_flight: self.in_flight(),
             },
             stages: self
                 .stages
@@ -355,6 +377,10 @@ pub struct SourceReport {
     pub msgs_per_s: f64,
     /// Fetch time minus append time.
     pub wait: LatencySummary,
+    /// Per partition: log end minus committed offset (queue sources).
+    pub lag: Vec<u64>,
+    /// Delivered, not yet settled.
+    pub in_flight: u64,
 }
 
 /// One stage's figures. `received = ok + retried + dead_lettered + abandoned`.

@@ -231,6 +231,12 @@ impl Consumer {
         (0..self.parts.len()).map(|p| self.topic.visible_end(p as u32).saturating_sub(self.parts[p].frontier)).sum()
     }
 
+    /// Per partition: the visible log end minus the group's committed offset
+    /// (what a restart would deliver again or for the first time).
+    pub fn committed_lag(&self) -> Vec<u64> {
+        (0..self.parts.len()).map(|p| self.topic.visible_end(p as u32).saturating_sub(self.parts[p].committed)).collect()
+    }
+
     /// True when every stored message has been acknowledged and nothing is in
     /// flight or waiting for redelivery.
     pub fn is_settled(&self) -> bool {
