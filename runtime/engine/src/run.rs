@@ -747,7 +747,11 @@ impl SinkWorker<'_> {
                 continue;
             }
             let takers: Vec<usize> = (0..sinks.len()).filter(|&i| sinks[i].from.as_ref() == Some(&topic)).collect();
-            if let Some((name, _)) = self.pipeline.topics.get_key_value(&topic) {
+            let declared = self.pipeline.topics.get_key_value(&topic).map(|(name, _)| name.as_str());
+            // The output itself goes to the topic unless sinks need it too.
+            let (rec, msg) = if takers.is_empty() {
+                (Record { key: out.key, headers: out.headers, payload: out.payload, timestamp_ms: None, id: None }, None)
+            } else {
                 let rec = Record {
                     key: out.key.clone(),
                     headers: out.headers.clone(),
@@ -755,9 +759,14 @@ impl SinkWorker<'_> {
                     timestamp_ms: None,
                     id: None,
                 };
+                (rec, Some(routed_message(o, topic, out)))
+            };
+            if let Some(name) = declared {
                 by_topic.entry(name).or_default().push(rec);
             }
-            fan_out(&mut per_sink, &takers, routed_message(o, topic, out));
+            if let Some(msg) = msg {
+                fan_out(&mut per_sink, &takers, msg);
+            }
         }
 
         let source_topic = self.pipeline.source.name();
