@@ -59,9 +59,18 @@ topic = "out"
     );
     weir.produce("in", &["ok-1", "loop", "ok-2", "trap", "alloc", "recurse", "big", "big:104857600", "retry", "reject", "ok-3"]);
     let started = Instant::now();
-    weir.ok(&["run", p.to_str().unwrap(), "--drain"], b"");
+    let report = dir.path().join("report.json");
+    weir.ok(&["run", p.to_str().unwrap(), "--drain", "--report", report.to_str().unwrap()], b"");
     assert!(started.elapsed() < Duration::from_secs(60));
     assert_eq!(weir.consume_all("out"), ["ok-1", "ok-2", "ok-3"]);
+    let r: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+    let stage = &r["stages"][0];
+    assert_eq!(stage["instances"], 1);
+    // Five messages kill their instance, twice each (two attempts).
+    assert!(stage["instances_replaced"].as_u64().unwrap() >= 10, "{stage:#}");
+    for kind in ["timeout", "trap", "memory", "output"] {
+        assert!(stage["errors"][kind].as_u64().unwrap() > 0, "{kind} not counted: {stage:#}");
+    }
 
     let dead = weir.consume_json("h.dlq");
     let mut kinds: Vec<(String, String, String)> = dead

@@ -99,6 +99,13 @@ impl Collector for StatsCollector {
             "Results dropped because a sibling from the same source message failed.",
             &per(&|s| s.abandoned),
         )?;
+        gauge(&mut e, "weir_stage_instances", "Instances the stage runs (its concurrency).", &per(&|s| s.instances))?;
+        counter(
+            &mut e,
+            "weir_stage_instances_replaced",
+            "Instances replaced after a trap, timeout or limit.",
+            &per(&|s| s.instances_replaced),
+        )?;
         counter(&mut e, "weir_stage_bytes_in", "Payload bytes handed to the stage.", &per(&|s| s.bytes_in))?;
         counter(&mut e, "weir_stage_bytes_out", "Payload bytes the stage emitted.", &per(&|s| s.bytes_out))?;
         let errors: Vec<(Labels, u64)> = r

@@ -200,6 +200,7 @@ pub(crate) fn run(pipeline: &Pipeline, queue: &Queue, prepared: Prepared, option
             let (tx, next_rx) = sync_channel::<Batch>(CHANNEL_DEPTH);
             let stage_stats = stats.stage(i);
             stage_stats.custom.set(ctx.shared_counters()).ok();
+            stage_stats.set_instances(instances.len());
             let worker = StageWorker { index: i, spec, component, ctx, instances, stats: stage_stats };
             let input = std::mem::replace(&mut rx, next_rx);
             handles.push(scope.spawn(move || worker.run(input, tx)));
@@ -472,7 +473,14 @@ impl Caller<'_> {
     /// One call, timed.
     fn call(&self, inst: &mut Instance, batch: &[Message]) -> Result<Vec<MessageResult>, weir_host::Error> {
         let started = Instant::now();
-        let result = call_one(self.component, self.ctx, inst, batch);
+        if inst.is_poisoned() {
+            *inst = self.component.instantiate(self.ctx)?;
+            self.stats.add_replaced();
+        }
+        let result = inst.handle_batch(batch);
+        if let Err(e) = &result {
+            tracing::warn!(stage = %self.ctx.stage, error = %e, messages = batch.len(), "stage call failed; replacing the instance");
+        }
         let took = started.elapsed();
         self.stats.per_call.record_n(took, 1);
         self.stats.per_message.record_n(took / batch.len().max(1) as u32, batch.len() as u64);
@@ -549,22 +557,6 @@ fn host_failure(stats: &StageStats, e: weir_host::Error) -> CallFailure {
     };
     stats.add_error(kind);
     CallFailure { failure: Failure::Retry(e.to_string()), kind }
-}
-
-fn call_one(
-    component: &weir_host::Stage,
-    ctx: &StageContext,
-    inst: &mut Instance,
-    batch: &[Message],
-) -> Result<Vec<MessageResult>, weir_host::Error> {
-    if inst.is_poisoned() {
-        *inst = component.instantiate(ctx)?;
-    }
-    let result = inst.handle_batch(batch);
-    if let Err(e) = &result {
-        tracing::warn!(stage = %ctx.stage, error = %e, messages = batch.len(), "stage call failed; replacing the instance");
-    }
-    result
 }
 
 struct SinkWorker<'a> {

@@ -114,6 +114,8 @@ pub struct StageStats {
     bytes_in: AtomicU64,
     bytes_out: AtomicU64,
     busy_ns: AtomicU64,
+    instances: AtomicU64,
+    replaced: AtomicU64,
     errors: Mutex<BTreeMap<&'static str, u64>>,
     pub(crate) custom: OnceLock<Arc<Counters>>,
     /// Call time divided by the messages in the call.
@@ -144,6 +146,12 @@ impl StageStats {
         if rejected {
             self.rejected.fetch_add(1, Relaxed);
         }
+    }
+    pub(crate) fn set_instances(&self, n: usize) {
+        self.instances.store(n as u64, Relaxed);
+    }
+    pub(crate) fn add_replaced(&self) {
+        self.replaced.fetch_add(1, Relaxed);
     }
     pub(crate) fn add_abandoned(&self) {
         self.abandoned.fetch_add(1, Relaxed);
@@ -178,6 +186,14 @@ impl StageStats {
     /// Messages dead-lettered by this stage: rejected, out of attempts, over a limit.
     pub fn dead_lettered(&self) -> u64 {
         self.dead_lettered.load(Relaxed)
+    }
+    /// Instances the stage runs (its `concurrency`).
+    pub fn instances(&self) -> u64 {
+        self.instances.load(Relaxed)
+    }
+    /// Instances discarded after a trap, timeout or limit and replaced.
+    pub fn replaced(&self) -> u64 {
+        self.replaced.load(Relaxed)
     }
     /// Results dropped because another message from the same source
     /// message failed here first.
@@ -331,6 +347,10 @@ impl PipelineStats {
                     bytes_in: s.bytes_in.load(Relaxed),
                     bytes_out: s.bytes_out.load(Relaxed),
                     msgs_per_s: rate(s.received()),
+                    bytes_in_per_s: rate(s.bytes_in.load(Relaxed)),
+                    bytes_out_per_s: rate(s.bytes_out.load(Relaxed)),
+                    instances: s.instances(),
+                    instances_replaced: s.replaced(),
                     busy_share: s.busy().as_secs_f64() / secs,
                     per_message: s.per_message.summary(),
                     per_call: s.per_call.summary(),
@@ -410,6 +430,14 @@ pub struct StageReport {
     pub bytes_out: u64,
     /// Average messages per second over the run.
     pub msgs_per_s: f64,
+    /// Average payload bytes per second in.
+    pub bytes_in_per_s: f64,
+    /// Average payload bytes per second out.
+    pub bytes_out_per_s: f64,
+    /// Instances the stage runs.
+    pub instances: u64,
+    /// Instances replaced after a trap, timeout or limit.
+    pub instances_replaced: u64,
     /// Share of the run's wall time spent handling batches (can exceed 1 with concurrency).
     pub busy_share: f64,
     /// Call time per message.
