@@ -11,7 +11,7 @@ use anyhow::Context;
 use clap::Args;
 use plotters::prelude::*;
 use serde::Serialize;
-use weir_engine::config::{Generator, Source};
+use weir_engine::config::{Generator, Sink, Source};
 use weir_engine::{PipelineStats, Report, RunOptions};
 
 #[derive(Args)]
@@ -102,6 +102,14 @@ pub(crate) fn bench(args: &PipelineArgs) -> anyhow::Result<()> {
     let (engine, mut pipeline) = crate::run::load(path)?;
     pipeline.source = Source::Generator(Generator { count: Some(args.messages), size: args.size, rate: args.rate, keys: args.keys });
     let dir = tempfile::tempdir()?;
+    // Outputs stay in the scratch directory too: file and stdout sinks write
+    // files there, so a benchmark neither floods the terminal nor touches
+    // the user's files (queue sinks go to the scratch data directory).
+    for (i, sink) in pipeline.sinks.iter_mut().enumerate() {
+        if let Sink::File { json, .. } | Sink::Stdout { json } = sink.kind {
+            sink.kind = Sink::File { path: dir.path().join(format!("sink-{i}.out")), json };
+        }
+    }
     let queue = weir_queue::Queue::open(dir.path().join("data"))?;
     let stats = PipelineStats::for_pipeline(&pipeline);
     let done = Arc::new(AtomicBool::new(false));
