@@ -220,6 +220,9 @@ impl Runtime {
         pooling.total_memories(1000);
         pooling.total_tables(1000);
         pooling.max_memory_size(1 << 32);
+        pooling.pagemap_scan(wasmtime::Enabled::Auto);
+        pooling.linear_memory_keep_resident(2 << 20);
+        pooling.table_keep_resident(64 << 10);
         let mut pooled = config.clone();
         pooled.allocation_strategy(wasmtime::InstanceAllocationStrategy::Pooling(pooling));
         match Engine::new(&pooled) {
