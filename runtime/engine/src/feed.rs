@@ -11,12 +11,14 @@
 use std::collections::{BTreeMap, HashMap};
 use std::io::BufRead;
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TryRecvError, sync_channel};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use weir_queue::{Consumer, Delivery, DeliveryId, Queue, Record, StoredRecord};
 
 use crate::Result;
 use crate::config::{Generator, Source};
+use crate::run::DeadLetter;
+use crate::stats::now_ms;
 
 /// Lines buffered between an ephemeral feed's reader thread and the pipeline.
 const READ_AHEAD: usize = 4096;
@@ -217,22 +219,11 @@ impl MemoryFeed {
     fn dead_letter_line(&self, offset: u64, line: Vec<u8>, reason: String) -> Result<()> {
         tracing::warn!(source = %self.name, line = offset + 1, %reason, "input line dead-lettered");
         let mut rec = Record::new(line);
-        for (k, v) in [
-            ("weir.reason", reason),
-            ("weir.error-kind", "source".to_owned()),
-            ("weir.stage", "source".to_owned()),
-            ("weir.source.topic", self.name.clone()),
-            ("weir.source.offset", offset.to_string()),
-        ] {
-            rec.headers.push((k.to_owned(), v.into_bytes()));
-        }
+        let id = DeliveryId { partition: 0, offset };
+        DeadLetter { stage: "source", kind: "source", reason, source: &self.name, id, attempt: 1 }.add_headers(&mut rec);
         self.dead_letter.0.publish(&self.dead_letter.1, &[rec])?;
         Ok(())
     }
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
 fn spawn_reader(name: &str, f: impl FnOnce() + Send + 'static) {

@@ -19,7 +19,7 @@
 //! state. A message whose id is in the store's applied set was already
 //! counted and is acknowledged without processing.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::Write;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, SyncSender, sync_channel};
@@ -27,7 +27,7 @@ use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant};
 
 use weir_host::{Failure, Instance, Message, MessageError, MessageResult, Output, PendingWrites, Runtime, StageContext};
-use weir_queue::{ConsumerOptions, DeliveryId, Queue, Record, StateStore, StateWrite};
+use weir_queue::{ConsumerOptions, DeliveryId, Queue, Record, StateStore, StateWrite, dlq_headers};
 
 use crate::config::{Pipeline, Sink, Source, StageSpec};
 use crate::feed::Feed;
@@ -206,8 +206,28 @@ pub(crate) fn run(pipeline: &Pipeline, queue: &Queue, prepared: Prepared, option
             handles.push(scope.spawn(move || worker.run(input, tx)));
         }
         let applied = if durable_ids { prepared.state.applied().clone() } else { HashSet::new() };
-        let sink =
-            SinkWorker { pipeline, queue: queue.clone(), state: prepared.state, durable_ids, files, stats: &stats, settle: settle_tx };
+        let source_name = pipeline.source.name();
+        let dlq_id_prefix = durable_ids.then(|| format!("dlq/{}/{source_name}", state_owner(pipeline).0));
+        let mut routes: HashMap<String, Vec<usize>> = HashMap::new();
+        for (i, s) in pipeline.sinks.iter().enumerate() {
+            if let Some(topic) = &s.from {
+                routes.entry(topic.clone()).or_default().push(i);
+            }
+        }
+        let main_sinks = (0..pipeline.sinks.len()).filter(|&i| pipeline.sinks[i].from.is_none()).collect();
+        let sink = SinkWorker {
+            pipeline,
+            queue: queue.clone(),
+            state: prepared.state,
+            durable_ids,
+            source_name,
+            dlq_id_prefix,
+            main_sinks,
+            routes,
+            files,
+            stats: &stats,
+            settle: settle_tx,
+        };
         let sink_handle = scope.spawn(move || sink.run(rx));
         let source = SourceWorker { feed, applied, options, stats: &stats, fetch_size, fill_wait, in_pipeline: 0 };
         let source_result = source.run(first_tx, settle_rx);
@@ -565,10 +585,47 @@ struct SinkWorker<'a> {
     state: StateStore,
     /// Source ids survive restarts: use the applied set and dead-letter ids.
     durable_ids: bool,
+    /// What dead letters name as their source.
+    source_name: String,
+    /// `dlq/GROUP/TOPIC`, the dead-letter id prefix the queue's consumer
+    /// uses too; `None` when source ids do not survive restarts.
+    dlq_id_prefix: Option<String>,
+    /// Sinks taking the last stage's outputs.
+    main_sinks: Vec<usize>,
+    /// Routed topic → the sinks taking it (`from`).
+    routes: HashMap<String, Vec<usize>>,
     /// One per sink; `Some` for file sinks.
     files: Vec<Option<std::fs::File>>,
     stats: &'a PipelineStats,
     settle: Sender<Settlement>,
+}
+
+/// Where and why a message was dead-lettered.
+pub(crate) struct DeadLetter<'a> {
+    pub(crate) stage: &'a str,
+    pub(crate) kind: &'a str,
+    pub(crate) reason: String,
+    /// The source's name (its topic, or `stdin`, ...).
+    pub(crate) source: &'a str,
+    pub(crate) id: DeliveryId,
+    pub(crate) attempt: u32,
+}
+
+impl DeadLetter<'_> {
+    /// Say it in `rec`'s headers, the same way for every dead letter.
+    pub(crate) fn add_headers(self, rec: &mut Record) {
+        for (k, v) in [
+            (dlq_headers::REASON, self.reason),
+            (dlq_headers::ERROR_KIND, self.kind.to_owned()),
+            (dlq_headers::STAGE, self.stage.to_owned()),
+            (dlq_headers::SOURCE_TOPIC, self.source.to_owned()),
+            (dlq_headers::SOURCE_PARTITION, self.id.partition.to_string()),
+            (dlq_headers::SOURCE_OFFSET, self.id.offset.to_string()),
+            (dlq_headers::ATTEMPTS, self.attempt.to_string()),
+        ] {
+            rec.headers.push((k.to_owned(), v.into_bytes()));
+        }
+    }
 }
 
 /// Open (appending, creating) every file sink, so a bad path fails the run
@@ -710,7 +767,7 @@ impl SinkWorker<'_> {
         // An output to a topic that is neither declared nor taken by a sink
         // makes its origin a dead letter, carrying that output.
         for (origin, topic, out) in std::mem::take(&mut batch.routed) {
-            if self.pipeline.topics.contains_key(&topic) || sinks.iter().any(|k| k.from.as_ref() == Some(&topic)) {
+            if self.pipeline.topics.contains_key(&topic) || self.routes.contains_key(&topic) {
                 batch.routed.push((origin, topic, out));
                 continue;
             }
@@ -726,10 +783,9 @@ impl SinkWorker<'_> {
 
         // What each sink gets, in order.
         let mut per_sink: Vec<Vec<Message>> = vec![Vec::new(); sinks.len()];
-        let main: Vec<usize> = (0..sinks.len()).filter(|&i| sinks[i].from.is_none()).collect();
         for item in std::mem::take(&mut batch.items) {
             if matches!(batch.origins[item.origin].fate, Fate::Ok) {
-                fan_out(&mut per_sink, &main, item.msg);
+                fan_out(&mut per_sink, &self.main_sinks, item.msg);
             }
         }
         let mut by_topic: BTreeMap<&str, Vec<Record>> = BTreeMap::new();
@@ -738,7 +794,7 @@ impl SinkWorker<'_> {
             if !matches!(o.fate, Fate::Ok) {
                 continue;
             }
-            let takers: Vec<usize> = (0..sinks.len()).filter(|&i| sinks[i].from.as_ref() == Some(&topic)).collect();
+            let takers = self.routes.get(&topic).map_or(&[][..], Vec::as_slice);
             let declared = self.pipeline.topics.get_key_value(&topic).map(|(name, _)| name.as_str());
             // The output itself goes to the topic unless sinks need it too.
             let (rec, msg) = if takers.is_empty() {
@@ -757,12 +813,10 @@ impl SinkWorker<'_> {
                 by_topic.entry(name).or_default().push(rec);
             }
             if let Some(msg) = msg {
-                fan_out(&mut per_sink, &takers, msg);
+                fan_out(&mut per_sink, takers, msg);
             }
         }
 
-        let source_topic = self.pipeline.source.name();
-        let group = state_owner(self.pipeline).0;
         let mut acks = Vec::new();
         let mut naks = Vec::new();
         let mut releases = Vec::new();
@@ -775,21 +829,12 @@ impl SinkWorker<'_> {
                 Fate::Dead { stage, kind, reason, msg } => {
                     tracing::warn!(%stage, kind, %reason, partition = o.id.partition, offset = o.id.offset, "message dead-lettered");
                     let mut rec = record(msg);
-                    for (k, v) in [
-                        ("weir.reason", reason),
-                        ("weir.error-kind", kind.to_owned()),
-                        ("weir.stage", stage),
-                        ("weir.source.topic", source_topic.clone()),
-                        ("weir.source.partition", o.id.partition.to_string()),
-                        ("weir.source.offset", o.id.offset.to_string()),
-                        ("weir.attempts", o.attempt.to_string()),
-                    ] {
-                        rec.headers.push((k.to_owned(), v.into_bytes()));
-                    }
+                    let why = DeadLetter { stage: &stage, kind, reason, source: &self.source_name, id: o.id, attempt: o.attempt };
+                    why.add_headers(&mut rec);
                     // Same id as the queue's own dead letters: a replay after a
                     // crash between this write and the ack does not duplicate it.
-                    if self.durable_ids {
-                        rec.id = Some(format!("dlq/{group}/{source_topic}/{}/{}", o.id.partition, o.id.offset));
+                    if let Some(prefix) = &self.dlq_id_prefix {
+                        rec.id = Some(format!("{prefix}/{}/{}", o.id.partition, o.id.offset));
                     }
                     dead.push(rec);
                     acks.push(o.id);

@@ -85,6 +85,10 @@ pub mod dlq_headers {
     pub const SOURCE_OFFSET: &str = "weir.source.offset";
     /// How many times it was delivered.
     pub const ATTEMPTS: &str = "weir.attempts";
+    /// The kind of failure (set by the engine: guest, trap, timeout, ...).
+    pub const ERROR_KIND: &str = "weir.error-kind";
+    /// Where it failed (set by the engine: a stage name, `routing`, `source`).
+    pub const STAGE: &str = "weir.stage";
 }
 
 /// Identifies a delivered message for acknowledgement.
