@@ -61,7 +61,7 @@ fn bench_a_pipeline_writes_a_report_with_series_and_a_chart() {
     let args = ["bench", "examples/pipelines/hello.toml", "--messages", "3000", "--size", "50"];
     let stdout = weir.ok(&[&args[..], &["--report", report.to_str().unwrap(), "--chart", chart.to_str().unwrap()]].concat(), b"");
     assert_eq!(stdout, "", "the pipeline's stdout sink writes to the scratch directory, not the terminal");
-    let r: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+    let r: serde_json::Value = crate::read_json(&report);
     assert_eq!(r["stages"][0]["name"], "uppercase");
     assert_eq!(r["stages"][0]["received"], 3000);
     assert_eq!(r["sink"]["written"], 6000, "two sinks");

@@ -80,6 +80,13 @@ impl Weir {
         self.ok(&["consume", topic, "--from-beginning"], b"").lines().map(str::to_owned).collect()
     }
 
+    /// Messages stored in `topic` over all partitions (0 until it exists),
+    /// from `weir topics describe`.
+    pub fn topic_len(&self, topic: &str) -> u64 {
+        let info = String::from_utf8(self.output(&["topics", "describe", topic], b"").stdout).unwrap();
+        info.lines().filter_map(|l| l.split('(').nth(1)?.split(' ').next()?.parse::<u64>().ok()).sum()
+    }
+
     /// Every message of `topic` as JSON.
     pub fn consume_json(&self, topic: &str) -> Vec<serde_json::Value> {
         self.ok(&["consume", topic, "--from-beginning", "--format", "json"], b"")
@@ -87,6 +94,11 @@ impl Weir {
             .map(|l| serde_json::from_str(l).unwrap())
             .collect()
     }
+}
+
+/// A JSON file, such as a `--report`.
+pub fn read_json(path: &Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
 }
 
 /// Write a pipeline file into `dir`, replacing `{component:NAME}` with the

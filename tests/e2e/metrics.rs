@@ -40,7 +40,7 @@ topic = "out"
     }
     let report = dir.path().join("report.json");
     weir.ok(&["run", p.to_str().unwrap(), "--drain", "--report", report.to_str().unwrap()], input.as_bytes());
-    let r: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+    let r: serde_json::Value = crate::read_json(&report);
     assert_eq!(r["bottleneck"], "slow", "{r:#}");
 
     let n = |v: &serde_json::Value| v.as_u64().unwrap();
@@ -181,7 +181,7 @@ fn a_queue_source_reports_its_lag_per_partition() {
     let dir = tempfile::tempdir().unwrap();
     let report = dir.path().join("r.json");
     weir.ok(&["run", "examples/pipelines/hello.toml", "--drain", "--report", report.to_str().unwrap()], b"");
-    let r: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+    let r: serde_json::Value = crate::read_json(&report);
     assert_eq!(r["source"]["received"], 5);
     assert_eq!(r["source"]["lag"].as_array().unwrap().len(), 3, "one figure per partition: {r:#}");
     assert_eq!(r["source"]["in_flight"], 0);

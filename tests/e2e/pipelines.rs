@@ -63,7 +63,7 @@ topic = "out"
     weir.ok(&["run", p.to_str().unwrap(), "--drain", "--report", report.to_str().unwrap()], b"");
     assert!(started.elapsed() < Duration::from_secs(60));
     assert_eq!(weir.consume_all("out"), ["ok-1", "ok-2", "ok-3"]);
-    let r: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+    let r = crate::read_json(&report);
     let stage = &r["stages"][0];
     assert_eq!(stage["instances"], 1);
     // Five messages kill their instance, twice each (two attempts).
@@ -166,8 +166,7 @@ topic = "out"
     let started = Instant::now();
     let at_kill = loop {
         // Until the pipeline has created the topic, describe fails: nothing yet.
-        let info = String::from_utf8(weir.output(&["topics", "describe", "out"], b"").stdout).unwrap();
-        let done: u64 = info.lines().filter_map(|l| l.split('(').nth(1)?.split(' ').next()?.parse::<u64>().ok()).sum();
+        let done = weir.topic_len("out");
         if done > 0 {
             break done;
         }

@@ -74,8 +74,7 @@ fn state_is_exactly_once_through_retries_and_kill_9() {
         let mut run = weir.cmd(&["run", p]).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
         let started = Instant::now();
         let at_kill = loop {
-            let info = String::from_utf8(weir.output(&["topics", "describe", "counts"], b"").stdout).unwrap();
-            let done: u64 = info.lines().filter_map(|l| l.split('(').nth(1)?.split(' ').next()?.parse::<u64>().ok()).sum();
+            let done = weir.topic_len("counts");
             if done >= round * n as u64 / 5 {
                 break done;
             }

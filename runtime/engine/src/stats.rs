@@ -11,28 +11,35 @@ use hdrhistogram::Histogram;
 use serde::Serialize;
 use weir_host::Counters;
 
+/// Largest latency a histogram holds: one hour, in µs.
+const MAX_US: u64 = 3_600_000_000;
+
 /// A latency distribution in microseconds (1 µs to 1 hour, 3 significant digits).
 #[derive(Debug)]
 pub struct Latency(Mutex<Histogram<u64>>);
 
 impl Default for Latency {
     fn default() -> Self {
-        Latency(Mutex::new(Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("valid histogram bounds")))
+        Latency(Mutex::new(Histogram::new_with_bounds(1, MAX_US, 3).expect("valid histogram bounds")))
     }
 }
 
 impl Latency {
+    /// `d` in µs, within the histogram's bounds.
+    fn micros(d: Duration) -> u64 {
+        (d.as_micros() as u64).clamp(1, MAX_US)
+    }
+
     /// Record `n` samples of `d`.
     pub(crate) fn record_n(&self, d: Duration, n: u64) {
-        let us = (d.as_micros() as u64).clamp(1, 3_600_000_000);
-        self.0.lock().unwrap().saturating_record_n(us, n);
+        self.0.lock().unwrap().saturating_record_n(Self::micros(d), n);
     }
 
     /// Record one sample per value, under one lock.
     pub(crate) fn record_all(&self, samples: impl IntoIterator<Item = Duration>) {
         let mut h = self.0.lock().unwrap();
         for d in samples {
-            h.saturating_record((d.as_micros() as u64).clamp(1, 3_600_000_000));
+            h.saturating_record(Self::micros(d));
         }
     }
 

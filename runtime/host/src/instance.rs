@@ -407,8 +407,8 @@ impl Instance {
         }
         data.limiter.hit = false;
         self.store.set_epoch_deadline(deadline_ticks(limits.timeout));
-        if limits.max_fuel.is_some() {
-            self.store.set_fuel(limits.max_fuel.unwrap_or(u64::MAX)).expect("the runtime meters fuel: checked at instantiation");
+        if let Some(fuel) = limits.max_fuel {
+            self.store.set_fuel(fuel).expect("the runtime meters fuel: checked at instantiation");
         }
         let call = self.bindings.weir_pipeline_consumer().call_handle_batch(&mut self.store, batch);
         // Writes of a failed call are dropped.
