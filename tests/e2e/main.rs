@@ -4,6 +4,7 @@ mod bad_input;
 mod bench;
 mod hello;
 mod metrics;
+mod nats;
 mod pipelines;
 mod state;
 mod ui;

@@ -10,8 +10,14 @@ use weir_queue::{ConsumerOptions, Queue, StartFrom, StoredRecord};
 
 #[derive(Args)]
 pub(crate) struct ConsumeArgs {
-    /// The topic.
+    /// The topic; with `--nats`, the JetStream stream.
     topic: String,
+    /// Read a JetStream stream of NATS at URL instead of the embedded queue.
+    #[arg(long, value_name = "URL")]
+    nats: Option<String>,
+    /// With `--nats`: only messages whose subject matches.
+    #[arg(long, value_name = "SUBJECT", requires = "nats")]
+    subject: Option<String>,
     /// Start at the oldest message rather than at the end.
     #[arg(long)]
     from_beginning: bool,
@@ -23,7 +29,8 @@ pub(crate) struct ConsumeArgs {
     follow: bool,
     /// Consume as this consumer group: resume from its committed offsets and
     /// commit what was printed. Without a group nothing is written, and it
-    /// works while another weir process owns the data directory.
+    /// works while another weir process owns the data directory. With
+    /// `--nats`, a durable consumer of this name, acknowledging what was printed.
     #[arg(long, value_name = "G")]
     group: Option<String>,
     /// Output format.
@@ -42,6 +49,9 @@ enum Format {
 const POLL: Duration = Duration::from_millis(100);
 
 pub(crate) fn consume(args: ConsumeArgs, dir: PathBuf) -> anyhow::Result<()> {
+    if let Some(url) = &args.nats {
+        return tokio::runtime::Runtime::new()?.block_on(consume_nats(&args, url));
+    }
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
     let mut printed = 0u64;
@@ -106,5 +116,69 @@ pub(crate) fn consume(args: ConsumeArgs, dir: PathBuf) -> anyhow::Result<()> {
             std::thread::sleep(POLL);
         }
     }
+    Ok(())
+}
+
+/// `weir consume --nats URL STREAM`: print a JetStream stream's messages,
+/// through an ephemeral consumer (nothing is acknowledged) or, with `--group`, a
+/// durable one that acknowledges what was printed.
+async fn consume_nats(args: &ConsumeArgs, url: &str) -> anyhow::Result<()> {
+    use async_nats::jetstream::{self, consumer};
+    use futures::StreamExt;
+
+    let client = weir_engine::nats::connect(&weir_engine::config::NatsConnection::to(url)).await?;
+    let js = jetstream::new(client.clone());
+    let stream = js.get_stream(&args.topic).await.with_context(|| format!("stream {}", args.topic))?;
+    let deliver_policy = if args.from_beginning { consumer::DeliverPolicy::All } else { consumer::DeliverPolicy::New };
+    let filter_subject = args.subject.clone().unwrap_or_default();
+    let consumer: consumer::PullConsumer = match &args.group {
+        Some(group) => {
+            let config = consumer::pull::Config { durable_name: Some(group.clone()), deliver_policy, filter_subject, ..Default::default() };
+            stream.get_or_create_consumer(group, config).await?
+        }
+        None => {
+            // Ephemeral and unacknowledged: gone 30 s after this command ends.
+            let config = consumer::pull::Config {
+                ack_policy: consumer::AckPolicy::None,
+                deliver_policy,
+                filter_subject,
+                inactive_threshold: Duration::from_secs(30),
+                ..Default::default()
+            };
+            stream.create_consumer(config).await?
+        }
+    };
+    let mut messages = consumer.messages().await?;
+    let stdout = std::io::stdout();
+    let limit = args.count.unwrap_or(u64::MAX);
+    let mut printed = 0u64;
+    while printed < limit {
+        // Not following: stop once nothing more comes (the stream is caught up).
+        let next =
+            if args.follow { Ok(messages.next().await) } else { tokio::time::timeout(Duration::from_secs(1), messages.next()).await };
+        let Ok(Some(m)) = next else { break };
+        let m = m.map_err(|e| anyhow::anyhow!("reading stream {}: {e}", args.topic))?;
+        let pending = m.info().map(|i| i.pending).unwrap_or(1);
+        let Some((msg, reply)) = weir_engine::nats::jetstream_message(m) else { continue };
+        {
+            let mut out = stdout.lock();
+            match args.format {
+                Format::Text => {
+                    out.write_all(&msg.payload)?;
+                    out.write_all(b"\n")?;
+                }
+                Format::Json => writeln!(out, "{}", weir_engine::json_line(&msg))?,
+            }
+            out.flush()?;
+        }
+        if args.group.is_some() {
+            jetstream::message::Acker::new(js.clone(), Some(reply)).ack().await.map_err(|e| anyhow::anyhow!("acknowledging: {e}"))?;
+        }
+        printed += 1;
+        if pending == 0 && !args.follow {
+            break;
+        }
+    }
+    client.flush().await?;
     Ok(())
 }

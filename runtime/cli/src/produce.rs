@@ -13,14 +13,36 @@ const BATCH: usize = 1000;
 
 #[derive(Args)]
 pub(crate) struct ProduceArgs {
-    /// The topic; created with default settings if it does not exist.
+    /// The topic; created with default settings if it does not exist. With
+    /// `--nats`, the subject to publish to.
     topic: String,
+    /// Publish to NATS at URL (comma-separated for several) instead of the
+    /// embedded queue: through JetStream, each message acknowledged by the
+    /// stream that captures the subject.
+    #[arg(long, value_name = "URL")]
+    nats: Option<String>,
+    /// With `--nats`: create this stream, capturing the subject, if no stream captures it.
+    #[arg(long, value_name = "NAME", requires = "nats")]
+    stream: Option<String>,
+    /// With `--nats`: core publish (no stream, no acknowledgement).
+    #[arg(long, requires = "nats", conflicts_with = "stream")]
+    core: bool,
     /// Key of every message (selects the partition).
     #[arg(long)]
     key: Option<String>,
     /// A header `name=value` on every message; repeatable.
     #[arg(long = "header", value_name = "NAME=VALUE", value_parser = parse_header)]
     headers: Vec<(String, String)>,
+}
+
+impl ProduceArgs {
+    /// A line as a message with the key and headers given.
+    fn record(&self, line: Vec<u8>) -> Record {
+        let mut r = Record::new(line);
+        r.key = self.key.as_ref().map(|k| k.clone().into_bytes());
+        r.headers = self.headers.iter().map(|(k, v)| (k.clone(), v.clone().into_bytes())).collect();
+        r
+    }
 }
 
 fn parse_header(s: &str) -> Result<(String, String), String> {
@@ -31,14 +53,12 @@ fn parse_header(s: &str) -> Result<(String, String), String> {
 }
 
 pub(crate) fn produce(args: ProduceArgs, dir: PathBuf) -> anyhow::Result<()> {
+    if let Some(url) = &args.nats {
+        return tokio::runtime::Runtime::new()?.block_on(produce_nats(&args, url));
+    }
     let queue = Queue::open(&dir).with_context(|| format!("opening data directory {}", dir.display()))?;
     queue.ensure_topic(&args.topic, &TopicConfig::default())?;
-    let make = |line: Vec<u8>| {
-        let mut r = Record::new(line);
-        r.key = args.key.as_ref().map(|k| k.clone().into_bytes());
-        r.headers = args.headers.iter().map(|(k, v)| (k.clone(), v.clone().into_bytes())).collect();
-        r
-    };
+    let make = |line| args.record(line);
     // partition -> (first offset, last offset, count)
     let mut ranges: BTreeMap<u32, (u64, u64, u64)> = BTreeMap::new();
     let mut total = 0u64;
@@ -81,5 +101,59 @@ pub(crate) fn produce(args: ProduceArgs, dir: PathBuf) -> anyhow::Result<()> {
             })
             .collect();
     println!("published {total} message{} to {}: {}", if total == 1 { "" } else { "s" }, args.topic, parts.join(", "));
+    Ok(())
+}
+
+/// `weir produce --nats URL SUBJECT`: lines to a NATS subject, a batch of
+/// publishes in flight at a time, each awaited for the stream's ack.
+async fn produce_nats(args: &ProduceArgs, url: &str) -> anyhow::Result<()> {
+    use async_nats::jetstream;
+    use tokio::io::AsyncBufReadExt;
+
+    let client = weir_engine::nats::connect(&weir_engine::config::NatsConnection::to(url)).await?;
+    let js = jetstream::new(client.clone());
+    let subject = args.topic.clone();
+    if !args.core {
+        let create =
+            args.stream.as_ref().map(|name| weir_engine::config::StreamSpec { name: name.clone(), subjects: vec![subject.clone()] });
+        weir_engine::nats::ensure_stream(&js, &subject, create.as_ref()).await?;
+    }
+    let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).split(b'\n');
+    let (mut total, mut first, mut last) = (0u64, None, 0u64);
+    let mut acks = Vec::with_capacity(BATCH);
+    loop {
+        let line = lines.next_segment().await.context("reading standard input")?;
+        let done = line.is_none();
+        if let Some(line) = line {
+            let (headers, payload) = weir_engine::nats::to_nats(args.record(line));
+            if args.core {
+                client.publish_with_headers(subject.clone(), headers, payload).await?;
+            } else {
+                acks.push(
+                    js.send_publish(subject.clone(), jetstream::message::PublishMessage::build().payload(payload).headers(headers)).await?,
+                );
+            }
+            total += 1;
+        }
+        if acks.len() == BATCH || done {
+            for ack in acks.drain(..) {
+                let ack = ack.await.context("waiting for the stream to acknowledge")?;
+                first.get_or_insert(ack.sequence);
+                last = ack.sequence;
+            }
+        }
+        if done {
+            break;
+        }
+    }
+    client.flush().await?;
+    if total == 0 {
+        bail!("no lines on standard input: nothing published");
+    }
+    let s = if total == 1 { "" } else { "s" };
+    match first {
+        Some(first) => println!("published {total} message{s} to {subject}: stream sequences {first}..={last}"),
+        None => println!("published {total} message{s} to {subject} (core NATS, unacknowledged)"),
+    }
     Ok(())
 }

@@ -53,12 +53,12 @@ pub(crate) fn load(path: &Path) -> anyhow::Result<(Engine, Pipeline)> {
 pub(crate) fn validate(args: ValidateArgs) -> anyhow::Result<()> {
     let (_, p) = load(&args.pipeline)?;
     println!(
-        "{}: ok: pipeline `{}`, {} stage(s), {} sink(s), dead letters to `{}`",
+        "{}: ok: pipeline `{}`, {} stage(s), {} sink(s), dead letters to {}",
         args.pipeline.display(),
         p.name,
         p.stages.len(),
         p.sinks.len(),
-        p.dead_letter_topic
+        p.dead_letter
     );
     Ok(())
 }

@@ -7,16 +7,23 @@
 //! messages itself, like a consumer group, but nothing of it survives the
 //! run: a restart reads the input again. Use a queue topic (`weir produce`)
 //! for input that must be resumable.
+//!
+//! A NATS source is a JetStream durable consumer (see [`crate::nats`]), or a
+//! core subject read like an ephemeral feed.
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::BufRead;
+use std::sync::Arc;
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TryRecvError, sync_channel};
 use std::time::{Duration, Instant};
 
+use async_nats::jetstream::AckKind;
+use weir_host::Message;
 use weir_queue::{Consumer, Delivery, DeliveryId, Queue, Record, StoredRecord};
 
 use crate::Result;
-use crate::config::{Generator, Source};
+use crate::config::{Generator, NatsSource, Source};
+use crate::nats::{JetStreamFeed, Nats};
 use crate::run::DeadLetter;
 use crate::stats::now_ms;
 
@@ -26,21 +33,63 @@ const READ_AHEAD: usize = 4096;
 pub(crate) enum Feed {
     Queue(Consumer),
     Memory(MemoryFeed),
+    JetStream(Box<JetStreamFeed>),
+}
+
+/// A delivery as the pipeline takes it.
+pub(crate) struct Fetched {
+    pub(crate) id: DeliveryId,
+    pub(crate) attempt: u32,
+    /// When the source stored it (for the source-wait histogram).
+    pub(crate) appended_ms: u64,
+    pub(crate) msg: Message,
+}
+
+impl Fetched {
+    fn from_delivery(topic: &str, d: Delivery) -> Fetched {
+        Fetched {
+            id: d.id(),
+            attempt: d.attempt,
+            appended_ms: d.record.append_timestamp_ms,
+            msg: crate::message_from_record(topic, d.record, d.attempt),
+        }
+    }
 }
 
 impl Feed {
-    /// Open an ephemeral feed for a non-queue `source`.
-    pub(crate) fn ephemeral(source: &Source, max_in_flight: usize, dead_letter: (Queue, String)) -> std::io::Result<Feed> {
+    /// Open an ephemeral feed for a non-queue `source`: standard input, a
+    /// file, the generator or a core NATS subject. `dead_letter` takes input
+    /// lines that are not messages.
+    pub(crate) fn ephemeral(
+        source: &Source,
+        max_in_flight: usize,
+        dead_letter: Option<(Queue, String)>,
+        nats: Option<&Arc<Nats>>,
+    ) -> Result<Feed> {
         let (tx, rx) = sync_channel(READ_AHEAD);
         let name = source.name();
+        let opened = |e: std::io::Error| crate::Error::Source(format!("{name}: {e}"));
         match source {
-            Source::Queue { .. } => unreachable!("queue sources have a consumer"),
+            Source::Queue { .. } | Source::Nats(NatsSource::JetStream(_)) => unreachable!("durable sources have a consumer"),
+            Source::Nats(NatsSource::Core { subject, queue_group }) => {
+                let nats = nats.expect("a NATS source has a connection").clone();
+                let mut sub = nats.subscribe(subject, queue_group.as_deref())?;
+                spawn_reader("weir-nats-sub", move || {
+                    while let Some(m) = nats.next(&mut sub) {
+                        let (key, headers) = crate::nats::from_nats_headers(m.headers.as_ref());
+                        let record = Record { key, headers, payload: m.payload.to_vec(), timestamp_ms: Some(now_ms()), id: None };
+                        if tx.send(Read::Record(record)).is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
             Source::Stdin { json } => {
                 let json = *json;
                 spawn_reader("weir-stdin", move || read_lines(std::io::stdin().lock(), json, &tx));
             }
             Source::File { path, json } => {
-                let file = std::io::BufReader::with_capacity(1 << 16, std::fs::File::open(path)?);
+                let file = std::io::BufReader::with_capacity(1 << 16, std::fs::File::open(path).map_err(opened)?);
                 let json = *json;
                 spawn_reader("weir-file", move || read_lines(file, json, &tx));
             }
@@ -61,24 +110,20 @@ impl Feed {
         }))
     }
 
-    /// The name messages carry as their topic.
-    pub(crate) fn topic(&self) -> &str {
-        match self {
-            Feed::Queue(c) => c.topic(),
-            Feed::Memory(m) => &m.name,
-        }
-    }
-
     /// Whether delivery ids name the same message after a restart (so the
     /// state store's applied set can be trusted).
     pub(crate) fn has_durable_ids(&self) -> bool {
-        matches!(self, Feed::Queue(_))
+        matches!(self, Feed::Queue(_) | Feed::JetStream(_))
     }
 
-    pub(crate) fn fetch(&mut self, max: usize, wait: Duration) -> Result<Vec<Delivery>> {
+    pub(crate) fn fetch(&mut self, max: usize, wait: Duration) -> Result<Vec<Fetched>> {
         match self {
-            Feed::Queue(c) => Ok(c.fetch(max, wait)?),
-            Feed::Memory(m) => m.fetch(max, wait),
+            Feed::Queue(c) => {
+                let topic = c.topic().to_owned();
+                Ok(c.fetch(max, wait)?.into_iter().map(|d| Fetched::from_delivery(&topic, d)).collect())
+            }
+            Feed::Memory(m) => Ok(m.fetch(max, wait)?.into_iter().map(|d| Fetched::from_delivery(&m.name, d)).collect()),
+            Feed::JetStream(j) => j.fetch(max, wait),
         }
     }
 
@@ -88,6 +133,16 @@ impl Feed {
             Feed::Memory(m) => {
                 m.in_flight.remove(&id.offset);
             }
+            Feed::JetStream(j) => j.settle(id, AckKind::Ack),
+        }
+    }
+
+    /// Settled as a dead letter (already published to the dead-letter
+    /// destination): no more deliveries.
+    pub(crate) fn term(&mut self, id: DeliveryId) {
+        match self {
+            Feed::JetStream(j) => j.settle(id, AckKind::Term),
+            _ => self.ack(id),
         }
     }
 
@@ -95,13 +150,16 @@ impl Feed {
         match self {
             Feed::Queue(c) => c.nak(id, delay),
             Feed::Memory(m) => m.again(id, delay, 1),
+            Feed::JetStream(j) => j.settle(id, AckKind::Nak((!delay.is_zero()).then_some(delay))),
         }
     }
 
+    /// Deliver again without charging an attempt (JetStream counts one anyway).
     pub(crate) fn release(&mut self, id: DeliveryId) {
         match self {
             Feed::Queue(c) => c.release(id),
             Feed::Memory(m) => m.again(id, Duration::ZERO, 0),
+            Feed::JetStream(j) => j.settle(id, AckKind::Nak(None)),
         }
     }
 
@@ -109,14 +167,27 @@ impl Feed {
         match self {
             Feed::Queue(c) => Ok(c.commit()?),
             Feed::Memory(_) => Ok(()),
+            Feed::JetStream(j) => {
+                j.commit();
+                Ok(())
+            }
         }
     }
 
-    /// Per partition, log end minus committed offset; `None` for ephemeral feeds.
-    pub(crate) fn lag(&self) -> Option<Vec<u64>> {
+    /// After the last commit: make sure what was committed reached the source.
+    pub(crate) fn close(&mut self) {
+        if let Feed::JetStream(j) = self {
+            j.flush();
+        }
+    }
+
+    /// Per partition, messages not yet consumed (JetStream: not yet
+    /// delivered); `None` for ephemeral feeds.
+    pub(crate) fn lag(&mut self) -> Option<Vec<u64>> {
         match self {
             Feed::Queue(c) => Some(c.committed_lag()),
             Feed::Memory(_) => None,
+            Feed::JetStream(j) => j.lag(),
         }
     }
 
@@ -125,14 +196,16 @@ impl Feed {
         match self {
             Feed::Queue(c) => c.in_flight(),
             Feed::Memory(m) => m.in_flight.len(),
+            Feed::JetStream(j) => j.in_flight(),
         }
     }
 
     /// Nothing more to read and nothing unsettled.
-    pub(crate) fn is_settled(&self) -> bool {
+    pub(crate) fn is_settled(&mut self) -> bool {
         match self {
             Feed::Queue(c) => c.is_settled(),
             Feed::Memory(m) => m.exhausted && m.in_flight.is_empty() && m.redeliver.is_empty(),
+            Feed::JetStream(j) => j.is_settled(),
         }
     }
 }
@@ -153,7 +226,7 @@ pub(crate) struct MemoryFeed {
     /// offset → (due, attempt, record).
     redeliver: BTreeMap<u64, (Instant, u32, StoredRecord)>,
     max_in_flight: usize,
-    dead_letter: (Queue, String),
+    dead_letter: Option<(Queue, String)>,
 }
 
 impl MemoryFeed {
@@ -221,7 +294,8 @@ impl MemoryFeed {
         let mut rec = Record::new(line);
         let id = DeliveryId { partition: 0, offset };
         DeadLetter { stage: "source", kind: "source", reason, source: &self.name, id, attempt: 1 }.add_headers(&mut rec);
-        self.dead_letter.0.publish(&self.dead_letter.1, &[rec])?;
+        let (queue, topic) = self.dead_letter.as_ref().expect("sources that parse lines have a dead-letter topic");
+        queue.publish(topic, &[rec])?;
         Ok(())
     }
 }

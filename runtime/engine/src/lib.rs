@@ -17,6 +17,7 @@
 
 pub mod config;
 mod feed;
+pub mod nats;
 mod run;
 mod stats;
 
@@ -45,6 +46,9 @@ pub enum Error {
     /// A source could not be opened.
     #[error("source: {0}")]
     Source(String),
+    /// NATS could not be reached or refused a request.
+    #[error("NATS: {0}")]
+    Nats(String),
 }
 
 /// Result alias for this crate.

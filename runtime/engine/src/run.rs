@@ -29,8 +29,9 @@ use std::time::{Duration, Instant};
 use weir_host::{Failure, Instance, Message, MessageError, MessageResult, Output, PendingWrites, Runtime, StageContext};
 use weir_queue::{ConsumerOptions, DeliveryId, Queue, Record, StateStore, StateWrite, dlq_headers};
 
-use crate::config::{Pipeline, Sink, Source, StageSpec};
+use crate::config::{DeadLetterTo, NatsSource, Pipeline, Sink, Source, StageSpec};
 use crate::feed::Feed;
+use crate::nats::{IdRecords, Nats};
 use crate::stats::{PipelineStats, StageStats, now_ms, since};
 use crate::{Error, Result};
 
@@ -108,6 +109,8 @@ struct StateDelta {
 
 struct Settlement {
     acks: Vec<DeliveryId>,
+    /// Dead-lettered: published to the dead-letter destination, never again.
+    dead: Vec<DeliveryId>,
     naks: Vec<(DeliveryId, Duration)>,
     releases: Vec<DeliveryId>,
 }
@@ -156,6 +159,8 @@ fn state_owner(pipeline: &Pipeline) -> (String, String) {
         Source::Stdin { .. } => (pipeline.name.clone(), "source-stdin".into()),
         Source::File { .. } => (pipeline.name.clone(), "source-file".into()),
         Source::Generator(_) => (pipeline.name.clone(), "source-generator".into()),
+        Source::Nats(NatsSource::JetStream(js)) => (js.consumer.clone(), js.stream.clone()),
+        Source::Nats(NatsSource::Core { .. }) => (pipeline.name.clone(), "source-nats".into()),
     }
 }
 
@@ -168,28 +173,62 @@ pub(crate) fn run(pipeline: &Pipeline, queue: &Queue, prepared: Prepared, option
     // backs them up. A lease must outlive the slowest batch: every stage may
     // replay a failed batch message by message, each up to its timeout.
     let slowest: Duration = pipeline.stages.iter().map(|s| s.limits.timeout * s.batch_size.min(64) as u32).sum();
+    let max_attempts = pipeline.stages.iter().map(|s| s.max_attempts).max().unwrap_or(5);
+    let fetch_size = pipeline.stages.first().map_or(256, |s| s.batch_size * s.concurrency);
+    let nats = match &pipeline.nats {
+        Some(conn) => Some(Nats::connect(conn)?),
+        None => None,
+    };
+    if let Some(nats) = &nats {
+        for s in &pipeline.sinks {
+            if let Sink::Nats { subject, stream, core: false } = &s.kind {
+                let create = stream.as_ref().map(|name| crate::config::StreamSpec { name: name.clone(), subjects: vec![subject.clone()] });
+                nats.ensure_stream(subject, create.as_ref())?;
+            }
+        }
+        if let DeadLetterTo::Nats { subject, stream } = &pipeline.dead_letter {
+            nats.ensure_stream(subject, stream.as_ref())?;
+        }
+    }
     let feed = match &pipeline.source {
         Source::Queue { topic, group, start, max_ack_pending } => {
             let consumer_options = ConsumerOptions {
                 start: *start,
                 max_ack_pending: *max_ack_pending,
                 ack_wait: slowest.max(Duration::from_secs(60)),
-                max_attempts: pipeline.stages.iter().map(|s| s.max_attempts).max().unwrap_or(5),
+                max_attempts,
                 retry_backoff: pipeline.stages.iter().map(|s| s.retry_backoff).max().unwrap_or(Duration::from_secs(1)),
-                dead_letter: Some(pipeline.dead_letter_topic.clone()),
+                // Dead letters to NATS are written by the pipeline; the
+                // queue's own backstop keeps them in a topic.
+                dead_letter: Some(match &pipeline.dead_letter {
+                    DeadLetterTo::Topic(t) => t.clone(),
+                    DeadLetterTo::Nats { .. } => format!("{}.dlq", pipeline.name),
+                }),
             };
             Feed::Queue(queue.consumer(topic, group, consumer_options)?)
         }
+        Source::Nats(NatsSource::JetStream(js)) => {
+            let nats = nats.as_ref().expect("a NATS source has a connection");
+            Feed::JetStream(Box::new(nats.jetstream_feed(js, js.max_attempts.unwrap_or(max_attempts), fetch_size)?))
+        }
         other => {
-            let dead_letter = (queue.clone(), pipeline.dead_letter_topic.clone());
+            if options.drain && matches!(other, Source::Nats(_)) {
+                return Err(Error::Source(format!(
+                    "{}: a core NATS subject has no end to drain to; use a JetStream source (`stream`) or stop with Ctrl-C",
+                    other.name()
+                )));
+            }
+            let dead_letter = match &pipeline.dead_letter {
+                DeadLetterTo::Topic(t) => Some((queue.clone(), t.clone())),
+                DeadLetterTo::Nats { .. } => None,
+            };
             let max_in_flight = crate::config::defaults::MAX_ACK_PENDING as usize;
-            Feed::ephemeral(other, max_in_flight, dead_letter).map_err(|e| Error::Source(format!("{}: {e}", other.name())))?
+            Feed::ephemeral(other, max_in_flight, dead_letter, nats.as_ref())?
         }
     };
     let durable_ids = feed.has_durable_ids();
     let files = open_file_sinks(pipeline)?;
     let stats = options.stats.clone().unwrap_or_else(|| PipelineStats::for_pipeline(pipeline));
-    let fetch_size = pipeline.stages.first().map_or(256, |s| s.batch_size * s.concurrency);
     let fill_wait = pipeline.stages.first().map_or(Duration::ZERO, |s| s.batch_timeout);
 
     std::thread::scope(|scope| -> Result<()> {
@@ -207,7 +246,7 @@ pub(crate) fn run(pipeline: &Pipeline, queue: &Queue, prepared: Prepared, option
         }
         let applied = if durable_ids { prepared.state.applied().clone() } else { HashSet::new() };
         let source_name = pipeline.source.name();
-        let dlq_id_prefix = durable_ids.then(|| format!("dlq/{}/{source_name}", state_owner(pipeline).0));
+        let id_prefix = durable_ids.then(|| format!("{}/{source_name}", state_owner(pipeline).0));
         let mut routes: HashMap<String, Vec<usize>> = HashMap::new();
         for (i, s) in pipeline.sinks.iter().enumerate() {
             if let Some(topic) = &s.from {
@@ -221,10 +260,12 @@ pub(crate) fn run(pipeline: &Pipeline, queue: &Queue, prepared: Prepared, option
             state: prepared.state,
             durable_ids,
             source_name,
-            dlq_id_prefix,
+            id_prefix,
             main_sinks,
             routes,
             files,
+            nats: nats.clone(),
+            stop: &options.stop,
             stats: &stats,
             settle: settle_tx,
         };
@@ -262,12 +303,16 @@ impl SourceWorker<'_> {
             self.apply(s);
         }
         let committed = self.feed.commit();
+        self.feed.close();
         result.and(committed)
     }
 
     fn apply(&mut self, s: Settlement) {
         for id in s.acks {
             self.feed.ack(id);
+        }
+        for id in s.dead {
+            self.feed.term(id);
         }
         for (id, delay) in s.naks {
             self.feed.nak(id, delay);
@@ -317,9 +362,9 @@ impl SourceWorker<'_> {
             if !self.applied.is_empty() {
                 // Processed by an earlier run whose acknowledgement was lost with it.
                 deliveries.retain(|d| {
-                    let done = self.applied.contains(&(d.id().partition, d.id().offset));
+                    let done = self.applied.contains(&(d.id.partition, d.id.offset));
                     if done {
-                        self.feed.ack(d.id());
+                        self.feed.ack(d.id);
                     }
                     !done
                 });
@@ -327,16 +372,15 @@ impl SourceWorker<'_> {
                     continue;
                 }
             }
-            self.stats.source_received(deliveries.len() as u64);
+            let redelivered = deliveries.iter().filter(|d| d.attempt > 1).count();
+            self.stats.source_received(deliveries.len() as u64, redelivered as u64);
             let now = now_ms();
-            self.stats.source_wait.record_all(deliveries.iter().filter_map(|d| since(now, d.record.append_timestamp_ms)));
+            self.stats.source_wait.record_all(deliveries.iter().filter_map(|d| since(now, d.appended_ms)));
             let mut origins = Vec::with_capacity(deliveries.len());
             let mut items = Vec::with_capacity(deliveries.len());
-            let topic = self.feed.topic().to_owned();
             for (i, d) in deliveries.into_iter().enumerate() {
-                origins.push(Origin { id: d.id(), attempt: d.attempt, fate: Fate::Ok });
-                let attempt = d.attempt;
-                items.push(Item { origin: i, msg: crate::message_from_record(&topic, d.record, attempt) });
+                origins.push(Origin { id: d.id, attempt: d.attempt, fate: Fate::Ok });
+                items.push(Item { origin: i, msg: d.msg });
             }
             self.in_pipeline += 1;
             if tx.send(Batch { origins, items, routed: Vec::new(), writes: Vec::new(), sent: Instant::now() }).is_err() {
@@ -587,15 +631,20 @@ struct SinkWorker<'a> {
     durable_ids: bool,
     /// What dead letters name as their source.
     source_name: String,
-    /// `dlq/GROUP/TOPIC`, the dead-letter id prefix the queue's consumer
-    /// uses too; `None` when source ids do not survive restarts.
-    dlq_id_prefix: Option<String>,
+    /// `GROUP/SOURCE`, which starts the ids of dead letters (`dlq/GROUP/SOURCE/..`,
+    /// as the queue's consumer makes them too) and NATS outputs; `None` when
+    /// source ids do not survive restarts.
+    id_prefix: Option<String>,
     /// Sinks taking the last stage's outputs.
     main_sinks: Vec<usize>,
     /// Routed topic → the sinks taking it (`from`).
     routes: HashMap<String, Vec<usize>>,
     /// One per sink; `Some` for file sinks.
     files: Vec<Option<std::fs::File>>,
+    /// The connection, when a sink or the dead letters go to NATS.
+    nats: Option<Arc<Nats>>,
+    /// Set to stop: a NATS publish stops retrying (nothing is acknowledged).
+    stop: &'a AtomicBool,
     stats: &'a PipelineStats,
     settle: Sender<Settlement>,
 }
@@ -821,6 +870,7 @@ impl SinkWorker<'_> {
         let mut naks = Vec::new();
         let mut releases = Vec::new();
         let mut dead = Vec::new();
+        let mut dead_ids = Vec::new();
         for o in &mut batch.origins {
             match std::mem::replace(&mut o.fate, Fate::Ok) {
                 Fate::Ok | Fate::Applied => acks.push(o.id),
@@ -833,18 +883,22 @@ impl SinkWorker<'_> {
                     why.add_headers(&mut rec);
                     // Same id as the queue's own dead letters: a replay after a
                     // crash between this write and the ack does not duplicate it.
-                    if let Some(prefix) = &self.dlq_id_prefix {
-                        rec.id = Some(format!("{prefix}/{}/{}", o.id.partition, o.id.offset));
+                    if let Some(prefix) = &self.id_prefix {
+                        rec.id = Some(format!("dlq/{prefix}/{}/{}", o.id.partition, o.id.offset));
                     }
                     dead.push(rec);
-                    acks.push(o.id);
+                    dead_ids.push(o.id);
                 }
             }
         }
         let dead_count = dead.len() as u64;
         let outputs: u64 = per_sink.iter().map(|m| m.len() as u64).sum::<u64>() + by_topic.values().map(|r| r.len() as u64).sum::<u64>();
+        let mut to_nats: Vec<(&str, bool, IdRecords)> = Vec::new();
         if !dead.is_empty() {
-            by_topic.entry(&self.pipeline.dead_letter_topic).or_default().extend(dead);
+            match &self.pipeline.dead_letter {
+                DeadLetterTo::Topic(t) => by_topic.entry(t).or_default().extend(dead),
+                DeadLetterTo::Nats { subject, .. } => to_nats.push((subject, false, dead.into_iter().map(|r| (r.id.clone(), r)).collect())),
+            }
         }
         let written_at: Vec<u64> = per_sink.iter().flatten().map(|m| m.timestamp_ms).collect();
         let mut printed = Vec::new();
@@ -854,6 +908,7 @@ impl SinkWorker<'_> {
                 continue;
             }
             match &spec.kind {
+                Sink::Nats { subject, core, .. } => to_nats.push((subject, *core, output_ids(self.id_prefix.as_deref(), &spec.name, msgs))),
                 Sink::Queue { topic } => by_topic.entry(topic).or_default().extend(msgs.into_iter().map(record)),
                 Sink::Stdout { json } => msgs.iter().for_each(|m| line(*json, m, &mut printed)),
                 Sink::File { path, json } => {
@@ -870,6 +925,9 @@ impl SinkWorker<'_> {
         for (topic, records) in &by_topic {
             self.queue.publish(topic, records)?;
         }
+        for (subject, core, records) in to_nats {
+            self.nats.as_ref().expect("NATS sinks have a connection").publish(subject, records, core, self.stop)?;
+        }
         if !printed.is_empty() {
             let written = out.write_all(&printed).and_then(|()| out.flush());
             if let Err(e) = written
@@ -881,7 +939,25 @@ impl SinkWorker<'_> {
         self.commit_state(&mut batch, &acks)?;
         self.stats.sink_written(outputs, dead_count);
         self.stats.sink_end_to_end.record_all(written_at.into_iter().filter_map(|t| since(now_ms(), t)));
-        self.stats.settled(acks.len(), naks.len(), releases.len());
-        Ok(Settlement { acks, naks, releases })
+        self.stats.settled(acks.len() + dead_ids.len(), naks.len(), releases.len());
+        Ok(Settlement { acks, dead: dead_ids, naks, releases })
     }
+}
+
+/// Outputs as records, each with an id made of where it comes from
+/// (`GROUP/SOURCE/PARTITION/OFFSET/SINK/N`, the N-th output of that
+/// source message to that sink), so that NATS stores an output once even
+/// when its input is redelivered. No ids when source ids do not survive
+/// a restart.
+fn output_ids(prefix: Option<&str>, sink: &str, msgs: Vec<Message>) -> IdRecords {
+    let Some(prefix) = prefix else { return msgs.into_iter().map(|m| (None, record(m))).collect() };
+    let mut seen: HashMap<(u32, u64), u32> = HashMap::new();
+    msgs.into_iter()
+        .map(|m| {
+            let n = seen.entry((m.partition, m.offset)).or_default();
+            let id = format!("{prefix}/{}/{}/{sink}/{n}", m.partition, m.offset);
+            *n += 1;
+            (Some(id), record(m))
+        })
+        .collect()
 }

@@ -226,6 +226,7 @@ impl StageStats {
 pub struct PipelineStats {
     started: Instant,
     source_received: AtomicU64,
+    redelivered: AtomicU64,
     acked: AtomicU64,
     naked: AtomicU64,
     released: AtomicU64,
@@ -250,6 +251,7 @@ impl PipelineStats {
         PipelineStats {
             started: Instant::now(),
             source_received: AtomicU64::new(0),
+            redelivered: AtomicU64::new(0),
             acked: AtomicU64::new(0),
             naked: AtomicU64::new(0),
             released: AtomicU64::new(0),
@@ -265,8 +267,9 @@ impl PipelineStats {
     pub(crate) fn stage(&self, i: usize) -> Arc<StageStats> {
         self.stages[i].clone()
     }
-    pub(crate) fn source_received(&self, n: u64) {
+    pub(crate) fn source_received(&self, n: u64, redelivered: u64) {
         self.source_received.fetch_add(n, Relaxed);
+        self.redelivered.fetch_add(redelivered, Relaxed);
     }
     pub(crate) fn sink_written(&self, written: u64, dead: u64) {
         self.sink_written.fetch_add(written, Relaxed);
@@ -330,6 +333,7 @@ impl PipelineStats {
             bottleneck: self.bottleneck().map(|s| s.name.clone()),
             source: SourceReport {
                 received: self.received(),
+                redelivered: self.redelivered.load(Relaxed),
                 acked: self.acked.load(Relaxed),
                 retried: self.naked.load(Relaxed),
                 released: self.released.load(Relaxed),
@@ -394,6 +398,10 @@ pub struct Report {
 pub struct SourceReport {
     /// Deliveries taken (redeliveries count again).
     pub received: u64,
+    /// Of those, deliveries after the first of a message (a retry, or a
+    /// message whose earlier delivery was not acknowledged in time, e.g.
+    /// because the process that had it died).
+    pub redelivered: u64,
     /// Acknowledged: done, or dead-lettered.
     pub acked: u64,
     /// Handed back to be delivered again after a failure.
@@ -404,7 +412,8 @@ pub struct SourceReport {
     pub msgs_per_s: f64,
     /// Fetch time minus append time.
     pub wait: LatencySummary,
-    /// Per partition: log end minus committed offset (queue sources).
+    /// Per partition: log end minus committed offset (queue sources), or
+    /// messages not yet delivered to the consumer (JetStream).
     pub lag: Vec<u64>,
     /// Delivered, not yet settled.
     pub in_flight: u64,

@@ -12,7 +12,7 @@ use std::time::Duration;
 use weir_host::{DirGrant, Grants, Limits};
 use weir_queue::{Fsync, StartFrom, TopicConfig};
 
-use raw::{RawFile, RawFormat, RawFsync, RawGrants, RawSink, RawSource, RawStart};
+use raw::{RawFile, RawFormat, RawFsync, RawGrants, RawNats, RawSink, RawSource, RawStart};
 use span::{Locator, TomlPath};
 
 /// One problem in a pipeline file.
@@ -69,10 +69,132 @@ pub struct Pipeline {
     pub stages: Vec<StageSpec>,
     /// Where the last stage's outputs, and routed outputs, go.
     pub sinks: Vec<SinkSpec>,
-    /// Topic that receives dead-lettered messages.
-    pub dead_letter_topic: String,
+    /// Where dead-lettered messages go.
+    pub dead_letter: DeadLetterTo,
     /// Topics the pipeline creates if absent, with their settings.
     pub topics: BTreeMap<String, TopicConfig>,
+    /// `[nats]`: set when a source, sink or the dead letters use NATS.
+    pub nats: Option<NatsConnection>,
+}
+
+impl Pipeline {
+    /// Whether any part of the pipeline talks to NATS.
+    pub fn uses_nats(&self) -> bool {
+        matches!(self.source, Source::Nats(_))
+            || matches!(self.dead_letter, DeadLetterTo::Nats { .. })
+            || self.sinks.iter().any(|s| matches!(s.kind, Sink::Nats { .. }))
+    }
+}
+
+/// Where dead letters go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DeadLetterTo {
+    /// A topic of the embedded queue.
+    Topic(String),
+    /// A NATS subject, published through JetStream.
+    Nats {
+        /// The subject.
+        subject: String,
+        /// Created with `subjects` if no stream captures `subject`.
+        stream: Option<StreamSpec>,
+    },
+}
+
+impl std::fmt::Display for DeadLetterTo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DeadLetterTo::Topic(t) => write!(f, "topic `{t}`"),
+            DeadLetterTo::Nats { subject, .. } => write!(f, "NATS subject `{subject}`"),
+        }
+    }
+}
+
+/// A JetStream stream to create if absent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamSpec {
+    /// Its name.
+    pub name: String,
+    /// The subjects it captures.
+    pub subjects: Vec<String>,
+}
+
+/// `[nats]`: how to reach the NATS servers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NatsConnection {
+    /// Server URLs, tried in turn (and on reconnect).
+    pub urls: Vec<String>,
+    /// Client name shown by the server (`nats server report connections`).
+    pub name: Option<String>,
+    /// A `.creds` file (JWT and NKey seed).
+    pub creds_file: Option<PathBuf>,
+    /// A file holding an NKey seed.
+    pub nkey_seed_file: Option<PathBuf>,
+    /// A token, read from the environment variable `token_env` at load.
+    pub token: Option<String>,
+    /// User and password (the password read from `password_env` at load).
+    pub user_password: Option<(String, String)>,
+    /// A CA certificate (PEM) to trust.
+    pub tls_ca_file: Option<PathBuf>,
+    /// Client certificate and key (PEM) for mutual TLS.
+    pub tls_client: Option<(PathBuf, PathBuf)>,
+    /// Refuse to connect without TLS.
+    pub tls_required: bool,
+    /// How long to wait for a server to answer when connecting.
+    pub connect_timeout: Duration,
+}
+
+impl NatsConnection {
+    /// Plain connection to `urls` (comma-separated), defaults for the rest.
+    pub fn to(urls: &str) -> Self {
+        NatsConnection {
+            urls: urls.split(',').map(|u| u.trim().to_owned()).filter(|u| !u.is_empty()).collect(),
+            name: None,
+            creds_file: None,
+            nkey_seed_file: None,
+            token: None,
+            user_password: None,
+            tls_ca_file: None,
+            tls_client: None,
+            tls_required: false,
+            connect_timeout: Duration::from_millis(defaults::NATS_CONNECT_TIMEOUT_MS as u64),
+        }
+    }
+}
+
+/// `[source] type = "nats"`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NatsSource {
+    /// A stream read through a durable pull consumer: at-least-once.
+    JetStream(JetStreamSource),
+    /// A core NATS subject: fire and forget, shared by a queue group.
+    Core {
+        /// The subject (wildcards allowed).
+        subject: String,
+        /// Processes in the same queue group share the messages.
+        queue_group: Option<String>,
+    },
+}
+
+/// A JetStream source: the stream and the durable consumer's settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JetStreamSource {
+    /// The stream; created with `subjects` if absent.
+    pub stream: String,
+    /// Subjects of a stream created here; also the consumer's filter.
+    pub subjects: Vec<String>,
+    /// Durable consumer name, shared by every process of the pipeline.
+    pub consumer: String,
+    /// Where a new consumer starts.
+    pub start: StartFrom,
+    /// Redelivery after this long without an ack (kept alive by progress acks
+    /// while a message is in the pipeline).
+    pub ack_wait: Duration,
+    /// The consumer's MaxDeliver; `None`: the stages' largest `max_attempts`.
+    pub max_attempts: Option<u32>,
+    /// Redelivery delays after ack-wait expiries (the consumer's BackOff).
+    pub backoff: Vec<Duration>,
+    /// Bound on delivered, unacknowledged messages across all processes.
+    pub max_ack_pending: usize,
 }
 
 /// A pipeline's source.
@@ -103,6 +225,8 @@ pub enum Source {
     },
     /// Synthetic messages, for benchmarks and tests.
     Generator(Generator),
+    /// NATS: a JetStream stream or a core subject.
+    Nats(NatsSource),
 }
 
 impl Source {
@@ -114,6 +238,8 @@ impl Source {
             Source::Stdin { .. } => "stdin".into(),
             Source::File { path, .. } => path.file_name().map_or_else(|| "file".into(), |n| n.to_string_lossy().into_owned()),
             Source::Generator(_) => "generator".into(),
+            Source::Nats(NatsSource::JetStream(js)) => js.stream.clone(),
+            Source::Nats(NatsSource::Core { subject, .. }) => subject.clone(),
         }
     }
 }
@@ -162,6 +288,15 @@ pub enum Sink {
         path: PathBuf,
         /// Payload as text, or one JSON object per message.
         json: bool,
+    },
+    /// Publish to a NATS subject.
+    Nats {
+        /// The subject (no wildcards).
+        subject: String,
+        /// Created capturing `subject` if no stream does.
+        stream: Option<String>,
+        /// Core publish: no stream, no ack, no dedupe.
+        core: bool,
     },
 }
 
@@ -212,6 +347,16 @@ pub mod defaults {
     pub const RETRY_BACKOFF_MS: i64 = 1_000;
     /// `source.max_ack_pending`.
     pub const MAX_ACK_PENDING: i64 = 10_000;
+    /// `nats.url`.
+    pub const NATS_URL: &str = "nats://127.0.0.1:4222";
+    /// `nats.connect_timeout_ms`.
+    pub const NATS_CONNECT_TIMEOUT_MS: i64 = 5_000;
+    /// `source.ack_wait_ms` (NATS).
+    pub const NATS_ACK_WAIT_MS: i64 = 30_000;
+    /// Default dead-letter subject prefix and stream for NATS sources.
+    pub const NATS_DLQ_PREFIX: &str = "weir.dlq";
+    /// The stream created to hold `weir.dlq.>` if none does.
+    pub const NATS_DLQ_STREAM: &str = "WEIR_DLQ";
 }
 
 struct Compiler<'a> {
@@ -246,6 +391,112 @@ impl Compiler<'_> {
 }
 
 impl Compiler<'_> {
+    /// A NATS subject: dot-separated tokens; `*` and a final `>` only where
+    /// `wildcards` are allowed.
+    fn subject(&mut self, path: &TomlPath, subject: &str, wildcards: bool) {
+        let tokens: Vec<&str> = subject.split('.').collect();
+        let bad = if subject.is_empty() {
+            Some("must not be empty")
+        } else if subject.chars().any(char::is_whitespace) {
+            Some("must not contain whitespace")
+        } else if tokens.iter().any(|t| t.is_empty()) {
+            Some("has an empty token (a leading, trailing or double `.`)")
+        } else if tokens.iter().any(|t| t.contains(['*', '>']) && t.len() > 1) {
+            Some("has `*` or `>` inside a token")
+        } else if !wildcards && tokens.iter().any(|t| *t == "*" || *t == ">") {
+            Some("must be a literal subject to publish to (no `*` or `>`)")
+        } else if tokens[..tokens.len() - 1].contains(&">") {
+            Some("may use `>` only as its last token")
+        } else {
+            None
+        };
+        if let Some(why) = bad {
+            self.error(path, format!("subject {subject:?} {why}"));
+        }
+    }
+
+    /// A stream, consumer or queue group name: no `.`, wildcards, whitespace or path separators.
+    fn nats_name(&mut self, path: &TomlPath, what: &str, name: &str) {
+        if name.is_empty() || name.len() > 255 || name.contains(['.', '*', '>', '/', '\\']) || name.chars().any(char::is_whitespace) {
+            self.error(path, format!("{what} {name:?} must be 1 to 255 characters without `.`, `*`, `>`, `/`, `\\` or whitespace"));
+        }
+    }
+
+    /// `[nats]`: secrets are read from the environment now, so a missing one
+    /// is reported with the rest of the file's errors.
+    fn nats(&mut self, path: &TomlPath, raw: &RawNats, base: &Path) -> NatsConnection {
+        let mut conn = NatsConnection::to(defaults::NATS_URL);
+        match (&raw.url, &raw.urls) {
+            (Some(_), Some(_)) => self.error(&path.key("urls"), "set `url` or `urls`, not both"),
+            (Some(u), None) => conn.urls = vec![u.clone()],
+            (None, Some(us)) if us.is_empty() => self.error(&path.key("urls"), "needs at least one URL"),
+            (None, Some(us)) => conn.urls = us.clone(),
+            (None, None) => {}
+        }
+        for (i, u) in conn.urls.iter().enumerate() {
+            let at = if raw.urls.is_some() { path.key("urls").index(i) } else { path.key("url") };
+            if u.parse::<async_nats::ServerAddr>().is_err() {
+                self.error(&at, format!("{u:?} is not a NATS server URL (like \"nats://127.0.0.1:4222\")"));
+            }
+        }
+        let file = |c: &mut Self, key: &str, v: &Option<String>| -> Option<PathBuf> {
+            let p = base.join(v.as_ref()?);
+            if !p.is_file() {
+                c.error(&path.key(key), format!("file {} does not exist", p.display()));
+            }
+            Some(p)
+        };
+        conn.name = raw.name.clone();
+        conn.creds_file = file(self, "creds_file", &raw.creds_file);
+        conn.nkey_seed_file = file(self, "nkey_seed_file", &raw.nkey_seed_file);
+        conn.tls_ca_file = file(self, "tls_ca_file", &raw.tls_ca_file);
+        let cert = file(self, "tls_cert_file", &raw.tls_cert_file);
+        let key = file(self, "tls_key_file", &raw.tls_key_file);
+        conn.tls_client = match (cert, key) {
+            (Some(c), Some(k)) => Some((c, k)),
+            (None, None) => None,
+            (Some(_), None) => {
+                self.error(&path.key("tls_cert_file"), "needs `tls_key_file` too");
+                None
+            }
+            (None, Some(_)) => {
+                self.error(&path.key("tls_key_file"), "needs `tls_cert_file` too");
+                None
+            }
+        };
+        conn.tls_required = raw.tls_required;
+        let env = |c: &mut Self, key: &str, var: &Option<String>| -> Option<String> {
+            let var = var.as_ref()?;
+            let value = std::env::var(var).ok();
+            if value.is_none() {
+                c.error(&path.key(key), format!("environment variable {var} is not set"));
+            }
+            value
+        };
+        conn.token = env(self, "token_env", &raw.token_env);
+        let password = env(self, "password_env", &raw.password_env);
+        conn.user_password = match (&raw.user, password) {
+            (Some(u), Some(p)) => Some((u.clone(), p)),
+            (None, None) => None,
+            (Some(_), None) if raw.password_env.is_none() => {
+                self.error(&path.key("user"), "needs `password_env` too");
+                None
+            }
+            (None, Some(_)) => {
+                self.error(&path.key("password_env"), "needs `user` too");
+                None
+            }
+            (Some(_), None) => None,
+        };
+        let auth = [conn.creds_file.is_some(), conn.nkey_seed_file.is_some(), conn.token.is_some(), conn.user_password.is_some()];
+        if auth.iter().filter(|&&a| a).count() > 1 {
+            self.error(path, "set one of creds_file, nkey_seed_file, token_env, user/password_env");
+        }
+        let ms = self.int(&path.key("connect_timeout_ms"), raw.connect_timeout_ms, defaults::NATS_CONNECT_TIMEOUT_MS, 1, 600_000, " ms");
+        conn.connect_timeout = Duration::from_millis(ms as u64);
+        conn
+    }
+
     /// `[stage.grants]`: environment values are read now; directories are
     /// relative to the pipeline file and must exist.
     fn grants(&mut self, path: &TomlPath, raw: &RawGrants, base: &Path) -> Grants {
@@ -379,6 +630,83 @@ pub fn compile(file: &Path, text: &str) -> Result<Pipeline, ConfigErrors> {
             rate: rate.map(|r| c.int(&s.key("rate"), Some(r), 1, 1, i64::MAX, " messages/s") as u64),
             keys: c.int(&s.key("keys"), *keys, 0, 0, i64::MAX, "") as u64,
         }),
+        RawSource::Nats {
+            stream,
+            subjects,
+            consumer,
+            start,
+            ack_wait_ms,
+            max_attempts,
+            backoff_ms,
+            max_ack_pending,
+            subject,
+            queue_group,
+        } => match (stream, subject) {
+            (Some(stream), None) => {
+                c.nats_name(&s.key("stream"), "stream name", stream);
+                let subjects = subjects.clone().unwrap_or_default();
+                for (i, subj) in subjects.iter().enumerate() {
+                    c.subject(&s.key("subjects").index(i), subj, true);
+                }
+                let consumer = consumer.clone().unwrap_or_else(|| raw.pipeline.name.clone());
+                c.nats_name(&s.key("consumer"), "consumer name", &consumer);
+                let ack_wait_ms = c.int(&s.key("ack_wait_ms"), *ack_wait_ms, defaults::NATS_ACK_WAIT_MS, 100, 86_400_000, " ms");
+                let max_attempts = max_attempts.map(|n| c.int(&s.key("max_attempts"), Some(n), 1, 1, 1_000_000, "") as u32);
+                let mut backoff = Vec::new();
+                for (i, ms) in backoff_ms.iter().flatten().enumerate() {
+                    backoff.push(Duration::from_millis(c.int(&s.key("backoff_ms").index(i), Some(*ms), 1, 1, 86_400_000, " ms") as u64));
+                }
+                if let Some(n) = max_attempts
+                    && !backoff.is_empty()
+                    && backoff.len() >= n as usize
+                {
+                    c.error(&s.key("backoff_ms"), format!("needs fewer delays than max_attempts ({n}), got {}", backoff.len()));
+                }
+                let max_ack_pending = c.int(&s.key("max_ack_pending"), *max_ack_pending, defaults::MAX_ACK_PENDING, 1, 10_000_000, "");
+                Source::Nats(NatsSource::JetStream(JetStreamSource {
+                    stream: stream.clone(),
+                    subjects,
+                    consumer,
+                    start: match start {
+                        Some(RawStart::Latest) => StartFrom::Latest,
+                        Some(RawStart::Earliest) | None => StartFrom::Earliest,
+                    },
+                    ack_wait: Duration::from_millis(ack_wait_ms as u64),
+                    max_attempts,
+                    backoff,
+                    max_ack_pending: max_ack_pending as usize,
+                }))
+            }
+            (None, Some(subject)) => {
+                c.subject(&s.key("subject"), subject, true);
+                let jetstream_only = [
+                    ("subjects", subjects.is_some()),
+                    ("consumer", consumer.is_some()),
+                    ("start", start.is_some()),
+                    ("ack_wait_ms", ack_wait_ms.is_some()),
+                    ("max_attempts", max_attempts.is_some()),
+                    ("backoff_ms", backoff_ms.is_some()),
+                    ("max_ack_pending", max_ack_pending.is_some()),
+                ];
+                for (key, set) in jetstream_only {
+                    if set {
+                        c.error(&s.key(key), "applies to a JetStream source (`stream`), not to a core NATS `subject`");
+                    }
+                }
+                if let Some(g) = queue_group {
+                    c.nats_name(&s.key("queue_group"), "queue group", g);
+                }
+                Source::Nats(NatsSource::Core { subject: subject.clone(), queue_group: queue_group.clone() })
+            }
+            (Some(_), Some(_)) => {
+                c.error(&s.key("subject"), "set `stream` (JetStream, at-least-once) or `subject` (core NATS), not both");
+                Source::Nats(NatsSource::Core { subject: String::new(), queue_group: None })
+            }
+            (None, None) => {
+                c.error(&s, "a NATS source needs `stream` (JetStream, at-least-once) or `subject` (core NATS, fire and forget)");
+                Source::Nats(NatsSource::Core { subject: String::new(), queue_group: None })
+            }
+        },
     };
 
     let mut stages = Vec::new();
@@ -460,6 +788,22 @@ pub fn compile(file: &Path, text: &str) -> Result<Pipeline, ConfigErrors> {
                 }
                 Sink::File { path, json: matches!(format, Some(RawFormat::Json)) }
             }
+            RawSink::Nats { subject, stream, core, .. } => {
+                c.subject(&kp.key("subject"), subject, false);
+                if let Some(st) = stream {
+                    c.nats_name(&kp.key("stream"), "stream name", st);
+                }
+                let core = core.unwrap_or(false);
+                if core && stream.is_some() {
+                    c.error(&kp.key("stream"), "a core publish (`core = true`) goes to no stream");
+                }
+                if let Source::Nats(NatsSource::JetStream(js)) = &source
+                    && js.subjects.iter().any(|p| subject_matches(p, subject))
+                {
+                    c.error(&kp.key("subject"), format!("subject {subject:?} is captured by the source: the pipeline would feed itself"));
+                }
+                Sink::Nats { subject: subject.clone(), stream: stream.clone(), core }
+            }
         };
         let (name, from) = sink.name_and_from();
         let name = name.clone().unwrap_or_else(|| format!("sink[{i}]"));
@@ -484,19 +828,72 @@ pub fn compile(file: &Path, text: &str) -> Result<Pipeline, ConfigErrors> {
         topics.entry(topic.clone()).or_default();
     }
 
-    let dead_letter_topic = match &raw.dead_letter {
-        Some(d) => {
-            c.name(&root.key("dead_letter").key("topic"), "topic name", &d.topic);
-            d.topic.clone()
+    let dp = root.key("dead_letter");
+    let dead_letter = match raw.dead_letter.as_ref().map(|d| (&d.topic, &d.subject, &d.stream)) {
+        Some((Some(topic), None, None)) => {
+            c.name(&dp.key("topic"), "topic name", topic);
+            DeadLetterTo::Topic(topic.clone())
         }
-        None => format!("{}.dlq", raw.pipeline.name),
+        Some((None, Some(subject), stream)) => {
+            c.subject(&dp.key("subject"), subject, false);
+            if let Some(st) = stream {
+                c.nats_name(&dp.key("stream"), "stream name", st);
+            }
+            if let Source::Nats(NatsSource::JetStream(js)) = &source
+                && js.subjects.iter().any(|p| subject_matches(p, subject))
+            {
+                c.error(&dp.key("subject"), format!("subject {subject:?} is captured by the source: dead letters would be redelivered"));
+            }
+            DeadLetterTo::Nats {
+                subject: subject.clone(),
+                stream: stream.as_ref().map(|name| StreamSpec { name: name.clone(), subjects: vec![subject.clone()] }),
+            }
+        }
+        Some((Some(_), _, _)) => {
+            c.error(&dp, "set `topic` (embedded queue) or `subject` (NATS), not both; `stream` goes with `subject`");
+            DeadLetterTo::Topic(String::new())
+        }
+        Some((None, None, _)) => {
+            c.error(&dp, "needs `topic` (embedded queue) or `subject` (NATS)");
+            DeadLetterTo::Topic(String::new())
+        }
+        None if matches!(source, Source::Nats(_)) => DeadLetterTo::Nats {
+            subject: format!("{}.{}", defaults::NATS_DLQ_PREFIX, raw.pipeline.name),
+            stream: Some(StreamSpec { name: defaults::NATS_DLQ_STREAM.into(), subjects: vec![format!("{}.>", defaults::NATS_DLQ_PREFIX)] }),
+        },
+        None => DeadLetterTo::Topic(format!("{}.dlq", raw.pipeline.name)),
     };
-    topics.entry(dead_letter_topic.clone()).or_default();
+    if let DeadLetterTo::Topic(t) = &dead_letter {
+        topics.entry(t.clone()).or_default();
+    } else if matches!(source, Source::Stdin { json: true } | Source::File { json: true, .. }) {
+        c.error(&dp.key("subject"), "JSON lines that are not messages are dead-lettered to a topic: set dead_letter.topic");
+    }
+    let uses_nats = matches!(source, Source::Nats(_))
+        || matches!(dead_letter, DeadLetterTo::Nats { .. })
+        || sinks.iter().any(|s: &SinkSpec| matches!(s.kind, Sink::Nats { .. }));
+    let nats = match &raw.nats {
+        Some(n) => Some(c.nats(&root.key("nats"), n, base)),
+        None => uses_nats.then(|| NatsConnection::to(defaults::NATS_URL)),
+    };
 
     c.errors.sort_by_key(|e| e.location);
     if c.errors.is_empty() {
-        Ok(Pipeline { name: raw.pipeline.name, file: file.to_owned(), data_dir, source, stages, sinks, dead_letter_topic, topics })
+        Ok(Pipeline { name: raw.pipeline.name, file: file.to_owned(), data_dir, source, stages, sinks, dead_letter, topics, nats })
     } else {
         Err(ConfigErrors(c.errors))
     }
+}
+
+/// Whether the subject `pattern` (with `*` and `>` wildcards) matches the literal `subject`.
+pub fn subject_matches(pattern: &str, subject: &str) -> bool {
+    let mut subject = subject.split('.');
+    for p in pattern.split('.') {
+        match (p, subject.next()) {
+            (">", Some(_)) => return true,
+            ("*", Some(_)) => {}
+            (p, Some(s)) if p == s => {}
+            _ => return false,
+        }
+    }
+    subject.next().is_none()
 }

@@ -17,6 +17,28 @@ pub(crate) struct RawFile {
     pub dead_letter: Option<RawDeadLetter>,
     #[serde(default)]
     pub topic: Vec<RawTopic>,
+    pub nats: Option<RawNats>,
+}
+
+/// `[nats]`: how to reach NATS, shared by every NATS source and sink.
+/// Secrets are named by environment variable or file, never written here.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawNats {
+    pub url: Option<String>,
+    pub urls: Option<Vec<String>>,
+    pub name: Option<String>,
+    pub creds_file: Option<String>,
+    pub nkey_seed_file: Option<String>,
+    pub token_env: Option<String>,
+    pub user: Option<String>,
+    pub password_env: Option<String>,
+    pub tls_ca_file: Option<String>,
+    pub tls_cert_file: Option<String>,
+    pub tls_key_file: Option<String>,
+    #[serde(default)]
+    pub tls_required: bool,
+    pub connect_timeout_ms: Option<i64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -37,6 +59,20 @@ pub(crate) enum RawSource {
     File { path: String, format: Option<RawFormat> },
     /// Synthetic messages.
     Generator { count: Option<i64>, size: Option<i64>, rate: Option<i64>, keys: Option<i64> },
+    /// A JetStream stream through a durable pull consumer, or a core NATS
+    /// subject with a queue group.
+    Nats {
+        stream: Option<String>,
+        subjects: Option<Vec<String>>,
+        consumer: Option<String>,
+        start: Option<RawStart>,
+        ack_wait_ms: Option<i64>,
+        max_attempts: Option<i64>,
+        backoff_ms: Option<Vec<i64>>,
+        max_ack_pending: Option<i64>,
+        subject: Option<String>,
+        queue_group: Option<String>,
+    },
 }
 
 #[derive(Debug, Clone, Copy, Deserialize)]
@@ -95,12 +131,17 @@ pub(crate) enum RawSink {
     Stdout { name: Option<String>, from: Option<String>, format: Option<RawFormat> },
     /// Append each message as a line to a file.
     File { name: Option<String>, from: Option<String>, path: String, format: Option<RawFormat> },
+    /// Publish to a NATS subject: JetStream (awaiting the publish ack) or core.
+    Nats { name: Option<String>, from: Option<String>, subject: String, stream: Option<String>, core: Option<bool> },
 }
 
 impl RawSink {
     pub(crate) fn name_and_from(&self) -> (&Option<String>, &Option<String>) {
         match self {
-            RawSink::Queue { name, from, .. } | RawSink::Stdout { name, from, .. } | RawSink::File { name, from, .. } => (name, from),
+            RawSink::Queue { name, from, .. }
+            | RawSink::Stdout { name, from, .. }
+            | RawSink::File { name, from, .. }
+            | RawSink::Nats { name, from, .. } => (name, from),
         }
     }
 }
@@ -115,7 +156,9 @@ pub(crate) enum RawFormat {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawDeadLetter {
-    pub topic: String,
+    pub topic: Option<String>,
+    pub subject: Option<String>,
+    pub stream: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -1,0 +1,539 @@
+//! NATS through async-nats: the connection, the JetStream source feed, and
+//! publishing outputs and dead letters.
+//!
+//! The pipeline's threads are synchronous; NATS I/O runs on a small tokio
+//! runtime owned by [`Nats`], entered with `block_on` from the source and
+//! sink threads. The client reconnects by itself (backing off to 2 s): while
+//! the connection is down, fetches come back empty and publishes are retried,
+//! so the pipeline pauses instead of failing, and nothing unpublished is
+//! acknowledged.
+//!
+//! A JetStream message maps to the WIT `message` as: subject → topic, stream
+//! sequence → offset (partition 0), headers → headers (the `Weir-Key` header
+//! → key), delivery count → attempt, publish time → timestamp.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, PullConsumer, pull};
+use async_nats::jetstream::message::{Acker, PublishMessage};
+use async_nats::jetstream::{self, AckKind};
+use async_nats::{Client, ConnectOptions, HeaderMap, ServerAddr, Subject};
+use futures_util::StreamExt;
+use weir_host::Message;
+use weir_queue::{DeliveryId, Record, StartFrom};
+
+use crate::config::{JetStreamSource, NatsConnection, StreamSpec};
+use crate::feed::Fetched;
+use crate::{Error, Result};
+
+/// The header that carries a message's key (NATS messages have none of their own).
+pub const KEY_HEADER: &str = "Weir-Key";
+
+/// Messages asked for per pull request, at least: the server streams them
+/// ahead while the pipeline works on the previous ones.
+const MIN_PULL_BATCH: usize = 512;
+
+/// Longest wait for a publish acknowledgement before it is retried.
+const PUBLISH_ACK_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Connect to NATS as `conn` says: auth, TLS, and reconnecting forever with
+/// a backoff up to 2 s, logging when the connection is lost and regained.
+///
+/// # Errors
+/// [`Error::Nats`] if no server answers within the connect timeout, or a
+/// credentials file cannot be read.
+pub async fn connect(conn: &NatsConnection) -> Result<Client> {
+    let urls = conn.urls.join(", ");
+    let fail = |e: &dyn std::fmt::Display| Error::Nats(format!("connecting to {urls}: {e}"));
+    let mut opts = match &conn.creds_file {
+        Some(path) => ConnectOptions::with_credentials_file(path).await.map_err(|e| fail(&format!("{}: {e}", path.display())))?,
+        None => ConnectOptions::new(),
+    };
+    if let Some(path) = &conn.nkey_seed_file {
+        let seed = std::fs::read_to_string(path).map_err(|e| fail(&format!("{}: {e}", path.display())))?;
+        opts = opts.nkey(seed.trim().to_owned());
+    }
+    if let Some(token) = &conn.token {
+        opts = opts.token(token.clone());
+    }
+    if let Some((user, password)) = &conn.user_password {
+        opts = opts.user_and_password(user.clone(), password.clone());
+    }
+    if let Some(ca) = &conn.tls_ca_file {
+        opts = opts.add_root_certificates(ca.clone());
+    }
+    if let Some((cert, key)) = &conn.tls_client {
+        opts = opts.add_client_certificate(cert.clone(), key.clone());
+    }
+    if let Some(name) = &conn.name {
+        opts = opts.name(name);
+    }
+    let lost = Arc::new(AtomicBool::new(false));
+    let addrs = conn.urls.iter().map(|u| u.parse::<ServerAddr>()).collect::<Result<Vec<_>, _>>().map_err(|e| fail(&e))?;
+    opts.require_tls(conn.tls_required)
+        .connection_timeout(conn.connect_timeout)
+        .reconnect_delay_callback(|attempts| Duration::from_millis((attempts as u64 * 250).min(2_000)))
+        .event_callback(move |event| {
+            let lost = lost.clone();
+            async move {
+                match event {
+                    async_nats::Event::Disconnected => {
+                        lost.store(true, Ordering::Relaxed);
+                        tracing::warn!("NATS connection lost; waiting for it to come back");
+                    }
+                    async_nats::Event::Connected if lost.swap(false, Ordering::Relaxed) => tracing::info!("NATS connection is back"),
+                    async_nats::Event::Connected => {}
+                    other => tracing::warn!(event = %other, "NATS"),
+                }
+            }
+        })
+        .connect(addrs)
+        .await
+        .map_err(|e| fail(&e))
+}
+
+/// A connection to NATS and the runtime that drives it.
+pub(crate) struct Nats {
+    rt: tokio::runtime::Runtime,
+    client: Client,
+    js: jetstream::Context,
+}
+
+impl Nats {
+    pub(crate) fn connect(conn: &NatsConnection) -> Result<Arc<Nats>> {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("weir-nats")
+            .enable_all()
+            .build()
+            .map_err(|e| Error::Nats(format!("starting the NATS runtime: {e}")))?;
+        let client = rt.block_on(connect(conn))?;
+        let js = rt.block_on(async { jetstream::context::ContextBuilder::new().ack_timeout(PUBLISH_ACK_TIMEOUT).build(client.clone()) });
+        Ok(Arc::new(Nats { rt, client, js }))
+    }
+
+    fn block_on<F: Future>(&self, f: F) -> F::Output {
+        self.rt.block_on(f)
+    }
+
+    pub(crate) fn ensure_stream(&self, subject: &str, create: Option<&StreamSpec>) -> Result<()> {
+        self.block_on(ensure_stream(&self.js, subject, create))
+    }
+
+    /// Open the durable pull consumer of a JetStream source, creating the
+    /// stream and the consumer if absent and applying the TOML settings to an
+    /// existing consumer (all but where it starts, which is fixed at creation).
+    pub(crate) fn jetstream_feed(self: &Arc<Self>, src: &JetStreamSource, max_attempts: u32, batch: usize) -> Result<JetStreamFeed> {
+        let consumer = self.block_on(async {
+            let stream = match self.js.get_stream(&src.stream).await {
+                Ok(s) => s,
+                Err(e) if src.subjects.is_empty() => {
+                    return Err(Error::Nats(format!("stream {}: {e} (set source.subjects to have weir create it)", src.stream)));
+                }
+                Err(_) => {
+                    let config =
+                        jetstream::stream::Config { name: src.stream.clone(), subjects: src.subjects.clone(), ..Default::default() };
+                    self.js.create_stream(config).await.map_err(|e| Error::Nats(format!("creating stream {}: {e}", src.stream)))?
+                }
+            };
+            let mut config = pull::Config {
+                durable_name: Some(src.consumer.clone()),
+                ack_policy: AckPolicy::Explicit,
+                ack_wait: src.ack_wait,
+                max_deliver: i64::from(max_attempts),
+                backoff: src.backoff.clone(),
+                max_ack_pending: src.max_ack_pending as i64,
+                deliver_policy: match src.start {
+                    StartFrom::Earliest => DeliverPolicy::All,
+                    StartFrom::Latest => DeliverPolicy::New,
+                },
+                ..Default::default()
+            };
+            match src.subjects.as_slice() {
+                [] => {}
+                [one] => config.filter_subject = one.clone(),
+                many => config.filter_subjects = many.to_vec(),
+            }
+            if let Ok(existing) = stream.consumer_info(&src.consumer).await {
+                config.deliver_policy = existing.config.deliver_policy;
+            }
+            stream
+                .create_consumer(config)
+                .await
+                .map_err(|e| Error::Nats(format!("creating consumer {} on stream {}: {e}", src.consumer, src.stream)))
+        })?;
+        let in_flight: Arc<Mutex<HashMap<u64, Pending>>> = Arc::default();
+        let keep_alive = self.rt.spawn(keep_alive(self.js.clone(), in_flight.clone(), src.ack_wait));
+        Ok(JetStreamFeed {
+            nats: self.clone(),
+            consumer,
+            messages: None,
+            batch,
+            in_flight,
+            ops: Vec::new(),
+            info: None,
+            keep_alive,
+            warned: None,
+        })
+    }
+
+    /// Subscribe to a core subject, in `queue_group` if given.
+    pub(crate) fn subscribe(&self, subject: &str, queue_group: Option<&str>) -> Result<async_nats::Subscriber> {
+        self.block_on(async {
+            match queue_group {
+                Some(g) => self.client.queue_subscribe(subject.to_owned(), g.to_owned()).await,
+                None => self.client.subscribe(subject.to_owned()).await,
+            }
+        })
+        .map_err(|e| Error::Nats(format!("subscribing to {subject:?}: {e}")))
+    }
+
+    /// The next message of a core subscription; `None` when it ends.
+    pub(crate) fn next(&self, sub: &mut async_nats::Subscriber) -> Option<async_nats::Message> {
+        self.block_on(sub.next())
+    }
+
+    /// Publish `records` to `subject`. Through JetStream, each is retried
+    /// until the stream acknowledges it (a lost connection pauses here), with
+    /// its id as `Nats-Msg-Id` so a retry or a redelivered input is stored
+    /// once; give up only when `stop` is set. A core publish is flushed, not
+    /// acknowledged.
+    pub(crate) fn publish(&self, subject: &str, records: IdRecords, core: bool, stop: &AtomicBool) -> Result<()> {
+        let failed = |e: &dyn std::fmt::Display| Error::Sink(format!("NATS subject {subject}: {e}"));
+        self.block_on(async {
+            if core {
+                for (_, r) in records {
+                    let (headers, payload) = to_nats(r);
+                    self.client.publish_with_headers(subject.to_owned(), headers, payload).await.map_err(|e| failed(&e))?;
+                }
+                return self.client.flush().await.map_err(|e| failed(&e));
+            }
+            let mut pending: Vec<PublishMessage> = records
+                .into_iter()
+                .map(|(id, r)| {
+                    let (headers, payload) = to_nats(r);
+                    let m = PublishMessage::build().payload(payload).headers(headers);
+                    match id {
+                        Some(id) => m.message_id(id),
+                        None => m,
+                    }
+                })
+                .collect();
+            let mut delay = Duration::from_millis(50);
+            loop {
+                let mut acks = Vec::with_capacity(pending.len());
+                let mut retry = Vec::new();
+                let mut last_error = String::new();
+                for m in pending {
+                    match self.js.send_publish(subject.to_owned(), m.clone()).await {
+                        Ok(ack) => acks.push((m, ack)),
+                        Err(e) => {
+                            last_error = e.to_string();
+                            retry.push(m);
+                        }
+                    }
+                }
+                for (m, ack) in acks {
+                    if let Err(e) = ack.await {
+                        last_error = e.to_string();
+                        retry.push(m);
+                    }
+                }
+                if retry.is_empty() {
+                    return Ok(());
+                }
+                if stop.load(Ordering::Relaxed) {
+                    return Err(failed(&format!("{} messages unpublished at stop: {last_error}", retry.len())));
+                }
+                tracing::warn!(%subject, unpublished = retry.len(), error = %last_error, "NATS publish failed; retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(2));
+                pending = retry;
+            }
+        })
+    }
+}
+
+/// A record as NATS headers and payload; its key travels in [`KEY_HEADER`].
+/// Header values are text on one line: invalid UTF-8 is replaced and line
+/// breaks are written `\n` (a dead letter's reason may span lines). A header
+/// whose name NATS cannot carry is dropped, with a warning.
+pub fn to_nats(r: Record) -> (HeaderMap, bytes::Bytes) {
+    let one_line = |v: &[u8]| String::from_utf8_lossy(v).replace('\r', "\\r").replace('\n', "\\n");
+    let mut headers = HeaderMap::new();
+    for (k, v) in &r.headers {
+        match async_nats::HeaderName::try_from(k.as_str()) {
+            Ok(name) => headers.append(name, one_line(v)),
+            Err(e) => tracing::warn!(header = %k, error = %e, "header dropped: NATS cannot carry its name"),
+        }
+    }
+    if let Some(key) = &r.key {
+        headers.insert(KEY_HEADER, one_line(key));
+    }
+    (headers, r.payload.into())
+}
+
+/// A message's headers, as weir keeps them.
+pub type Headers = Vec<(String, Vec<u8>)>;
+
+/// Records to publish, each with its `Nats-Msg-Id` if it has one.
+pub(crate) type IdRecords = Vec<(Option<String>, Record)>;
+
+/// A NATS message's headers as weir headers, taking out the key.
+pub fn from_nats_headers(headers: Option<&HeaderMap>) -> (Option<Vec<u8>>, Headers) {
+    let mut key = None;
+    let mut out = Vec::new();
+    for (name, values) in headers.into_iter().flat_map(HeaderMap::iter) {
+        let name: &str = name.as_ref();
+        for v in values {
+            if name == KEY_HEADER {
+                key = Some(v.as_str().as_bytes().to_vec());
+            } else {
+                out.push((name.to_owned(), v.as_str().as_bytes().to_vec()));
+            }
+        }
+    }
+    (key, out)
+}
+
+/// A JetStream delivery as the message a stage sees, and the subject to
+/// acknowledge it on; `None` (logged) for a message without delivery info.
+pub fn jetstream_message(m: jetstream::Message) -> Option<(Message, Subject)> {
+    let Ok(info) = m.info() else {
+        tracing::warn!(subject = %m.subject, "a JetStream message without delivery info; skipped");
+        return None;
+    };
+    let (offset, attempt) = (info.stream_sequence, info.delivered.clamp(1, i64::from(u32::MAX)) as u32);
+    let published_ms = (info.published.unix_timestamp_nanos() / 1_000_000).max(0) as u64;
+    let msg = m.message;
+    let (key, headers) = from_nats_headers(msg.headers.as_ref());
+    let message = Message {
+        topic: msg.subject.to_string(),
+        partition: 0,
+        offset,
+        key,
+        payload: msg.payload.to_vec(),
+        headers,
+        timestamp_ms: published_ms,
+        attempt,
+    };
+    Some((message, msg.reply?))
+}
+
+/// Make sure a stream captures `subject`: one already does, or `create`
+/// names a stream to make (an existing stream of that name must capture it).
+///
+/// # Errors
+/// [`Error::Nats`] when no stream captures it and none is to be created, or
+/// the stream cannot be created.
+pub async fn ensure_stream(js: &jetstream::Context, subject: &str, create: Option<&StreamSpec>) -> Result<()> {
+    if js.stream_by_subject(subject).await.is_ok() {
+        return Ok(());
+    }
+    let Some(spec) = create else {
+        return Err(Error::Nats(format!(
+            "no JetStream stream captures subject {subject:?}: create one, or name a stream for weir to create"
+        )));
+    };
+    let config = jetstream::stream::Config { name: spec.name.clone(), subjects: spec.subjects.clone(), ..Default::default() };
+    let stream = js
+        .get_or_create_stream(config)
+        .await
+        .map_err(|e| Error::Nats(format!("creating stream {} for subject {subject:?}: {e}", spec.name)))?;
+    let subjects = &stream.cached_info().config.subjects;
+    if !subjects.iter().any(|p| crate::config::subject_matches(p, subject)) {
+        return Err(Error::Nats(format!("stream {} exists but captures {subjects:?}, not subject {subject:?}", spec.name)));
+    }
+    Ok(())
+}
+
+/// A message delivered and not yet settled: where to ack it, and when it was
+/// last kept alive.
+struct Pending {
+    reply: Subject,
+    touched: Instant,
+}
+
+/// Tell the server, every third of `ack_wait`, that messages still in the
+/// pipeline are being worked on, so a long batch is not redelivered.
+async fn keep_alive(js: jetstream::Context, in_flight: Arc<Mutex<HashMap<u64, Pending>>>, ack_wait: Duration) {
+    let every = (ack_wait / 3).max(Duration::from_millis(50));
+    loop {
+        tokio::time::sleep(every).await;
+        let due: Vec<Subject> = {
+            let now = Instant::now();
+            let mut map = in_flight.lock().expect("in-flight map poisoned");
+            map.values_mut()
+                .filter(|p| now.duration_since(p.touched) >= every)
+                .map(|p| {
+                    p.touched = now;
+                    p.reply.clone()
+                })
+                .collect()
+        };
+        for reply in due {
+            if let Err(e) = Acker::new(js.clone(), Some(reply)).ack_with(AckKind::Progress).await {
+                tracing::debug!(error = %e, "progress ack failed");
+            }
+        }
+    }
+}
+
+/// A JetStream source: a durable pull consumer shared by every process that
+/// runs the pipeline. Settlements are sent when the source commits.
+pub(crate) struct JetStreamFeed {
+    nats: Arc<Nats>,
+    consumer: PullConsumer,
+    /// The pull subscription; made again after an error.
+    messages: Option<pull::Stream>,
+    batch: usize,
+    in_flight: Arc<Mutex<HashMap<u64, Pending>>>,
+    /// Acks, naks and terms to send at the next commit.
+    ops: Vec<(Subject, AckKind)>,
+    /// When the consumer's counts were read: (at, pending, ack pending).
+    info: Option<(Instant, u64, usize)>,
+    keep_alive: tokio::task::JoinHandle<()>,
+    /// When a pull error was last logged (they repeat while NATS is away).
+    warned: Option<Instant>,
+}
+
+impl Drop for JetStreamFeed {
+    fn drop(&mut self) {
+        self.keep_alive.abort();
+    }
+}
+
+impl JetStreamFeed {
+    pub(crate) fn fetch(&mut self, max: usize, wait: Duration) -> Result<Vec<Fetched>> {
+        let deadline = Instant::now() + wait;
+        let mut got = Vec::new();
+        let nats = self.nats.clone();
+        let result = nats.block_on(async {
+            while got.len() < max {
+                if self.messages.is_none() {
+                    let stream = self
+                        .consumer
+                        .stream()
+                        .max_messages_per_batch(self.batch.max(MIN_PULL_BATCH))
+                        .heartbeat(Duration::from_secs(5))
+                        .expires(Duration::from_secs(30))
+                        .messages()
+                        .await;
+                    match stream {
+                        Ok(s) => self.messages = Some(s),
+                        Err(e) => {
+                            self.warn(&e);
+                            tokio::time::sleep(deadline.saturating_duration_since(Instant::now()).min(Duration::from_millis(250))).await;
+                            return Ok(());
+                        }
+                    }
+                }
+                let stream = self.messages.as_mut().expect("made above");
+                let left = if got.is_empty() { deadline.saturating_duration_since(Instant::now()) } else { Duration::ZERO };
+                match tokio::time::timeout(left, stream.next()).await {
+                    Err(_) => return Ok(()),
+                    Ok(Some(Ok(m))) => got.push(m),
+                    Ok(Some(Err(e))) => {
+                        if e.kind() == pull::MessagesErrorKind::ConsumerDeleted {
+                            return Err(Error::Nats(format!("consumer {} was deleted", self.consumer.cached_info().name)));
+                        }
+                        self.warn(&e);
+                        self.messages = None;
+                        return Ok(());
+                    }
+                    Ok(None) => {
+                        self.messages = None;
+                        return Ok(());
+                    }
+                }
+            }
+            Ok(())
+        });
+        result?;
+        let mut out = Vec::with_capacity(got.len());
+        let now = Instant::now();
+        let mut in_flight = self.in_flight.lock().expect("in-flight map poisoned");
+        for m in got {
+            let Some((msg, reply)) = jetstream_message(m) else { continue };
+            in_flight.insert(msg.offset, Pending { reply, touched: now });
+            out.push(Fetched {
+                id: DeliveryId { partition: 0, offset: msg.offset },
+                attempt: msg.attempt,
+                appended_ms: msg.timestamp_ms,
+                msg,
+            });
+        }
+        Ok(out)
+    }
+
+    fn warn(&mut self, e: &dyn std::fmt::Display) {
+        if self.warned.is_none_or(|t| t.elapsed() > Duration::from_secs(5)) {
+            tracing::warn!(error = %e, "pulling from NATS failed; retrying");
+            self.warned = Some(Instant::now());
+        }
+    }
+
+    /// Queue `kind` for the delivery `id`, sent at the next commit.
+    pub(crate) fn settle(&mut self, id: DeliveryId, kind: AckKind) {
+        if let Some(p) = self.in_flight.lock().expect("in-flight map poisoned").remove(&id.offset) {
+            self.ops.push((p.reply, kind));
+        }
+    }
+
+    /// Send the queued settlements (the client writes them out in the
+    /// background). An ack lost with the connection means a redelivery,
+    /// never a loss.
+    pub(crate) fn commit(&mut self) {
+        if self.ops.is_empty() {
+            return;
+        }
+        let ops = std::mem::take(&mut self.ops);
+        let js = &self.nats.js;
+        self.nats.block_on(async {
+            for (reply, kind) in ops {
+                if let Err(e) = Acker::new(js.clone(), Some(reply)).ack_with(kind).await {
+                    tracing::warn!(error = %e, "acknowledging to NATS failed; the message will be redelivered");
+                }
+            }
+        });
+    }
+
+    /// Wait (a little) until the server has every settlement sent, before the run ends.
+    pub(crate) fn flush(&mut self) {
+        let client = self.nats.js.client();
+        let flushed = self.nats.block_on(async { tokio::time::timeout(Duration::from_secs(5), client.flush()).await });
+        if !matches!(flushed, Ok(Ok(()))) {
+            tracing::warn!("could not flush the last acknowledgements to NATS; those messages will be redelivered");
+        }
+    }
+
+    /// The consumer's counts, read again if older than `max_age`.
+    fn counts(&mut self, max_age: Duration) -> Option<(u64, usize)> {
+        if self.info.is_none_or(|(at, ..)| at.elapsed() >= max_age) {
+            let consumer = &self.consumer;
+            if let Ok(Ok(info)) = self.nats.block_on(async { tokio::time::timeout(Duration::from_secs(1), consumer.get_info()).await }) {
+                self.info = Some((Instant::now(), info.num_pending, info.num_ack_pending));
+            }
+        }
+        self.info.map(|(_, pending, ack_pending)| (pending, ack_pending))
+    }
+
+    /// Messages in the stream not yet delivered to the consumer.
+    pub(crate) fn lag(&mut self) -> Option<Vec<u64>> {
+        self.counts(Duration::from_secs(1)).map(|(pending, _)| vec![pending])
+    }
+
+    pub(crate) fn in_flight(&self) -> usize {
+        self.in_flight.lock().expect("in-flight map poisoned").len()
+    }
+
+    /// Nothing left for the consumer, here or in any other process.
+    pub(crate) fn is_settled(&mut self) -> bool {
+        self.ops.is_empty()
+            && self.in_flight() == 0
+            && self.counts(Duration::from_millis(200)).is_some_and(|(pending, ack_pending)| pending == 0 && ack_pending == 0)
+    }
+}

@@ -1,0 +1,363 @@
+//! Scale-out on NATS JetStream, against a real nats-server: the one on
+//! 127.0.0.1:4222 (`scripts/test` starts it if none runs; `WEIR_TEST_NATS_URL`
+//! names another), or a private one where a test restarts the server.
+//!
+//! Every test uses streams of its own, deleted at the end.
+
+use std::collections::{BTreeSet, HashSet};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream;
+
+use crate::{Weir, pipeline_file, read_json};
+
+fn server_url() -> String {
+    std::env::var("WEIR_TEST_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into())
+}
+
+/// Names unique to one test run: `T<pid>_<n>` for streams, `t<pid>.<n>` for subjects.
+fn unique(label: &str) -> (String, String) {
+    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos();
+    let id = format!("{}_{nanos}_{n}", std::process::id());
+    (format!("T{id}_{}", label.to_uppercase()), format!("t{id}.{label}"))
+}
+
+/// A client for checking what landed in the streams, and deleting them.
+struct Js {
+    rt: tokio::runtime::Runtime,
+    js: jetstream::Context,
+    streams: Vec<String>,
+}
+
+impl Js {
+    fn connect(url: &str) -> Js {
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+        let connected = rt.block_on(async { async_nats::connect(url).await.map(jetstream::new) });
+        let js = connected.unwrap_or_else(|e| panic!("NATS at {url}: {e} (is nats-server -js running?)"));
+        Js { js, rt, streams: Vec::new() }
+    }
+
+    /// Delete `stream` when the test ends.
+    fn owns(&mut self, stream: &str) {
+        self.streams.push(stream.to_owned());
+    }
+
+    fn len(&self, stream: &str) -> u64 {
+        self.rt.block_on(async { self.js.get_stream(stream).await.map(|s| s.cached_info().state.messages).unwrap_or(0) })
+    }
+
+    /// Every message of `stream`: (payload, headers).
+    fn read_all(&self, stream: &str) -> Vec<(String, Vec<(String, String)>)> {
+        self.rt.block_on(async {
+            let s = self.js.get_stream(stream).await.unwrap();
+            let last = s.cached_info().state.last_sequence;
+            let mut out = Vec::new();
+            for seq in s.cached_info().state.first_sequence..=last {
+                if let Ok(m) = s.get_raw_message(seq).await {
+                    let headers =
+                        m.headers.iter().flat_map(|(k, vs)| vs.iter().map(move |v| (k.to_string(), v.as_str().to_owned()))).collect();
+                    out.push((String::from_utf8_lossy(&m.payload).into_owned(), headers));
+                }
+            }
+            out
+        })
+    }
+}
+
+impl Drop for Js {
+    fn drop(&mut self) {
+        for s in std::mem::take(&mut self.streams) {
+            self.rt.block_on(async { self.js.delete_stream(&s).await.ok() });
+        }
+    }
+}
+
+/// Publish `lines` with `weir produce --nats`, creating `stream` for `subject`.
+fn produce(url: &str, subject: &str, stream: &str, lines: &[String]) {
+    let mut input = lines.join("\n");
+    input.push('\n');
+    let out = Weir::new().ok(&["produce", "--nats", url, subject, "--stream", stream], input.as_bytes());
+    assert!(out.contains(&format!("published {} messages", lines.len())), "{out}");
+}
+
+/// A JetStream pipeline: `source` stream → uppercase (or `stage`) → `out` subject.
+struct Names {
+    input: (String, String),
+    output: (String, String),
+    dlq: (String, String),
+}
+
+impl Names {
+    fn new(js: &mut Js) -> Names {
+        let names = Names { input: unique("in"), output: unique("out"), dlq: unique("dlq") };
+        for s in [&names.input.0, &names.output.0, &names.dlq.0] {
+            js.owns(s);
+        }
+        names
+    }
+
+    fn pipeline(&self, dir: &Path, url: &str, stage: &str, source_extra: &str) -> PathBuf {
+        let Names { input: (in_stream, in_subject), output: (out_stream, out_subject), dlq: (dlq_stream, dlq_subject) } = self;
+        pipeline_file(
+            dir,
+            "nats.toml",
+            &format!(
+                r#"
+[pipeline]
+name = "scale-out"
+
+[nats]
+url = "{url}"
+
+[source]
+type = "nats"
+stream = "{in_stream}"
+subjects = ["{in_subject}"]
+consumer = "workers"
+{source_extra}
+
+{stage}
+
+[[sink]]
+type = "nats"
+subject = "{out_subject}"
+stream = "{out_stream}"
+
+[dead_letter]
+subject = "{dlq_subject}"
+stream = "{dlq_stream}"
+"#
+            ),
+        )
+    }
+}
+
+const UPPERCASE: &str = "[[stage]]\nname = \"upper\"\nmodule = \"{component:uppercase}\"";
+
+fn spawn_run(weir: &Weir, pipeline: &Path, report: &Path) -> Child {
+    weir.cmd(&["run", pipeline.to_str().unwrap(), "--drain", "--report", report.to_str().unwrap()])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+fn wait(child: Child, within: Duration) -> String {
+    let started = Instant::now();
+    let mut child = child;
+    loop {
+        if child.try_wait().unwrap().is_some() {
+            let out = child.wait_with_output().unwrap();
+            let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+            assert!(out.status.success(), "weir run failed: {}\n{stderr}", out.status);
+            return stderr;
+        }
+        if started.elapsed() > within {
+            child.kill().ok();
+            let out = child.wait_with_output().unwrap();
+            panic!("weir run did not finish in {within:?}:\n{}", String::from_utf8_lossy(&out.stderr));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn wait_until(what: &str, within: Duration, mut done: impl FnMut() -> bool) {
+    let started = Instant::now();
+    while !done() {
+        assert!(started.elapsed() < within, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The outputs are exactly the upper-cased inputs, each once.
+fn assert_exact_output(js: &Js, names: &Names, inputs: &[String]) {
+    let out = js.read_all(&names.output.0);
+    let got: HashSet<&str> = out.iter().map(|(p, _)| p.as_str()).collect();
+    assert_eq!(out.len(), inputs.len(), "output count after NATS dedupe");
+    let want: HashSet<String> = inputs.iter().map(|s| s.to_uppercase()).collect();
+    assert!(want.iter().all(|w| got.contains(w.as_str())), "some outputs are missing");
+    assert_eq!(js.len(&names.dlq.0), 0, "nothing should be dead-lettered");
+}
+
+fn inputs(n: usize) -> Vec<String> {
+    (0..n).map(|i| format!("m{i:07}")).collect()
+}
+
+#[test]
+fn three_processes_share_a_durable_consumer_and_process_everything() {
+    let url = server_url();
+    let mut js = Js::connect(&url);
+    let names = Names::new(&mut js);
+    let inputs = inputs(200_000);
+    produce(&url, &names.input.1, &names.input.0, &inputs);
+
+    let dir = tempfile::tempdir().unwrap();
+    let p = names.pipeline(dir.path(), &url, UPPERCASE, "ack_wait_ms = 5000");
+    let weirs: Vec<Weir> = (0..3).map(|_| Weir::new()).collect();
+    let reports: Vec<PathBuf> = (0..3).map(|i| dir.path().join(format!("r{i}.json"))).collect();
+    let runs: Vec<Child> = weirs.iter().zip(&reports).map(|(w, r)| spawn_run(w, &p, r)).collect();
+    for run in runs {
+        wait(run, Duration::from_secs(300));
+    }
+    assert_exact_output(&js, &names, &inputs);
+    let received: Vec<u64> = reports.iter().map(|r| read_json(r)["source"]["received"].as_u64().unwrap()).collect();
+    assert!(received.iter().all(|&n| n > 0), "every process should take a share: {received:?}");
+    assert!(received.iter().sum::<u64>() >= inputs.len() as u64, "{received:?}");
+}
+
+#[test]
+fn kill_9_of_one_process_loses_nothing_and_counts_the_redeliveries() {
+    let url = server_url();
+    let mut js = Js::connect(&url);
+    let names = Names::new(&mut js);
+    let inputs = inputs(200_000);
+    produce(&url, &names.input.1, &names.input.0, &inputs);
+
+    let dir = tempfile::tempdir().unwrap();
+    // A short ack wait: the dead process's messages come back quickly.
+    let p = names.pipeline(dir.path(), &url, UPPERCASE, "ack_wait_ms = 2000");
+    let weirs: Vec<Weir> = (0..3).map(|_| Weir::new()).collect();
+    let reports: Vec<PathBuf> = (0..3).map(|i| dir.path().join(format!("r{i}.json"))).collect();
+    let mut runs: Vec<Child> = weirs.iter().zip(&reports).map(|(w, r)| spawn_run(w, &p, r)).collect();
+    wait_until("a fifth of the outputs", Duration::from_secs(120), || js.len(&names.output.0) >= 40_000);
+    let victim = runs.remove(0);
+    let pid = victim.id().to_string();
+    assert!(Command::new("kill").args(["-9", &pid]).status().unwrap().success());
+    let mut victim = victim;
+    victim.wait().unwrap();
+    let done_at_kill = js.len(&names.output.0);
+    assert!(done_at_kill < inputs.len() as u64, "the run should be mid-way when one process dies");
+    for run in runs {
+        wait(run, Duration::from_secs(300));
+    }
+    assert_exact_output(&js, &names, &inputs);
+    let redelivered: u64 = reports[1..].iter().map(|r| read_json(r)["source"]["redelivered"].as_u64().unwrap()).sum();
+    assert!(redelivered > 0, "the killed process's unacknowledged messages are redelivered to the others");
+}
+
+#[test]
+fn poison_messages_reach_the_dead_letter_subject_and_long_batches_stay_leased() {
+    let url = server_url();
+    let mut js = Js::connect(&url);
+    let names = Names::new(&mut js);
+    let inputs: Vec<String> = ["ok-1", "reject", "trap", "spin:2500", "ok-2"].map(String::from).to_vec();
+    produce(&url, &names.input.1, &names.input.0, &inputs);
+
+    let dir = tempfile::tempdir().unwrap();
+    let stage = "[[stage]]\nname = \"hostile\"\nmodule = \"{component:hostile}\"\nmax_attempts = 2\nretry_backoff_ms = 100";
+    // The spin takes 2.5 s, longer than the ack wait: only progress acks
+    // keep it (and its batch) from being redelivered.
+    let p = names.pipeline(dir.path(), &url, stage, "ack_wait_ms = 1000");
+    let report = dir.path().join("r.json");
+    wait(spawn_run(&Weir::new(), &p, &report), Duration::from_secs(120));
+
+    let outputs: BTreeSet<String> = js.read_all(&names.output.0).into_iter().map(|(p, _)| p).collect();
+    assert_eq!(outputs, ["ok-1", "ok-2", "spin:2500"].map(String::from).into());
+    let dead = js.read_all(&names.dlq.0);
+    let header = |m: &(String, Vec<(String, String)>), k: &str| m.1.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+    let by_payload = |p: &str| dead.iter().find(|m| m.0 == p).unwrap_or_else(|| panic!("{p} should be dead-lettered: {dead:?}"));
+    assert_eq!(dead.len(), 2, "{dead:?}");
+    let reject = by_payload("reject");
+    assert_eq!(header(reject, "weir.reason").as_deref(), Some("asked to reject"));
+    assert_eq!(header(reject, "weir.stage").as_deref(), Some("hostile"));
+    assert_eq!(header(reject, "weir.source.topic"), Some(names.input.0.clone()));
+    let trap = by_payload("trap");
+    assert_eq!(header(trap, "weir.attempts").as_deref(), Some("2"));
+    assert_eq!(header(trap, "weir.error-kind").as_deref(), Some("trap"));
+    let r = read_json(&report);
+    // Only the trap is delivered twice (its retry): the slow batch was kept alive.
+    assert_eq!(r["source"]["redelivered"], 1, "{r}");
+    assert_eq!(r["source"]["received"], 6, "{r}");
+}
+
+/// A nats-server of the test's own, on a free port with its own store, so it
+/// can be stopped and started again.
+struct PrivateServer {
+    store: tempfile::TempDir,
+    port: u16,
+    child: Option<Child>,
+}
+
+impl PrivateServer {
+    fn start() -> PrivateServer {
+        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let mut s = PrivateServer { store: tempfile::tempdir().unwrap(), port, child: None };
+        s.up();
+        s
+    }
+
+    fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    fn up(&mut self) {
+        let bin = ["nats-server", "/usr/sbin/nats-server", "/usr/bin/nats-server"]
+            .into_iter()
+            .find(|b| Command::new(b).arg("--version").output().is_ok())
+            .expect("nats-server is installed (scripts/test installs it)");
+        let child = Command::new(bin)
+            .args(["-a", "127.0.0.1", "-p", &self.port.to_string(), "-js", "-sd"])
+            .arg(self.store.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        let addr = format!("127.0.0.1:{}", self.port);
+        wait_until("the private nats-server", Duration::from_secs(10), || std::net::TcpStream::connect(&addr).is_ok());
+    }
+
+    /// Stop it as an operator would (SIGTERM: JetStream flushes and exits).
+    fn down(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            Command::new("kill").args(["-TERM", &c.id().to_string()]).status().unwrap();
+            c.wait().unwrap();
+        }
+    }
+}
+
+impl Drop for PrivateServer {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            c.kill().ok();
+            c.wait().ok();
+        }
+    }
+}
+
+#[test]
+fn a_nats_server_restart_mid_run_pauses_the_pipeline_and_loses_nothing() {
+    let mut server = PrivateServer::start();
+    let url = server.url();
+    let mut js = Js::connect(&url);
+    let names = Names::new(&mut js);
+    let inputs = inputs(30_000);
+    produce(&url, &names.input.1, &names.input.0, &inputs);
+
+    let dir = tempfile::tempdir().unwrap();
+    // Small batches so the run lasts long enough to be interrupted.
+    let stage = "[[stage]]\nname = \"upper\"\nmodule = \"{component:uppercase}\"\nbatch_size = 4";
+    let p = names.pipeline(dir.path(), &url, stage, "ack_wait_ms = 5000");
+    let report = dir.path().join("r.json");
+    let run = spawn_run(&Weir::new(), &p, &report);
+    let mut done_at_stop = 0;
+    wait_until("some outputs", Duration::from_secs(120), || {
+        done_at_stop = js.len(&names.output.0);
+        done_at_stop >= 2_000
+    });
+    server.down();
+    assert!(done_at_stop < inputs.len() as u64, "the run should be mid-way when the server stops");
+    std::thread::sleep(Duration::from_secs(2));
+    server.up();
+    let stderr = wait(run, Duration::from_secs(300));
+    assert!(stderr.contains("NATS connection lost"), "the outage should be reported:\n{stderr}");
+    assert_exact_output(&js, &names, &inputs);
+    let r = read_json(&report);
+    assert!(r["source"]["received"].as_u64().unwrap() >= inputs.len() as u64, "{r}");
+}
