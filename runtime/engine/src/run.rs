@@ -38,6 +38,9 @@ use crate::{Error, Result};
 /// Batches buffered between two threads; bounds memory and applies backpressure.
 const CHANNEL_DEPTH: usize = 2;
 
+/// Source messages taken per batch, at least.
+const MIN_FETCH: usize = 512;
+
 /// Options of one run.
 #[derive(Debug, Clone, Default)]
 pub struct RunOptions {
@@ -174,7 +177,9 @@ pub(crate) fn run(pipeline: &Pipeline, queue: &Queue, prepared: Prepared, option
     // replay a failed batch message by message, each up to its timeout.
     let slowest: Duration = pipeline.stages.iter().map(|s| s.limits.timeout * s.batch_size.min(64) as u32).sum();
     let max_attempts = pipeline.stages.iter().map(|s| s.max_attempts).max().unwrap_or(5);
-    let fetch_size = pipeline.stages.first().map_or(256, |s| s.batch_size * s.concurrency);
+    // Per-batch costs (an fsync, a round trip to NATS) are shared by more
+    // messages when batches are large; stages still take `batch_size` per call.
+    let fetch_size = pipeline.stages.first().map_or(MIN_FETCH, |s| s.batch_size * s.concurrency).max(MIN_FETCH);
     let nats = match &pipeline.nats {
         Some(conn) => Some(Nats::connect(conn)?),
         None => None,
