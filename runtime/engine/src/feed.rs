@@ -382,12 +382,7 @@ fn generate(g: &Generator, tx: &SyncSender<Read>) {
                 std::thread::sleep(wait);
             }
         }
-        // The index first, so payloads are distinct, then filler letters.
-        let mut payload = format!("{i:012}").into_bytes();
-        payload.truncate(g.size);
-        payload.extend((payload.len()..g.size).map(|j| b'a' + ((i as usize + j) % 26) as u8));
-        let key = (g.keys > 0).then(|| format!("k{}", i % g.keys).into_bytes());
-        let read = Read::Record(Record { key, headers: Vec::new(), payload, timestamp_ms: Some(now_ms()), id: None });
+        let read = Read::Record(Record { timestamp_ms: Some(now_ms()), ..g.record(i) });
         if tx.send(read).is_err() {
             return;
         }

@@ -1,6 +1,11 @@
 //! `weir bench PIPELINE.toml`: the pipeline fed by a generator in a scratch
 //! data directory, watched over time; a per-stage table, a JSON report with
 //! the time series, and an SVG chart of throughput and p99 per stage.
+//!
+//! `--source queue` and `--source nats` first fill an embedded-queue topic or
+//! a JetStream stream with the same generated messages, then run the
+//! pipeline from it (queue sinks going to the same kind of place), so the
+//! two transports can be compared on one pipeline.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -8,10 +13,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use clap::Args;
+use clap::{Args, ValueEnum};
 use plotters::prelude::*;
 use serde::Serialize;
-use weir_engine::config::{Generator, Sink, Source};
+use weir_engine::config::{DeadLetterTo, Generator, JetStreamSource, NatsConnection, NatsSource, Sink, Source, StreamSpec};
 use weir_engine::{PipelineStats, Report, RunOptions};
 
 #[derive(Args)]
@@ -30,12 +35,29 @@ pub(crate) struct PipelineArgs {
     /// Distinct message keys (0: no key).
     #[arg(long, default_value_t = 0)]
     keys: u64,
+    /// Where the pipeline reads the generated messages from.
+    #[arg(long, value_enum, default_value_t = BenchSource::Generator)]
+    source: BenchSource,
+    /// NATS server for `--source nats`.
+    #[arg(long, default_value = "nats://127.0.0.1:4222")]
+    nats_url: String,
     /// Where to write the JSON report.
     #[arg(long, default_value = "weir-bench.json")]
     report: PathBuf,
     /// Where to draw the chart (SVG).
     #[arg(long, default_value = "weir-bench.svg")]
     chart: PathBuf,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
+#[serde(rename_all = "snake_case")]
+enum BenchSource {
+    /// Straight from memory: the stages and sinks alone.
+    Generator,
+    /// A topic of the embedded queue, filled first; queue sinks to the scratch queue.
+    Queue,
+    /// A JetStream stream, filled first; queue sinks and dead letters to JetStream too.
+    Nats,
 }
 
 /// One stage at one moment of the run.
@@ -54,6 +76,9 @@ struct Point {
 struct BenchReport {
     messages: u64,
     size: usize,
+    source: BenchSource,
+    /// Seconds spent filling the topic or stream before the run.
+    fill_s: f64,
     #[serde(flatten)]
     run: Report,
     series: Vec<Point>,
@@ -100,7 +125,8 @@ pub(crate) fn bench(args: &PipelineArgs) -> anyhow::Result<()> {
     };
     anyhow::ensure!(args.messages > 0, "--messages must be > 0");
     let (engine, mut pipeline) = crate::run::load(path)?;
-    pipeline.source = Source::Generator(Generator { count: Some(args.messages), size: args.size, rate: args.rate, keys: args.keys });
+    let generator = Generator { count: Some(args.messages), size: args.size, rate: args.rate, keys: args.keys };
+    anyhow::ensure!(args.rate.is_none() || args.source == BenchSource::Generator, "--rate needs --source generator");
     let dir = tempfile::tempdir()?;
     // Outputs stay in the scratch directory too: file and stdout sinks write
     // files there, so a benchmark neither floods the terminal nor touches
@@ -111,6 +137,28 @@ pub(crate) fn bench(args: &PipelineArgs) -> anyhow::Result<()> {
         }
     }
     let queue = weir_queue::Queue::open(dir.path().join("data"))?;
+    let fill_started = Instant::now();
+    let _scratch = match args.source {
+        BenchSource::Generator => {
+            pipeline.source = Source::Generator(generator);
+            None
+        }
+        BenchSource::Queue => {
+            fill_queue(&queue, &generator)?;
+            pipeline.source = Source::Queue {
+                topic: FILL_TOPIC.into(),
+                group: "bench".into(),
+                start: weir_queue::StartFrom::Earliest,
+                max_ack_pending: weir_engine::config::defaults::MAX_ACK_PENDING as usize,
+            };
+            None
+        }
+        BenchSource::Nats => Some(ScratchStreams::fill(&args.nats_url, &generator, &mut pipeline)?),
+    };
+    let fill_s = fill_started.elapsed().as_secs_f64();
+    if args.source != BenchSource::Generator {
+        eprintln!("filled {} messages in {fill_s:.1}s; running the pipeline", args.messages);
+    }
     let stats = PipelineStats::for_pipeline(&pipeline);
     let done = Arc::new(AtomicBool::new(false));
     let every = Duration::from_millis(if args.rate.is_some_and(|r| args.messages / r >= 20) { 1000 } else { 250 });
@@ -129,11 +177,113 @@ pub(crate) fn bench(args: &PipelineArgs) -> anyhow::Result<()> {
     let run = stats.report(&pipeline.name);
     crate::run::print_summary(&run);
     draw(&args.chart, &pipeline.name, &series).with_context(|| format!("drawing {}", args.chart.display()))?;
-    let report = BenchReport { messages: args.messages, size: args.size, run, series };
+    let report = BenchReport { messages: args.messages, size: args.size, source: args.source, fill_s, run, series };
     std::fs::write(&args.report, serde_json::to_string_pretty(&report)? + "\n")
         .with_context(|| format!("writing {}", args.report.display()))?;
     eprintln!("report: {}, chart: {}", args.report.display(), args.chart.display());
     Ok(())
+}
+
+const FILL_TOPIC: &str = "bench-input";
+
+/// Fill the scratch queue's input topic, a thousand messages per append.
+fn fill_queue(queue: &weir_queue::Queue, g: &Generator) -> anyhow::Result<()> {
+    let total = g.count.unwrap_or(0);
+    queue.ensure_topic(FILL_TOPIC, &weir_queue::TopicConfig::default())?;
+    let mut i = 0;
+    while i < total {
+        let batch: Vec<_> = (i..(i + 1000).min(total)).map(|i| g.record(i)).collect();
+        queue.publish(FILL_TOPIC, &batch)?;
+        i += batch.len() as u64;
+        fill_progress(i, total);
+    }
+    Ok(())
+}
+
+fn fill_progress(done: u64, total: u64) {
+    use std::io::IsTerminal;
+    if std::io::stderr().is_terminal() && (done.is_multiple_of(100_000) || done == total) {
+        eprint!("\rfilling: {done}/{total}{}", if done == total { "\n" } else { "" });
+    }
+}
+
+/// JetStream streams for one `--source nats` run, deleted when it ends.
+struct ScratchStreams {
+    rt: tokio::runtime::Runtime,
+    js: async_nats::jetstream::Context,
+    names: [String; 2],
+}
+
+impl ScratchStreams {
+    /// Make an input stream holding the generated messages and an output
+    /// stream, and point `pipeline` at them: its source, queue sinks and
+    /// dead letters.
+    fn fill(url: &str, g: &Generator, pipeline: &mut weir_engine::Pipeline) -> anyhow::Result<Self> {
+        let rt = tokio::runtime::Runtime::new()?;
+        let conn = NatsConnection::to(url);
+        let id = std::process::id();
+        let (input, output) = (format!("WEIR_BENCH_{id}_IN"), format!("WEIR_BENCH_{id}_OUT"));
+        let (in_subject, out_prefix) = (format!("weir-bench.{id}.in"), format!("weir-bench.{id}.out"));
+        let js = rt.block_on(async {
+            let js = async_nats::jetstream::new(weir_engine::nats::connect(&conn).await?);
+            for (name, subject) in [(&input, in_subject.clone()), (&output, format!("{out_prefix}.>"))] {
+                js.create_stream(async_nats::jetstream::stream::Config {
+                    name: name.clone(),
+                    subjects: vec![subject],
+                    ..Default::default()
+                })
+                .await
+                .with_context(|| format!("creating scratch stream {name}"))?;
+            }
+            anyhow::Ok(js)
+        })?;
+        let scratch = ScratchStreams { rt, js, names: [input.clone(), output.clone()] };
+        scratch.rt.block_on(async {
+            let total = g.count.unwrap_or(0);
+            let mut acks = Vec::with_capacity(1000);
+            for i in 0..total {
+                let (headers, payload) = weir_engine::nats::to_nats(g.record(i));
+                let m = async_nats::jetstream::message::PublishMessage::build().payload(payload).headers(headers);
+                acks.push(scratch.js.send_publish(in_subject.clone(), m).await?);
+                if acks.len() == 1000 || i + 1 == total {
+                    for ack in acks.drain(..) {
+                        ack.await?;
+                    }
+                    fill_progress(i + 1, total);
+                }
+            }
+            anyhow::Ok(())
+        })?;
+        pipeline.source = Source::Nats(NatsSource::JetStream(JetStreamSource {
+            stream: input,
+            subjects: vec![in_subject],
+            consumer: "bench".into(),
+            start: weir_queue::StartFrom::Earliest,
+            ack_wait: Duration::from_millis(weir_engine::config::defaults::NATS_ACK_WAIT_MS as u64),
+            max_attempts: None,
+            backoff: Vec::new(),
+            max_ack_pending: weir_engine::config::defaults::MAX_ACK_PENDING as usize,
+        }));
+        for (i, sink) in pipeline.sinks.iter_mut().enumerate() {
+            if matches!(sink.kind, Sink::Queue { .. }) {
+                sink.kind = Sink::Nats { subject: format!("{out_prefix}.{i}"), stream: None, core: false };
+            }
+        }
+        pipeline.dead_letter =
+            DeadLetterTo::Nats { subject: format!("{out_prefix}.dlq"), stream: Some(StreamSpec { name: output, subjects: Vec::new() }) };
+        pipeline.nats = Some(conn);
+        Ok(scratch)
+    }
+}
+
+impl Drop for ScratchStreams {
+    fn drop(&mut self) {
+        for name in &self.names {
+            if let Err(e) = self.rt.block_on(self.js.delete_stream(name)) {
+                eprintln!("warning: could not delete scratch stream {name}: {e}");
+            }
+        }
+    }
 }
 
 type Panel<'a> = DrawingArea<SVGBackend<'a>, plotters::coord::Shift>;

@@ -257,6 +257,18 @@ pub struct Generator {
     pub keys: u64,
 }
 
+impl Generator {
+    /// The `i`-th message: its index, then filler letters, `size` bytes in
+    /// all (so payloads are distinct), keyed `k{i % keys}` if `keys` > 0.
+    pub fn record(&self, i: u64) -> weir_queue::Record {
+        let mut payload = format!("{i:012}").into_bytes();
+        payload.truncate(self.size);
+        payload.extend((payload.len()..self.size).map(|j| b'a' + ((i as usize + j) % 26) as u8));
+        let key = (self.keys > 0).then(|| format!("k{}", i % self.keys).into_bytes());
+        weir_queue::Record { key, headers: Vec::new(), payload, timestamp_ms: None, id: None }
+    }
+}
+
 /// A pipeline's sink.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SinkSpec {
