@@ -85,7 +85,7 @@ pub async fn connect(conn: &NatsConnection) -> Result<Client> {
                         tracing::warn!("NATS connection lost; waiting for it to come back");
                     }
                     async_nats::Event::Connected if lost.swap(false, Ordering::Relaxed) => tracing::info!("NATS connection is back"),
-                    async_nats::Event::Connected => {}
+                    async_nats::Event::Connected | async_nats::Event::Closed => tracing::debug!(event = %event, "NATS"),
                     other => tracing::warn!(event = %other, "NATS"),
                 }
             }
