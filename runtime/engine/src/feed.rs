@@ -331,45 +331,14 @@ fn read_lines(mut input: impl BufRead, json: bool, tx: &SyncSender<Read>) {
     }
 }
 
-/// A JSON line in the form `weir consume --format json` writes: `payload`
-/// (a string or an array of bytes), optional `key` and `headers` (an object
-/// of strings), optional `timestamp_ms`; other fields are ignored.
+/// A JSON line in the form `weir consume --format json` writes (see
+/// [`crate::record_from_json`]).
 fn parse_json(line: &[u8]) -> Read {
-    let bad = |reason: String| Read::Bad { line: line.to_vec(), reason };
-    let v: serde_json::Value = match serde_json::from_slice(line) {
-        Ok(v) => v,
-        Err(e) => return bad(format!("not JSON: {e}")),
-    };
-    let bytes = |v: &serde_json::Value| -> Option<Vec<u8>> {
-        match v {
-            serde_json::Value::String(s) => Some(s.clone().into_bytes()),
-            serde_json::Value::Array(a) => a.iter().map(|b| b.as_u64().and_then(|b| u8::try_from(b).ok())).collect(),
-            _ => None,
-        }
-    };
-    let Some(obj) = v.as_object() else { return bad("not a JSON object".into()) };
-    let Some(payload) = obj.get("payload").and_then(bytes) else {
-        return bad("needs a `payload`: a string or an array of bytes".into());
-    };
-    let key = match obj.get("key") {
-        None | Some(serde_json::Value::Null) => None,
-        Some(k) => match bytes(k) {
-            Some(k) => Some(k),
-            None => return bad("`key` must be a string or an array of bytes".into()),
-        },
-    };
-    let mut headers = Vec::new();
-    if let Some(h) = obj.get("headers") {
-        let Some(h) = h.as_object() else { return bad("`headers` must be an object".into()) };
-        for (k, v) in h {
-            match bytes(v) {
-                Some(v) => headers.push((k.clone(), v)),
-                None => return bad(format!("header {k:?} must be a string or an array of bytes")),
-            }
-        }
+    let parsed = serde_json::from_slice(line).map_err(|e| format!("not JSON: {e}")).and_then(|v| crate::record_from_json(&v));
+    match parsed {
+        Ok(r) => Read::Record(Record { timestamp_ms: r.timestamp_ms.or(Some(now_ms())), ..r }),
+        Err(reason) => Read::Bad { line: line.to_vec(), reason },
     }
-    let timestamp_ms = obj.get("timestamp_ms").and_then(serde_json::Value::as_u64).filter(|&t| t > 0).or(Some(now_ms()));
-    Read::Record(Record { key, headers, payload, timestamp_ms, id: None })
 }
 
 fn generate(g: &Generator, tx: &SyncSender<Read>) {

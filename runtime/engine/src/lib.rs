@@ -134,6 +134,11 @@ pub fn message_from_record(topic: &str, r: weir_queue::StoredRecord, attempt: u3
 /// One JSON object for a message: topic, partition, offset, timestamp, key,
 /// headers and payload (text when UTF-8, else base64-free byte array).
 pub fn json_line(msg: &Message) -> String {
+    json_value(msg).to_string()
+}
+
+/// [`json_line`]'s object, to add to before writing.
+pub fn json_value(msg: &Message) -> serde_json::Value {
     let text = |b: &[u8]| match std::str::from_utf8(b) {
         Ok(s) => serde_json::Value::String(s.to_owned()),
         Err(_) => serde_json::Value::from(b.to_vec()),
@@ -148,5 +153,44 @@ pub fn json_line(msg: &Message) -> String {
         "headers": headers,
         "payload": text(&msg.payload),
     })
-    .to_string()
+}
+
+/// A message written as JSON, in the form [`json_line`] writes: `payload` (a
+/// string or an array of bytes), optional `key` (the same) and `headers` (an
+/// object of the same), optional `timestamp_ms` (0 or absent: none) and `id`
+/// (a publish with an id seen in the topic's dedupe window is dropped); other
+/// fields are ignored.
+///
+/// # Errors
+/// What is wrong with it, for the one who sent it.
+pub fn record_from_json(v: &serde_json::Value) -> std::result::Result<weir_queue::Record, String> {
+    let bytes = |v: &serde_json::Value| -> Option<Vec<u8>> {
+        match v {
+            serde_json::Value::String(s) => Some(s.clone().into_bytes()),
+            serde_json::Value::Array(a) => a.iter().map(|b| b.as_u64().and_then(|b| u8::try_from(b).ok())).collect(),
+            _ => None,
+        }
+    };
+    let Some(obj) = v.as_object() else { return Err("not a JSON object".into()) };
+    let Some(payload) = obj.get("payload").and_then(bytes) else {
+        return Err("needs a `payload`: a string or an array of bytes".into());
+    };
+    let key = match obj.get("key") {
+        None | Some(serde_json::Value::Null) => None,
+        Some(k) => Some(bytes(k).ok_or("`key` must be a string or an array of bytes")?),
+    };
+    let mut headers = Vec::new();
+    if let Some(h) = obj.get("headers") {
+        let h = h.as_object().ok_or("`headers` must be an object")?;
+        for (k, v) in h {
+            headers.push((k.clone(), bytes(v).ok_or_else(|| format!("header {k:?} must be a string or an array of bytes"))?));
+        }
+    }
+    let timestamp_ms = obj.get("timestamp_ms").and_then(serde_json::Value::as_u64).filter(|&t| t > 0);
+    let id = match obj.get("id") {
+        None | Some(serde_json::Value::Null) => None,
+        Some(serde_json::Value::String(s)) => Some(s.clone()),
+        Some(_) => return Err("`id` must be a string".into()),
+    };
+    Ok(weir_queue::Record { key, headers, payload, timestamp_ms, id })
 }
