@@ -3,6 +3,7 @@
 mod bad_input;
 mod bench;
 mod hello;
+mod http;
 mod metrics;
 mod nats;
 mod pipelines;

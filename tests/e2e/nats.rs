@@ -36,8 +36,12 @@ struct Js {
 
 impl Js {
     fn connect(url: &str) -> Js {
+        Self::connect_with(url, async_nats::ConnectOptions::new())
+    }
+
+    fn connect_with(url: &str, options: async_nats::ConnectOptions) -> Js {
         let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
-        let connected = rt.block_on(async { async_nats::connect(url).await.map(jetstream::new) });
+        let connected = rt.block_on(async { options.connect(url).await.map(jetstream::new) });
         let js = connected.unwrap_or_else(|e| panic!("NATS at {url}: {e} (is nats-server -js running?)"));
         Js { js, rt, streams: Vec::new() }
     }
@@ -281,13 +285,20 @@ fn poison_messages_reach_the_dead_letter_subject_and_long_batches_stay_leased() 
 struct PrivateServer {
     store: tempfile::TempDir,
     port: u16,
+    args: Vec<String>,
     child: Option<Child>,
 }
 
 impl PrivateServer {
     fn start() -> PrivateServer {
+        Self::start_with(&[])
+    }
+
+    /// With extra nats-server arguments, such as `--auth TOKEN`.
+    fn start_with(args: &[&str]) -> PrivateServer {
         let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let mut s = PrivateServer { store: tempfile::tempdir().unwrap(), port, child: None };
+        let args = args.iter().map(|a| a.to_string()).collect();
+        let mut s = PrivateServer { store: tempfile::tempdir().unwrap(), port, args, child: None };
         s.up();
         s
     }
@@ -304,6 +315,7 @@ impl PrivateServer {
         let child = Command::new(bin)
             .args(["-a", "127.0.0.1", "-p", &self.port.to_string(), "-js", "-sd"])
             .arg(self.store.path())
+            .args(&self.args)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -360,4 +372,33 @@ fn a_nats_server_restart_mid_run_pauses_the_pipeline_and_loses_nothing() {
     assert_exact_output(&js, &names, &inputs);
     let r = read_json(&report);
     assert!(r["source"]["received"].as_u64().unwrap() >= inputs.len() as u64, "{r}");
+}
+
+#[test]
+fn a_token_protected_server_takes_the_token_from_the_environment_and_refuses_a_wrong_one() {
+    let server = PrivateServer::start_with(&["--auth", "s3cret"]);
+    let url = server.url();
+    let mut js = Js::connect_with(&url, async_nats::ConnectOptions::with_token("s3cret".into()));
+    let names = Names::new(&mut js);
+    let with_token = format!("nats://s3cret@127.0.0.1:{}", server.port);
+    let inputs = inputs(10);
+    produce(&with_token, &names.input.1, &names.input.0, &inputs);
+
+    let dir = tempfile::tempdir().unwrap();
+    let p = names.pipeline(dir.path(), &url, UPPERCASE, "");
+    // The same file everywhere; the secret comes from each machine's environment.
+    let text = std::fs::read_to_string(&p).unwrap().replace("[nats]\n", "[nats]\ntoken_env = \"WEIR_TEST_NATS_TOKEN\"\n");
+    std::fs::write(&p, text).unwrap();
+    let run = |token: &str| {
+        let weir = Weir::new();
+        let mut cmd = weir.cmd(&["run", p.to_str().unwrap(), "--drain"]);
+        cmd.env("WEIR_TEST_NATS_TOKEN", token).stdin(Stdio::null()).output().unwrap()
+    };
+    let refused = run("wrong");
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success(), "a wrong token must not run");
+    assert!(stderr.contains("connecting to") && stderr.to_lowercase().contains("authorization"), "{stderr}");
+    let ok = run("s3cret");
+    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+    assert_exact_output(&js, &names, &inputs);
 }

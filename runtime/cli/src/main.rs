@@ -1,5 +1,6 @@
 //! `weir`: run WebAssembly stream-processing pipelines on an embedded durable queue.
 
+mod api;
 mod bench;
 mod consume;
 mod live;
@@ -37,6 +38,9 @@ enum Command {
     Produce(produce::ProduceArgs),
     /// Print messages of a topic.
     Consume(consume::ConsumeArgs),
+    /// Serve the data directory's queue over HTTP for other processes and
+    /// languages (see docs/openapi.json).
+    Serve(api::ListenArgs),
     /// List, create and describe topics.
     #[command(subcommand)]
     Topics(topics::TopicsCommand),
@@ -78,6 +82,7 @@ fn main() -> ExitCode {
         Command::Validate(args) => run::validate(args),
         Command::Produce(args) => produce::produce(args, data_dir(cli.data_dir, None)),
         Command::Consume(args) => consume::consume(args, data_dir(cli.data_dir, None)),
+        Command::Serve(args) => api::serve(args, data_dir(cli.data_dir, None)),
         Command::Topics(cmd) => topics::topics(cmd, data_dir(cli.data_dir, None)),
         Command::Bench(cmd) => bench::bench(cmd),
     };

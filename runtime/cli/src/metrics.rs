@@ -3,7 +3,8 @@
 //! counters and histograms at each scrape, served by axum.
 //!
 //! Names (stable; see the README): `weir_source_*`, `weir_stage_*{stage}`,
-//! `weir_sink_*`; latencies are histograms in seconds.
+//! `weir_sink_*`; latencies are histograms in seconds. With the HTTP API,
+//! `weir_topic_*{topic,partition}` describe the queue's topics too.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -140,16 +141,45 @@ impl Collector for StatsCollector {
     }
 }
 
-/// Serve `/metrics` on `addr` from a thread of its own for the rest of the
-/// process. Fails at once if the address cannot be bound.
-pub(crate) fn serve(addr: SocketAddr, pipeline: &str, stats: Arc<PipelineStats>) -> anyhow::Result<SocketAddr> {
+/// The queue's topics, per partition.
+struct QueueCollector {
+    queue: weir_queue::Queue,
+}
+
+impl std::fmt::Debug for QueueCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("QueueCollector").field("dir", &self.queue.dir()).finish()
+    }
+}
+
+impl Collector for QueueCollector {
+    fn encode(&self, mut e: DescriptorEncoder) -> std::fmt::Result {
+        let mut stored = Vec::new();
+        let mut ends = Vec::new();
+        for t in self.queue.topics() {
+            for (p, (start, end)) in t.offsets.iter().enumerate() {
+                let labels = vec![("topic".to_owned(), t.name.clone()), ("partition".to_owned(), p.to_string())];
+                stored.push((labels.clone(), end - start));
+                ends.push((labels, *end));
+            }
+        }
+        gauge(&mut e, "weir_topic_messages", "Messages stored (retained) in the partition.", &stored)?;
+        gauge(&mut e, "weir_topic_end_offset", "Offset the partition's next message will get.", &ends)?;
+        Ok(())
+    }
+}
+
+/// `/metrics` for a run's pipeline and/or a queue's topics.
+pub(crate) fn router(queue: Option<weir_queue::Queue>, pipeline: Option<(&str, Arc<PipelineStats>)>) -> axum::Router {
     let mut registry = Registry::default();
-    registry.register_collector(Box::new(StatsCollector { pipeline: pipeline.to_owned(), stats }));
+    if let Some((name, stats)) = pipeline {
+        registry.register_collector(Box::new(StatsCollector { pipeline: name.to_owned(), stats }));
+    }
+    if let Some(queue) = queue {
+        registry.register_collector(Box::new(QueueCollector { queue }));
+    }
     let registry = Arc::new(registry);
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    let listener = rt.block_on(tokio::net::TcpListener::bind(addr)).with_context(|| format!("--metrics-addr {addr}"))?;
-    let bound = listener.local_addr()?;
-    let app = axum::Router::new().route(
+    axum::Router::new().route(
         "/metrics",
         axum::routing::get(move || {
             let registry = registry.clone();
@@ -169,9 +199,17 @@ pub(crate) fn serve(addr: SocketAddr, pipeline: &str, stats: Arc<PipelineStats>)
                 }
             }
         }),
-    );
+    )
+}
+
+/// Serve `router` on `addr` from a thread of its own for the rest of the
+/// process. Fails at once if the address cannot be bound.
+pub(crate) fn serve(addr: SocketAddr, router: axum::Router) -> anyhow::Result<SocketAddr> {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let listener = rt.block_on(tokio::net::TcpListener::bind(addr)).with_context(|| format!("--metrics-addr {addr}"))?;
+    let bound = listener.local_addr()?;
     std::thread::Builder::new().name("weir-metrics".into()).spawn(move || {
-        if let Err(e) = rt.block_on(async move { axum::serve(listener, app).await }) {
+        if let Err(e) = rt.block_on(async move { axum::serve(listener, router).await }) {
             tracing::error!(error = %e, "metrics endpoint stopped");
         }
     })?;

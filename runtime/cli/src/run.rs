@@ -26,6 +26,10 @@ pub(crate) struct RunArgs {
     /// (e.g. 127.0.0.1:9464).
     #[arg(long, value_name = "ADDR")]
     metrics_addr: Option<std::net::SocketAddr>,
+    /// Also serve the queue's HTTP API (as `weir serve` does), so other
+    /// processes can publish to and consume from this data directory.
+    #[command(flatten)]
+    listen: crate::api::ListenArgs,
 }
 
 #[derive(Args)]
@@ -76,9 +80,18 @@ pub(crate) fn run(args: RunArgs, data_dir_flag: Option<PathBuf>) -> anyhow::Resu
         _ => None,
     };
     if let Some(addr) = args.metrics_addr {
-        let bound = crate::metrics::serve(addr, &pipeline.name, stats.clone())?;
+        let bound = crate::metrics::serve(addr, crate::metrics::router(None, Some((&pipeline.name, stats.clone()))))?;
         tracing::info!(%bound, "metrics at http://{bound}/metrics");
     }
+    let _api = match args.listen.listen {
+        Some(_) => {
+            let metrics = crate::metrics::router(Some(queue.clone()), Some((&pipeline.name, stats.clone())));
+            let server = crate::api::start(queue.clone(), &args.listen, Some(metrics))?;
+            tracing::info!(addr = %server.addr, "HTTP API at http://{}", server.addr);
+            Some(server)
+        }
+        None => None,
+    };
     let live = crate::live::LiveView::start(stats, total);
     tracing::info!(pipeline = %pipeline.name, data_dir = %dir.display(), drain = args.drain, "pipeline starting");
     let stats = engine.run(&pipeline, &queue, &options).with_context(|| format!("pipeline `{}`", pipeline.name))?;

@@ -9,6 +9,7 @@ use hdrhistogram::Histogram;
 use serde::Serialize;
 use weir_queue::{ConsumerOptions, Fsync, Queue, Record, TopicConfig};
 
+mod http;
 mod nats;
 mod pipeline;
 
@@ -30,6 +31,8 @@ pub(crate) enum BenchCommand {
     Host(HostArgs),
     /// Drain a backlog of N messages through one stage; report rate and peak memory.
     Backlog(BacklogArgs),
+    /// Publish through the HTTP API, against the same batches published in process.
+    Http(http::HttpArgs),
 }
 
 #[derive(Args)]
@@ -176,6 +179,7 @@ pub(crate) fn bench(args: BenchArgs) -> anyhow::Result<()> {
         BenchCommand::Queue(args) => bench_queue(&args),
         BenchCommand::Host(args) => bench_host(&args),
         BenchCommand::Backlog(args) => bench_backlog(&args),
+        BenchCommand::Http(args) => http::bench_http(&args),
     }
 }
 

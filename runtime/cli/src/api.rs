@@ -1,0 +1,470 @@
+//! The embedded queue over HTTP, for producers and consumers in other
+//! processes and languages: `weir serve`, and `weir run --listen` beside a
+//! pipeline. Routes and bodies are documented in `docs/openapi.json`
+//! (checked against this server by the tests).
+//!
+//! Every answer to a publish comes after the messages are durable per the
+//! topic's fsync policy. Errors are `{"error": "..."}` with a 4xx status for
+//! the client's mistakes, and change nothing.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use clap::Args;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use weir_queue::{Consumer, ConsumerOptions, DeliveryId, Fsync, Queue, Record, StartFrom, TopicConfig, TopicInfo};
+
+/// Where a running server writes its address, in the data directory, so
+/// other `weir` commands and scripts can find it.
+pub(crate) const ADDR_FILE: &str = "api.addr";
+
+#[derive(Args, Clone)]
+pub(crate) struct ListenArgs {
+    /// Serve the HTTP API on this address (loopback unless a --token is set).
+    #[arg(long, value_name = "ADDR")]
+    pub(crate) listen: Option<SocketAddr>,
+    /// Require `Authorization: Bearer TOKEN` on every request but /health.
+    #[arg(long, env = "WEIR_TOKEN", value_name = "TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// Largest request body accepted.
+    #[arg(long, default_value_t = 16 << 20, value_name = "BYTES")]
+    max_body_bytes: usize,
+}
+
+impl ListenArgs {
+    /// `addr`, no token, the default body limit.
+    pub(crate) fn on(addr: SocketAddr) -> Self {
+        ListenArgs { listen: Some(addr), token: None, max_body_bytes: 16 << 20 }
+    }
+
+    /// `weir serve`'s default address.
+    pub(crate) fn or_default(mut self) -> Self {
+        self.listen.get_or_insert(SocketAddr::from(([127, 0, 0, 1], 7878)));
+        self
+    }
+}
+
+/// A consumer group opened through the API, shared by its requests.
+type SharedConsumer = Arc<Mutex<Consumer>>;
+
+struct ApiState {
+    queue: Queue,
+    /// Consumer groups opened through the API, by (topic, group).
+    consumers: Mutex<HashMap<(String, String), SharedConsumer>>,
+    token: Option<String>,
+    max_body_bytes: usize,
+}
+
+/// A running server; dropping it removes the address file (the server
+/// itself ends with the process).
+pub(crate) struct Server {
+    pub(crate) addr: SocketAddr,
+    addr_file: PathBuf,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        std::fs::remove_file(&self.addr_file).ok();
+    }
+}
+
+/// Serve the API for `queue` (plus `extra` routes, such as a pipeline's
+/// /metrics) from a thread of its own. Refuses a non-loopback address
+/// without a token.
+pub(crate) fn start(queue: Queue, args: &ListenArgs, extra: Option<Router>) -> anyhow::Result<Server> {
+    let addr = args.listen.context("no --listen address")?;
+    if !addr.ip().is_loopback() && args.token.is_none() {
+        anyhow::bail!("--listen {addr} is not a loopback address: set --token (or WEIR_TOKEN) so that requests must carry it");
+    }
+    let state = Arc::new(ApiState {
+        queue: queue.clone(),
+        consumers: Mutex::default(),
+        token: args.token.clone(),
+        max_body_bytes: args.max_body_bytes,
+    });
+    let metrics = extra.unwrap_or_else(|| crate::metrics::router(Some(queue.clone()), None));
+    let app = router(state.clone()).merge(metrics.layer(axum::middleware::from_fn_with_state(state.clone(), authorize)));
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).thread_name("weir-api").enable_all().build()?;
+    let listener = rt.block_on(tokio::net::TcpListener::bind(addr)).with_context(|| format!("--listen {addr}"))?;
+    let bound = listener.local_addr()?;
+    std::thread::Builder::new().name("weir-api".into()).spawn(move || {
+        if let Err(e) = rt.block_on(async move { axum::serve(listener, app).await }) {
+            tracing::error!(error = %e, "the HTTP API stopped");
+        }
+    })?;
+    let addr_file = queue.dir().join(ADDR_FILE);
+    std::fs::write(&addr_file, format!("http://{bound}\n")).with_context(|| format!("writing {}", addr_file.display()))?;
+    Ok(Server { addr: bound, addr_file })
+}
+
+fn router(state: Arc<ApiState>) -> Router {
+    let api = Router::new()
+        .route("/v1/topics", get(list_topics).post(create_topic))
+        .route("/v1/topics/{topic}", get(describe_topic))
+        .route("/v1/topics/{topic}/messages", post(publish))
+        .route("/v1/topics/{topic}/groups/{group}/messages", get(fetch))
+        .route("/v1/topics/{topic}/groups/{group}/ack", post(ack))
+        .route("/v1/topics/{topic}/groups/{group}/nak", post(nak))
+        .route("/v1/topics/{topic}/groups/{group}/reject", post(reject))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), authorize));
+    Router::new().route("/health", get(|| async { Json(json!({"status": "ok"})) })).merge(api).fallback(not_found).with_state(state)
+}
+
+/// A client's mistake or a server failure, as `{"error": ...}`.
+pub(crate) struct ApiError(StatusCode, String);
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.0, Json(json!({ "error": self.1 }))).into_response()
+    }
+}
+
+impl From<weir_queue::Error> for ApiError {
+    fn from(e: weir_queue::Error) -> Self {
+        let status = match &e {
+            weir_queue::Error::UnknownTopic(_) => StatusCode::NOT_FOUND,
+            weir_queue::Error::TopicExists { .. } => StatusCode::CONFLICT,
+            weir_queue::Error::Invalid { .. } => StatusCode::BAD_REQUEST,
+            _ => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        ApiError(status, e.to_string())
+    }
+}
+
+fn bad(message: impl Into<String>) -> ApiError {
+    ApiError(StatusCode::BAD_REQUEST, message.into())
+}
+
+async fn not_found() -> ApiError {
+    ApiError(StatusCode::NOT_FOUND, "no such route; see docs/openapi.json".into())
+}
+
+async fn authorize(State(state): State<Arc<ApiState>>, request: Request, next: Next) -> Response {
+    if let Some(token) = &state.token {
+        let given = request.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
+        // Same time whatever the first wrong byte.
+        let ok = given.is_some_and(|g| g.len() == token.len() && g.bytes().zip(token.bytes()).fold(0, |acc, (a, b)| acc | (a ^ b)) == 0);
+        if !ok {
+            let mut r = ApiError(StatusCode::UNAUTHORIZED, "missing or wrong bearer token".into()).into_response();
+            r.headers_mut().insert(header::WWW_AUTHENTICATE, "Bearer".parse().expect("a valid header value"));
+            return r;
+        }
+    }
+    next.run(request).await
+}
+
+/// Run blocking queue work off the async threads.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, ApiError> + Send + 'static) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(f).await.map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+}
+
+fn topic_json(t: &TopicInfo) -> Value {
+    let fsync = match t.config.fsync {
+        Fsync::Always => json!("always"),
+        Fsync::Interval { ms } => json!({ "interval_ms": ms }),
+        Fsync::Never => json!("never"),
+    };
+    json!({
+        "name": t.name,
+        "partitions": t.config.partitions,
+        "messages": t.len(),
+        "fsync": fsync,
+        "offsets": t.offsets.iter().enumerate().map(|(p, (start, end))| json!({"partition": p, "start": start, "end": end})).collect::<Vec<_>>(),
+    })
+}
+
+async fn list_topics(State(s): State<Arc<ApiState>>) -> Json<Value> {
+    Json(json!({ "topics": s.queue.topics().iter().map(topic_json).collect::<Vec<_>>() }))
+}
+
+async fn describe_topic(State(s): State<Arc<ApiState>>, Path(topic): Path<String>) -> Result<Json<Value>, ApiError> {
+    Ok(Json(topic_json(&s.queue.topic_info(&topic)?)))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewTopic {
+    name: String,
+    #[serde(default = "one")]
+    partitions: u32,
+    #[serde(default)]
+    fsync: Option<String>,
+    #[serde(default)]
+    fsync_interval_ms: Option<u64>,
+    #[serde(default)]
+    max_age_ms: Option<u64>,
+    #[serde(default)]
+    max_bytes: Option<u64>,
+}
+
+fn one() -> u32 {
+    1
+}
+
+async fn create_topic(State(s): State<Arc<ApiState>>, request: Request) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let body = read_body(&s, request).await?;
+    let t: NewTopic = serde_json::from_slice(&body).map_err(|e| bad(format!("body: {e}")))?;
+    let fsync = match (t.fsync.as_deref(), t.fsync_interval_ms) {
+        (None | Some("always"), None) => Fsync::Always,
+        (Some("never"), None) => Fsync::Never,
+        (Some("interval"), ms) => Fsync::Interval { ms: ms.unwrap_or(100) },
+        (_, Some(_)) => return Err(bad("fsync_interval_ms goes with \"fsync\": \"interval\"")),
+        (Some(other), None) => return Err(bad(format!("fsync must be \"always\", \"interval\" or \"never\", got {other:?}"))),
+    };
+    if !(1..=4096).contains(&t.partitions) {
+        return Err(bad(format!("partitions must be between 1 and 4096, got {}", t.partitions)));
+    }
+    let config =
+        TopicConfig { partitions: t.partitions, fsync, max_age_ms: t.max_age_ms, max_bytes: t.max_bytes, ..TopicConfig::default() };
+    let info = blocking(move || Ok(s.queue.create_topic(&t.name, &config)?)).await?;
+    Ok((StatusCode::CREATED, Json(topic_json(&info))))
+}
+
+/// The body, refused past the size limit.
+async fn read_body(s: &ApiState, request: Request) -> Result<axum::body::Bytes, ApiError> {
+    let limit = s.max_body_bytes;
+    axum::body::to_bytes(request.into_body(), limit).await.map_err(|e| {
+        let too_big = std::error::Error::source(&e).is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
+        if too_big {
+            ApiError(StatusCode::PAYLOAD_TOO_LARGE, format!("body larger than {limit} bytes (--max-body-bytes)"))
+        } else {
+            bad(format!("reading the body: {e}"))
+        }
+    })
+}
+
+/// The records of a publish body: a JSON message or array of them, NDJSON,
+/// or (any other content type) the raw body as one payload with its key
+/// and headers in `Weir-Key` and `Weir-Header-NAME` HTTP headers.
+fn records(headers: &HeaderMap, body: &[u8]) -> Result<Vec<Record>, ApiError> {
+    let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let mime = content_type.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    let message = |v: &Value, at: String| weir_engine::record_from_json(v).map_err(|e| bad(format!("{at}: {e}")));
+    match mime.as_str() {
+        "application/json" => {
+            let v: Value = serde_json::from_slice(body).map_err(|e| bad(format!("malformed JSON: {e}")))?;
+            match &v {
+                Value::Array(items) => items.iter().enumerate().map(|(i, m)| message(m, format!("message [{i}]"))).collect(),
+                _ => Ok(vec![message(&v, "message".into())?]),
+            }
+        }
+        "application/x-ndjson" | "application/jsonl" => body
+            .split(|&b| b == b'\n')
+            .enumerate()
+            .filter(|(_, line)| !line.iter().all(u8::is_ascii_whitespace))
+            .map(|(i, line)| {
+                let v: Value = serde_json::from_slice(line).map_err(|e| bad(format!("line {}: malformed JSON: {e}", i + 1)))?;
+                message(&v, format!("line {}", i + 1))
+            })
+            .collect(),
+        _ => {
+            let mut r = Record::new(body.to_vec());
+            for (name, value) in headers {
+                let name = name.as_str();
+                if name == "weir-key" {
+                    r.key = Some(value.as_bytes().to_vec());
+                } else if name == "weir-id" {
+                    r.id = Some(String::from_utf8_lossy(value.as_bytes()).into_owned());
+                } else if let Some(h) = name.strip_prefix("weir-header-") {
+                    r.headers.push((h.to_owned(), value.as_bytes().to_vec()));
+                }
+            }
+            Ok(vec![r])
+        }
+    }
+}
+
+async fn publish(State(s): State<Arc<ApiState>>, Path(topic): Path<String>, request: Request) -> Result<Json<Value>, ApiError> {
+    let headers = request.headers().clone();
+    let body = read_body(&s, request).await?;
+    let records = records(&headers, &body)?;
+    if records.is_empty() {
+        return Err(bad("no messages in the body"));
+    }
+    let count = records.len();
+    let positions = blocking(move || Ok(s.queue.publish(&topic, &records)?)).await?;
+    let offsets: Vec<Value> = positions.iter().map(|(p, o)| json!({"partition": p, "offset": o})).collect();
+    Ok(Json(json!({ "count": count, "offsets": offsets })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FetchQuery {
+    #[serde(default = "hundred")]
+    max: usize,
+    #[serde(default)]
+    wait_ms: u64,
+    /// Where a new group starts: "earliest" (default) or "latest".
+    #[serde(default)]
+    start: Option<String>,
+}
+
+fn hundred() -> usize {
+    100
+}
+
+impl ApiState {
+    fn consumer(&self, topic: &str, group: &str, start: Option<&str>) -> Result<SharedConsumer, ApiError> {
+        let mut consumers = self.consumers.lock().expect("consumer map poisoned");
+        if let Some(c) = consumers.get(&(topic.to_owned(), group.to_owned())) {
+            return Ok(c.clone());
+        }
+        let start = match start {
+            None | Some("earliest") => StartFrom::Earliest,
+            Some("latest") => StartFrom::Latest,
+            Some(other) => return Err(bad(format!("start must be \"earliest\" or \"latest\", got {other:?}"))),
+        };
+        let options = ConsumerOptions { start, dead_letter: Some(format!("{topic}.dlq")), ..ConsumerOptions::default() };
+        let c = Arc::new(Mutex::new(self.queue.consumer(topic, group, options)?));
+        consumers.insert((topic.to_owned(), group.to_owned()), c.clone());
+        Ok(c)
+    }
+
+    /// An opened group, for settling what it delivered.
+    fn opened(&self, topic: &str, group: &str) -> Result<SharedConsumer, ApiError> {
+        let consumers = self.consumers.lock().expect("consumer map poisoned");
+        consumers.get(&(topic.to_owned(), group.to_owned())).cloned().ok_or_else(|| {
+            ApiError(StatusCode::NOT_FOUND, format!("group {group:?} has fetched nothing from topic {topic:?} since the server started"))
+        })
+    }
+}
+
+/// Long-poll: up to `max` messages, waiting up to `wait_ms` for the first.
+/// Each stays leased to the group until acked, nakked or rejected (or its
+/// ack wait, 30 s, passes: then it is delivered again).
+async fn fetch(
+    State(s): State<Arc<ApiState>>,
+    Path((topic, group)): Path<(String, String)>,
+    Query(q): Query<FetchQuery>,
+) -> Result<Json<Value>, ApiError> {
+    if !(1..=10_000).contains(&q.max) || q.wait_ms > 60_000 {
+        return Err(bad("max must be 1 to 10000 and wait_ms at most 60000"));
+    }
+    let consumer = blocking({
+        let s = s.clone();
+        let (topic, group) = (topic.clone(), group.clone());
+        move || s.consumer(&topic, &group, q.start.as_deref())
+    })
+    .await?;
+    let deadline = Instant::now() + Duration::from_millis(q.wait_ms);
+    loop {
+        // Short waits, so that acks of the same group are not held up.
+        let c = consumer.clone();
+        let batch = blocking(move || Ok(c.lock().expect("consumer poisoned").fetch(q.max, Duration::from_millis(20))?)).await?;
+        if !batch.is_empty() || Instant::now() >= deadline {
+            let messages: Vec<Value> = batch
+                .into_iter()
+                .map(|d| {
+                    let attempt = d.attempt;
+                    let mut v = weir_engine::json_value(&weir_engine::message_from_record(&topic, d.record, attempt));
+                    v["attempt"] = json!(attempt);
+                    v
+                })
+                .collect();
+            return Ok(Json(json!({ "messages": messages })));
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Settle {
+    ids: Vec<Id>,
+    #[serde(default)]
+    delay_ms: u64,
+    #[serde(default)]
+    reason: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Id {
+    partition: u32,
+    offset: u64,
+}
+
+#[derive(Clone, Copy)]
+enum Disposition {
+    Ack,
+    Nak,
+    Reject,
+}
+
+async fn settle(s: Arc<ApiState>, topic: String, group: String, request: Request, how: Disposition) -> Result<Json<Value>, ApiError> {
+    let body = read_body(&s, request).await?;
+    let settle: Settle = serde_json::from_slice(&body).map_err(|e| bad(format!("body: {e}")))?;
+    let consumer = s.opened(&topic, &group)?;
+    let n = settle.ids.len();
+    blocking(move || {
+        let mut c = consumer.lock().expect("consumer poisoned");
+        for id in settle.ids {
+            let id = DeliveryId { partition: id.partition, offset: id.offset };
+            match how {
+                Disposition::Ack => c.ack(id),
+                Disposition::Nak => c.nak(id, Duration::from_millis(settle.delay_ms)),
+                Disposition::Reject => c.reject(id, settle.reason.as_deref().unwrap_or("rejected by the consumer"))?,
+            }
+        }
+        Ok(c.commit()?)
+    })
+    .await?;
+    Ok(Json(json!({ "settled": n })))
+}
+
+async fn ack(
+    State(s): State<Arc<ApiState>>,
+    Path((topic, group)): Path<(String, String)>,
+    request: Request,
+) -> Result<Json<Value>, ApiError> {
+    settle(s, topic, group, request, Disposition::Ack).await
+}
+
+async fn nak(
+    State(s): State<Arc<ApiState>>,
+    Path((topic, group)): Path<(String, String)>,
+    request: Request,
+) -> Result<Json<Value>, ApiError> {
+    settle(s, topic, group, request, Disposition::Nak).await
+}
+
+async fn reject(
+    State(s): State<Arc<ApiState>>,
+    Path((topic, group)): Path<(String, String)>,
+    request: Request,
+) -> Result<Json<Value>, ApiError> {
+    settle(s, topic, group, request, Disposition::Reject).await
+}
+
+/// `weir serve`: the queue as a local broker until Ctrl-C.
+pub(crate) fn serve(args: ListenArgs, dir: PathBuf) -> anyhow::Result<()> {
+    let queue = Queue::open(&dir).with_context(|| format!("opening data directory {}", dir.display()))?;
+    let server = start(queue, &args.or_default(), None)?;
+    eprintln!("weir: serving {} at http://{} (Ctrl-C to stop)", dir.display(), server.addr);
+    let (tx, rx) = std::sync::mpsc::channel();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    std::thread::spawn(move || {
+        rt.block_on(async {
+            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = async { if let Some(t) = term.as_mut() { t.recv().await; } else { std::future::pending::<()>().await } } => {}
+            }
+        });
+        tx.send(()).ok();
+    });
+    rx.recv().ok();
+    drop(server);
+    Ok(())
+}

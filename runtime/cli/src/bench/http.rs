@@ -1,0 +1,117 @@
+//! `weir bench http`: publish throughput through the HTTP API, against the
+//! same batches published straight into the queue in the same run.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use clap::Args;
+use weir_queue::{Queue, Record, TopicConfig};
+
+use super::{histogram, shares};
+
+#[derive(Args)]
+pub(crate) struct HttpArgs {
+    /// Messages to publish, in all.
+    #[arg(long, default_value_t = 1_000_000)]
+    messages: u64,
+    /// Messages per request (NDJSON).
+    #[arg(long, default_value_t = 1000)]
+    batch: usize,
+    /// Concurrent clients, each with its own connection.
+    #[arg(long, default_value_t = 4)]
+    clients: usize,
+    /// Payload size in bytes.
+    #[arg(long, default_value_t = 100)]
+    size: usize,
+}
+
+/// One side's figures.
+struct Side {
+    secs: f64,
+    hist: hdrhistogram::Histogram<u64>,
+}
+
+pub(crate) fn bench_http(args: &HttpArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(args.messages > 0 && args.batch > 0 && args.clients > 0, "--messages, --batch and --clients must be > 0");
+    let payload = "x".repeat(args.size);
+    let line = format!("{{\"payload\":\"{payload}\"}}\n");
+
+    // Baseline: the same batches, the same concurrency, straight into a queue.
+    let dir = tempfile::tempdir()?;
+    let queue = Queue::open(dir.path().join("direct"))?;
+    queue.create_topic("bench", &TopicConfig::default())?;
+    let direct = run_clients(args, |_| {
+        let queue = queue.clone();
+        let batch: Vec<Record> = (0..args.batch).map(|_| Record::new(payload.clone().into_bytes())).collect();
+        move |n: usize| queue.publish("bench", &batch[..n]).map(|_| ()).map_err(anyhow::Error::from)
+    })?;
+
+    let queue = Queue::open(dir.path().join("http"))?;
+    queue.create_topic("bench", &TopicConfig::default())?;
+    let listen = crate::api::ListenArgs::on(([127, 0, 0, 1], 0).into());
+    let server = crate::api::start(queue.clone(), &listen, None)?;
+    let url = format!("http://{}/v1/topics/bench/messages", server.addr);
+    let bodies: Arc<Vec<String>> = Arc::new((0..=args.batch).map(|n| line.repeat(n)).collect());
+    let http = run_clients(args, |_| {
+        let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(true).build().into();
+        let (url, bodies) = (url.clone(), bodies.clone());
+        move |n: usize| {
+            agent.post(&url).header("content-type", "application/x-ndjson").send(bodies[n].as_str())?.body_mut().read_to_string()?;
+            Ok(())
+        }
+    })?;
+    let stored: u64 = queue.topic_info("bench")?.len();
+    anyhow::ensure!(stored == args.messages, "the topic holds {stored} messages, not {}", args.messages);
+
+    let rate = |s: &Side| args.messages as f64 / s.secs;
+    println!(
+        "{} messages of {} bytes, batches of {}, {} clients; topic fsync = always",
+        args.messages, args.size, args.batch, args.clients
+    );
+    println!("{:<28} {:>12} {:>14} {:>14}", "publish", "msg/s", "p50 per batch", "p99 per batch");
+    for (name, side) in [("queue.publish (in process)", &direct), ("HTTP POST (NDJSON)", &http)] {
+        println!(
+            "{name:<28} {:>12.0} {:>11} µs {:>11} µs",
+            rate(side),
+            side.hist.value_at_quantile(0.5),
+            side.hist.value_at_quantile(0.99)
+        );
+    }
+    println!("HTTP / in process: {:.2}", rate(&http) / rate(&direct));
+    Ok(())
+}
+
+/// Publish `args.messages` from `args.clients` threads, each calling the
+/// function `make` gives it with the size of the next batch.
+fn run_clients<F, M>(args: &HttpArgs, make: M) -> anyhow::Result<Side>
+where
+    M: Fn(usize) -> F,
+    F: FnMut(usize) -> anyhow::Result<()> + Send + 'static,
+{
+    let started = Instant::now();
+    let handles: Vec<_> = shares(args.messages, args.clients)
+        .into_iter()
+        .enumerate()
+        .map(|(i, count)| {
+            let mut publish = make(i);
+            let batch = args.batch as u64;
+            std::thread::spawn(move || -> anyhow::Result<hdrhistogram::Histogram<u64>> {
+                let mut hist = histogram();
+                let mut sent = 0;
+                while sent < count {
+                    let n = batch.min(count - sent);
+                    let t = Instant::now();
+                    publish(n as usize)?;
+                    hist.record(t.elapsed().as_micros().max(1) as u64)?;
+                    sent += n;
+                }
+                Ok(hist)
+            })
+        })
+        .collect();
+    let mut hist = histogram();
+    for h in handles {
+        hist.add(h.join().map_err(|_| anyhow::anyhow!("a client thread panicked"))??)?;
+    }
+    Ok(Side { secs: started.elapsed().as_secs_f64(), hist })
+}

@@ -1,0 +1,297 @@
+//! The HTTP API (`weir serve`, `weir run --listen`), driven over real HTTP.
+
+use std::collections::HashSet;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use crate::{Weir, pipeline_file, repo_root};
+
+/// A client of one server.
+struct Api {
+    base: String,
+    agent: ureq::Agent,
+    token: Option<String>,
+}
+
+impl Api {
+    fn new(base: String, token: Option<&str>) -> Api {
+        let agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
+        Api { base, agent, token: token.map(str::to_owned) }
+    }
+
+    /// Send a request; the status and the body as JSON (`Value::Null` if it is not JSON).
+    fn send(&self, method: &str, path: &str, content_type: &str, body: &[u8], headers: &[(&str, &str)]) -> (u16, Value) {
+        let url = format!("{}{path}", self.base);
+        let mut req = ureq::http::Request::builder().method(method).uri(&url).header("content-type", content_type);
+        if let Some(t) = &self.token {
+            req = req.header("authorization", format!("Bearer {t}"));
+        }
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let mut resp = self.agent.run(req.body(body.to_vec()).unwrap()).unwrap_or_else(|e| panic!("{method} {url}: {e}"));
+        let status = resp.status().as_u16();
+        let text = resp.body_mut().read_to_string().unwrap_or_default();
+        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+    }
+
+    fn get(&self, path: &str) -> (u16, Value) {
+        self.send("GET", path, "application/json", b"", &[])
+    }
+
+    fn post(&self, path: &str, body: &Value) -> (u16, Value) {
+        self.send("POST", path, "application/json", body.to_string().as_bytes(), &[])
+    }
+}
+
+/// Start `weir ARGS` (serve, or run --listen) and wait for the address it writes.
+fn start(weir: &Weir, args: &[&str]) -> (Child, String) {
+    let addr_file = weir.data.path().join("api.addr");
+    std::fs::remove_file(&addr_file).ok();
+    let mut child = weir.cmd(args).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+    let started = Instant::now();
+    loop {
+        if let Ok(addr) = std::fs::read_to_string(&addr_file) {
+            return (child, addr.trim().to_owned());
+        }
+        if let Some(status) = child.try_wait().unwrap() {
+            let mut err = String::new();
+            std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut err).ok();
+            panic!("weir {args:?} exited ({status}) before serving:\n{err}");
+        }
+        assert!(started.elapsed() < Duration::from_secs(30), "weir {args:?} did not write its address");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn stop(mut child: Child) {
+    Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    let started = Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        assert!(started.elapsed() < Duration::from_secs(30), "weir did not stop on SIGTERM");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn concurrent_http_publishers_feed_a_running_pipeline_each_message_once() {
+    let weir = Weir::new();
+    let dir = tempfile::tempdir().unwrap();
+    let p = pipeline_file(
+        dir.path(),
+        "p.toml",
+        "[pipeline]\nname = \"up\"\n[source]\ntype = \"queue\"\ntopic = \"in\"\n\
+         [[stage]]\nname = \"upper\"\nmodule = \"{component:uppercase}\"\n[[sink]]\ntype = \"queue\"\ntopic = \"out\"\n",
+    );
+    let (run, base) = start(&weir, &["run", p.to_str().unwrap(), "--listen", "127.0.0.1:0"]);
+    let (clients, requests, per_request) = (4, 25, 100);
+    let publishers: Vec<_> = (0..clients)
+        .map(|c| {
+            let base = base.clone();
+            std::thread::spawn(move || {
+                let api = Api::new(base, None);
+                let mut offsets = Vec::new();
+                for r in 0..requests {
+                    let body: String = (0..per_request).map(|i| format!("{{\"payload\":\"c{c}-r{r}-m{i}\"}}\n")).collect();
+                    let (status, v) = api.send("POST", "/v1/topics/in/messages", "application/x-ndjson", body.as_bytes(), &[]);
+                    assert_eq!(status, 200, "{v}");
+                    offsets.extend(v["offsets"].as_array().unwrap().iter().map(|o| o["offset"].as_u64().unwrap()));
+                }
+                offsets
+            })
+        })
+        .collect();
+    let mut offsets: Vec<u64> = publishers.into_iter().flat_map(|h| h.join().unwrap()).collect();
+    let total = (clients * requests * per_request) as u64;
+    offsets.sort_unstable();
+    assert_eq!(offsets, (0..total).collect::<Vec<_>>(), "offsets are dense and each given once");
+
+    let api = Api::new(base, None);
+    let started = Instant::now();
+    while api.get("/v1/topics/out").1["messages"].as_u64() != Some(total) {
+        assert!(started.elapsed() < Duration::from_secs(120), "the pipeline did not process everything");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    stop(run);
+    let out = weir.consume_all("out");
+    let distinct: HashSet<&String> = out.iter().collect();
+    assert_eq!((out.len(), distinct.len()), (total as usize, total as usize), "each message once");
+    assert!(distinct.contains(&"C3-R24-M99".to_string()));
+}
+
+#[test]
+fn bad_requests_get_a_clear_4xx_and_change_nothing() {
+    let weir = Weir::new();
+    let (serve, base) = start(&weir, &["serve", "--listen", "127.0.0.1:0", "--token", "t0k", "--max-body-bytes", "1024"]);
+    let anonymous = Api::new(base.clone(), None);
+    let wrong = Api::new(base.clone(), Some("nope"));
+    let api = Api::new(base, Some("t0k"));
+    assert_eq!(anonymous.get("/health").0, 200, "health needs no token");
+    for (who, what) in [(&anonymous, "no token"), (&wrong, "a wrong token")] {
+        let (status, v) = who.get("/v1/topics");
+        assert_eq!(status, 401, "{what}: {v}");
+        assert!(v["error"].as_str().unwrap().contains("bearer token"), "{v}");
+        assert_eq!(who.post("/v1/topics", &json!({"name": "sneaky"})).0, 401);
+    }
+    assert_eq!(api.post("/v1/topics", &json!({"name": "t"})).0, 201);
+
+    let error = |(status, v): (u16, Value), want: u16, says: &str| {
+        assert_eq!(status, want, "{v}");
+        let msg = v["error"].as_str().unwrap_or_else(|| panic!("a JSON error: {v}"));
+        assert!(msg.contains(says), "{msg:?} should say {says:?}");
+    };
+    error(api.post("/v1/topics/nope/messages", &json!({"payload": "x"})), 404, "unknown topic `nope`");
+    error(api.send("POST", "/v1/topics/t/messages", "application/json", b"{\"payload\": ", &[]), 400, "malformed JSON");
+    error(api.post("/v1/topics/t/messages", &json!([{"payload": "ok"}, {"key": "no payload"}])), 400, "message [1]: needs a `payload`");
+    let ndjson = b"{\"payload\":\"fine\"}\n{\"payload\": 12}\n";
+    error(api.send("POST", "/v1/topics/t/messages", "application/x-ndjson", ndjson, &[]), 400, "line 2");
+    error(api.send("POST", "/v1/topics/t/messages", "text/plain", &[b'x'; 2000], &[]), 413, "larger than 1024 bytes");
+    error(api.post("/v1/topics/t/messages", &json!([])), 400, "no messages");
+    error(api.get("/v1/topics/t/groups/g/messages?max=0"), 400, "max must be");
+    error(api.post("/v1/topics/t/groups/g/ack", &json!({"ids": []})), 404, "has fetched nothing");
+    error(api.post("/v1/topics", &json!({"name": "t"})), 409, "already exists");
+    error(api.post("/v1/topics", &json!({"name": "u", "fsync": "sometimes"})), 400, "fsync must be");
+    error(api.get("/v2/anything"), 404, "no such route");
+    let (_, t) = api.get("/v1/topics/t");
+    assert_eq!(t["messages"], 0, "refused requests published nothing: {t}");
+    let (_, all) = api.get("/v1/topics");
+    let names: Vec<&str> = all["topics"].as_array().unwrap().iter().map(|t| t["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["t"], "refused requests created nothing");
+    stop(serve);
+
+    let exposed = Weir::new().fails(&["serve", "--listen", "0.0.0.0:0"], b"");
+    assert!(exposed.contains("not a loopback address") && exposed.contains("--token"), "{exposed}");
+}
+
+#[test]
+fn kill_9_after_acknowledged_publishes_loses_nothing() {
+    let weir = Weir::new();
+    let (serve, base) = start(&weir, &["serve", "--listen", "127.0.0.1:0"]);
+    let api = Api::new(base, None);
+    assert_eq!(api.post("/v1/topics", &json!({"name": "t"})).0, 201);
+    let mut want = Vec::new();
+    for r in 0..50 {
+        let batch: Vec<Value> = (0..20).map(|i| json!({"payload": format!("r{r:02}-{i:02}")})).collect();
+        want.extend(batch.iter().map(|m| m["payload"].as_str().unwrap().to_owned()));
+        assert_eq!(api.post("/v1/topics/t/messages", &Value::Array(batch)).0, 200);
+    }
+    let mut serve = serve;
+    serve.kill().unwrap(); // SIGKILL
+    serve.wait().unwrap();
+    assert_eq!(weir.consume_all("t"), want, "every acknowledged publish survives, in order");
+}
+
+#[test]
+fn consumers_long_poll_ack_nak_and_reject_over_http() {
+    let weir = Weir::new();
+    let (serve, base) = start(&weir, &["serve", "--listen", "127.0.0.1:0"]);
+    let api = Api::new(base, None);
+    assert_eq!(api.post("/v1/topics", &json!({"name": "jobs"})).0, 201);
+    let body = json!([{"payload": "a", "key": "k", "headers": {"h": "v"}}, {"payload": "b"}, {"payload": "c"}]);
+    assert_eq!(api.post("/v1/topics/jobs/messages", &body).0, 200);
+
+    let (status, v) = api.get("/v1/topics/jobs/groups/workers/messages?max=10&wait_ms=2000");
+    assert_eq!(status, 200, "{v}");
+    let msgs = v["messages"].as_array().unwrap();
+    let payloads: Vec<&str> = msgs.iter().map(|m| m["payload"].as_str().unwrap()).collect();
+    assert_eq!(payloads, ["a", "b", "c"]);
+    assert_eq!((msgs[0]["key"].as_str(), msgs[0]["headers"]["h"].as_str(), msgs[0]["attempt"].as_u64()), (Some("k"), Some("v"), Some(1)));
+    let id = |m: &Value| json!({"partition": m["partition"], "offset": m["offset"]});
+    assert_eq!(api.post("/v1/topics/jobs/groups/workers/ack", &json!({"ids": [id(&msgs[0])]})).0, 200);
+    assert_eq!(api.post("/v1/topics/jobs/groups/workers/nak", &json!({"ids": [id(&msgs[1])]})).0, 200);
+    let rejected = api.post("/v1/topics/jobs/groups/workers/reject", &json!({"ids": [id(&msgs[2])], "reason": "cannot bill"}));
+    assert_eq!(rejected.0, 200, "{}", rejected.1);
+
+    let (_, again) = api.get("/v1/topics/jobs/groups/workers/messages?max=10&wait_ms=5000");
+    let again = again["messages"].as_array().unwrap().clone();
+    assert_eq!(again.len(), 1, "only the nakked message comes back: {again:?}");
+    assert_eq!((again[0]["payload"].as_str(), again[0]["attempt"].as_u64()), (Some("b"), Some(2)));
+    assert_eq!(api.post("/v1/topics/jobs/groups/workers/ack", &json!({"ids": [id(&again[0])]})).0, 200);
+    let (_, empty) = api.get("/v1/topics/jobs/groups/workers/messages?wait_ms=300");
+    assert_eq!(empty["messages"], json!([]), "nothing left for the group");
+    stop(serve);
+
+    let dead = weir.consume_json("jobs.dlq");
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    assert_eq!((dead[0]["payload"].as_str(), dead[0]["headers"]["weir.reason"].as_str()), (Some("c"), Some("cannot bill")));
+}
+
+/// Every operation in docs/openapi.json is exercised by an example that the
+/// server answers as documented, so the file cannot drift from the server.
+#[test]
+fn the_openapi_document_matches_the_server() {
+    let spec: Value = serde_json::from_str(&std::fs::read_to_string(repo_root().join("docs/openapi.json")).unwrap()).unwrap();
+    let weir = Weir::new();
+    let (serve, base) = start(&weir, &["serve", "--listen", "127.0.0.1:0"]);
+    let api = Api::new(base, None);
+    let paths = spec["paths"].as_object().unwrap();
+    let mut covered = HashSet::new();
+    for ex in spec["x-weir-examples"].as_array().unwrap() {
+        let (method, path) = (ex["method"].as_str().unwrap(), ex["path"].as_str().unwrap());
+        let bare = path.split('?').next().unwrap();
+        let (template, op) = paths
+            .iter()
+            .find_map(|(t, item)| (matches(t, bare) && item.get(method).is_some()).then(|| (t.clone(), &item[method])))
+            .unwrap_or_else(|| panic!("example {method} {path} is not a documented operation"));
+        covered.insert((method.to_owned(), template));
+        let content_type = ex["content_type"].as_str().unwrap_or("application/json");
+        let body = match (&ex["raw"], &ex["body"]) {
+            (Value::String(raw), _) => raw.clone().into_bytes(),
+            (_, Value::Null) => Vec::new(),
+            (_, body) => body.to_string().into_bytes(),
+        };
+        let headers: Vec<(&str, &str)> =
+            ex["headers"].as_object().into_iter().flatten().map(|(k, v)| (k.as_str(), v.as_str().unwrap())).collect();
+        let (status, answer) = api.send(&method.to_uppercase(), path, content_type, &body, &headers);
+        assert_eq!(status, ex["status"].as_u64().unwrap() as u16, "{method} {path}: {answer}");
+        let documented = &op["responses"][status.to_string()];
+        assert!(!documented.is_null(), "{method} {path} answered {status}, which the document does not list");
+        let schema = resolve(&spec, resolve(&spec, documented.clone())["content"]["application/json"]["schema"].clone());
+        for field in schema["required"].as_array().into_iter().flatten() {
+            assert!(answer.get(field.as_str().unwrap()).is_some(), "{method} {path}: answer lacks {field}: {answer}");
+        }
+    }
+    for (template, item) in paths {
+        for method in item.as_object().unwrap().keys().filter(|m| *m != "parameters") {
+            assert!(covered.contains(&(method.clone(), template.clone())), "no example exercises {method} {template}");
+        }
+    }
+    stop(serve);
+}
+
+/// Whether `path` fits the OpenAPI path `template` (`{name}` is one segment).
+fn matches(template: &str, path: &str) -> bool {
+    let (t, p): (Vec<&str>, Vec<&str>) = (template.split('/').collect(), path.split('/').collect());
+    t.len() == p.len() && t.iter().zip(&p).all(|(t, p)| t.starts_with('{') || t == p)
+}
+
+/// Follow a `$ref` within the document.
+fn resolve(spec: &Value, v: Value) -> Value {
+    match v["$ref"].as_str() {
+        Some(r) => r.trim_start_matches("#/").split('/').fold(spec, |node, key| &node[key]).clone(),
+        None => v,
+    }
+}
+
+#[test]
+fn the_python_producer_example_publishes_through_the_api() {
+    let weir = Weir::new();
+    let (serve, base) = start(&weir, &["serve", "--listen", "127.0.0.1:0"]);
+    let script = repo_root().join("examples/python/producer.py");
+    let out = Command::new("python3")
+        .arg(&script)
+        .args(["--url", &base, "--topic", "py", "--count", "1000", "--batch", "250"])
+        .output()
+        .expect("python3 is installed");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(said.contains("published 1000 messages"), "{said}");
+    stop(serve);
+    let got = weir.consume_json("py");
+    assert_eq!(got.len(), 1000);
+    let last: Value = serde_json::from_str(got[999]["payload"].as_str().unwrap()).unwrap();
+    assert_eq!(last, json!({"order": 999, "amount": 999 * 3 % 100}));
+    assert_eq!(got[999]["key"], "customer-9");
+}
