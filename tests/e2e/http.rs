@@ -295,3 +295,30 @@ fn the_python_producer_example_publishes_through_the_api() {
     assert_eq!(last, json!({"order": 999, "amount": 999 * 3 % 100}));
     assert_eq!(got[999]["key"], "customer-9");
 }
+
+#[test]
+fn produce_consume_and_topics_go_through_the_process_that_owns_the_directory() {
+    let weir = Weir::new();
+    let (serve, _) = start(&weir, &["serve", "--listen", "127.0.0.1:0", "--token", "s3cret"]);
+    let with_token = |args: &[&str], stdin: &[u8]| {
+        let mut cmd = weir.cmd(args);
+        cmd.env("WEIR_TOKEN", "s3cret").stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        let mut child = cmd.spawn().unwrap();
+        std::io::Write::write_all(&mut child.stdin.take().unwrap(), stdin).unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success(), "weir {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let said = with_token(&["produce", "t", "--key", "k", "--header", "h=v"], b"one\ntwo\nthree\n");
+    assert_eq!(said.trim(), "published 3 messages to t: partition 0 offsets 0..=2 (3)");
+    let said = with_token(&["topics", "create", "u", "--partitions", "2"], b"");
+    assert_eq!(said.trim(), "created topic u with 2 partition(s)");
+    assert_eq!(with_token(&["consume", "t", "--group", "g", "--from-beginning"], b""), "one\ntwo\nthree\n");
+    assert_eq!(with_token(&["consume", "t", "--group", "g"], b""), "", "the group acknowledged them");
+    let refused = weir.fails(&["produce", "t"], b"four\n");
+    assert!(refused.contains("bearer token"), "without the token the server refuses: {refused}");
+    stop(serve);
+    let json = weir.consume_json("t");
+    assert_eq!(json.len(), 3, "nothing was published without the token");
+    assert_eq!((json[0]["key"].as_str(), json[0]["headers"]["h"].as_str()), (Some("k"), Some("v")));
+}

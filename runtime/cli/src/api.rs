@@ -79,6 +79,47 @@ impl Drop for Server {
     }
 }
 
+/// The API of the weir process that owns `dir`, if one is serving it:
+/// its base URL, from the address file, answering /health.
+pub(crate) fn running(dir: &std::path::Path) -> Option<Client> {
+    let base = std::fs::read_to_string(dir.join(ADDR_FILE)).ok()?.trim().to_owned();
+    let client = Client::new(base);
+    let health = client.agent.get(format!("{}/health", client.base)).call().ok()?;
+    health.status().is_success().then_some(client)
+}
+
+/// A client of a running server, for `weir produce`, `consume` and
+/// `topics` when another weir process owns the data directory. The token,
+/// if the server needs one, comes from `WEIR_TOKEN`.
+pub(crate) struct Client {
+    base: String,
+    agent: ureq::Agent,
+    token: Option<String>,
+}
+
+impl Client {
+    fn new(base: String) -> Client {
+        let agent = ureq::Agent::config_builder().http_status_as_error(false).timeout_global(Some(Duration::from_secs(120))).build().into();
+        Client { base, agent, token: std::env::var("WEIR_TOKEN").ok() }
+    }
+
+    /// Send a request; the answer's JSON, or its error as an error.
+    pub(crate) fn call(&self, method: &str, path: &str, content_type: &str, body: Vec<u8>) -> anyhow::Result<Value> {
+        let url = format!("{}{path}", self.base);
+        let mut req = ureq::http::Request::builder().method(method).uri(&url).header("content-type", content_type);
+        if let Some(t) = &self.token {
+            req = req.header("authorization", format!("Bearer {t}"));
+        }
+        let mut resp = self.agent.run(req.body(body)?).with_context(|| format!("{method} {url}"))?;
+        let status = resp.status();
+        let v: Value = serde_json::from_str(&resp.body_mut().read_to_string()?).unwrap_or(Value::Null);
+        if !status.is_success() {
+            anyhow::bail!("{} (from the weir serving {}: {status})", v["error"].as_str().unwrap_or("request failed"), self.base);
+        }
+        Ok(v)
+    }
+}
+
 /// Serve the API for `queue` (plus `extra` routes, such as a pipeline's
 /// /metrics) from a thread of its own. Refuses a non-loopback address
 /// without a token.

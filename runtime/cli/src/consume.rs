@@ -69,6 +69,46 @@ pub(crate) fn consume(args: ConsumeArgs, dir: PathBuf) -> anyhow::Result<()> {
         }
         Ok(())
     };
+    if let (Some(group), Some(api)) = (&args.group, crate::api::running(&dir)) {
+        // Another weir process owns the directory: consume through its API.
+        let start = if args.from_beginning { "earliest" } else { "latest" };
+        let base = format!("/v1/topics/{}/groups/{group}", args.topic);
+        while printed < limit {
+            let want = (limit - printed).min(1000);
+            let wait_ms = if args.follow { 1000 } else { 100 };
+            let batch =
+                api.call("GET", &format!("{base}/messages?max={want}&wait_ms={wait_ms}&start={start}"), "application/json", Vec::new())?;
+            let msgs = batch["messages"].as_array().cloned().unwrap_or_default();
+            if msgs.is_empty() && !args.follow {
+                break;
+            }
+            let mut ids = Vec::with_capacity(msgs.len());
+            for mut m in msgs {
+                ids.push(serde_json::json!({ "partition": m["partition"], "offset": m["offset"] }));
+                match args.format {
+                    Format::Text => match &m["payload"] {
+                        serde_json::Value::String(s) => writeln!(out, "{s}")?,
+                        other => {
+                            let bytes: Vec<u8> =
+                                other.as_array().into_iter().flatten().filter_map(|b| b.as_u64().map(|b| b as u8)).collect();
+                            out.write_all(&bytes)?;
+                            out.write_all(b"\n")?;
+                        }
+                    },
+                    Format::Json => {
+                        m.as_object_mut().map(|o| o.remove("attempt"));
+                        writeln!(out, "{m}")?;
+                    }
+                }
+                printed += 1;
+            }
+            out.flush()?;
+            if !ids.is_empty() {
+                api.call("POST", &format!("{base}/ack"), "application/json", serde_json::json!({ "ids": ids }).to_string().into_bytes())?;
+            }
+        }
+        return Ok(());
+    }
     if let Some(group) = &args.group {
         let queue = Queue::open(&dir).with_context(|| format!("opening data directory {}", dir.display()))?;
         let start = if args.from_beginning { StartFrom::Earliest } else { StartFrom::Latest };

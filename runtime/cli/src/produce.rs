@@ -56,12 +56,60 @@ pub(crate) fn produce(args: ProduceArgs, dir: PathBuf) -> anyhow::Result<()> {
     if let Some(url) = &args.nats {
         return tokio::runtime::Runtime::new()?.block_on(produce_nats(&args, url));
     }
+    if let Some(api) = crate::api::running(&dir) {
+        return produce_http(&args, &api);
+    }
     let queue = Queue::open(&dir).with_context(|| format!("opening data directory {}", dir.display()))?;
     queue.ensure_topic(&args.topic, &TopicConfig::default())?;
-    let make = |line| args.record(line);
-    // partition -> (first offset, last offset, count)
-    let mut ranges: BTreeMap<u32, (u64, u64, u64)> = BTreeMap::new();
-    let mut total = 0u64;
+    let published = publish_lines(|batch| Ok(queue.publish(&args.topic, &batch.into_iter().map(|l| args.record(l)).collect::<Vec<_>>())?))?;
+    published.print(&args.topic)
+}
+
+/// `weir produce` while another weir process owns the data directory and
+/// serves its HTTP API: the same, through it.
+fn produce_http(args: &ProduceArgs, api: &crate::api::Client) -> anyhow::Result<()> {
+    // Created with default settings if absent, as without a server.
+    let topic_path = format!("/v1/topics/{}", args.topic);
+    if api.call("GET", &topic_path, "application/json", Vec::new()).is_err() {
+        let create = serde_json::json!({ "name": args.topic }).to_string().into_bytes();
+        if let Err(e) = api.call("POST", "/v1/topics", "application/json", create) {
+            api.call("GET", &topic_path, "application/json", Vec::new()).map_err(|_| e)?;
+        }
+    }
+    let path = format!("{topic_path}/messages");
+    let published = publish_lines(|batch| {
+        let mut body = Vec::new();
+        for line in batch {
+            let r = args.record(line);
+            let msg = weir_host::Message {
+                topic: String::new(),
+                partition: 0,
+                offset: 0,
+                key: r.key,
+                payload: r.payload,
+                headers: r.headers,
+                timestamp_ms: 0,
+                attempt: 0,
+            };
+            body.extend_from_slice(weir_engine::json_line(&msg).as_bytes());
+            body.push(b'\n');
+        }
+        let answer = api.call("POST", &path, "application/x-ndjson", body)?;
+        let offsets = answer["offsets"].as_array().context("an answer without offsets")?;
+        Ok(offsets.iter().filter_map(|o| Some((o["partition"].as_u64()? as u32, o["offset"].as_u64()?))).collect())
+    })?;
+    published.print(&args.topic)
+}
+
+/// What was published: per partition (first offset, last offset, count).
+struct Published {
+    ranges: BTreeMap<u32, (u64, u64, u64)>,
+    total: u64,
+}
+
+/// Read standard input's lines and hand them to `publish` `BATCH` at a time.
+fn publish_lines(mut publish: impl FnMut(Vec<Vec<u8>>) -> anyhow::Result<Vec<(u32, u64)>>) -> anyhow::Result<Published> {
+    let mut out = Published { ranges: BTreeMap::new(), total: 0 };
     let mut batch = Vec::with_capacity(BATCH);
     let stdin = std::io::stdin();
     // Lines are bytes: a payload need not be UTF-8. A trailing "\r" is kept.
@@ -70,27 +118,29 @@ pub(crate) fn produce(args: ProduceArgs, dir: PathBuf) -> anyhow::Result<()> {
         let line = lines.next().transpose().context("reading standard input")?;
         let done = line.is_none();
         if let Some(line) = line {
-            batch.push(make(line));
+            batch.push(line);
         }
         if batch.len() == BATCH || (done && !batch.is_empty()) {
-            let positions = queue.publish(&args.topic, &batch)?;
-            for (p, o) in positions {
-                let e = ranges.entry(p).or_insert((o, o, 0));
+            out.total += batch.len() as u64;
+            for (p, o) in publish(std::mem::replace(&mut batch, Vec::with_capacity(BATCH)))? {
+                let e = out.ranges.entry(p).or_insert((o, o, 0));
                 e.1 = o;
                 e.2 += 1;
             }
-            total += batch.len() as u64;
-            batch.clear();
         }
         if done {
-            break;
+            return Ok(out);
         }
     }
-    if total == 0 {
-        bail!("no lines on standard input: nothing published");
-    }
-    let parts: Vec<String> =
-        ranges
+}
+
+impl Published {
+    fn print(&self, topic: &str) -> anyhow::Result<()> {
+        if self.total == 0 {
+            bail!("no lines on standard input: nothing published");
+        }
+        let parts: Vec<String> = self
+            .ranges
             .iter()
             .map(|(p, (first, last, n))| {
                 if first == last {
@@ -100,8 +150,9 @@ pub(crate) fn produce(args: ProduceArgs, dir: PathBuf) -> anyhow::Result<()> {
                 }
             })
             .collect();
-    println!("published {total} message{} to {}: {}", if total == 1 { "" } else { "s" }, args.topic, parts.join(", "));
-    Ok(())
+        println!("published {} message{} to {topic}: {}", self.total, if self.total == 1 { "" } else { "s" }, parts.join(", "));
+        Ok(())
+    }
 }
 
 /// `weir produce --nats URL SUBJECT`: lines to a NATS subject, a batch of

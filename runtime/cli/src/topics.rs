@@ -53,6 +53,21 @@ pub(crate) fn topics(cmd: TopicsCommand, dir: PathBuf) -> anyhow::Result<()> {
                 println!("{:<30} partitions={:<4} messages={}", t.name, t.config.partitions, t.len());
             }
         }
+        TopicsCommand::Create { name, partitions, fsync, fsync_interval_ms, max_age_ms, max_bytes }
+            if let Some(api) = crate::api::running(&dir) =>
+        {
+            let fsync = match fsync {
+                FsyncArg::Always => "always",
+                FsyncArg::Interval => "interval",
+                FsyncArg::Never => "never",
+            };
+            let mut body = serde_json::json!({ "name": name, "partitions": partitions, "fsync": fsync, "max_age_ms": max_age_ms, "max_bytes": max_bytes });
+            if fsync == "interval" {
+                body["fsync_interval_ms"] = fsync_interval_ms.into();
+            }
+            let t = api.call("POST", "/v1/topics", "application/json", body.to_string().into_bytes())?;
+            println!("created topic {} with {} partition(s)", t["name"].as_str().unwrap_or(&name), t["partitions"]);
+        }
         TopicsCommand::Create { name, partitions, fsync, fsync_interval_ms, max_age_ms, max_bytes } => {
             let queue = Queue::open(&dir).with_context(|| format!("opening data directory {}", dir.display()))?;
             let fsync = match fsync {
