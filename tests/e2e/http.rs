@@ -322,3 +322,38 @@ fn produce_consume_and_topics_go_through_the_process_that_owns_the_directory() {
     assert_eq!(json.len(), 3, "nothing was published without the token");
     assert_eq!((json[0]["key"].as_str(), json[0]["headers"]["h"].as_str()), (Some("k"), Some("v")));
 }
+
+#[test]
+fn tls_serves_https_with_the_given_certificate() {
+    let certs = tempfile::tempdir().unwrap();
+    let (cert, key) = (certs.path().join("cert.pem"), certs.path().join("key.pem"));
+    let made = Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-days", "1"])
+        .args(["-subj", "/CN=weir-test", "-addext", "subjectAltName=IP:127.0.0.1", "-keyout"])
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .expect("openssl is installed");
+    assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
+    let weir = Weir::new();
+    let args = ["serve", "--listen", "127.0.0.1:0", "--tls-cert", cert.to_str().unwrap(), "--tls-key", key.to_str().unwrap()];
+    let (serve, base) = start(&weir, &args);
+    assert!(base.starts_with("https://"), "{base}");
+    // A client that trusts only this certificate gets through; plain HTTP does not.
+    let check = r#"
+import ssl, sys, urllib.request
+ctx = ssl.create_default_context(cafile=sys.argv[2])
+print(urllib.request.urlopen(sys.argv[1] + "/health", context=ctx, timeout=10).read().decode())
+try:
+    urllib.request.urlopen(sys.argv[1].replace("https://", "http://") + "/health", timeout=10)
+    print("PLAIN HTTP ANSWERED")
+except Exception as e:
+    print("plain refused")
+"#;
+    let out = Command::new("python3").args(["-c", check, &base, cert.to_str().unwrap()]).output().unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}{}", said, String::from_utf8_lossy(&out.stderr));
+    assert!(said.contains(r#""status":"ok""#) && said.contains("plain refused"), "{said}");
+    stop(serve);
+}

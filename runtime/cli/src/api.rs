@@ -40,12 +40,18 @@ pub(crate) struct ListenArgs {
     /// Largest request body accepted.
     #[arg(long, default_value_t = 16 << 20, value_name = "BYTES")]
     max_body_bytes: usize,
+    /// Serve HTTPS with this certificate chain (PEM), with --tls-key.
+    #[arg(long, value_name = "PEM", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The certificate's private key (PEM).
+    #[arg(long, value_name = "PEM", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
 }
 
 impl ListenArgs {
     /// `addr`, no token, the default body limit.
     pub(crate) fn on(addr: SocketAddr) -> Self {
-        ListenArgs { listen: Some(addr), token: None, max_body_bytes: 16 << 20 }
+        ListenArgs { listen: Some(addr), token: None, max_body_bytes: 16 << 20, tls_cert: None, tls_key: None }
     }
 
     /// `weir serve`'s default address.
@@ -137,15 +143,36 @@ pub(crate) fn start(queue: Queue, args: &ListenArgs, extra: Option<Router>) -> a
     let metrics = extra.unwrap_or_else(|| crate::metrics::router(Some(queue.clone()), None));
     let app = router(state.clone()).merge(metrics.layer(axum::middleware::from_fn_with_state(state.clone(), authorize)));
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).thread_name("weir-api").enable_all().build()?;
-    let listener = rt.block_on(tokio::net::TcpListener::bind(addr)).with_context(|| format!("--listen {addr}"))?;
+    let listener = std::net::TcpListener::bind(addr).with_context(|| format!("--listen {addr}"))?;
     let bound = listener.local_addr()?;
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => {
+            // One process-wide provider; an error means one is installed already.
+            let _ = rustls::crypto::ring::default_provider().install_default();
+            let config = rt
+                .block_on(axum_server::tls_rustls::RustlsConfig::from_pem_file(cert, key))
+                .with_context(|| format!("TLS certificate {} and key {}", cert.display(), key.display()))?;
+            Some(config)
+        }
+        _ => None,
+    };
+    let scheme = if tls.is_some() { "https" } else { "http" };
     std::thread::Builder::new().name("weir-api".into()).spawn(move || {
-        if let Err(e) = rt.block_on(async move { axum::serve(listener, app).await }) {
+        let served = rt.block_on(async move {
+            match tls {
+                Some(config) => axum_server::from_tcp_rustls(listener, config)?.serve(app.into_make_service()).await,
+                None => {
+                    listener.set_nonblocking(true)?;
+                    axum::serve(tokio::net::TcpListener::from_std(listener)?, app).await
+                }
+            }
+        });
+        if let Err(e) = served {
             tracing::error!(error = %e, "the HTTP API stopped");
         }
     })?;
     let addr_file = queue.dir().join(ADDR_FILE);
-    std::fs::write(&addr_file, format!("http://{bound}\n")).with_context(|| format!("writing {}", addr_file.display()))?;
+    std::fs::write(&addr_file, format!("{scheme}://{bound}\n")).with_context(|| format!("writing {}", addr_file.display()))?;
     Ok(Server { addr: bound, addr_file })
 }
 
@@ -491,8 +518,10 @@ async fn reject(
 /// `weir serve`: the queue as a local broker until Ctrl-C.
 pub(crate) fn serve(args: ListenArgs, dir: PathBuf) -> anyhow::Result<()> {
     let queue = Queue::open(&dir).with_context(|| format!("opening data directory {}", dir.display()))?;
-    let server = start(queue, &args.or_default(), None)?;
-    eprintln!("weir: serving {} at http://{} (Ctrl-C to stop)", dir.display(), server.addr);
+    let args = args.or_default();
+    let server = start(queue, &args, None)?;
+    let scheme = if args.tls_cert.is_some() { "https" } else { "http" };
+    eprintln!("weir: serving {} at {scheme}://{} (Ctrl-C to stop)", dir.display(), server.addr);
     let (tx, rx) = std::sync::mpsc::channel();
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     std::thread::spawn(move || {
