@@ -83,9 +83,14 @@ impl Drop for Js {
 
 /// Publish `lines` with `weir produce --nats`, creating `stream` for `subject`.
 fn produce(url: &str, subject: &str, stream: &str, lines: &[String]) {
+    produce_with(url, subject, stream, lines, &[]);
+}
+
+fn produce_with(url: &str, subject: &str, stream: &str, lines: &[String], extra: &[&str]) {
     let mut input = lines.join("\n");
     input.push('\n');
-    let out = Weir::new().ok(&["produce", "--nats", url, subject, "--stream", stream], input.as_bytes());
+    let args = [&["produce", "--nats", url, subject, "--stream", stream][..], extra].concat();
+    let out = Weir::new().ok(&args, input.as_bytes());
     assert!(out.contains(&format!("published {} messages", lines.len())), "{out}");
 }
 
@@ -380,9 +385,8 @@ fn a_token_protected_server_takes_the_token_from_the_environment_and_refuses_a_w
     let url = server.url();
     let mut js = Js::connect_with(&url, async_nats::ConnectOptions::with_token("s3cret".into()));
     let names = Names::new(&mut js);
-    let with_token = format!("nats://s3cret@127.0.0.1:{}", server.port);
     let inputs = inputs(10);
-    produce(&with_token, &names.input.1, &names.input.0, &inputs);
+    produce_with(&url, &names.input.1, &names.input.0, &inputs, &["--nats-token", "s3cret"]);
 
     let dir = tempfile::tempdir().unwrap();
     let p = names.pipeline(dir.path(), &url, UPPERCASE, "");

@@ -15,6 +15,9 @@ pub(crate) struct ConsumeArgs {
     /// Read a JetStream stream of NATS at URL instead of the embedded queue.
     #[arg(long, value_name = "URL")]
     nats: Option<String>,
+    /// With `--nats`: authenticate with this token.
+    #[arg(long, env = "NATS_TOKEN", value_name = "TOKEN", requires = "nats", hide_env_values = true)]
+    nats_token: Option<String>,
     /// With `--nats`: only messages whose subject matches.
     #[arg(long, value_name = "SUBJECT", requires = "nats")]
     subject: Option<String>,
@@ -166,7 +169,8 @@ async fn consume_nats(args: &ConsumeArgs, url: &str) -> anyhow::Result<()> {
     use async_nats::jetstream::{self, consumer};
     use futures::StreamExt;
 
-    let client = weir_engine::nats::connect(&weir_engine::config::NatsConnection::to(url)).await?;
+    let conn = weir_engine::config::NatsConnection { token: args.nats_token.clone(), ..weir_engine::config::NatsConnection::to(url) };
+    let client = weir_engine::nats::connect(&conn).await?;
     let js = jetstream::new(client.clone());
     let stream = js.get_stream(&args.topic).await.with_context(|| format!("stream {}", args.topic))?;
     let deliver_policy = if args.from_beginning { consumer::DeliverPolicy::All } else { consumer::DeliverPolicy::New };

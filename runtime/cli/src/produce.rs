@@ -21,6 +21,9 @@ pub(crate) struct ProduceArgs {
     /// stream that captures the subject.
     #[arg(long, value_name = "URL")]
     nats: Option<String>,
+    /// With `--nats`: authenticate with this token.
+    #[arg(long, env = "NATS_TOKEN", value_name = "TOKEN", requires = "nats", hide_env_values = true)]
+    nats_token: Option<String>,
     /// With `--nats`: create this stream, capturing the subject, if no stream captures it.
     #[arg(long, value_name = "NAME", requires = "nats")]
     stream: Option<String>,
@@ -161,7 +164,8 @@ async fn produce_nats(args: &ProduceArgs, url: &str) -> anyhow::Result<()> {
     use async_nats::jetstream;
     use tokio::io::AsyncBufReadExt;
 
-    let client = weir_engine::nats::connect(&weir_engine::config::NatsConnection::to(url)).await?;
+    let conn = weir_engine::config::NatsConnection { token: args.nats_token.clone(), ..weir_engine::config::NatsConnection::to(url) };
+    let client = weir_engine::nats::connect(&conn).await?;
     let js = jetstream::new(client.clone());
     let subject = args.topic.clone();
     if !args.core {

@@ -25,7 +25,7 @@ use futures_util::StreamExt;
 use weir_host::Message;
 use weir_queue::{DeliveryId, Record, StartFrom};
 
-use crate::config::{JetStreamSource, NatsConnection, StreamSpec};
+use crate::config::{DeadLetterTo, JetStreamSource, NatsConnection, Pipeline, Sink, StreamSpec};
 use crate::feed::Fetched;
 use crate::{Error, Result};
 
@@ -113,6 +113,24 @@ impl Nats {
         let client = rt.block_on(connect(conn))?;
         let js = rt.block_on(async { jetstream::context::ContextBuilder::new().ack_timeout(PUBLISH_ACK_TIMEOUT).build(client.clone()) });
         Ok(Arc::new(Nats { rt, client, js }))
+    }
+
+    /// Connect for `pipeline` if it uses NATS, and make sure a stream takes
+    /// what its sinks and dead letters publish, so a missing one is an error
+    /// before the first message is pulled.
+    pub(crate) fn for_pipeline(pipeline: &Pipeline) -> Result<Option<Arc<Nats>>> {
+        let Some(conn) = &pipeline.nats else { return Ok(None) };
+        let nats = Nats::connect(conn)?;
+        for s in &pipeline.sinks {
+            if let Sink::Nats { subject, stream, core: false } = &s.kind {
+                let create = stream.as_ref().map(|name| StreamSpec { name: name.clone(), subjects: vec![subject.clone()] });
+                nats.ensure_stream(subject, create.as_ref())?;
+            }
+        }
+        if let DeadLetterTo::Nats { subject, stream } = &pipeline.dead_letter {
+            nats.ensure_stream(subject, stream.as_ref())?;
+        }
+        Ok(Some(nats))
     }
 
     fn block_on<F: Future>(&self, f: F) -> F::Output {

@@ -180,21 +180,7 @@ pub(crate) fn run(pipeline: &Pipeline, queue: &Queue, prepared: Prepared, option
     // Per-batch costs (an fsync, a round trip to NATS) are shared by more
     // messages when batches are large; stages still take `batch_size` per call.
     let fetch_size = pipeline.stages.first().map_or(MIN_FETCH, |s| s.batch_size * s.concurrency).max(MIN_FETCH);
-    let nats = match &pipeline.nats {
-        Some(conn) => Some(Nats::connect(conn)?),
-        None => None,
-    };
-    if let Some(nats) = &nats {
-        for s in &pipeline.sinks {
-            if let Sink::Nats { subject, stream, core: false } = &s.kind {
-                let create = stream.as_ref().map(|name| crate::config::StreamSpec { name: name.clone(), subjects: vec![subject.clone()] });
-                nats.ensure_stream(subject, create.as_ref())?;
-            }
-        }
-        if let DeadLetterTo::Nats { subject, stream } = &pipeline.dead_letter {
-            nats.ensure_stream(subject, stream.as_ref())?;
-        }
-    }
+    let nats = Nats::for_pipeline(pipeline)?;
     let feed = match &pipeline.source {
         Source::Queue { topic, group, start, max_ack_pending } => {
             let consumer_options = ConsumerOptions {
