@@ -357,3 +357,37 @@ except Exception as e:
     assert!(said.contains(r#""status":"ok""#) && said.contains("plain refused"), "{said}");
     stop(serve);
 }
+
+#[test]
+fn topics_are_deleted_with_their_offsets_but_not_while_a_pipeline_consumes_them() {
+    let weir = Weir::new();
+    weir.produce("old", &["a", "b"]);
+    assert_eq!(weir.consume_all("old"), ["a", "b"]);
+    assert_eq!(weir.ok(&["topics", "delete", "old"], b"").trim(), "deleted topic old");
+    assert!(!weir.ok(&["topics", "list"], b"").contains("old"));
+    weir.produce("old", &["c"]);
+    assert_eq!(weir.consume_json("old")[0]["offset"], 0, "a new topic of the same name starts again");
+
+    let dir = tempfile::tempdir().unwrap();
+    let p = pipeline_file(
+        dir.path(),
+        "p.toml",
+        "[pipeline]\nname = \"up\"\n[source]\ntype = \"queue\"\ntopic = \"in\"\n\
+         [[stage]]\nname = \"upper\"\nmodule = \"{component:uppercase}\"\n[[sink]]\ntype = \"queue\"\ntopic = \"out\"\n",
+    );
+    let (run, base) = start(&weir, &["run", p.to_str().unwrap(), "--listen", "127.0.0.1:0"]);
+    let api = Api::new(base, None);
+    // Once a message has gone through, the pipeline is consuming `in`.
+    assert_eq!(api.post("/v1/topics/in/messages", &json!({"payload": "x"})).0, 200);
+    let started = Instant::now();
+    while api.get("/v1/topics/out").1["messages"] != 1 {
+        assert!(started.elapsed() < Duration::from_secs(30), "the pipeline did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let (status, v) = api.send("DELETE", "/v1/topics/in", "application/json", b"", &[]);
+    assert_eq!(status, 409, "{v}");
+    assert!(v["error"].as_str().unwrap().contains("being consumed"), "{v}");
+    assert_eq!(api.send("DELETE", "/v1/topics/old", "application/json", b"", &[]).0, 200);
+    assert_eq!(api.get("/v1/topics/old").0, 404);
+    stop(run);
+}

@@ -179,7 +179,7 @@ pub(crate) fn start(queue: Queue, args: &ListenArgs, extra: Option<Router>) -> a
 fn router(state: Arc<ApiState>) -> Router {
     let api = Router::new()
         .route("/v1/topics", get(list_topics).post(create_topic))
-        .route("/v1/topics/{topic}", get(describe_topic))
+        .route("/v1/topics/{topic}", get(describe_topic).delete(delete_topic))
         .route("/v1/topics/{topic}/messages", post(publish))
         .route("/v1/topics/{topic}/groups/{group}/messages", get(fetch))
         .route("/v1/topics/{topic}/groups/{group}/ack", post(ack))
@@ -258,6 +258,20 @@ async fn list_topics(State(s): State<Arc<ApiState>>) -> Json<Value> {
 
 async fn describe_topic(State(s): State<Arc<ApiState>>, Path(topic): Path<String>) -> Result<Json<Value>, ApiError> {
     Ok(Json(topic_json(&s.queue.topic_info(&topic)?)))
+}
+
+/// Delete a topic, after closing the API's own consumers of it.
+async fn delete_topic(State(s): State<Arc<ApiState>>, Path(topic): Path<String>) -> Result<Json<Value>, ApiError> {
+    s.consumers.lock().expect("consumer map poisoned").retain(|(t, _), _| *t != topic);
+    let name = topic.clone();
+    blocking(move || {
+        s.queue.delete_topic(&name).map_err(|e| match e {
+            weir_queue::Error::Invalid { .. } => ApiError(StatusCode::CONFLICT, e.to_string()),
+            e => e.into(),
+        })
+    })
+    .await?;
+    Ok(Json(json!({ "deleted": topic })))
 }
 
 #[derive(Deserialize)]

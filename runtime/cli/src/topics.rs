@@ -35,6 +35,11 @@ pub(crate) enum TopicsCommand {
         /// Topic name.
         name: String,
     },
+    /// Delete a topic, its messages and its consumer groups' offsets.
+    Delete {
+        /// Topic name.
+        name: String,
+    },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -78,6 +83,13 @@ pub(crate) fn topics(cmd: TopicsCommand, dir: PathBuf) -> anyhow::Result<()> {
             let config = TopicConfig { partitions, fsync, max_age_ms, max_bytes, ..TopicConfig::default() };
             let info = queue.create_topic(&name, &config)?;
             println!("created topic {} with {} partition(s)", info.name, info.config.partitions);
+        }
+        TopicsCommand::Delete { name } => {
+            match crate::api::running(&dir) {
+                Some(api) => drop(api.call("DELETE", &format!("/v1/topics/{name}"), "application/json", Vec::new())?),
+                None => Queue::open(&dir).with_context(|| format!("opening data directory {}", dir.display()))?.delete_topic(&name)?,
+            }
+            println!("deleted topic {name}");
         }
         TopicsCommand::Describe { name } => {
             let queue = open_ro()?;

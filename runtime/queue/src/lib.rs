@@ -229,7 +229,10 @@ impl Queue {
         } else {
             fs::create_dir_all(dir.join("topics")).map_err(|e| Error::io(dir, e))?;
             fs::create_dir_all(dir.join("groups")).map_err(|e| Error::io(dir, e))?;
-            Some(lock_dir(dir)?)
+            let lock = lock_dir(dir)?;
+            // Topics deleted by a process that died before cleaning up.
+            fs::remove_dir_all(dir.join("trash")).ok();
+            Some(lock)
         };
         let mut topics = HashMap::new();
         let topics_dir = dir.join("topics");
@@ -296,6 +299,44 @@ impl Queue {
             return Ok(t.info());
         }
         self.create_topic(name, config)
+    }
+
+    /// Delete a topic: its messages and every group's offsets for it. A
+    /// crash midway leaves it either whole or gone.
+    ///
+    /// # Errors
+    /// [`Error::UnknownTopic`]; [`Error::Invalid`] while a consumer (of a
+    /// running pipeline, say) holds it; I/O errors.
+    pub fn delete_topic(&self, name: &str) -> Result<()> {
+        if self.inner.read_only {
+            return Err(Error::ReadOnly);
+        }
+        let mut topics = self.inner.topics.write().unwrap();
+        let topic = topics.get(name).ok_or_else(|| Error::UnknownTopic(name.to_owned()))?;
+        // Only the map holds it, unless a consumer does too.
+        if Arc::strong_count(topic) > 1 {
+            return Err(Error::Invalid { what: "topic", value: name.to_owned(), reason: "is being consumed; stop its consumers first" });
+        }
+        // Offsets first: a crash after them leaves the topic, read again from the start.
+        if let Ok(groups) = fs::read_dir(self.inner.dir.join("groups")) {
+            for g in groups.flatten() {
+                let offsets = g.path().join(format!("{name}.json"));
+                if offsets.is_file() {
+                    fs::remove_file(&offsets).map_err(|e| Error::io(&offsets, e))?;
+                }
+            }
+        }
+        let topics_dir = self.inner.dir.join("topics");
+        let trash = self.inner.dir.join("trash");
+        fs::create_dir_all(&trash).map_err(|e| Error::io(&trash, e))?;
+        let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+        let doomed = trash.join(format!("{name}-{nanos}"));
+        // The rename is the deletion; what follows is cleanup.
+        fs::rename(topics_dir.join(name), &doomed).map_err(|e| Error::io(&topics_dir.join(name), e))?;
+        sync_dir(&topics_dir)?;
+        topics.remove(name);
+        drop(topics);
+        fs::remove_dir_all(&doomed).map_err(|e| Error::io(&doomed, e))
     }
 
     pub(crate) fn topic(&self, name: &str) -> Result<Arc<Topic>> {
