@@ -384,9 +384,16 @@ fn topics_are_deleted_with_their_offsets_but_not_while_a_pipeline_consumes_them(
         assert!(started.elapsed() < Duration::from_secs(30), "the pipeline did not start");
         std::thread::sleep(Duration::from_millis(20));
     }
-    let (status, v) = api.send("DELETE", "/v1/topics/in", "application/json", b"", &[]);
+    for topic in ["in", "out", "up.dlq"] {
+        let (status, v) = api.send("DELETE", &format!("/v1/topics/{topic}"), "application/json", b"", &[]);
+        assert_eq!(status, 409, "{topic}: {v}");
+        assert!(v["error"].as_str().unwrap().contains("belongs to the pipeline"), "{v}");
+    }
+    // Nor may an HTTP consumer join the pipeline's own group: it would see
+    // the same messages and overwrite the pipeline's offsets.
+    let (status, v) = api.get("/v1/topics/in/groups/up/messages");
     assert_eq!(status, 409, "{v}");
-    assert!(v["error"].as_str().unwrap().contains("being consumed"), "{v}");
+    assert!(v["error"].as_str().unwrap().contains("already reading topic `in`"), "{v}");
     assert_eq!(api.send("DELETE", "/v1/topics/old", "application/json", b"", &[]).0, 200);
     assert_eq!(api.get("/v1/topics/old").0, 404);
     stop(run);

@@ -70,6 +70,8 @@ struct ApiState {
     consumers: Mutex<HashMap<(String, String), SharedConsumer>>,
     token: Option<String>,
     max_body_bytes: usize,
+    /// Topics of the pipeline running in this process: not to be deleted.
+    protected: Vec<String>,
 }
 
 /// A running server; dropping it removes the address file (the server
@@ -127,9 +129,10 @@ impl Client {
 }
 
 /// Serve the API for `queue` (plus `extra` routes, such as a pipeline's
-/// /metrics) from a thread of its own. Refuses a non-loopback address
-/// without a token.
-pub(crate) fn start(queue: Queue, args: &ListenArgs, extra: Option<Router>) -> anyhow::Result<Server> {
+/// /metrics) from a thread of its own; `protected` topics (a running
+/// pipeline's) cannot be deleted. Refuses a non-loopback address without a
+/// token.
+pub(crate) fn start(queue: Queue, args: &ListenArgs, extra: Option<Router>, protected: Vec<String>) -> anyhow::Result<Server> {
     let addr = args.listen.context("no --listen address")?;
     if !addr.ip().is_loopback() && args.token.is_none() {
         anyhow::bail!("--listen {addr} is not a loopback address: set --token (or WEIR_TOKEN) so that requests must carry it");
@@ -139,6 +142,7 @@ pub(crate) fn start(queue: Queue, args: &ListenArgs, extra: Option<Router>) -> a
         consumers: Mutex::default(),
         token: args.token.clone(),
         max_body_bytes: args.max_body_bytes,
+        protected,
     });
     let metrics = extra.unwrap_or_else(|| crate::metrics::router(Some(queue.clone()), None));
     let app = router(state.clone()).merge(metrics.layer(axum::middleware::from_fn_with_state(state.clone(), authorize)));
@@ -202,7 +206,7 @@ impl From<weir_queue::Error> for ApiError {
     fn from(e: weir_queue::Error) -> Self {
         let status = match &e {
             weir_queue::Error::UnknownTopic(_) => StatusCode::NOT_FOUND,
-            weir_queue::Error::TopicExists { .. } => StatusCode::CONFLICT,
+            weir_queue::Error::TopicExists { .. } | weir_queue::Error::GroupInUse { .. } => StatusCode::CONFLICT,
             weir_queue::Error::Invalid { .. } => StatusCode::BAD_REQUEST,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
@@ -262,6 +266,9 @@ async fn describe_topic(State(s): State<Arc<ApiState>>, Path(topic): Path<String
 
 /// Delete a topic, after closing the API's own consumers of it.
 async fn delete_topic(State(s): State<Arc<ApiState>>, Path(topic): Path<String>) -> Result<Json<Value>, ApiError> {
+    if s.protected.contains(&topic) {
+        return Err(ApiError(StatusCode::CONFLICT, format!("topic {topic:?} belongs to the pipeline running in this process")));
+    }
     s.consumers.lock().expect("consumer map poisoned").retain(|(t, _), _| *t != topic);
     let name = topic.clone();
     blocking(move || {
@@ -533,7 +540,7 @@ async fn reject(
 pub(crate) fn serve(args: ListenArgs, dir: PathBuf) -> anyhow::Result<()> {
     let queue = Queue::open(&dir).with_context(|| format!("opening data directory {}", dir.display()))?;
     let args = args.or_default();
-    let server = start(queue, &args, None)?;
+    let server = start(queue, &args, None, Vec::new())?;
     let scheme = if args.tls_cert.is_some() { "https" } else { "http" };
     eprintln!("weir: serving {} at {scheme}://{} (Ctrl-C to stop)", dir.display(), server.addr);
     let (tx, rx) = std::sync::mpsc::channel();

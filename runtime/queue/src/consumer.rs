@@ -182,6 +182,12 @@ pub struct Consumer {
     cursor: usize,
 }
 
+impl Drop for Consumer {
+    fn drop(&mut self) {
+        self.queue.consumer_closed(&self.topic.name, &self.group);
+    }
+}
+
 impl Consumer {
     pub(crate) fn new(queue: Queue, topic: Arc<Topic>, group: &str, options: ConsumerOptions) -> Result<Self> {
         validate_name("consumer group", group)?;

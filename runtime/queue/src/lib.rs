@@ -97,6 +97,15 @@ pub enum Error {
     /// The topic does not exist.
     #[error("unknown topic `{0}`")]
     UnknownTopic(String),
+    /// Two consumers of one group on one topic in one process would deliver
+    /// every message twice and overwrite each other's offsets.
+    #[error("consumer group `{group}` is already reading topic `{topic}` in this process")]
+    GroupInUse {
+        /// The group.
+        group: String,
+        /// The topic.
+        topic: String,
+    },
     /// A topic of that name already exists.
     #[error("topic `{name}` already exists (with {partitions} partition(s))")]
     TopicExists {
@@ -178,6 +187,8 @@ struct Inner {
     read_only: bool,
     faults: faults::Faults,
     topics: RwLock<HashMap<String, Arc<Topic>>>,
+    /// (topic, group) of every open consumer.
+    consuming: Mutex<std::collections::HashSet<(String, String)>>,
     /// Bumped on every publish; consumers wait on it.
     published: Mutex<u64>,
     wakeup: Condvar,
@@ -251,6 +262,7 @@ impl Queue {
                 read_only,
                 faults,
                 topics: RwLock::new(topics),
+                consuming: Mutex::default(),
                 published: Mutex::new(0),
                 wakeup: Condvar::new(),
             }),
@@ -390,7 +402,15 @@ impl Queue {
     /// # Errors
     /// Unknown topic, invalid group name, unreadable group state.
     pub fn consumer(&self, topic: &str, group: &str, options: ConsumerOptions) -> Result<Consumer> {
-        Consumer::new(self.clone(), self.topic(topic)?, group, options)
+        let t = self.topic(topic)?;
+        if !self.inner.consuming.lock().unwrap().insert((topic.to_owned(), group.to_owned())) {
+            return Err(Error::GroupInUse { group: group.to_owned(), topic: topic.to_owned() });
+        }
+        Consumer::new(self.clone(), t, group, options).inspect_err(|_| self.consumer_closed(topic, group))
+    }
+
+    pub(crate) fn consumer_closed(&self, topic: &str, group: &str) {
+        self.inner.consuming.lock().unwrap().remove(&(topic.to_owned(), group.to_owned()));
     }
 
     /// The durable stage state of consumer group `group` reading `topic`

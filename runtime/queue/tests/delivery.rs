@@ -162,3 +162,40 @@ fn ids_expire_with_the_dedupe_window() {
     let b = q.publish("t", &[rec]).unwrap();
     assert_ne!(a, b, "outside the window the id is new again");
 }
+
+#[test]
+fn one_consumer_per_group_and_topic_in_a_process() {
+    let (_dir, q) = setup(1);
+    let c = q.consumer("t", "g", ConsumerOptions::default()).unwrap();
+    let again = q.consumer("t", "g", ConsumerOptions::default()).err().expect("a second consumer of the group is refused");
+    assert!(matches!(again, weir_queue::Error::GroupInUse { .. }), "{again}");
+    q.consumer("t", "other", ConsumerOptions::default()).expect("another group may read the topic");
+    drop(c);
+    q.consumer("t", "g", ConsumerOptions::default()).expect("the group may reopen once its consumer is gone");
+}
+
+#[test]
+fn a_deleted_topic_is_gone_with_its_offsets_but_not_while_consumed() {
+    let (dir, q) = setup(3);
+    let mut c = q.consumer("t", "g", ConsumerOptions::default()).unwrap();
+    for d in fetch_all(&mut c, Duration::ZERO) {
+        c.ack(d.id());
+    }
+    c.commit().unwrap();
+    let refused = q.delete_topic("t").expect_err("a consumed topic is not deleted");
+    assert!(refused.to_string().contains("being consumed"), "{refused}");
+    drop(c);
+    q.delete_topic("t").unwrap();
+    assert!(matches!(q.topic_info("t"), Err(weir_queue::Error::UnknownTopic(_))));
+    assert!(matches!(q.delete_topic("t"), Err(weir_queue::Error::UnknownTopic(_))));
+    drop(q);
+    let q = Queue::open(dir.path()).unwrap();
+    assert!(q.topics().is_empty(), "still gone after reopening");
+    assert!(!dir.path().join("trash").exists(), "the trash is emptied");
+    q.create_topic("t", &TopicConfig::default()).unwrap();
+    q.publish("t", &[Record::new("new")]).unwrap();
+    let mut c = q.consumer("t", "g", ConsumerOptions::default()).unwrap();
+    let got = fetch_all(&mut c, Duration::ZERO);
+    assert_eq!(got.len(), 1, "the group's old offsets went with the topic");
+    assert_eq!(got[0].record.offset, 0);
+}

@@ -49,7 +49,7 @@ pub(crate) fn bench_http(args: &HttpArgs) -> anyhow::Result<()> {
     let queue = Queue::open(dir.path().join("http"))?;
     queue.create_topic("bench", &TopicConfig::default())?;
     let listen = crate::api::ListenArgs::on(([127, 0, 0, 1], 0).into());
-    let server = crate::api::start(queue.clone(), &listen, None)?;
+    let server = crate::api::start(queue.clone(), &listen, None, Vec::new())?;
     let url = format!("http://{}/v1/topics/bench/messages", server.addr);
     let bodies: Arc<Vec<String>> = Arc::new((0..=args.batch).map(|n| line.repeat(n)).collect());
     let http = run_clients(args, |_| {
