@@ -51,7 +51,9 @@ pub type StageMap = HashMap<Vec<u8>, Vec<u8>>;
 pub struct StateStore {
     dir: PathBuf,
     group_file: PathBuf,
-    log: File,
+    /// Opened (and the directory made) by the first commit, so a group whose
+    /// stages keep no state leaves no files.
+    log: Option<File>,
     log_len: u64,
     stages: HashMap<String, StageMap>,
     applied: HashSet<(u32, u64)>,
@@ -63,17 +65,24 @@ impl std::fmt::Debug for StateStore {
     }
 }
 
+fn open_log(dir: &Path) -> Result<File> {
+    OpenOptions::new().create(true).read(true).append(true).open(dir.join(LOG_FILE)).map_err(|e| Error::io(dir, e))
+}
+
 impl StateStore {
-    /// Open (creating if needed) the state of `group` on `topic` under the
-    /// queue directory `root`, replaying its snapshot and log. A torn last
-    /// transaction (a crash mid-write) is cut off; it was never acknowledged.
+    /// Open the state of `group` on `topic` under the queue directory
+    /// `root`, replaying its snapshot and log (none yet: empty state). A torn
+    /// last transaction (a crash mid-write) is cut off; it was never acknowledged.
     pub(crate) fn open(root: &Path, group: &str, topic: &str) -> Result<Self> {
         validate_name("consumer group", group)?;
         let dir = root.join("state").join(group).join(topic);
-        fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+        let log = match dir.is_dir() {
+            true => Some(open_log(&dir)?),
+            false => None,
+        };
         let mut store = StateStore {
             group_file: group_file(root, group, topic),
-            log: OpenOptions::new().create(true).read(true).append(true).open(dir.join(LOG_FILE)).map_err(|e| Error::io(&dir, e))?,
+            log,
             dir,
             log_len: 0,
             stages: HashMap::new(),
@@ -95,8 +104,9 @@ impl StateStore {
 
     fn replay_log(&mut self) -> Result<()> {
         let path = self.dir.join(LOG_FILE);
+        let Some(log) = &mut self.log else { return Ok(()) };
         let mut bytes = Vec::new();
-        (&self.log).read_to_end(&mut bytes).map_err(|e| Error::io(&path, e))?;
+        log.read_to_end(&mut bytes).map_err(|e| Error::io(&path, e))?;
         let mut pos = 0;
         while pos < bytes.len() {
             let Ok((body, next)) = frame(&bytes, pos) else {
@@ -107,7 +117,8 @@ impl StateStore {
         }
         if pos < bytes.len() {
             tracing::warn!(path = %path.display(), at = pos, dropped = bytes.len() - pos, "state log: cutting off a torn transaction");
-            self.log.set_len(pos as u64).and_then(|()| self.log.sync_all()).map_err(|e| Error::io(&path, e))?;
+            let log = self.log.as_mut().expect("read above");
+            log.set_len(pos as u64).and_then(|()| log.sync_all()).map_err(|e| Error::io(&path, e))?;
         }
         self.log_len = pos as u64;
         Ok(())
@@ -145,11 +156,17 @@ impl StateStore {
     pub fn commit(&mut self, writes: &[StateWrite], acked: &[(u32, u64)]) -> Result<()> {
         let frame = encode(writes.iter(), acked.iter().copied());
         let path = self.dir.join(LOG_FILE);
-        let written = self.log.write_all(&frame).and_then(|()| self.log.sync_data());
+        if self.log.is_none() {
+            fs::create_dir_all(&self.dir).map_err(|e| Error::io(&self.dir, e))?;
+            self.log = Some(open_log(&self.dir)?);
+            sync_dir(&self.dir)?;
+        }
+        let log = self.log.as_mut().expect("opened above");
+        let written = log.write_all(&frame).and_then(|()| log.sync_data());
         if let Err(e) = written {
             // Cut off whatever part reached the file, so the log stays a
             // sequence of whole transactions.
-            let _ = self.log.set_len(self.log_len);
+            let _ = log.set_len(self.log_len);
             return Err(Error::io(&path, e));
         }
         self.log_len += frame.len() as u64;
@@ -166,6 +183,9 @@ impl StateStore {
     /// # Errors
     /// I/O errors; the store stays valid (the old snapshot and log remain).
     pub fn compact(&mut self) -> Result<()> {
+        if self.log.is_none() {
+            return Ok(()); // nothing was ever committed
+        }
         if let Some(committed) = read_committed(&self.group_file)? {
             self.applied.retain(|&(p, o)| committed.get(p as usize).is_none_or(|&c| o >= c));
         }
@@ -176,7 +196,8 @@ impl StateStore {
         let snapshot = encode(writes.collect::<Vec<_>>().iter(), self.applied.iter().copied());
         write_atomic(&self.dir.join(SNAPSHOT_FILE), &snapshot)?;
         let path = self.dir.join(LOG_FILE);
-        self.log.set_len(0).and_then(|()| self.log.sync_all()).map_err(|e| Error::io(&path, e))?;
+        let log = self.log.as_mut().expect("checked above");
+        log.set_len(0).and_then(|()| log.sync_all()).map_err(|e| Error::io(&path, e))?;
         sync_dir(&self.dir)?;
         self.log_len = 0;
         Ok(())
@@ -280,6 +301,21 @@ mod tests {
 
     fn put(stage: &str, k: &str, v: &str) -> StateWrite {
         StateWrite { stage: stage.into(), key: k.into(), value: Some(v.into()) }
+    }
+
+    #[test]
+    fn a_store_never_committed_to_leaves_no_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = StateStore::open(dir.path(), "g", "t").unwrap();
+        assert!(s.stage("a").is_empty() && s.applied().is_empty());
+        s.compact().unwrap();
+        drop(s);
+        assert!(!dir.path().join("state").exists(), "opening and compacting made files");
+        let mut s = StateStore::open(dir.path(), "g", "t").unwrap();
+        s.commit(&[put("a", "k", "1")], &[(0, 0)]).unwrap();
+        drop(s);
+        let s = StateStore::open(dir.path(), "g", "t").unwrap();
+        assert_eq!(s.stage("a").get(b"k".as_slice()), Some(&b"1".to_vec()), "the first commit made the files");
     }
 
     #[test]
