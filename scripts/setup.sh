@@ -30,6 +30,18 @@ ensure_nats() {
     return 1
 }
 
+# Programs the end-to-end tests drive beside weir: python3 (the Python
+# producer example, an HTTPS client) and openssl (a test certificate).
+ensure_test_tools() {
+    local missing=()
+    command -v python3 >/dev/null || missing+=(python3)
+    command -v openssl >/dev/null || missing+=(openssl)
+    if [ ${#missing[@]} -gt 0 ]; then
+        echo "==> installing ${missing[*]}"
+        apt-get update -qq && apt-get install -y -qq "${missing[@]}"
+    fi
+}
+
 # The example and fixture components, into target/wasm32-wasip2/release.
 build_examples() {
     echo "==> building the example components (wasm32-wasip2)"
