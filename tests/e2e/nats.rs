@@ -330,10 +330,16 @@ impl PrivateServer {
         wait_until("the private nats-server", Duration::from_secs(10), || std::net::TcpStream::connect(&addr).is_ok());
     }
 
-    /// Stop it as an operator would (SIGTERM: JetStream flushes and exits).
-    fn down(&mut self) {
+    /// Freeze it past the publish-ack timeout (requests in flight go
+    /// unanswered, as when a server hangs), then stop it as an operator
+    /// would (SIGTERM: JetStream flushes and exits).
+    fn hang_then_stop(&mut self) {
         if let Some(mut c) = self.child.take() {
-            Command::new("kill").args(["-TERM", &c.id().to_string()]).status().unwrap();
+            let pid = c.id().to_string();
+            Command::new("kill").args(["-STOP", &pid]).status().unwrap();
+            std::thread::sleep(Duration::from_secs(6));
+            Command::new("kill").args(["-CONT", &pid]).status().unwrap();
+            Command::new("kill").args(["-TERM", &pid]).status().unwrap();
             c.wait().unwrap();
         }
     }
@@ -368,11 +374,13 @@ fn a_nats_server_restart_mid_run_pauses_the_pipeline_and_loses_nothing() {
         done_at_stop = js.len(&names.output.0);
         done_at_stop >= 2_000
     });
-    server.down();
+    server.hang_then_stop();
     assert!(done_at_stop < inputs.len() as u64, "the run should be mid-way when the server stops");
     std::thread::sleep(Duration::from_secs(2));
     server.up();
-    let stderr = wait(run, Duration::from_secs(300));
+    // Unanswered publishes are retried together: a few seconds, not one
+    // ack timeout per message (and within the stream's 2-minute dedupe window).
+    let stderr = wait(run, Duration::from_secs(90));
     assert!(stderr.contains("NATS connection lost"), "the outage should be reported:\n{stderr}");
     assert_exact_output(&js, &names, &inputs);
     let r = read_json(&report);
@@ -404,5 +412,70 @@ fn a_token_protected_server_takes_the_token_from_the_environment_and_refuses_a_w
     assert!(stderr.contains("connecting to") && stderr.to_lowercase().contains("authorization"), "{stderr}");
     let ok = run("s3cret");
     assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+    assert_exact_output(&js, &names, &inputs);
+}
+
+/// A TCP proxy in front of a NATS server whose connections can be cut, as
+/// a network failure would: what was in flight is lost, the server keeps
+/// running and keeps what it stored.
+struct CuttableProxy {
+    port: u16,
+    cut: std::sync::Arc<std::sync::Mutex<Vec<std::net::TcpStream>>>,
+}
+
+impl CuttableProxy {
+    fn to(upstream: String) -> CuttableProxy {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let open: std::sync::Arc<std::sync::Mutex<Vec<std::net::TcpStream>>> = Default::default();
+        let conns = open.clone();
+        std::thread::spawn(move || {
+            for client in listener.incoming().flatten() {
+                let Ok(server) = std::net::TcpStream::connect(&upstream) else { continue };
+                let mut held = conns.lock().unwrap();
+                held.push(client.try_clone().unwrap());
+                held.push(server.try_clone().unwrap());
+                for (mut from, mut to) in [(client.try_clone().unwrap(), server.try_clone().unwrap()), (server, client)] {
+                    std::thread::spawn(move || {
+                        std::io::copy(&mut from, &mut to).ok();
+                        to.shutdown(std::net::Shutdown::Both).ok();
+                    });
+                }
+            }
+        });
+        CuttableProxy { port, cut: open }
+    }
+
+    /// Drop every connection through the proxy; new ones are let through.
+    fn cut(&self) {
+        for c in self.cut.lock().unwrap().drain(..) {
+            c.shutdown(std::net::Shutdown::Both).ok();
+        }
+    }
+}
+
+#[test]
+fn a_dropped_connection_mid_publish_is_retried_at_once_and_loses_nothing() {
+    let url = server_url();
+    let mut js = Js::connect(&url);
+    let names = Names::new(&mut js);
+    let inputs = inputs(60_000);
+    produce(&url, &names.input.1, &names.input.0, &inputs);
+
+    let upstream = url.trim_start_matches("nats://").to_owned();
+    let proxy = CuttableProxy::to(upstream);
+    let dir = tempfile::tempdir().unwrap();
+    let p = names.pipeline(dir.path(), &format!("nats://127.0.0.1:{}", proxy.port), UPPERCASE, "ack_wait_ms = 5000");
+    let report = dir.path().join("r.json");
+    let run = spawn_run(&Weir::new(), &p, &report);
+    wait_until("some outputs", Duration::from_secs(120), || js.len(&names.output.0) >= 5_000);
+    // Twice, so that publishes are surely in flight at one of the cuts.
+    proxy.cut();
+    std::thread::sleep(Duration::from_millis(700));
+    proxy.cut();
+    // Publishes whose acks were lost time out together (5 s) and are sent
+    // again: well within the stream's 2-minute dedupe window.
+    let stderr = wait(run, Duration::from_secs(90));
+    assert!(stderr.contains("NATS connection lost"), "the cut should be reported:\n{stderr}");
     assert_exact_output(&js, &names, &inputs);
 }

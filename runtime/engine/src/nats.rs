@@ -254,8 +254,11 @@ impl Nats {
                         }
                     }
                 }
-                for (m, ack) in acks {
-                    if let Err(e) = ack.await {
+                // All at once: each waits up to the ack timeout, and after a lost
+                // connection none may come; one by one that is 5 s per message.
+                let answers = futures_util::future::join_all(acks.into_iter().map(|(m, ack)| async move { (m, ack.await) })).await;
+                for (m, answer) in answers {
+                    if let Err(e) = answer {
                         last_error = e.to_string();
                         retry.push(m);
                     }
