@@ -191,8 +191,9 @@ async fn produce_nats(args: &ProduceArgs, url: &str) -> anyhow::Result<()> {
             total += 1;
         }
         if acks.len() == BATCH || done {
-            for ack in acks.drain(..) {
-                let ack = ack.await.context("waiting for the stream to acknowledge")?;
+            // Together: after a lost connection, one timeout for the batch, not one per message.
+            for ack in futures::future::join_all(acks.drain(..).map(std::future::IntoFuture::into_future)).await {
+                let ack = ack.context("waiting for the stream to acknowledge")?;
                 first.get_or_insert(ack.sequence);
                 last = ack.sequence;
             }

@@ -246,8 +246,8 @@ impl ScratchStreams {
                 let m = async_nats::jetstream::message::PublishMessage::build().payload(payload).headers(headers);
                 acks.push(scratch.js.send_publish(in_subject.clone(), m).await?);
                 if acks.len() == 1000 || i + 1 == total {
-                    for ack in acks.drain(..) {
-                        ack.await?;
+                    for ack in futures::future::join_all(acks.drain(..).map(std::future::IntoFuture::into_future)).await {
+                        ack?;
                     }
                     fill_progress(i + 1, total);
                 }
