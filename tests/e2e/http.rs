@@ -53,8 +53,8 @@ fn start(weir: &Weir, args: &[&str]) -> (Child, String) {
     let mut child = weir.cmd(args).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
     let started = Instant::now();
     loop {
-        if let Ok(addr) = std::fs::read_to_string(&addr_file) {
-            return (child, addr.trim().to_owned());
+        if let Some(addr) = std::fs::read_to_string(&addr_file).ok().and_then(|a| a.lines().next().map(str::to_owned)) {
+            return (child, addr);
         }
         if let Some(status) = child.try_wait().unwrap() {
             let mut err = String::new();
@@ -329,7 +329,8 @@ fn tls_serves_https_with_the_given_certificate() {
     let (cert, key) = (certs.path().join("cert.pem"), certs.path().join("key.pem"));
     let made = Command::new("openssl")
         .args(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-days", "1"])
-        .args(["-subj", "/CN=weir-test", "-addext", "subjectAltName=IP:127.0.0.1", "-keyout"])
+        .args(["-subj", "/CN=weir-test", "-addext", "subjectAltName=IP:127.0.0.1", "-addext", "basicConstraints=critical,CA:FALSE"])
+        .arg("-keyout")
         .arg(&key)
         .arg("-out")
         .arg(&cert)
@@ -355,7 +356,10 @@ except Exception as e:
     let said = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{}{}", said, String::from_utf8_lossy(&out.stderr));
     assert!(said.contains(r#""status":"ok""#) && said.contains("plain refused"), "{said}");
+    // weir's own commands find the certificate beside the address and go through HTTPS.
+    assert_eq!(weir.ok(&["produce", "t"], b"over tls\n").trim(), "published 1 message to t: partition 0 offset 0");
     stop(serve);
+    assert_eq!(weir.consume_all("t"), ["over tls"]);
 }
 
 #[test]

@@ -88,11 +88,18 @@ impl Drop for Server {
 }
 
 /// The API of the weir process that owns `dir`, if one is serving it:
-/// its base URL, from the address file, answering /health.
+/// its base URL (and, over HTTPS, the certificate to trust) from the
+/// address file, answering /health.
 pub(crate) fn running(dir: &std::path::Path) -> Option<Client> {
-    let base = std::fs::read_to_string(dir.join(ADDR_FILE)).ok()?.trim().to_owned();
-    let client = Client::new(base);
-    let health = client.agent.get(format!("{}/health", client.base)).call().ok()?;
+    let text = std::fs::read_to_string(dir.join(ADDR_FILE)).ok()?;
+    let mut lines = text.lines();
+    let base = lines.next()?.trim().to_owned();
+    let cert = lines.find_map(|l| l.strip_prefix("cert=")).map(PathBuf::from);
+    let unreachable = |e: &dyn std::fmt::Display| {
+        tracing::warn!(%base, error = %e, "the address file names a server that does not answer; opening the data directory itself");
+    };
+    let client = Client::new(base.clone(), cert.as_deref()).map_err(|e| unreachable(&format!("{e:#}"))).ok()?;
+    let health = client.agent.get(format!("{base}/health")).call().map_err(|e| unreachable(&e)).ok()?;
     health.status().is_success().then_some(client)
 }
 
@@ -106,9 +113,16 @@ pub(crate) struct Client {
 }
 
 impl Client {
-    fn new(base: String) -> Client {
-        let agent = ureq::Agent::config_builder().http_status_as_error(false).timeout_global(Some(Duration::from_secs(120))).build().into();
-        Client { base, agent, token: std::env::var("WEIR_TOKEN").ok() }
+    /// Trusting `cert` (PEM) for HTTPS, if given.
+    fn new(base: String, cert: Option<&std::path::Path>) -> anyhow::Result<Client> {
+        let mut config = ureq::Agent::config_builder().http_status_as_error(false).timeout_global(Some(Duration::from_secs(120)));
+        if let Some(cert) = cert {
+            let _ = rustls::crypto::ring::default_provider().install_default();
+            let pem = std::fs::read(cert).with_context(|| format!("reading {}", cert.display()))?;
+            let roots = ureq::tls::RootCerts::Specific(Arc::new(vec![ureq::tls::Certificate::from_pem(&pem)?]));
+            config = config.tls_config(ureq::tls::TlsConfig::builder().root_certs(roots).build());
+        }
+        Ok(Client { base, agent: config.build().into(), token: std::env::var("WEIR_TOKEN").ok() })
     }
 
     /// Send a request; the answer's JSON, or its error as an error.
@@ -176,7 +190,12 @@ pub(crate) fn start(queue: Queue, args: &ListenArgs, extra: Option<Router>, prot
         }
     })?;
     let addr_file = queue.dir().join(ADDR_FILE);
-    std::fs::write(&addr_file, format!("{scheme}://{bound}\n")).with_context(|| format!("writing {}", addr_file.display()))?;
+    // Over HTTPS, where the certificate is, so the other weir commands can trust it.
+    let mut addr = format!("{scheme}://{bound}\n");
+    if let Some(cert) = &args.tls_cert {
+        addr += &format!("cert={}\n", std::fs::canonicalize(cert)?.display());
+    }
+    std::fs::write(&addr_file, addr).with_context(|| format!("writing {}", addr_file.display()))?;
     Ok(Server { addr: bound, addr_file })
 }
 
