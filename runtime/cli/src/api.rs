@@ -103,6 +103,12 @@ pub(crate) fn running(dir: &std::path::Path) -> Option<Client> {
     health.status().is_success().then_some(client)
 }
 
+/// rustls's crypto, process-wide: ring, as async-nats uses (no aws-lc build).
+fn use_ring_for_tls() {
+    // An error means a provider is installed already, which is as good.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
 /// A client of a running server, for `weir produce`, `consume` and
 /// `topics` when another weir process owns the data directory. The token,
 /// if the server needs one, comes from `WEIR_TOKEN`.
@@ -117,7 +123,7 @@ impl Client {
     fn new(base: String, cert: Option<&std::path::Path>) -> anyhow::Result<Client> {
         let mut config = ureq::Agent::config_builder().http_status_as_error(false).timeout_global(Some(Duration::from_secs(120)));
         if let Some(cert) = cert {
-            let _ = rustls::crypto::ring::default_provider().install_default();
+            use_ring_for_tls();
             let pem = std::fs::read(cert).with_context(|| format!("reading {}", cert.display()))?;
             let roots = ureq::tls::RootCerts::Specific(Arc::new(vec![ureq::tls::Certificate::from_pem(&pem)?]));
             config = config.tls_config(ureq::tls::TlsConfig::builder().root_certs(roots).build());
@@ -165,8 +171,7 @@ pub(crate) fn start(queue: Queue, args: &ListenArgs, extra: Option<Router>, prot
     let bound = listener.local_addr()?;
     let tls = match (&args.tls_cert, &args.tls_key) {
         (Some(cert), Some(key)) => {
-            // One process-wide provider; an error means one is installed already.
-            let _ = rustls::crypto::ring::default_provider().install_default();
+            use_ring_for_tls();
             let config = rt
                 .block_on(axum_server::tls_rustls::RustlsConfig::from_pem_file(cert, key))
                 .with_context(|| format!("TLS certificate {} and key {}", cert.display(), key.display()))?;
