@@ -18,7 +18,7 @@ use axum::extract::{Path, Query, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{MethodRouter, get, post};
 use axum::{Json, Router};
 use clap::Args;
 use serde::Deserialize;
@@ -210,9 +210,9 @@ fn router(state: Arc<ApiState>) -> Router {
         .route("/v1/topics/{topic}", get(describe_topic).delete(delete_topic))
         .route("/v1/topics/{topic}/messages", post(publish))
         .route("/v1/topics/{topic}/groups/{group}/messages", get(fetch))
-        .route("/v1/topics/{topic}/groups/{group}/ack", post(ack))
-        .route("/v1/topics/{topic}/groups/{group}/nak", post(nak))
-        .route("/v1/topics/{topic}/groups/{group}/reject", post(reject))
+        .route("/v1/topics/{topic}/groups/{group}/ack", settling(Disposition::Ack))
+        .route("/v1/topics/{topic}/groups/{group}/nak", settling(Disposition::Nak))
+        .route("/v1/topics/{topic}/groups/{group}/reject", settling(Disposition::Reject))
         .layer(axum::middleware::from_fn_with_state(state.clone(), authorize));
     Router::new().route("/health", get(|| async { Json(json!({"status": "ok"})) })).merge(api).fallback(not_found).with_state(state)
 }
@@ -536,28 +536,11 @@ async fn settle(s: Arc<ApiState>, topic: String, group: String, request: Request
     Ok(Json(json!({ "settled": n })))
 }
 
-async fn ack(
-    State(s): State<Arc<ApiState>>,
-    Path((topic, group)): Path<(String, String)>,
-    request: Request,
-) -> Result<Json<Value>, ApiError> {
-    settle(s, topic, group, request, Disposition::Ack).await
-}
-
-async fn nak(
-    State(s): State<Arc<ApiState>>,
-    Path((topic, group)): Path<(String, String)>,
-    request: Request,
-) -> Result<Json<Value>, ApiError> {
-    settle(s, topic, group, request, Disposition::Nak).await
-}
-
-async fn reject(
-    State(s): State<Arc<ApiState>>,
-    Path((topic, group)): Path<(String, String)>,
-    request: Request,
-) -> Result<Json<Value>, ApiError> {
-    settle(s, topic, group, request, Disposition::Reject).await
+/// The POST route that settles deliveries as `how` says.
+fn settling(how: Disposition) -> MethodRouter<Arc<ApiState>> {
+    post(move |State(s): State<Arc<ApiState>>, Path((topic, group)): Path<(String, String)>, request: Request| {
+        settle(s, topic, group, request, how)
+    })
 }
 
 /// `weir serve`: the queue as a local broker until Ctrl-C.
