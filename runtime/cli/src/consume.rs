@@ -89,15 +89,11 @@ pub(crate) fn consume(args: ConsumeArgs, dir: PathBuf) -> anyhow::Result<()> {
             for mut m in msgs {
                 ids.push(serde_json::json!({ "partition": m["partition"], "offset": m["offset"] }));
                 match args.format {
-                    Format::Text => match &m["payload"] {
-                        serde_json::Value::String(s) => writeln!(out, "{s}")?,
-                        other => {
-                            let bytes: Vec<u8> =
-                                other.as_array().into_iter().flatten().filter_map(|b| b.as_u64().map(|b| b as u8)).collect();
-                            out.write_all(&bytes)?;
-                            out.write_all(b"\n")?;
-                        }
-                    },
+                    Format::Text => {
+                        let r = weir_engine::record_from_json(&m).map_err(|e| anyhow::anyhow!("a message from the server: {e}"))?;
+                        out.write_all(&r.payload)?;
+                        out.write_all(b"\n")?;
+                    }
                     Format::Json => {
                         m.as_object_mut().map(|o| o.remove("attempt"));
                         writeln!(out, "{m}")?;

@@ -83,18 +83,7 @@ fn produce_http(args: &ProduceArgs, api: &crate::api::Client) -> anyhow::Result<
     let published = publish_lines(|batch| {
         let mut body = Vec::new();
         for line in batch {
-            let r = args.record(line);
-            let msg = weir_host::Message {
-                topic: String::new(),
-                partition: 0,
-                offset: 0,
-                key: r.key,
-                payload: r.payload,
-                headers: r.headers,
-                timestamp_ms: 0,
-                attempt: 0,
-            };
-            body.extend_from_slice(weir_engine::json_line(&msg).as_bytes());
+            body.extend_from_slice(weir_engine::record_json(&args.record(line)).to_string().as_bytes());
             body.push(b'\n');
         }
         let answer = api.call("POST", &path, "application/x-ndjson", body)?;
