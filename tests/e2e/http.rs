@@ -46,6 +46,16 @@ impl Api {
     }
 }
 
+/// Pipeline `up`: topic `in` → uppercase → topic `out`.
+fn uppercase_pipeline(dir: &std::path::Path) -> std::path::PathBuf {
+    pipeline_file(
+        dir,
+        "p.toml",
+        "[pipeline]\nname = \"up\"\n[source]\ntype = \"queue\"\ntopic = \"in\"\n\
+         [[stage]]\nname = \"upper\"\nmodule = \"{component:uppercase}\"\n[[sink]]\ntype = \"queue\"\ntopic = \"out\"\n",
+    )
+}
+
 /// Start `weir ARGS` (serve, or run --listen) and wait for the address it writes.
 fn start(weir: &Weir, args: &[&str]) -> (Child, String) {
     let addr_file = weir.data.path().join("api.addr");
@@ -79,12 +89,7 @@ fn stop(mut child: Child) {
 fn concurrent_http_publishers_feed_a_running_pipeline_each_message_once() {
     let weir = Weir::new();
     let dir = tempfile::tempdir().unwrap();
-    let p = pipeline_file(
-        dir.path(),
-        "p.toml",
-        "[pipeline]\nname = \"up\"\n[source]\ntype = \"queue\"\ntopic = \"in\"\n\
-         [[stage]]\nname = \"upper\"\nmodule = \"{component:uppercase}\"\n[[sink]]\ntype = \"queue\"\ntopic = \"out\"\n",
-    );
+    let p = uppercase_pipeline(dir.path());
     let (run, base) = start(&weir, &["run", p.to_str().unwrap(), "--listen", "127.0.0.1:0"]);
     let (clients, requests, per_request) = (4, 25, 100);
     let publishers: Vec<_> = (0..clients)
@@ -302,10 +307,8 @@ fn produce_consume_and_topics_go_through_the_process_that_owns_the_directory() {
     let (serve, _) = start(&weir, &["serve", "--listen", "127.0.0.1:0", "--token", "s3cret"]);
     let with_token = |args: &[&str], stdin: &[u8]| {
         let mut cmd = weir.cmd(args);
-        cmd.env("WEIR_TOKEN", "s3cret").stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
-        let mut child = cmd.spawn().unwrap();
-        std::io::Write::write_all(&mut child.stdin.take().unwrap(), stdin).unwrap();
-        let out = child.wait_with_output().unwrap();
+        cmd.env("WEIR_TOKEN", "s3cret");
+        let out = Weir::output_of(cmd, stdin);
         assert!(out.status.success(), "weir {args:?}: {}", String::from_utf8_lossy(&out.stderr));
         String::from_utf8(out.stdout).unwrap()
     };
@@ -373,12 +376,7 @@ fn topics_are_deleted_with_their_offsets_but_not_while_a_pipeline_consumes_them(
     assert_eq!(weir.consume_json("old")[0]["offset"], 0, "a new topic of the same name starts again");
 
     let dir = tempfile::tempdir().unwrap();
-    let p = pipeline_file(
-        dir.path(),
-        "p.toml",
-        "[pipeline]\nname = \"up\"\n[source]\ntype = \"queue\"\ntopic = \"in\"\n\
-         [[stage]]\nname = \"upper\"\nmodule = \"{component:uppercase}\"\n[[sink]]\ntype = \"queue\"\ntopic = \"out\"\n",
-    );
+    let p = uppercase_pipeline(dir.path());
     let (run, base) = start(&weir, &["run", p.to_str().unwrap(), "--listen", "127.0.0.1:0"]);
     let api = Api::new(base, None);
     // Once a message has gone through, the pipeline is consuming `in`.

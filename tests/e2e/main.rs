@@ -45,7 +45,12 @@ impl Weir {
 
     /// Run with `stdin` as input; returns the output whatever the exit status.
     pub fn output(&self, args: &[&str], stdin: &[u8]) -> Output {
-        let mut child = self.cmd(args).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+        Self::output_of(self.cmd(args), stdin)
+    }
+
+    /// [`Weir::output`] for a command made by [`Weir::cmd`] and adjusted (its environment, say).
+    pub fn output_of(mut cmd: Command, stdin: &[u8]) -> Output {
+        let mut child = cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
         // Fed from another thread: a large input must not block while the
         // command waits for us to read its output. It may also exit without
         // reading its input (e.g. on an error).

@@ -81,19 +81,6 @@ impl Drop for Js {
     }
 }
 
-/// Publish `lines` with `weir produce --nats`, creating `stream` for `subject`.
-fn produce(url: &str, subject: &str, stream: &str, lines: &[String]) {
-    produce_with(url, subject, stream, lines, &[]);
-}
-
-fn produce_with(url: &str, subject: &str, stream: &str, lines: &[String], extra: &[&str]) {
-    let mut input = lines.join("\n");
-    input.push('\n');
-    let args = [&["produce", "--nats", url, subject, "--stream", stream][..], extra].concat();
-    let out = Weir::new().ok(&args, input.as_bytes());
-    assert!(out.contains(&format!("published {} messages", lines.len())), "{out}");
-}
-
 /// A JetStream pipeline: `source` stream → uppercase (or `stage`) → `out` subject.
 struct Names {
     input: (String, String),
@@ -108,6 +95,17 @@ impl Names {
             js.owns(s);
         }
         names
+    }
+
+    /// Publish `lines` to the input subject with `weir produce --nats`
+    /// (and `extra` flags), creating the input stream.
+    fn produce(&self, url: &str, lines: &[String], extra: &[&str]) {
+        let mut input = lines.join("\n");
+        input.push('\n');
+        let (stream, subject) = &self.input;
+        let args = [&["produce", "--nats", url, subject, "--stream", stream][..], extra].concat();
+        let out = Weir::new().ok(&args, input.as_bytes());
+        assert!(out.contains(&format!("published {} messages", lines.len())), "{out}");
     }
 
     fn pipeline(&self, dir: &Path, url: &str, stage: &str, source_extra: &str) -> PathBuf {
@@ -157,6 +155,21 @@ fn spawn_run(weir: &Weir, pipeline: &Path, report: &Path) -> Child {
         .unwrap()
 }
 
+/// `n` processes running `pipeline` to the end, each with a data directory
+/// of its own and a report in `dir`.
+struct Workers {
+    _data: Vec<Weir>,
+    reports: Vec<PathBuf>,
+    runs: Vec<Child>,
+}
+
+fn workers(n: usize, dir: &Path, pipeline: &Path) -> Workers {
+    let data: Vec<Weir> = (0..n).map(|_| Weir::new()).collect();
+    let reports: Vec<PathBuf> = (0..n).map(|i| dir.join(format!("r{i}.json"))).collect();
+    let runs = data.iter().zip(&reports).map(|(w, r)| spawn_run(w, pipeline, r)).collect();
+    Workers { _data: data, reports, runs }
+}
+
 fn wait(child: Child, within: Duration) -> String {
     let started = Instant::now();
     let mut child = child;
@@ -204,13 +217,11 @@ fn three_processes_share_a_durable_consumer_and_process_everything() {
     let mut js = Js::connect(&url);
     let names = Names::new(&mut js);
     let inputs = inputs(200_000);
-    produce(&url, &names.input.1, &names.input.0, &inputs);
+    names.produce(&url, &inputs, &[]);
 
     let dir = tempfile::tempdir().unwrap();
     let p = names.pipeline(dir.path(), &url, UPPERCASE, "ack_wait_ms = 5000");
-    let weirs: Vec<Weir> = (0..3).map(|_| Weir::new()).collect();
-    let reports: Vec<PathBuf> = (0..3).map(|i| dir.path().join(format!("r{i}.json"))).collect();
-    let runs: Vec<Child> = weirs.iter().zip(&reports).map(|(w, r)| spawn_run(w, &p, r)).collect();
+    let Workers { _data, reports, runs } = workers(3, dir.path(), &p);
     for run in runs {
         wait(run, Duration::from_secs(300));
     }
@@ -226,19 +237,15 @@ fn kill_9_of_one_process_loses_nothing_and_counts_the_redeliveries() {
     let mut js = Js::connect(&url);
     let names = Names::new(&mut js);
     let inputs = inputs(200_000);
-    produce(&url, &names.input.1, &names.input.0, &inputs);
+    names.produce(&url, &inputs, &[]);
 
     let dir = tempfile::tempdir().unwrap();
     // A short ack wait: the dead process's messages come back quickly.
     let p = names.pipeline(dir.path(), &url, UPPERCASE, "ack_wait_ms = 2000");
-    let weirs: Vec<Weir> = (0..3).map(|_| Weir::new()).collect();
-    let reports: Vec<PathBuf> = (0..3).map(|i| dir.path().join(format!("r{i}.json"))).collect();
-    let mut runs: Vec<Child> = weirs.iter().zip(&reports).map(|(w, r)| spawn_run(w, &p, r)).collect();
+    let Workers { _data, reports, mut runs } = workers(3, dir.path(), &p);
     wait_until("a fifth of the outputs", Duration::from_secs(120), || js.len(&names.output.0) >= 40_000);
-    let victim = runs.remove(0);
-    let pid = victim.id().to_string();
-    assert!(Command::new("kill").args(["-9", &pid]).status().unwrap().success());
-    let mut victim = victim;
+    let mut victim = runs.remove(0);
+    victim.kill().unwrap(); // SIGKILL
     victim.wait().unwrap();
     let done_at_kill = js.len(&names.output.0);
     assert!(done_at_kill < inputs.len() as u64, "the run should be mid-way when one process dies");
@@ -256,7 +263,7 @@ fn poison_messages_reach_the_dead_letter_subject_and_long_batches_stay_leased() 
     let mut js = Js::connect(&url);
     let names = Names::new(&mut js);
     let inputs: Vec<String> = ["ok-1", "reject", "trap", "spin:2500", "ok-2"].map(String::from).to_vec();
-    produce(&url, &names.input.1, &names.input.0, &inputs);
+    names.produce(&url, &inputs, &[]);
 
     let dir = tempfile::tempdir().unwrap();
     let stage = "[[stage]]\nname = \"hostile\"\nmodule = \"{component:hostile}\"\nmax_attempts = 2\nretry_backoff_ms = 100";
@@ -361,7 +368,7 @@ fn a_nats_server_restart_mid_run_pauses_the_pipeline_and_loses_nothing() {
     let mut js = Js::connect(&url);
     let names = Names::new(&mut js);
     let inputs = inputs(30_000);
-    produce(&url, &names.input.1, &names.input.0, &inputs);
+    names.produce(&url, &inputs, &[]);
 
     let dir = tempfile::tempdir().unwrap();
     // Small batches so the run lasts long enough to be interrupted.
@@ -394,7 +401,7 @@ fn a_token_protected_server_takes_the_token_from_the_environment_and_refuses_a_w
     let mut js = Js::connect_with(&url, async_nats::ConnectOptions::with_token("s3cret".into()));
     let names = Names::new(&mut js);
     let inputs = inputs(10);
-    produce_with(&url, &names.input.1, &names.input.0, &inputs, &["--nats-token", "s3cret"]);
+    names.produce(&url, &inputs, &["--nats-token", "s3cret"]);
 
     let dir = tempfile::tempdir().unwrap();
     let p = names.pipeline(dir.path(), &url, UPPERCASE, "");
@@ -460,7 +467,7 @@ fn a_dropped_connection_mid_publish_is_retried_at_once_and_loses_nothing() {
     let mut js = Js::connect(&url);
     let names = Names::new(&mut js);
     let inputs = inputs(60_000);
-    produce(&url, &names.input.1, &names.input.0, &inputs);
+    names.produce(&url, &inputs, &[]);
 
     let upstream = url.trim_start_matches("nats://").to_owned();
     let proxy = CuttableProxy::to(upstream);
