@@ -880,17 +880,16 @@ pub fn compile(file: &Path, text: &str) -> Result<Pipeline, ConfigErrors> {
     } else if matches!(source, Source::Stdin { json: true } | Source::File { json: true, .. }) {
         c.error(&dp.key("subject"), "JSON lines that are not messages are dead-lettered to a topic: set dead_letter.topic");
     }
-    let uses_nats = matches!(source, Source::Nats(_))
-        || matches!(dead_letter, DeadLetterTo::Nats { .. })
-        || sinks.iter().any(|s: &SinkSpec| matches!(s.kind, Sink::Nats { .. }));
-    let nats = match &raw.nats {
-        Some(n) => Some(c.nats(&root.key("nats"), n, base)),
-        None => uses_nats.then(|| NatsConnection::to(defaults::NATS_URL)),
-    };
+    let nats = raw.nats.as_ref().map(|n| c.nats(&root.key("nats"), n, base));
 
     c.errors.sort_by_key(|e| e.location);
     if c.errors.is_empty() {
-        Ok(Pipeline { name: raw.pipeline.name, file: file.to_owned(), data_dir, source, stages, sinks, dead_letter, topics, nats })
+        let mut pipeline =
+            Pipeline { name: raw.pipeline.name, file: file.to_owned(), data_dir, source, stages, sinks, dead_letter, topics, nats };
+        if pipeline.nats.is_none() && pipeline.uses_nats() {
+            pipeline.nats = Some(NatsConnection::to(defaults::NATS_URL));
+        }
+        Ok(pipeline)
     } else {
         Err(ConfigErrors(c.errors))
     }
