@@ -89,6 +89,9 @@ pub mod dlq_headers {
     pub const ERROR_KIND: &str = "weir.error-kind";
     /// Where it failed (set by the engine: a stage name, `routing`, `source`).
     pub const STAGE: &str = "weir.stage";
+    /// Set when the dead letter was too large to store whole: the payload
+    /// length that was dropped.
+    pub const PAYLOAD_DROPPED: &str = "weir.payload-dropped";
 }
 
 /// Identifies a delivered message for acknowledgement.
@@ -267,9 +270,7 @@ impl Consumer {
             if !out.is_empty() || now >= deadline {
                 return Ok(out);
             }
-            let next_retry = self.parts.iter().filter_map(|p| p.redeliver.values().map(|(t, _)| *t).min()).min();
-            let next_lease = self.leases.front().map(|(t, ..)| *t);
-            let until = [next_retry, next_lease, Some(deadline)].into_iter().flatten().min().unwrap_or(deadline);
+            let until = self.next_due().map_or(deadline, |due| due.min(deadline));
             let nap = until.saturating_duration_since(now).max(Duration::from_millis(1));
             if self.queue.is_read_only() {
                 // Another process writes: poll.
@@ -278,6 +279,14 @@ impl Consumer {
                 self.queue.wait_for_publish(seen, nap);
             }
         }
+    }
+
+    /// When a delivery this consumer holds next comes due again without a
+    /// publish (a retry after its backoff, or a lease running out), if any.
+    pub fn next_due(&self) -> Option<Instant> {
+        let next_retry = self.parts.iter().filter_map(|p| p.redeliver.values().map(|(t, _)| *t).min()).min();
+        let next_lease = self.leases.front().map(|(t, ..)| *t);
+        next_retry.into_iter().chain(next_lease).min()
     }
 
     /// Move deliveries whose lease ran out to the redelivery set, and drop

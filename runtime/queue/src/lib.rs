@@ -45,7 +45,7 @@ pub use consumer::{Consumer, ConsumerOptions, Delivery, DeliveryId, Seek, StartF
 #[cfg(feature = "fault-injection")]
 pub use faults::FaultInjector;
 pub use partition::Truncation;
-pub use record::{MSG_ID_HEADER, Record, StoredRecord};
+pub use record::{MAX_RECORD_BYTES, MSG_ID_HEADER, Record, StoredRecord, check_parts};
 pub use state::{StageMap, StateStore, StateWrite};
 pub use topic::{Fsync, TopicConfig, TopicInfo};
 
@@ -192,7 +192,10 @@ struct Inner {
     /// Bumped on every publish; consumers wait on it.
     published: Mutex<u64>,
     wakeup: Condvar,
+    on_publish: RwLock<Vec<PublishHook>>,
 }
+
+type PublishHook = Arc<dyn Fn() + Send + Sync>;
 
 /// A handle to an open data directory. Cheap to clone; thread-safe.
 #[derive(Clone)]
@@ -265,6 +268,7 @@ impl Queue {
                 consuming: Mutex::default(),
                 published: Mutex::new(0),
                 wakeup: Condvar::new(),
+                on_publish: RwLock::default(),
             }),
         };
         if !read_only {
@@ -384,7 +388,32 @@ impl Queue {
         let out = t.publish(records)?;
         *self.inner.published.lock().unwrap() += 1;
         self.inner.wakeup.notify_all();
+        for hook in self.inner.on_publish.read().unwrap().iter() {
+            hook();
+        }
         Ok(out)
+    }
+
+    /// Whether the data directory is still there: an error once it was
+    /// removed or moved away under the running process (which then holds
+    /// files nobody else can see, and a lock that no longer guards it).
+    ///
+    /// # Errors
+    /// [`Error::Io`] naming the directory.
+    pub fn check_present(&self) -> Result<()> {
+        let topics = self.inner.dir.join("topics");
+        match fs::metadata(&topics) {
+            Ok(m) if m.is_dir() => Ok(()),
+            Ok(_) => Err(Error::io(&topics, std::io::ErrorKind::NotADirectory.into())),
+            Err(e) => Err(Error::io(&topics, std::io::Error::new(e.kind(), format!("the data directory is gone: {e}")))),
+        }
+    }
+
+    /// Call `hook` after every publish (from the publishing thread; keep it
+    /// short), for waiters that cannot block on [`Consumer::fetch`], such as
+    /// async long-polls.
+    pub fn on_publish(&self, hook: Arc<dyn Fn() + Send + Sync>) {
+        self.inner.on_publish.write().unwrap().push(hook);
     }
 
     /// Read up to `max` stored records of one partition from `offset`

@@ -28,6 +28,9 @@ const FLAGS_AT: usize = HEADER_LEN + 24;
 pub(crate) const FLAG_HAS_ID: u8 = 1;
 /// Largest body we accept; guards recovery against a garbage length field.
 pub(crate) const MAX_BODY: usize = 64 * 1024 * 1024;
+/// The largest record the queue stores: key, headers and payload together,
+/// with a few dozen bytes of framing, fit in this many bytes.
+pub const MAX_RECORD_BYTES: usize = MAX_BODY;
 const NO_KEY: u32 = u32::MAX;
 
 /// A message to publish.
@@ -71,6 +74,7 @@ impl Record {
     }
 
     /// Encoded size of this record on disk.
+    #[cfg(test)]
     pub(crate) fn encoded_len(&self) -> usize {
         HEADER_LEN
             + MIN_BODY
@@ -80,20 +84,37 @@ impl Record {
             + self.payload.len()
     }
 
-    /// Checks that the record can be encoded.
-    pub(crate) fn validate(&self) -> Result<(), &'static str> {
-        if self.headers.len() >= u16::MAX as usize {
-            return Err("more than 65535 headers");
-        }
-        if self.headers.iter().any(|(k, _)| k.len() > u16::MAX as usize) {
-            return Err("a header name is longer than 65535 bytes");
-        }
-        if self.encoded_len() - HEADER_LEN > MAX_BODY {
-            return Err("record larger than 64 MiB");
-        }
-        Ok(())
+    /// Checks that the record can be stored: at most 65535 headers, names
+    /// of at most 65535 bytes, at most [`MAX_RECORD_BYTES`] in all. A
+    /// publish of a batch holding one that cannot is refused whole.
+    ///
+    /// # Errors
+    /// What is wrong with it.
+    pub fn validate(&self) -> Result<(), &'static str> {
+        let id = self.id.as_ref().map_or(0, |id| 6 + MSG_ID_HEADER.len() + id.len());
+        check_parts(self.key.as_deref(), &self.headers, self.payload.len() + id)
     }
+}
 
+/// [`Record::validate`] for a record of these parts, without one.
+///
+/// # Errors
+/// What is wrong with it.
+pub fn check_parts(key: Option<&[u8]>, headers: &[(String, Vec<u8>)], payload_len: usize) -> Result<(), &'static str> {
+    if headers.len() >= u16::MAX as usize {
+        return Err("more than 65534 headers");
+    }
+    if headers.iter().any(|(k, _)| k.len() > u16::MAX as usize) {
+        return Err("a header name is longer than 65535 bytes");
+    }
+    let body = MIN_BODY + key.map_or(0, <[u8]>::len) + headers.iter().map(|(k, v)| 6 + k.len() + v.len()).sum::<usize>() + payload_len;
+    if body > MAX_BODY {
+        return Err("record larger than 64 MiB");
+    }
+    Ok(())
+}
+
+impl Record {
     /// Append the encoding of this record at `offset` to `out`.
     pub(crate) fn encode(&self, offset: u64, append_ts: u64, producer_ts: u64, out: &mut Vec<u8>) {
         let start = out.len();
