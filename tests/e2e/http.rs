@@ -155,7 +155,7 @@ fn bad_requests_get_a_clear_4xx_and_change_nothing() {
     error(api.send("POST", "/v1/topics/t/messages", "text/plain", &[b'x'; 2000], &[]), 413, "larger than 1024 bytes");
     error(api.post("/v1/topics/t/messages", &json!([])), 400, "no messages");
     error(api.get("/v1/topics/t/groups/g/messages?max=0"), 400, "max must be");
-    error(api.post("/v1/topics/t/groups/g/ack", &json!({"ids": []})), 404, "has fetched nothing");
+    error(api.post("/v1/topics/t/groups/g/ack", &json!({"ids": []})), 404, "has no open fetch");
     error(api.post("/v1/topics", &json!({"name": "t"})), 409, "already exists");
     error(api.post("/v1/topics", &json!({"name": "u", "fsync": "sometimes"})), 400, "fsync must be");
     error(api.get("/v2/anything"), 404, "no such route");
@@ -399,4 +399,80 @@ fn topics_are_deleted_with_their_offsets_but_not_while_a_pipeline_consumes_them(
     assert_eq!(api.send("DELETE", "/v1/topics/old", "application/json", b"", &[]).0, 200);
     assert_eq!(api.get("/v1/topics/old").0, 404);
     stop(run);
+}
+
+#[test]
+fn clients_cannot_exhaust_the_server_groups_long_polls_and_request_sizes_are_bounded() {
+    let weir = Weir::new();
+    weir.ok(&["topics", "create", "t", "--partitions", "1"], b"");
+    let (child, base) = start(
+        &weir,
+        &[
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--max-groups",
+            "3",
+            "--group-idle-ms",
+            "500",
+            "--max-long-polls",
+            "2",
+            "--max-request-messages",
+            "5",
+        ],
+    );
+    let api = Api::new(base.clone(), None);
+
+    // A request's message count is capped, and a refused publish stores nothing.
+    let six: Vec<Value> = (0..6).map(|i| json!({"payload": format!("m{i}")})).collect();
+    let (status, body) = api.post("/v1/topics/t/messages", &json!(six));
+    assert_eq!(status, 413, "{body}");
+    assert!(body["error"].as_str().unwrap().contains("--max-request-messages"), "{body}");
+    let (status, _) = api.post("/v1/topics/t/messages", &json!(six[..5]));
+    assert_eq!(status, 200);
+    assert_eq!(weir.topic_len("t"), 5);
+
+    // Groups past the cap are refused until one has been idle long enough.
+    for g in ["g0", "g1", "g2"] {
+        assert_eq!(api.get(&format!("/v1/topics/t/groups/{g}/messages?max=1")).0, 200, "{g}");
+    }
+    let (status, body) = api.get("/v1/topics/t/groups/g3/messages?max=1");
+    assert_eq!(status, 429, "{body}");
+    assert!(body["error"].as_str().unwrap().contains("--max-groups"), "{body}");
+    std::thread::sleep(Duration::from_millis(1500));
+    let (status, body) = api.get("/v1/topics/t/groups/g3/messages?max=1");
+    assert_eq!(status, 200, "idle groups were closed: {body}");
+    assert_eq!(body["messages"][0]["payload"], "m0");
+    // g0 was closed while idle: its unacknowledged delivery goes to its next fetch again.
+    let (_, body) = api.get("/v1/topics/t/groups/g0/messages?max=1");
+    assert_eq!(body["messages"][0]["payload"], "m0", "{body}");
+
+    // At most two long-polls wait; a third is refused at once, and a publish
+    // wakes the waiting ones long before their wait is up. (First let the
+    // groups above close, to leave room for two more.)
+    std::thread::sleep(Duration::from_millis(1500));
+    let waiting: Vec<_> = ["w0", "w1"]
+        .into_iter()
+        .map(|g| {
+            let (base, g) = (base.clone(), g.to_owned());
+            std::thread::spawn(move || {
+                let api = Api::new(base, None);
+                let started = Instant::now();
+                let (status, body) = api.get(&format!("/v1/topics/t/groups/{g}/messages?max=10&wait_ms=30000&start=latest"));
+                (status, body, started.elapsed())
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(1000));
+    let (status, body) = api.get("/v1/topics/t/groups/g0/messages?max=1&wait_ms=30000");
+    assert_eq!(status, 429, "{body}");
+    assert!(body["error"].as_str().unwrap().contains("--max-long-polls"), "{body}");
+    assert_eq!(api.post("/v1/topics/t/messages", &json!({"payload": "wake"})).0, 200);
+    for w in waiting {
+        let (status, body, took) = w.join().unwrap();
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["messages"][0]["payload"], "wake", "{body}");
+        assert!(took < Duration::from_secs(20), "woken by the publish, not the 30 s wait: {took:?}");
+    }
+    stop(child);
 }

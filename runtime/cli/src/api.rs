@@ -29,6 +29,12 @@ use weir_queue::{Consumer, ConsumerOptions, DeliveryId, Fsync, Queue, Record, St
 /// other `weir` commands and scripts can find it.
 pub(crate) const ADDR_FILE: &str = "api.addr";
 
+const MAX_BODY_BYTES: usize = 16 << 20;
+const MAX_REQUEST_MESSAGES: usize = 10_000;
+const MAX_GROUPS: usize = 256;
+const GROUP_IDLE_MS: u64 = 300_000;
+const MAX_LONG_POLLS: usize = 512;
+
 #[derive(Args, Clone)]
 pub(crate) struct ListenArgs {
     /// Serve the HTTP API on this address (loopback unless a --token is set).
@@ -38,8 +44,22 @@ pub(crate) struct ListenArgs {
     #[arg(long, env = "WEIR_TOKEN", value_name = "TOKEN", hide_env_values = true)]
     token: Option<String>,
     /// Largest request body accepted.
-    #[arg(long, default_value_t = 16 << 20, value_name = "BYTES")]
+    #[arg(long, default_value_t = MAX_BODY_BYTES, value_name = "BYTES")]
     max_body_bytes: usize,
+    /// Most messages in one publish, and ids in one ack, nak or reject.
+    #[arg(long, default_value_t = MAX_REQUEST_MESSAGES, value_name = "N")]
+    max_request_messages: usize,
+    /// Most consumer groups open over HTTP at once; past it, a new group is
+    /// refused (429) until an idle one is closed.
+    #[arg(long, default_value_t = MAX_GROUPS, value_name = "N")]
+    max_groups: usize,
+    /// Close a consumer group opened over HTTP after this long without a
+    /// fetch or settle: what it had not settled is delivered again.
+    #[arg(long, default_value_t = GROUP_IDLE_MS, value_name = "MS")]
+    group_idle_ms: u64,
+    /// Most long-polls (fetches with wait_ms) waiting at once; past it, 429.
+    #[arg(long, default_value_t = MAX_LONG_POLLS, value_name = "N")]
+    max_long_polls: usize,
     /// Serve HTTPS with this certificate chain (PEM), with --tls-key.
     #[arg(long, value_name = "PEM", requires = "tls_key")]
     tls_cert: Option<PathBuf>,
@@ -51,7 +71,17 @@ pub(crate) struct ListenArgs {
 impl ListenArgs {
     /// `addr`, no token, the default body limit.
     pub(crate) fn on(addr: SocketAddr) -> Self {
-        ListenArgs { listen: Some(addr), token: None, max_body_bytes: 16 << 20, tls_cert: None, tls_key: None }
+        ListenArgs {
+            listen: Some(addr),
+            token: None,
+            max_body_bytes: MAX_BODY_BYTES,
+            max_request_messages: MAX_REQUEST_MESSAGES,
+            max_groups: MAX_GROUPS,
+            group_idle_ms: GROUP_IDLE_MS,
+            max_long_polls: MAX_LONG_POLLS,
+            tls_cert: None,
+            tls_key: None,
+        }
     }
 
     /// `weir serve`'s default address.
@@ -62,7 +92,21 @@ impl ListenArgs {
 }
 
 /// A consumer group opened through the API, shared by its requests.
-type SharedConsumer = Arc<Mutex<Consumer>>;
+struct OpenGroup {
+    consumer: Mutex<Consumer>,
+    /// Last fetch or settle, for closing idle groups.
+    used: Mutex<Instant>,
+}
+
+type SharedConsumer = Arc<OpenGroup>;
+
+impl OpenGroup {
+    /// The consumer, marking the group used.
+    fn lock(&self) -> std::sync::MutexGuard<'_, Consumer> {
+        *self.used.lock().expect("group clock poisoned") = Instant::now();
+        self.consumer.lock().expect("consumer poisoned")
+    }
+}
 
 struct ApiState {
     queue: Queue,
@@ -70,6 +114,14 @@ struct ApiState {
     consumers: Mutex<HashMap<(String, String), SharedConsumer>>,
     token: Option<String>,
     max_body_bytes: usize,
+    max_request_messages: usize,
+    max_groups: usize,
+    group_idle: Duration,
+    /// Permits for waiting long-polls.
+    long_polls: Arc<tokio::sync::Semaphore>,
+    max_long_polls: usize,
+    /// Woken by every publish to the queue.
+    published: Arc<tokio::sync::Notify>,
     /// Topics of the pipeline running in this process: not to be deleted.
     protected: Vec<String>,
 }
@@ -157,11 +209,20 @@ pub(crate) fn start(queue: Queue, args: &ListenArgs, extra: Option<Router>, prot
     if !addr.ip().is_loopback() && args.token.is_none() {
         anyhow::bail!("--listen {addr} is not a loopback address: set --token (or WEIR_TOKEN) so that requests must carry it");
     }
+    let published = Arc::new(tokio::sync::Notify::new());
+    let wake = published.clone();
+    queue.on_publish(Arc::new(move || wake.notify_waiters()));
     let state = Arc::new(ApiState {
         queue: queue.clone(),
         consumers: Mutex::default(),
         token: args.token.clone(),
         max_body_bytes: args.max_body_bytes,
+        max_request_messages: args.max_request_messages,
+        max_groups: args.max_groups,
+        group_idle: Duration::from_millis(args.group_idle_ms),
+        long_polls: Arc::new(tokio::sync::Semaphore::new(args.max_long_polls)),
+        max_long_polls: args.max_long_polls,
+        published,
         protected,
     });
     let metrics = extra.unwrap_or_else(|| crate::metrics::router(Some(queue.clone()), None));
@@ -180,6 +241,14 @@ pub(crate) fn start(queue: Queue, args: &ListenArgs, extra: Option<Router>, prot
         _ => None,
     };
     let scheme = if tls.is_some() { "https" } else { "http" };
+    let idle = state.clone();
+    rt.spawn(async move {
+        let mut tick = tokio::time::interval(idle.group_idle.clamp(Duration::from_millis(100), Duration::from_secs(10)));
+        loop {
+            tick.tick().await;
+            idle.close_idle_groups();
+        }
+    });
     std::thread::Builder::new().name("weir-api".into()).spawn(move || {
         let served = rt.block_on(async move {
             match tls {
@@ -406,6 +475,9 @@ async fn publish(State(s): State<Arc<ApiState>>, Path(topic): Path<String>, requ
         return Err(bad("no messages in the body"));
     }
     let count = records.len();
+    if count > s.max_request_messages {
+        return Err(too_many(count, s.max_request_messages));
+    }
     let positions = blocking(move || Ok(s.queue.publish(&topic, &records)?)).await?;
     let offsets: Vec<Value> = positions.iter().map(|(p, o)| json!({"partition": p, "offset": o})).collect();
     Ok(Json(json!({ "count": count, "offsets": offsets })))
@@ -427,11 +499,49 @@ fn hundred() -> usize {
     100
 }
 
+/// A request carrying more messages than `--max-request-messages`.
+fn too_many(count: usize, max: usize) -> ApiError {
+    ApiError(StatusCode::PAYLOAD_TOO_LARGE, format!("{count} messages in one request; at most {max} (--max-request-messages)"))
+}
+
 impl ApiState {
+    /// Close the groups no request has used for `--group-idle-ms` (their
+    /// unsettled deliveries go back to the topic); returns how many.
+    fn close_idle_groups(&self) -> usize {
+        let mut consumers = self.consumers.lock().expect("consumer map poisoned");
+        let before = consumers.len();
+        consumers.retain(|(topic, group), g| {
+            let idle = g.used.lock().expect("group clock poisoned").elapsed() >= self.group_idle;
+            // A request holding it keeps it open.
+            let close = idle && Arc::strong_count(g) == 1;
+            if close {
+                tracing::info!(%topic, %group, "closing a consumer group idle for {} ms", self.group_idle.as_millis());
+            }
+            !close
+        });
+        before - consumers.len()
+    }
+
     fn consumer(&self, topic: &str, group: &str, start: Option<&str>) -> Result<SharedConsumer, ApiError> {
+        if let Some(c) = self.consumers.lock().expect("consumer map poisoned").get(&(topic.to_owned(), group.to_owned())) {
+            return Ok(c.clone());
+        }
+        if self.consumers.lock().expect("consumer map poisoned").len() >= self.max_groups {
+            self.close_idle_groups();
+        }
         let mut consumers = self.consumers.lock().expect("consumer map poisoned");
         if let Some(c) = consumers.get(&(topic.to_owned(), group.to_owned())) {
             return Ok(c.clone());
+        }
+        if consumers.len() >= self.max_groups {
+            return Err(ApiError(
+                StatusCode::TOO_MANY_REQUESTS,
+                format!(
+                    "{} consumer groups are open (--max-groups); one closes after {} ms without a fetch or settle (--group-idle-ms)",
+                    consumers.len(),
+                    self.group_idle.as_millis()
+                ),
+            ));
         }
         let start = match start {
             None | Some("earliest") => StartFrom::Earliest,
@@ -439,7 +549,7 @@ impl ApiState {
             Some(other) => return Err(bad(format!("start must be \"earliest\" or \"latest\", got {other:?}"))),
         };
         let options = ConsumerOptions { start, dead_letter: Some(format!("{topic}.dlq")), ..ConsumerOptions::default() };
-        let c = Arc::new(Mutex::new(self.queue.consumer(topic, group, options)?));
+        let c = Arc::new(OpenGroup { consumer: Mutex::new(self.queue.consumer(topic, group, options)?), used: Mutex::new(Instant::now()) });
         consumers.insert((topic.to_owned(), group.to_owned()), c.clone());
         Ok(c)
     }
@@ -448,7 +558,12 @@ impl ApiState {
     fn opened(&self, topic: &str, group: &str) -> Result<SharedConsumer, ApiError> {
         let consumers = self.consumers.lock().expect("consumer map poisoned");
         consumers.get(&(topic.to_owned(), group.to_owned())).cloned().ok_or_else(|| {
-            ApiError(StatusCode::NOT_FOUND, format!("group {group:?} has fetched nothing from topic {topic:?} since the server started"))
+            ApiError(
+                StatusCode::NOT_FOUND,
+                format!(
+                    "group {group:?} has no open fetch from topic {topic:?}: none since the server started, or it was closed while idle"
+                ),
+            )
         })
     }
 }
@@ -470,12 +585,27 @@ async fn fetch(
         move || s.consumer(&topic, &group, q.start.as_deref())
     })
     .await?;
-    let deadline = Instant::now() + Duration::from_millis(q.wait_ms);
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(q.wait_ms);
+    let _permit = if q.wait_ms > 0 {
+        let permit = s.long_polls.clone().try_acquire_owned().map_err(|_| {
+            ApiError(StatusCode::TOO_MANY_REQUESTS, format!("{} long-polls are waiting already (--max-long-polls)", s.max_long_polls))
+        })?;
+        Some(permit)
+    } else {
+        None
+    };
     loop {
-        // Short waits, so that acks of the same group are not held up.
+        // Listen before looking, so a publish in between is not missed.
+        let published = s.published.notified();
+        tokio::pin!(published);
+        published.as_mut().enable();
         let c = consumer.clone();
-        let batch = blocking(move || Ok(c.lock().expect("consumer poisoned").fetch(q.max, Duration::from_millis(20))?)).await?;
-        if !batch.is_empty() || Instant::now() >= deadline {
+        let (batch, due) = blocking(move || {
+            let mut c = c.lock();
+            Ok((c.fetch(q.max, Duration::ZERO)?, c.next_due()))
+        })
+        .await?;
+        if !batch.is_empty() || tokio::time::Instant::now() >= deadline {
             let messages: Vec<Value> = batch
                 .into_iter()
                 .map(|d| {
@@ -487,7 +617,12 @@ async fn fetch(
                 .collect();
             return Ok(Json(json!({ "messages": messages })));
         }
-        tokio::time::sleep(Duration::from_millis(10)).await;
+        // Until something is published, a delivery comes due again, or time is up.
+        let until = due.map_or(deadline, |due| deadline.min(tokio::time::Instant::from_std(due)));
+        tokio::select! {
+            () = &mut published => {}
+            () = tokio::time::sleep_until(until) => {}
+        }
     }
 }
 
@@ -518,10 +653,13 @@ enum Disposition {
 async fn settle(s: Arc<ApiState>, topic: String, group: String, request: Request, how: Disposition) -> Result<Json<Value>, ApiError> {
     let body = read_body(&s, request).await?;
     let settle: Settle = serde_json::from_slice(&body).map_err(|e| bad(format!("body: {e}")))?;
-    let consumer = s.opened(&topic, &group)?;
     let n = settle.ids.len();
+    if n > s.max_request_messages {
+        return Err(too_many(n, s.max_request_messages));
+    }
+    let consumer = s.opened(&topic, &group)?;
     blocking(move || {
-        let mut c = consumer.lock().expect("consumer poisoned");
+        let mut c = consumer.lock();
         for id in settle.ids {
             let id = DeliveryId { partition: id.partition, offset: id.offset };
             match how {
