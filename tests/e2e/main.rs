@@ -2,6 +2,7 @@
 
 mod bad_input;
 mod bench;
+mod containment;
 mod hello;
 mod http;
 mod metrics;
@@ -101,6 +102,42 @@ impl Weir {
             .map(|l| serde_json::from_str(l).unwrap())
             .collect()
     }
+}
+
+/// Wait for `child` to exit and collect its output; if it has not exited
+/// within `within`, kill it and fail: weir must never hang.
+pub fn finish_within(mut child: std::process::Child, within: std::time::Duration) -> Output {
+    let started = std::time::Instant::now();
+    // Read its pipes meanwhile, so a chatty child does not block on them.
+    let readers: Vec<std::thread::JoinHandle<Vec<u8>>> = [
+        child.stdout.take().map(|p| Box::new(p) as Box<dyn std::io::Read + Send>),
+        child.stderr.take().map(|p| Box::new(p) as Box<dyn std::io::Read + Send>),
+    ]
+    .into_iter()
+    .map(|pipe| {
+        std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            if let Some(mut p) = pipe {
+                std::io::Read::read_to_end(&mut p, &mut buf).ok();
+            }
+            buf
+        })
+    })
+    .collect();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if started.elapsed() > within {
+            child.kill().ok();
+            child.wait().ok();
+            let err = readers.into_iter().nth(1).and_then(|h| h.join().ok()).unwrap_or_default();
+            panic!("weir did not exit within {within:?} (killed):\n{}", String::from_utf8_lossy(&err));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    let mut pipes = readers.into_iter().map(|h| h.join().unwrap());
+    Output { status, stdout: pipes.next().unwrap(), stderr: pipes.next().unwrap() }
 }
 
 /// A JSON file, such as a `--report`.

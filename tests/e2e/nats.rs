@@ -486,3 +486,65 @@ fn a_dropped_connection_mid_publish_is_retried_at_once_and_loses_nothing() {
     assert!(stderr.contains("NATS connection lost"), "the cut should be reported:\n{stderr}");
     assert_exact_output(&js, &names, &inputs);
 }
+
+#[test]
+fn a_server_that_refuses_the_connection_mid_run_stops_the_run_with_the_cause() {
+    let mut server = PrivateServer::start_with(&["--auth", "s3cret"]);
+    let url = server.url();
+    let mut js = Js::connect_with(&url, async_nats::ConnectOptions::with_token("s3cret".into()));
+    let names = Names::new(&mut js);
+    names.produce(&url, &inputs(10), &["--nats-token", "s3cret"]);
+    let dir = tempfile::tempdir().unwrap();
+    let p = names.pipeline(dir.path(), &url, UPPERCASE, "");
+    let text = std::fs::read_to_string(&p).unwrap().replace("[nats]\n", "[nats]\ntoken_env = \"WEIR_TEST_NATS_TOKEN\"\n");
+    std::fs::write(&p, text).unwrap();
+    let weir = Weir::new();
+    let child = weir
+        .cmd(&["run", p.to_str().unwrap()])
+        .env("WEIR_TEST_NATS_TOKEN", "s3cret")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_until("the first outputs", Duration::from_secs(30), || js.len(&names.output.0) == 10);
+    // The server comes back with another token: the old one is refused for
+    // good. (Its streams live and die with its store.)
+    js.streams.clear();
+    drop(js);
+    if let Some(mut c) = server.child.take() {
+        c.kill().unwrap();
+        c.wait().unwrap();
+    }
+    server.args = vec!["--auth".into(), "rotated".into()];
+    server.up();
+    let out = crate::finish_within(child, Duration::from_secs(30));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("refused the connection") && stderr.contains("authorization violation"), "{stderr}");
+}
+
+#[test]
+fn an_output_over_the_servers_max_payload_is_dead_lettered_alone() {
+    let url = server_url();
+    let mut js = Js::connect(&url);
+    let names = Names::new(&mut js);
+    // The default server takes at most 1 MiB: 2 MB is within the stage's limits, not the server's.
+    let lines: Vec<String> = ["ok-1", "big:2000000", "ok-2"].map(String::from).to_vec();
+    names.produce(&url, &lines, &[]);
+    let dir = tempfile::tempdir().unwrap();
+    let stage = "[[stage]]\nname = \"hostile\"\nmodule = \"{component:hostile}\"";
+    let p = names.pipeline(dir.path(), &url, stage, "");
+    let weir = Weir::new();
+    let report = dir.path().join("r.json");
+    wait(spawn_run(&weir, &p, &report), Duration::from_secs(60));
+    let out: Vec<String> = js.read_all(&names.output.0).into_iter().map(|(payload, _)| payload).collect();
+    assert_eq!(out, ["ok-1", "ok-2"]);
+    let dead = js.read_all(&names.dlq.0);
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    let header = |name: &str| dead[0].1.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
+    assert_eq!(header("weir.error-kind").as_deref(), Some("output"));
+    assert_eq!(header("weir.stage").as_deref(), Some("sink"));
+    assert!(header("weir.reason").unwrap().contains("max_payload"), "{dead:?}");
+    assert_eq!(header("weir.payload-dropped").as_deref(), Some("2000000"), "the dead letter itself fits");
+}

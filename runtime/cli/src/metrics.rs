@@ -114,13 +114,29 @@ impl Collector for StatsCollector {
             .iter()
             .flat_map(|s| s.errors.iter().map(|(k, v)| ([stage(&s.name), vec![("kind".to_owned(), k.clone())]].concat(), *v)))
             .collect();
-        counter(&mut e, "weir_stage_errors", "Failures by kind: trap, timeout, memory, fuel, output, contract, instantiate.", &errors)?;
+        counter(
+            &mut e,
+            "weir_stage_errors",
+            "Failures by kind: trap, timeout, memory, fuel, output, state, contract, instantiate.",
+            &errors,
+        )?;
         let custom: Vec<(Labels, u64)> = r
             .stages
             .iter()
             .flat_map(|s| s.custom.iter().map(|(k, v)| ([stage(&s.name), vec![("name".to_owned(), k.clone())]].concat(), *v)))
             .collect();
         counter(&mut e, "weir_stage_custom", "The guest's own counters (counter-add).", &custom)?;
+        let limited: Vec<(Labels, u64)> = r
+            .stages
+            .iter()
+            .flat_map(|s| s.limited.iter().map(|(k, v)| ([stage(&s.name), vec![("limit".to_owned(), k.clone())]].concat(), *v)))
+            .collect();
+        counter(
+            &mut e,
+            "weir_stage_limited",
+            "What the stage's limits dropped: counter_names (not created), log_lines (over the rate), log_lines_cut.",
+            &limited,
+        )?;
         let stages = self.stats.stages();
         let hist = |f: &dyn Fn(&weir_engine::StageStats) -> &Latency| -> Vec<(Labels, &Latency)> {
             stages.iter().map(|s| (stage(&s.name), f(s))).collect()

@@ -64,6 +64,12 @@ pub(crate) fn validate(args: ValidateArgs) -> anyhow::Result<()> {
         p.sinks.len(),
         p.dead_letter
     );
+    for stage in &p.stages {
+        println!("stage `{}` (concurrency {}, batch_size {}):", stage.name, stage.concurrency, stage.batch_size);
+        for (key, value, unit) in stage.limit_table() {
+            println!("  {key:<26} {value:>12} {unit}");
+        }
+    }
     Ok(())
 }
 

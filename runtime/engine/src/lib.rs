@@ -23,7 +23,7 @@ mod stats;
 
 pub use config::{ConfigError, ConfigErrors, Pipeline};
 pub use run::RunOptions;
-pub use stats::{Latency, LatencySummary, PipelineStats, Report, SinkReport, SourceReport, StageReport, StageStats};
+pub use stats::{Latency, LatencySummary, PipelineStats, Report, SinkReport, SourceReport, StageReport, StageStats, resident_memory};
 
 use weir_host::{Message, Runtime};
 

@@ -46,6 +46,25 @@ const PUBLISH_ACK_TIMEOUT: Duration = Duration::from_secs(5);
 /// [`Error::Nats`] if no server answers within the connect timeout, or a
 /// credentials file cannot be read.
 pub async fn connect(conn: &NatsConnection) -> Result<Client> {
+    connect_watched(conn, Arc::default()).await
+}
+
+/// Whether `event` is the server refusing the connection: said as a server
+/// error, or (on a reconnect) as a client one.
+fn is_refusal(event: &async_nats::Event) -> bool {
+    match event {
+        async_nats::Event::ServerError(async_nats::ServerError::AuthorizationViolation) => true,
+        async_nats::Event::ClientError(async_nats::ClientError::Other(e)) => e.contains("authorization violation"),
+        _ => false,
+    }
+}
+
+/// Refusals in a row after which a lost connection is given up for good.
+const REFUSALS_TO_GIVE_UP: u32 = 3;
+
+/// [`connect`], counting in `refusals` the server's refusals of the
+/// connection (authorization violations) since it was last connected.
+async fn connect_watched(conn: &NatsConnection, refusals: Arc<std::sync::atomic::AtomicU32>) -> Result<Client> {
     let urls = conn.urls.join(", ");
     let fail = |e: &dyn std::fmt::Display| Error::Nats(format!("connecting to {urls}: {e}"));
     let mut opts = match &conn.creds_file {
@@ -77,9 +96,16 @@ pub async fn connect(conn: &NatsConnection) -> Result<Client> {
         .connection_timeout(conn.connect_timeout)
         .reconnect_delay_callback(|attempts| Duration::from_millis((attempts as u64 * 250).min(2_000)))
         .event_callback(move |event| {
-            let lost = lost.clone();
+            let (lost, refusals) = (lost.clone(), refusals.clone());
             async move {
+                if matches!(event, async_nats::Event::Connected) {
+                    refusals.store(0, Ordering::Relaxed);
+                }
                 match event {
+                    event if is_refusal(&event) => {
+                        refusals.fetch_add(1, Ordering::Relaxed);
+                        tracing::warn!("the NATS server refused the connection: authorization violation");
+                    }
                     async_nats::Event::Disconnected => {
                         lost.store(true, Ordering::Relaxed);
                         tracing::warn!("NATS connection lost; waiting for it to come back");
@@ -100,6 +126,8 @@ pub(crate) struct Nats {
     rt: tokio::runtime::Runtime,
     client: Client,
     js: jetstream::Context,
+    /// The server's refusals of the connection since it was last up.
+    refusals: Arc<std::sync::atomic::AtomicU32>,
 }
 
 impl Nats {
@@ -110,9 +138,28 @@ impl Nats {
             .enable_all()
             .build()
             .map_err(|e| Error::Nats(format!("starting the NATS runtime: {e}")))?;
-        let client = rt.block_on(connect(conn))?;
+        let refusals = Arc::default();
+        let client = rt.block_on(connect_watched(conn, Arc::clone(&refusals)))?;
         let js = rt.block_on(async { jetstream::context::ContextBuilder::new().ack_timeout(PUBLISH_ACK_TIMEOUT).build(client.clone()) });
-        Ok(Arc::new(Nats { rt, client, js }))
+        Ok(Arc::new(Nats { rt, client, js, refusals }))
+    }
+
+    /// An error once the server has refused to take the connection back
+    /// several times in a row: waiting for it would hang the run for good.
+    pub(crate) fn check_refused(&self) -> Result<()> {
+        let n = self.refusals.load(Ordering::Relaxed);
+        if n >= REFUSALS_TO_GIVE_UP {
+            return Err(Error::Nats(format!(
+                "the NATS server refused the connection {n} times in a row (authorization violation); check the credentials in [nats]"
+            )));
+        }
+        Ok(())
+    }
+
+    /// The largest message the server takes (headers and payload), as it
+    /// said when the client connected.
+    pub(crate) fn max_payload(&self) -> usize {
+        self.client.server_info().max_payload
     }
 
     /// Connect for `pipeline` if it uses NATS, and make sure a stream takes
@@ -248,6 +295,9 @@ impl Nats {
                 for m in pending {
                     match self.js.send_publish(subject.to_owned(), m.clone()).await {
                         Ok(ack) => acks.push((m, ack)),
+                        // Sizes are checked before a batch is written
+                        // ([`Nats::max_payload`]); retrying cannot help.
+                        Err(e) if e.kind() == jetstream::context::PublishErrorKind::MaxPayloadExceeded => return Err(failed(&e)),
                         Err(e) => {
                             last_error = e.to_string();
                             retry.push(m);
@@ -269,6 +319,7 @@ impl Nats {
                 if stop.load(Ordering::Relaxed) {
                     return Err(failed(&format!("{} messages unpublished at stop: {last_error}", retry.len())));
                 }
+                self.check_refused()?;
                 tracing::warn!(%subject, unpublished = retry.len(), error = %last_error, "NATS publish failed; retrying");
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(Duration::from_secs(2));
@@ -276,6 +327,19 @@ impl Nats {
             }
         })
     }
+}
+
+/// Room left for the `Nats-Msg-Id` header an output or dead letter may carry.
+const MSG_ID_ROOM: usize = 1024;
+
+/// The bytes NATS counts against `max_payload` for a message of these parts
+/// as [`to_nats`] encodes it, plus room for its message id.
+pub(crate) fn wire_len(key: Option<&[u8]>, headers: &[(String, Vec<u8>)], payload_len: usize) -> usize {
+    let value = |v: &[u8]| String::from_utf8_lossy(v).len() + v.iter().filter(|&&b| b == b'\r' || b == b'\n').count();
+    let header = |name: &str, v: &[u8]| name.len() + 2 + value(v) + 2;
+    let block =
+        b"NATS/1.0\r\n\r\n".len() + headers.iter().map(|(k, v)| header(k, v)).sum::<usize>() + key.map_or(0, |k| header(KEY_HEADER, k));
+    block + MSG_ID_ROOM + payload_len
 }
 
 /// A record as NATS headers and payload; its key travels in [`KEY_HEADER`].
@@ -429,6 +493,7 @@ impl Drop for JetStreamFeed {
 
 impl JetStreamFeed {
     pub(crate) fn fetch(&mut self, max: usize, wait: Duration) -> Result<Vec<Fetched>> {
+        self.nats.check_refused()?;
         let deadline = Instant::now() + wait;
         let mut got = Vec::new();
         let nats = self.nats.clone();

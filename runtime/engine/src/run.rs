@@ -26,7 +26,7 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, SyncSender, sync_chann
 use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant};
 
-use weir_host::{Failure, Instance, Message, MessageError, MessageResult, Output, PendingWrites, Runtime, StageContext};
+use weir_host::{Failure, Instance, LogBucket, Message, MessageError, MessageResult, Output, PendingWrites, Runtime, StageContext};
 use weir_queue::{ConsumerOptions, DeliveryId, Queue, Record, StateStore, StateWrite, dlq_headers};
 
 use crate::config::{DeadLetterTo, NatsSource, Pipeline, Sink, Source, StageSpec};
@@ -230,8 +230,9 @@ pub(crate) fn run(pipeline: &Pipeline, queue: &Queue, prepared: Prepared, option
             let (tx, next_rx) = sync_channel::<Batch>(CHANNEL_DEPTH);
             let stage_stats = stats.stage(i);
             stage_stats.custom.set(ctx.shared_counters()).ok();
+            stage_stats.limited.set(ctx.limited()).ok();
             stage_stats.set_instances(instances.len());
-            let worker = StageWorker { index: i, spec, component, ctx, instances, stats: stage_stats };
+            let worker = StageWorker { index: i, spec, component, ctx, instances, stats: stage_stats, warnings: guest_driven_log() };
             let input = std::mem::replace(&mut rx, next_rx);
             handles.push(scope.spawn(move || worker.run(input, tx)));
         }
@@ -259,9 +260,11 @@ pub(crate) fn run(pipeline: &Pipeline, queue: &Queue, prepared: Prepared, option
             stop: &options.stop,
             stats: &stats,
             settle: settle_tx,
+            dead_letter_log: guest_driven_log(),
         };
         let sink_handle = scope.spawn(move || sink.run(rx));
-        let source = SourceWorker { feed, applied, options, stats: &stats, fetch_size, fill_wait, in_pipeline: 0 };
+        let source =
+            SourceWorker { feed, applied, options, stats: &stats, fetch_size, fill_wait, in_pipeline: 0, queue, checked: Instant::now() };
         let source_result = source.run(first_tx, settle_rx);
         let sink_result = sink_handle.join().expect("sink thread panicked");
         for h in handles {
@@ -282,6 +285,9 @@ struct SourceWorker<'a> {
     fill_wait: Duration,
     /// Batches sent down the pipeline and not yet settled.
     in_pipeline: usize,
+    queue: &'a Queue,
+    /// When the data directory was last seen to be there.
+    checked: Instant,
 }
 
 impl SourceWorker<'_> {
@@ -325,6 +331,10 @@ impl SourceWorker<'_> {
                 self.feed.commit()?;
             }
             self.stats.set_source_state(self.feed.lag(), self.feed.in_flight());
+            if self.checked.elapsed() >= Duration::from_secs(1) {
+                self.queue.check_present()?;
+                self.checked = Instant::now();
+            }
             if self.options.stop.load(Ordering::Relaxed) {
                 return Ok(());
             }
@@ -341,7 +351,10 @@ impl SourceWorker<'_> {
                             self.apply(s);
                             self.feed.commit()?;
                         }
-                        Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => {}
+                        Err(RecvTimeoutError::Timeout) => {}
+                        // The sink stopped (its error is reported by the join):
+                        // what is in flight will never settle.
+                        Err(RecvTimeoutError::Disconnected) => return Ok(()),
                     }
                 }
                 continue;
@@ -392,6 +405,8 @@ struct StageWorker {
     /// One per unit of concurrency; a poisoned one is replaced before its next call.
     instances: Vec<Instance>,
     stats: Arc<StageStats>,
+    /// Rate limit for lines about failed calls.
+    warnings: LogBucket,
 }
 
 impl StageWorker {
@@ -400,9 +415,11 @@ impl StageWorker {
             let mut batch = self.process(batch);
             batch.sent = Instant::now();
             if output.send(batch).is_err() {
-                return;
+                break;
             }
         }
+        self.ctx.flush_log_summary();
+        summarise_suppressed("failed calls", self.warnings.take_suppressed());
     }
 
     fn process(&mut self, mut batch: Batch) -> Batch {
@@ -442,15 +459,16 @@ impl StageWorker {
                 }
                 Err(CallFailure { failure: Failure::Retry(reason), kind }) if origin.attempt < self.spec.max_attempts => {
                     self.stats.add_retried();
+                    let reason = bounded(&reason);
                     tracing::debug!(stage = %self.spec.name, %reason, kind, attempt = origin.attempt, "message will be retried");
                     origin.fate = Fate::Retry { delay: self.spec.retry_backoff };
                 }
                 Err(CallFailure { failure, kind }) => {
                     let reason = match &failure {
                         Failure::Retry(r) => {
-                            format!("{r} (gave up after {} attempts)", origin.attempt)
+                            format!("{} (gave up after {} attempts)", bounded(r), origin.attempt)
                         }
-                        Failure::Reject(r) => r.clone(),
+                        Failure::Reject(r) => bounded(r),
                     };
                     self.stats.add_dead(matches!(failure, Failure::Reject(_)));
                     origin.fate = Fate::Dead { stage: self.spec.name.clone(), kind, reason, msg: item.msg };
@@ -468,7 +486,7 @@ impl StageWorker {
     fn call_all(&mut self, msgs: &[Message]) -> (Vec<CallResult>, Vec<CallWrites>) {
         let per_instance = msgs.len().div_ceil(self.instances.len().max(1)).max(1);
         let chunks: Vec<&[Message]> = msgs.chunks(per_instance).collect();
-        let caller = Caller { spec: &self.spec, component: &self.component, ctx: &self.ctx, stats: &self.stats };
+        let caller = Caller { spec: &self.spec, component: &self.component, ctx: &self.ctx, stats: &self.stats, warnings: &self.warnings };
         let mut results = Vec::with_capacity(msgs.len());
         let mut writes = Vec::new();
         if chunks.len() <= 1 {
@@ -502,6 +520,22 @@ impl StageWorker {
     }
 }
 
+/// Longest reason a dead letter carries: a guest's reason can be as long as
+/// its memory, and the dead letter must still fit a record and a log line.
+const MAX_REASON_BYTES: usize = 1024;
+
+/// `reason`, cut to [`MAX_REASON_BYTES`] (saying how long it was).
+fn bounded(reason: &str) -> String {
+    if reason.len() <= MAX_REASON_BYTES {
+        return reason.to_owned();
+    }
+    let mut cut = MAX_REASON_BYTES;
+    while !reason.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    format!("{}… (cut from {} bytes)", &reason[..cut], reason.len())
+}
+
 type CallResult = Result<Vec<Output>, CallFailure>;
 /// A call's state writes and the indexes of the messages it handled.
 type CallWrites = (Arc<PendingWrites>, Vec<usize>);
@@ -518,6 +552,19 @@ struct Caller<'a> {
     component: &'a weir_host::Stage,
     ctx: &'a StageContext,
     stats: &'a StageStats,
+    warnings: &'a LogBucket,
+}
+
+/// Lines that guests cause (a failed call, a dead letter) are logged at most
+/// this often, after a burst; the rest are counted and summarised.
+fn guest_driven_log() -> LogBucket {
+    LogBucket::new(10, 20)
+}
+
+fn summarise_suppressed(what: &str, n: u64) {
+    if n > 0 {
+        tracing::warn!(suppressed = n, "{n} more log lines about {what} suppressed (at most 10 a second are written)");
+    }
 }
 
 fn is_retry(r: &MessageResult) -> bool {
@@ -533,8 +580,11 @@ impl Caller<'_> {
             self.stats.add_replaced();
         }
         let result = inst.handle_batch(batch);
-        if let Err(e) = &result {
+        if let Err(e) = &result
+            && let Some(suppressed) = self.warnings.take()
+        {
             tracing::warn!(stage = %self.ctx.stage, error = %e, messages = batch.len(), "stage call failed; replacing the instance");
+            summarise_suppressed("failed calls", suppressed);
         }
         let took = started.elapsed();
         self.stats.per_call.record_n(took, 1);
@@ -638,6 +688,8 @@ struct SinkWorker<'a> {
     stop: &'a AtomicBool,
     stats: &'a PipelineStats,
     settle: Sender<Settlement>,
+    /// Rate limit for lines about dead letters.
+    dead_letter_log: LogBucket,
 }
 
 /// Where and why a message was dead-lettered.
@@ -727,13 +779,89 @@ fn record(msg: Message) -> Record {
 impl SinkWorker<'_> {
     fn run(mut self, input: Receiver<Batch>) -> Result<()> {
         let stdout = std::io::stdout();
+        let mut result = Ok(());
         while let Ok(batch) = input.recv() {
-            let settlement = self.write(batch, &mut stdout.lock())?;
-            if self.settle.send(settlement).is_err() {
-                break;
+            match self.write(batch, &mut stdout.lock()) {
+                Ok(settlement) => {
+                    if self.settle.send(settlement).is_err() {
+                        break;
+                    }
+                }
+                Err(e) => {
+                    result = Err(e);
+                    break;
+                }
             }
         }
-        Ok(())
+        summarise_suppressed("dead letters", self.dead_letter_log.take_suppressed());
+        result
+    }
+
+    /// Why sink `i` cannot take a message of these parts, if it cannot. The
+    /// queue refuses records over its size and header limits, NATS messages
+    /// over the server's `max_payload`.
+    fn refusal(&self, i: usize, key: Option<&[u8]>, headers: &[(String, Vec<u8>)], payload: usize) -> Option<String> {
+        let spec = &self.pipeline.sinks[i];
+        match &spec.kind {
+            Sink::Queue { .. } => weir_queue::check_parts(key, headers, payload).err().map(|e| format!("sink {}: {e}", spec.name)),
+            Sink::Nats { .. } => {
+                let (size, max) = (crate::nats::wire_len(key, headers, payload), self.nats.as_ref()?.max_payload());
+                (size > max).then(|| format!("sink {}: a message of {size} bytes exceeds the NATS server's max_payload ({max})", spec.name))
+            }
+            Sink::Stdout { .. } | Sink::File { .. } => None,
+        }
+    }
+
+    /// Fail, alone, each origin one of whose outputs a sink or a routed topic
+    /// could not store, before anything is written: no value a guest
+    /// controls may fail a whole batch's write. (Outputs within the stage's
+    /// limits fit the queue; this catches what the queue or NATS refuses.)
+    fn vet(&self, batch: &mut Batch) {
+        let Batch { origins, items, routed, .. } = batch;
+        let fail = |origins: &mut Vec<Origin>, origin: usize, reason: String, msg: Message| {
+            let o = &mut origins[origin];
+            if matches!(o.fate, Fate::Ok) {
+                o.fate = Fate::Dead { stage: "sink".into(), kind: "output", reason, msg };
+            }
+        };
+        for item in items.iter() {
+            let m = &item.msg;
+            if let Some(reason) = self.main_sinks.iter().find_map(|&i| self.refusal(i, m.key.as_deref(), &m.headers, m.payload.len())) {
+                fail(origins, item.origin, reason, m.clone());
+            }
+        }
+        for (origin, topic, out) in routed.iter() {
+            let (key, headers, payload) = (out.key.as_deref(), &out.headers, out.payload.len());
+            let to_topic = self.pipeline.topics.contains_key(topic).then(|| weir_queue::check_parts(key, headers, payload).err()).flatten();
+            let refused = to_topic
+                .map(|e| format!("topic {topic}: {e}"))
+                .or_else(|| self.routes.get(topic).and_then(|takers| takers.iter().find_map(|&i| self.refusal(i, key, headers, payload))));
+            if let Some(reason) = refused {
+                let msg = routed_message(&origins[*origin], topic.clone(), out.clone());
+                fail(origins, *origin, reason, msg);
+            }
+        }
+    }
+
+    /// Make a dead letter fit where it goes: without its payload if it is
+    /// too large (header `weir.payload-dropped` says how large it was), and
+    /// without its own key and headers if even that is not enough.
+    fn fit_dead_letter(&self, rec: &mut Record) {
+        let fits = |r: &Record| match &self.pipeline.dead_letter {
+            DeadLetterTo::Topic(_) => r.validate().is_ok(),
+            DeadLetterTo::Nats { .. } => {
+                self.nats.as_ref().is_none_or(|n| crate::nats::wire_len(r.key.as_deref(), &r.headers, r.payload.len()) <= n.max_payload())
+            }
+        };
+        if fits(rec) {
+            return;
+        }
+        let dropped = std::mem::take(&mut rec.payload).len();
+        rec.headers.push((dlq_headers::PAYLOAD_DROPPED.into(), dropped.to_string().into_bytes()));
+        if !fits(rec) {
+            rec.key = None;
+            rec.headers.retain(|(k, _)| k.starts_with("weir."));
+        }
     }
 
     /// Decide which of the batch's state writes can be committed. A write set
@@ -818,6 +946,7 @@ impl SinkWorker<'_> {
                 o.fate = Fate::Dead { stage: "routing".into(), kind: "routing", reason, msg };
             }
         }
+        self.vet(&mut batch);
         // Before any output is taken: it may release messages.
         self.resolve_state(&mut batch);
 
@@ -868,7 +997,10 @@ impl SinkWorker<'_> {
                 Fate::Retry { delay } => naks.push((o.id, delay)),
                 Fate::Release => releases.push(o.id),
                 Fate::Dead { stage, kind, reason, msg } => {
-                    tracing::warn!(%stage, kind, %reason, partition = o.id.partition, offset = o.id.offset, "message dead-lettered");
+                    if let Some(suppressed) = self.dead_letter_log.take() {
+                        tracing::warn!(%stage, kind, %reason, partition = o.id.partition, offset = o.id.offset, "message dead-lettered");
+                        summarise_suppressed("dead letters", suppressed);
+                    }
                     let mut rec = record(msg);
                     let why = DeadLetter { stage: &stage, kind, reason, source: &self.source_name, id: o.id, attempt: o.attempt };
                     why.add_headers(&mut rec);
@@ -877,6 +1009,7 @@ impl SinkWorker<'_> {
                     if let Some(prefix) = &self.id_prefix {
                         rec.id = Some(format!("dlq/{prefix}/{}/{}", o.id.partition, o.id.offset));
                     }
+                    self.fit_dead_letter(&mut rec);
                     dead.push(rec);
                     dead_ids.push(o.id);
                 }

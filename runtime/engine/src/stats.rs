@@ -9,7 +9,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use hdrhistogram::Histogram;
 use serde::Serialize;
-use weir_host::Counters;
+use weir_host::{Counters, Limited};
 
 /// Largest latency a histogram holds: one hour, in µs.
 const MAX_US: u64 = 3_600_000_000;
@@ -125,6 +125,7 @@ pub struct StageStats {
     replaced: AtomicU64,
     errors: Mutex<BTreeMap<&'static str, u64>>,
     pub(crate) custom: OnceLock<Arc<Counters>>,
+    pub(crate) limited: OnceLock<Arc<Limited>>,
     /// Call time divided by the messages in the call.
     pub per_message: Latency,
     /// Time of one `handle-batch` call.
@@ -218,6 +219,10 @@ impl StageStats {
     /// The guest's own counters (`counter-add`).
     pub fn custom(&self) -> BTreeMap<String, u64> {
         self.custom.get().map(|c| c.snapshot()).unwrap_or_default()
+    }
+    /// What the stage's limits dropped, by limit (see [`Limited::snapshot`]).
+    pub fn limited(&self) -> BTreeMap<&'static str, u64> {
+        self.limited.get().map(|c| c.snapshot()).unwrap_or_default()
     }
 }
 
@@ -368,9 +373,11 @@ impl PipelineStats {
                     queue_wait: s.queue_wait.summary(),
                     end_to_end: s.end_to_end.summary(),
                     custom: s.custom(),
+                    limited: s.limited().into_iter().map(|(k, v)| (k.to_owned(), v)).collect(),
                 })
                 .collect(),
             sink: SinkReport { written: self.written(), dead_lettered: self.dead_lettered(), end_to_end: self.sink_end_to_end.summary() },
+            peak_rss_bytes: resident_memory().1,
         }
     }
 }
@@ -390,6 +397,19 @@ pub struct Report {
     pub stages: Vec<StageReport>,
     /// The sinks together.
     pub sink: SinkReport,
+    /// The process's peak resident memory so far (`VmHWM`), bytes; 0 where
+    /// the OS does not say.
+    pub peak_rss_bytes: u64,
+}
+
+/// This process's resident memory now and at its peak (`VmRSS`, `VmHWM`),
+/// bytes; zeros where `/proc/self/status` does not say.
+pub fn resident_memory() -> (u64, u64) {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let field = |name: &str| {
+        status.lines().find_map(|l| l.strip_prefix(name)?.trim().strip_suffix("kB")?.trim().parse::<u64>().ok()).unwrap_or(0) * 1024
+    };
+    (field("VmRSS:"), field("VmHWM:"))
 }
 
 /// The source's figures. `received = acked + retried + released` once a run
@@ -438,7 +458,7 @@ pub struct StageReport {
     pub dead_lettered: u64,
     /// Dropped: another message from the same source message failed here first.
     pub abandoned: u64,
-    /// Failures by kind (trap, timeout, memory, fuel, output, ...).
+    /// Failures by kind (trap, timeout, memory, fuel, output, state, ...).
     pub errors: BTreeMap<String, u64>,
     /// Payload bytes in.
     pub bytes_in: u64,
@@ -466,6 +486,9 @@ pub struct StageReport {
     pub end_to_end: LatencySummary,
     /// The guest's own counters.
     pub custom: BTreeMap<String, u64>,
+    /// What the stage's limits dropped: `counter_names` (counters not
+    /// created), `log_lines` (lines over the rate), `log_lines_cut`.
+    pub limited: BTreeMap<String, u64>,
 }
 
 /// The sinks' figures.

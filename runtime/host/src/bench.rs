@@ -60,13 +60,21 @@ impl WasiView for Bare {
 }
 
 impl host::Host for Bare {
-    fn log(&mut self, _: Level, _: String) {}
-    fn counter_add(&mut self, _: String, _: u64) {}
-    fn state_get(&mut self, _: Vec<u8>) -> Option<Vec<u8>> {
-        None
+    fn log(&mut self, _: Level, _: String) -> wasmtime::Result<()> {
+        Ok(())
     }
-    fn state_put(&mut self, _: Vec<u8>, _: Vec<u8>) {}
-    fn state_delete(&mut self, _: Vec<u8>) {}
+    fn counter_add(&mut self, _: String, _: u64) -> wasmtime::Result<()> {
+        Ok(())
+    }
+    fn state_get(&mut self, _: Vec<u8>) -> wasmtime::Result<Option<Vec<u8>>> {
+        Ok(None)
+    }
+    fn state_put(&mut self, _: Vec<u8>, _: Vec<u8>) -> wasmtime::Result<()> {
+        Ok(())
+    }
+    fn state_delete(&mut self, _: Vec<u8>) -> wasmtime::Result<()> {
+        Ok(())
+    }
 }
 
 impl crate::bindings::weir::pipeline::types::Host for Bare {}

@@ -11,28 +11,9 @@ use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 use crate::bindings::weir::pipeline::host::{self, Level};
 use crate::component::Stage;
+use crate::limits::{Limited, LogBucket, StateLimitError};
 use crate::state::{PendingWrites, StageState, StateMap, WriteSet};
-use crate::{EPOCH_TICK, Error, Message, MessageError, MessageResult, Result, describe};
-
-/// Limits applied to every instance of a stage.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Limits {
-    /// Wall-clock deadline of one call (`init` or one batch).
-    pub timeout: Duration,
-    /// Cap on the instance's linear memory.
-    pub max_memory_bytes: usize,
-    /// Cap on the total payload bytes a stage may emit for one message.
-    pub max_output_bytes: usize,
-    /// Fuel (roughly, WebAssembly instructions) one call may burn; `None`
-    /// for no limit. Needs a [`crate::RuntimeOptions::fuel`] runtime.
-    pub max_fuel: Option<u64>,
-}
-
-impl Default for Limits {
-    fn default() -> Self {
-        Limits { timeout: Duration::from_secs(10), max_memory_bytes: 64 << 20, max_output_bytes: 4 << 20, max_fuel: None }
-    }
-}
+use crate::{EPOCH_TICK, Error, Limits, Message, MessageError, MessageResult, Result, describe};
 
 /// What a stage may reach beyond the empty sandbox (clocks and random only).
 /// Each grant is explicit; the default grants nothing.
@@ -70,6 +51,8 @@ pub enum ErrorKind {
     Fuel,
     /// The guest broke the contract (wrong number of results).
     Contract,
+    /// A state write broke one of the stage's [`crate::StateLimits`].
+    State,
 }
 
 impl ErrorKind {
@@ -81,6 +64,7 @@ impl ErrorKind {
             ErrorKind::Memory => "memory",
             ErrorKind::Fuel => "fuel",
             ErrorKind::Contract => "contract",
+            ErrorKind::State => "state",
         }
     }
 }
@@ -118,6 +102,8 @@ pub struct StageContext {
     pub grants: Grants,
     counters: Arc<Counters>,
     state: Arc<StageState>,
+    limited: Arc<Limited>,
+    log: Arc<LogBucket>,
 }
 
 impl StageContext {
@@ -127,10 +113,12 @@ impl StageContext {
             pipeline: pipeline.to_owned(),
             stage: stage.to_owned(),
             config,
-            limits,
             grants: Grants::default(),
             counters: Arc::default(),
             state: StageState::new(stage, StateMap::new()),
+            limited: Arc::default(),
+            log: Arc::new(LogBucket::new(limits.log.lines_per_second, limits.log.burst_lines)),
+            limits,
         }
     }
 
@@ -163,6 +151,26 @@ impl StageContext {
     pub fn shared_counters(&self) -> Arc<Counters> {
         self.counters.clone()
     }
+
+    /// How often the stage ran into a limit that drops (log lines, counter
+    /// names), to read while the stage runs.
+    pub fn limited(&self) -> Arc<Limited> {
+        self.limited.clone()
+    }
+
+    /// Log how many of the stage's log lines the rate limit suppressed since
+    /// the last one it let through; call when the stage stops.
+    pub fn flush_log_summary(&self) {
+        let n = self.log.take_suppressed();
+        if n > 0 {
+            self.log_suppressed(n);
+        }
+    }
+
+    fn log_suppressed(&self, n: u64) {
+        let (pipeline, stage, rate) = (&self.pipeline, &self.stage, self.limits.log.lines_per_second);
+        tracing::warn!(target: "weir::guest", %pipeline, %stage, suppressed = n, "{n} log lines suppressed (log_lines_per_second = {rate})");
+    }
 }
 
 struct MemoryLimiter {
@@ -192,6 +200,10 @@ pub(crate) struct HostState {
     gate: Option<u64>,
     /// The current call's state writes.
     writes: WriteSet,
+    /// Key and value bytes the current call wrote or deleted.
+    written: usize,
+    /// How much the current call's writes grow (or shrink) the stage's state.
+    grown: isize,
 }
 
 impl HostState {
@@ -207,9 +219,11 @@ impl HostState {
     /// aborted, so is the call. Also says whether it wrote anything.
     fn end_call(&mut self, keep: bool) -> (Option<Arc<PendingWrites>>, bool) {
         let writes = std::mem::take(&mut self.writes);
+        let grown = std::mem::take(&mut self.grown);
+        self.written = 0;
         let wrote = !writes.is_empty();
         let pending = self.gate.take().and_then(|generation| {
-            let pending = keep.then(|| self.ctx.state.register(writes, generation));
+            let pending = keep.then(|| self.ctx.state.register(writes, generation, grown));
             self.ctx.state.leave();
             pending
         });
@@ -223,21 +237,69 @@ impl WasiView for HostState {
     }
 }
 
-/// Longest guest log line kept; longer lines are cut.
-const MAX_LOG_LINE: usize = 4096;
+impl HostState {
+    /// Account for a write of `value` (`None`: a delete) to `key`, or refuse
+    /// it: the call then traps, and its writes are discarded.
+    fn admit_write(&mut self, key: &[u8], value: Option<&[u8]>) -> wasmtime::Result<()> {
+        let limits = &self.ctx.limits.state;
+        let refuse = |what, value, limit, max| Err(StateLimitError { what, value, limit, max }.into());
+        if key.len() > limits.max_key_bytes {
+            return refuse("key", key.len(), "max_state_key_bytes", limits.max_key_bytes);
+        }
+        let len = value.map_or(0, <[u8]>::len);
+        if len > limits.max_value_bytes {
+            return refuse("value", len, "max_state_value_bytes", limits.max_value_bytes);
+        }
+        self.written = self.written.saturating_add(key.len() + len);
+        if self.written > limits.max_write_bytes {
+            return refuse("written by one call", self.written, "max_state_write_bytes", limits.max_write_bytes);
+        }
+        let old = match self.writes.get(key) {
+            Some(v) => v.as_ref().map(Vec::len),
+            None => self.ctx.state.value_len(key),
+        };
+        let size = |v: Option<usize>| v.map_or(0, |v| key.len() + v) as isize;
+        self.grown += size(value.map(<[u8]>::len)) - size(old);
+        let total = (self.ctx.state.bytes() as isize + self.grown).max(0) as usize;
+        if value.is_some() && total > limits.max_bytes {
+            return refuse("held by the stage", total, "max_state_bytes", limits.max_bytes);
+        }
+        Ok(())
+    }
+}
 
 impl host::Host for HostState {
-    fn log(&mut self, level: Level, message: String) {
+    fn log(&mut self, level: Level, message: String) -> wasmtime::Result<()> {
+        let enabled = match level {
+            Level::Trace => tracing::enabled!(target: "weir::guest", tracing::Level::TRACE),
+            Level::Debug => tracing::enabled!(target: "weir::guest", tracing::Level::DEBUG),
+            Level::Info => tracing::enabled!(target: "weir::guest", tracing::Level::INFO),
+            Level::Warn => tracing::enabled!(target: "weir::guest", tracing::Level::WARN),
+            Level::Error => tracing::enabled!(target: "weir::guest", tracing::Level::ERROR),
+        };
+        if !enabled {
+            return Ok(());
+        }
+        let ctx = &self.ctx;
+        let Some(suppressed) = ctx.log.take() else {
+            ctx.limited.log_suppressed();
+            return Ok(());
+        };
+        if suppressed > 0 {
+            ctx.log_suppressed(suppressed);
+        }
         let mut message = message;
-        if message.len() > MAX_LOG_LINE {
-            let mut cut = MAX_LOG_LINE;
+        let max = ctx.limits.log.max_line_bytes;
+        if message.len() > max {
+            let mut cut = max;
             while !message.is_char_boundary(cut) {
                 cut -= 1;
             }
             message.truncate(cut);
             message.push_str(" …");
+            ctx.limited.log_cut();
         }
-        let (pipeline, stage) = (&self.ctx.pipeline, &self.ctx.stage);
+        let (pipeline, stage) = (&ctx.pipeline, &ctx.stage);
         match level {
             Level::Trace => tracing::trace!(target: "weir::guest", %pipeline, %stage, "{message}"),
             Level::Debug => tracing::debug!(target: "weir::guest", %pipeline, %stage, "{message}"),
@@ -245,30 +307,49 @@ impl host::Host for HostState {
             Level::Warn => tracing::warn!(target: "weir::guest", %pipeline, %stage, "{message}"),
             Level::Error => tracing::error!(target: "weir::guest", %pipeline, %stage, "{message}"),
         }
+        Ok(())
     }
 
-    fn counter_add(&mut self, name: String, delta: u64) {
+    fn counter_add(&mut self, name: String, delta: u64) -> wasmtime::Result<()> {
+        let limits = &self.ctx.limits.counters;
         let mut counters = self.ctx.counters.0.lock().unwrap();
-        let c = counters.entry(name).or_default();
-        *c = c.saturating_add(delta);
+        if let Some(c) = counters.get_mut(&name) {
+            *c = c.saturating_add(delta);
+        } else if name.len() <= limits.max_name_bytes && counters.len() < limits.max_names {
+            counters.insert(name, delta);
+        } else if self.ctx.limited.counter_refused() {
+            let (pipeline, stage) = (&self.ctx.pipeline, &self.ctx.stage);
+            let shown: String = name.chars().take(64).collect();
+            tracing::warn!(
+                %pipeline, %stage, counter = %shown,
+                "counter not created: a stage may have {} counters (max_counters) with names of at most {} bytes \
+                 (max_counter_name_bytes); further refusals are only counted",
+                limits.max_names, limits.max_name_bytes
+            );
+        }
+        Ok(())
     }
 
-    fn state_get(&mut self, key: Vec<u8>) -> Option<Vec<u8>> {
+    fn state_get(&mut self, key: Vec<u8>) -> wasmtime::Result<Option<Vec<u8>>> {
         self.enter_state();
-        match self.writes.get(&key) {
+        Ok(match self.writes.get(&key) {
             Some(v) => v.clone(),
             None => self.ctx.state.read(&key),
-        }
+        })
     }
 
-    fn state_put(&mut self, key: Vec<u8>, value: Vec<u8>) {
+    fn state_put(&mut self, key: Vec<u8>, value: Vec<u8>) -> wasmtime::Result<()> {
         self.enter_state();
+        self.admit_write(&key, Some(&value))?;
         self.writes.insert(key, Some(value));
+        Ok(())
     }
 
-    fn state_delete(&mut self, key: Vec<u8>) {
+    fn state_delete(&mut self, key: Vec<u8>) -> wasmtime::Result<()> {
         self.enter_state();
+        self.admit_write(&key, None)?;
         self.writes.insert(key, None);
+        Ok(())
     }
 }
 
@@ -324,6 +405,8 @@ impl Stage {
             ctx: ctx.clone(),
             gate: None,
             writes: WriteSet::new(),
+            written: 0,
+            grown: 0,
         };
         let mut store = Store::new(self.runtime.engine_ref(), state);
         store.limiter(|s| &mut s.limiter);
@@ -366,6 +449,9 @@ fn classify(err: &wasmtime::Error, memory_limit_hit: bool) -> ErrorKind {
     if memory_limit_hit {
         return ErrorKind::Memory;
     }
+    if err.downcast_ref::<StateLimitError>().is_some() {
+        return ErrorKind::State;
+    }
     match err.downcast_ref::<Trap>() {
         Some(Trap::Interrupt) => ErrorKind::Timeout,
         Some(Trap::OutOfFuel) => ErrorKind::Fuel,
@@ -387,8 +473,8 @@ impl Instance {
     }
 
     /// Call `handle-batch`. Returns one result per message, in order; a
-    /// message whose outputs exceed `max_output_bytes` gets a
-    /// [`Failure::Reject`] saying so.
+    /// message whose outputs break the stage's [`crate::OutputLimits`] gets
+    /// a [`MessageError::OutputLimit`] saying which.
     ///
     /// # Errors
     /// [`Error::Call`] with the [`ErrorKind`] when the call fails as a whole;
@@ -427,6 +513,7 @@ impl Instance {
                         format!("memory limit of {} bytes reached ({})", limits.max_memory_bytes, describe(&e))
                     }
                     ErrorKind::Fuel => format!("call burned its max_fuel of {}", limits.max_fuel.unwrap_or(u64::MAX)),
+                    ErrorKind::State => e.downcast_ref::<StateLimitError>().map_or_else(|| describe(&e), ToString::to_string),
                     _ => describe(&e),
                 };
                 return Err(Error::Call { stage, kind, reason });
@@ -443,14 +530,7 @@ impl Instance {
         Ok(results
             .into_iter()
             .map(|r| match r {
-                Ok(outputs) => {
-                    let bytes: usize = outputs.iter().map(|o| o.payload.len()).sum();
-                    if bytes > limits.max_output_bytes {
-                        Err(MessageError::OutputLimit { bytes, limit: limits.max_output_bytes })
-                    } else {
-                        Ok(outputs)
-                    }
-                }
+                Ok(outputs) => limits.output.check(&outputs).map(|()| outputs),
                 Err(f) => Err(MessageError::Guest(f)),
             })
             .collect())

@@ -27,6 +27,7 @@ pub mod bench;
 mod cache;
 mod component;
 mod instance;
+mod limits;
 mod state;
 
 use std::path::PathBuf;
@@ -38,7 +39,8 @@ use wasmtime::{Config, Engine};
 
 pub use cache::default_cache_dir;
 pub use component::Stage;
-pub use instance::{Counters, DirGrant, ErrorKind, Grants, Instance, Limits, StageContext};
+pub use instance::{Counters, DirGrant, ErrorKind, Grants, Instance, StageContext};
+pub use limits::{CounterLimits, Limited, Limits, LogBucket, LogLimits, OutputLimits, StateLimits};
 pub use state::{PendingWrites, StageState, StateMap, WriteSet};
 
 /// Generated bindings for the `weir:pipeline/stage` world.
@@ -46,6 +48,8 @@ mod bindings {
     wasmtime::component::bindgen!({
         path: "../../wit",
         world: "stage",
+        // A host import may fail the call (a state write over its limit).
+        imports: { default: trappable },
     });
 }
 
@@ -66,13 +70,16 @@ pub type MessageResult = Result<Vec<Output>, MessageError>;
 pub enum MessageError {
     /// The stage returned this failure.
     Guest(Failure),
-    /// The stage's outputs for the message exceeded `max_output_bytes`; the
-    /// message should be dead-lettered (error kind `output`).
+    /// The stage's outputs for the message broke one of its
+    /// [`OutputLimits`]; the message should be dead-lettered (error kind
+    /// `output`).
     OutputLimit {
-        /// Payload bytes emitted.
-        bytes: usize,
-        /// The limit.
-        limit: usize,
+        /// The limit broken, by its pipeline-file name (`max_output_bytes`, ...).
+        limit: &'static str,
+        /// What the outputs came to.
+        value: usize,
+        /// The limit's value.
+        max: usize,
     },
 }
 
@@ -81,10 +88,18 @@ impl std::fmt::Display for MessageError {
         match self {
             MessageError::Guest(Failure::Retry(r)) => write!(f, "retry: {r}"),
             MessageError::Guest(Failure::Reject(r)) => write!(f, "reject: {r}"),
-            MessageError::OutputLimit { bytes, limit } => write!(f, "output of {bytes} bytes exceeds max_output_bytes ({limit})"),
+            MessageError::OutputLimit { limit, value, max } => write!(f, "outputs exceed {limit}: {value} > {max}"),
         }
     }
 }
+
+/// Stage instances one runtime holds at once (the pooling allocator's size).
+/// A pipeline's stages together may run at most this many, counting one
+/// spare per stage for replacing an instance after a failure.
+pub const MAX_INSTANCES: usize = 1000;
+
+/// Core instances and tables the pool keeps per component instance.
+const CORE_INSTANCES_PER_COMPONENT: u32 = 8;
 
 /// How often the epoch ticker advances; call deadlines are counted in ticks.
 pub(crate) const EPOCH_TICK: Duration = Duration::from_millis(5);
@@ -215,10 +230,13 @@ impl Runtime {
         config.wasm_component_model(true);
         config.max_wasm_stack(1 << 20);
         let mut pooling = wasmtime::PoolingAllocationConfig::default();
-        pooling.total_component_instances(1000);
-        pooling.total_core_instances(1000);
-        pooling.total_memories(1000);
-        pooling.total_tables(1000);
+        let n = MAX_INSTANCES as u32;
+        pooling.total_component_instances(n);
+        // A component holds several core instances (its module and
+        // adapter shims) and tables, and one memory (a test holds the pool full).
+        pooling.total_core_instances(n * CORE_INSTANCES_PER_COMPONENT);
+        pooling.total_memories(n);
+        pooling.total_tables(n * CORE_INSTANCES_PER_COMPONENT);
         pooling.max_memory_size(1 << 32);
         pooling.pagemap_scan(wasmtime::Enabled::Auto);
         pooling.linear_memory_keep_resident(2 << 20);

@@ -34,6 +34,8 @@ pub struct StageState {
 #[derive(Debug, Default)]
 struct Overlay {
     committed: StateMap,
+    /// Key and value bytes of `committed`.
+    committed_bytes: usize,
     /// Uncommitted write sets, oldest first.
     pending: VecDeque<Arc<PendingWrites>>,
     next_seq: u64,
@@ -46,6 +48,8 @@ struct Overlay {
 pub struct PendingWrites {
     seq: u64,
     writes: WriteSet,
+    /// How much it grows (or shrinks) the state it was written over.
+    grown: isize,
     aborted: AtomicBool,
     stage: Weak<StageState>,
 }
@@ -88,10 +92,12 @@ impl PendingWrites {
             let mut o = stage.overlay.lock().unwrap();
             o.pending.retain(|w| w.seq != self.seq);
             for (k, v) in &self.writes {
-                match v {
+                let old = match v {
                     Some(v) => o.committed.insert(k.clone(), v.clone()),
                     None => o.committed.remove(k),
                 };
+                let size = |v: Option<usize>| v.map_or(0, |v| k.len() + v);
+                o.committed_bytes = (o.committed_bytes + size(v.as_ref().map(Vec::len))).saturating_sub(size(old.as_ref().map(Vec::len)));
             }
         }
     }
@@ -102,7 +108,11 @@ impl StageState {
     pub fn new(name: &str, committed: StateMap) -> Arc<Self> {
         Arc::new(StageState {
             name: name.to_owned(),
-            overlay: Mutex::new(Overlay { committed, ..Overlay::default() }),
+            overlay: Mutex::new(Overlay {
+                committed_bytes: committed.iter().map(|(k, v)| k.len() + v.len()).sum(),
+                committed,
+                ..Overlay::default()
+            }),
             gate: Gate::default(),
             used: AtomicBool::new(false),
         })
@@ -145,13 +155,32 @@ impl StageState {
         o.committed.get(key).cloned()
     }
 
-    /// Register the writes of a call that read generation `generation`.
-    pub(crate) fn register(self: &Arc<Self>, writes: WriteSet, generation: u64) -> Arc<PendingWrites> {
+    /// The length of `key`'s value, read as [`StageState::read`] does.
+    pub(crate) fn value_len(&self, key: &[u8]) -> Option<usize> {
+        let o = self.overlay.lock().unwrap();
+        for w in o.pending.iter().rev() {
+            if let Some(v) = w.writes.get(key) {
+                return v.as_ref().map(Vec::len);
+            }
+        }
+        o.committed.get(key).map(Vec::len)
+    }
+
+    /// Key and value bytes the stage holds, committed and pending.
+    pub fn bytes(&self) -> usize {
+        let o = self.overlay.lock().unwrap();
+        let pending: isize = o.pending.iter().map(|w| w.grown).sum();
+        (o.committed_bytes as isize + pending).max(0) as usize
+    }
+
+    /// Register the writes of a call that read generation `generation`;
+    /// `grown` is how much they grow the state they were written over.
+    pub(crate) fn register(self: &Arc<Self>, writes: WriteSet, generation: u64, grown: isize) -> Arc<PendingWrites> {
         let mut o = self.overlay.lock().unwrap();
         let seq = o.next_seq;
         o.next_seq += 1;
         let stale = o.generation != generation;
-        let w = Arc::new(PendingWrites { seq, writes, aborted: AtomicBool::new(stale), stage: Arc::downgrade(self) });
+        let w = Arc::new(PendingWrites { seq, writes, grown, aborted: AtomicBool::new(stale), stage: Arc::downgrade(self) });
         if !stale {
             o.pending.push_back(w.clone());
         }
@@ -192,26 +221,29 @@ mod tests {
     #[test]
     fn reads_see_pending_writes_and_an_abort_takes_the_later_ones_with_it() {
         let s = StageState::new("s", StateMap::from([(b"k".to_vec(), b"0".to_vec())]));
+        assert_eq!(s.bytes(), 2);
         let g = s.enter();
-        let a = s.register(ws(&[("k", Some("1"))]), g);
+        let a = s.register(ws(&[("k", Some("1"))]), g, 0);
         s.leave();
         let g = s.enter();
         assert_eq!(s.read(b"k"), Some(b"1".to_vec()));
-        let b = s.register(ws(&[("k", Some("2")), ("j", None)]), g);
+        let b = s.register(ws(&[("k", Some("2")), ("j", None)]), g, 0);
         s.leave();
         assert_eq!(s.read(b"k"), Some(b"2".to_vec()));
         // A call that read before the abort cannot commit.
         let g = s.enter();
         a.abort();
         assert!(a.is_aborted() && b.is_aborted());
-        let c = s.register(ws(&[("k", Some("3"))]), g);
+        let c = s.register(ws(&[("k", Some("3"))]), g, 0);
         s.leave();
         assert!(c.is_aborted());
         assert_eq!(s.read(b"k"), Some(b"0".to_vec()), "back to the committed state");
         let g = s.enter();
-        let d = s.register(ws(&[("k", None)]), g);
+        let d = s.register(ws(&[("k", None)]), g, -2);
         s.leave();
+        assert_eq!(s.bytes(), 0, "the pending delete shrinks the state");
         d.committed();
         assert_eq!(s.committed_value(b"k"), None);
+        assert_eq!(s.bytes(), 0);
     }
 }

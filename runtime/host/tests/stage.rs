@@ -80,7 +80,12 @@ fn an_init_that_never_returns_times_out() {
 fn hostile_calls_are_classified_and_the_stage_recovers() {
     let rt = Runtime::new().unwrap();
     let stage = rt.load(&component("hostile")).unwrap();
-    let limits = Limits { timeout: Duration::from_millis(200), max_memory_bytes: 32 << 20, max_output_bytes: 1 << 20, max_fuel: None };
+    let limits = Limits {
+        timeout: Duration::from_millis(200),
+        max_memory_bytes: 32 << 20,
+        output: weir_host::OutputLimits { max_bytes: 1 << 20, ..Default::default() },
+        ..Limits::default()
+    };
     let c = ctx(&[], limits);
     for (payload, want) in
         [("loop", ErrorKind::Timeout), ("trap", ErrorKind::Trap), ("alloc", ErrorKind::Memory), ("recurse", ErrorKind::Trap)]
@@ -99,7 +104,7 @@ fn hostile_calls_are_classified_and_the_stage_recovers() {
     }
     let mut inst = stage.instantiate(&c).unwrap();
     let out = inst.handle_batch(&[msg("big"), msg("retry"), msg("reject"), msg("ok")]).unwrap();
-    assert!(matches!(&out[0], Err(MessageError::OutputLimit { bytes, limit: 1048576 }) if *bytes == 8 << 20));
+    assert!(matches!(&out[0], Err(MessageError::OutputLimit { limit: "max_output_bytes", value, max: 1048576 }) if *value == 8 << 20));
     assert!(matches!(&out[1], Err(MessageError::Guest(Failure::Retry(_)))));
     assert!(matches!(&out[2], Err(MessageError::Guest(Failure::Reject(_)))));
     assert!(out[3].is_ok());
@@ -246,6 +251,85 @@ fn a_100_mb_output_is_stopped_by_the_memory_cap_or_the_output_cap() {
     let roomy = Limits { max_memory_bytes: 256 << 20, ..Limits::default() };
     let mut inst = stage.instantiate(&ctx(&[], roomy)).unwrap();
     let out = inst.handle_batch(&[hundred_mb, msg("fine")]).unwrap();
-    assert!(matches!(&out[0], Err(MessageError::OutputLimit { bytes, .. }) if *bytes == 100 << 20), "{:?}", out[0].as_ref().err());
+    assert!(matches!(&out[0], Err(MessageError::OutputLimit { value, .. }) if *value == 100 << 20), "{:?}", out[0].as_ref().err());
     assert!(out[1].is_ok());
+}
+
+#[test]
+fn state_writes_over_a_limit_fail_the_call_as_state_and_write_nothing() {
+    let rt = Runtime::new().unwrap();
+    let stage = rt.load(&component("hostile")).unwrap();
+    let limits = Limits {
+        state: weir_host::StateLimits { max_key_bytes: 100, max_value_bytes: 1000, max_write_bytes: 5000, max_bytes: 8000 },
+        ..Limits::default()
+    };
+    let c = ctx(&[], limits);
+    for (payload, limit) in
+        [("state-key:101", "max_state_key_bytes"), ("state:1:1001", "max_state_value_bytes"), ("state:6:999", "max_state_write_bytes")]
+    {
+        let mut inst = stage.instantiate(&c).unwrap();
+        match inst.handle_batch(&[msg(payload)]) {
+            Err(Error::Call { kind: ErrorKind::State, reason, .. }) => assert!(reason.contains(limit), "{payload}: {reason}"),
+            other => panic!("{payload}: expected a state error, got {other:?}"),
+        }
+        assert!(inst.is_poisoned(), "{payload}");
+        assert_eq!(c.state().bytes(), 0, "{payload}: the failed call's writes are discarded");
+    }
+    // The total counts committed and pending state: 4 × ~1 kB pass twice, not a third time.
+    let mut inst = stage.instantiate(&c).unwrap();
+    // (Its keys are named after the message's offset.)
+    for round in 0..2 {
+        let out = inst.handle_batch(&[Message { offset: round, ..msg("state:4:990") }]).unwrap();
+        assert!(out[0].is_ok(), "round {round}");
+        inst.take_writes().unwrap().committed();
+    }
+    assert!(c.state().bytes() > 7_000);
+    match inst.handle_batch(&[Message { offset: 2, ..msg("state:4:990") }]) {
+        Err(Error::Call { kind: ErrorKind::State, reason, .. }) => assert!(reason.contains("max_state_bytes"), "{reason}"),
+        other => panic!("expected max_state_bytes, got {other:?}"),
+    }
+}
+
+#[test]
+fn counters_past_their_limits_are_not_created_but_counted() {
+    let rt = Runtime::new().unwrap();
+    let stage = rt.load(&component("hostile")).unwrap();
+    let limits = Limits { counters: weir_host::CounterLimits { max_names: 10, max_name_bytes: 20 }, ..Limits::default() };
+    let c = ctx(&[], limits);
+    let mut inst = stage.instantiate(&c).unwrap();
+    let out = inst.handle_batch(&[msg("counters:25"), msg("counter-name:21"), msg("counters:5")]).unwrap();
+    assert!(out.iter().all(Result::is_ok));
+    let counters = c.counters().snapshot();
+    assert_eq!(counters.len(), 10);
+    assert_eq!(counters["hostile-0"], 2, "existing counters still count");
+    assert_eq!(c.limited().snapshot()["counter_names"], 15 + 1);
+}
+
+#[test]
+fn log_lines_past_the_rate_are_suppressed_counted_and_cut() {
+    let rt = Runtime::new().unwrap();
+    let stage = rt.load(&component("hostile")).unwrap();
+    let limits = Limits { log: weir_host::LogLimits { lines_per_second: 1, burst_lines: 5, max_line_bytes: 64 }, ..Limits::default() };
+    let c = ctx(&[], limits);
+    let mut inst = stage.instantiate(&c).unwrap();
+    // Lines count only where a subscriber would write them.
+    let subscriber = tracing_subscriber::fmt().with_writer(std::io::sink).with_max_level(tracing::Level::WARN).finish();
+    let out = tracing::subscriber::with_default(subscriber, || inst.handle_batch(&[msg("log-line:1000"), msg("log:100")]).unwrap());
+    assert!(out.iter().all(Result::is_ok));
+    let limited = c.limited().snapshot();
+    assert_eq!(limited["log_lines_cut"], 1, "{limited:?}");
+    assert!((95..=96).contains(&limited["log_lines"]), "a burst of 5 (and maybe one more), the rest suppressed: {limited:?}");
+}
+
+#[test]
+fn the_pool_holds_as_many_instances_as_a_pipeline_may_run() {
+    let rt = Runtime::new().unwrap();
+    let stage = rt.load(&component("count")).unwrap();
+    let c = ctx(&[], Limits::default());
+    let started = Instant::now();
+    let mut held: Vec<_> =
+        (0..weir_host::MAX_INSTANCES).map(|i| stage.instantiate(&c).unwrap_or_else(|e| panic!("instance {i}: {e}"))).collect();
+    eprintln!("{} instances in {:?}", held.len(), started.elapsed());
+    // They all work.
+    assert!(held.last_mut().unwrap().handle_batch(&[msg("k")]).unwrap()[0].is_ok());
 }

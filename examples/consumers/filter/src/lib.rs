@@ -26,11 +26,7 @@ impl Stage for Filter {
 
     fn handle(&mut self, msg: Message) -> Result<Vec<Output>, Failure> {
         let text = String::from_utf8_lossy(&msg.payload);
-        let matched = if self.ignore_case {
-            text.to_lowercase().contains(&self.needle)
-        } else {
-            text.contains(&self.needle)
-        };
+        let matched = if self.ignore_case { text.to_lowercase().contains(&self.needle) } else { text.contains(&self.needle) };
         if matched {
             weir_sdk::counter_add("dropped", 1);
             Ok(vec![])

@@ -183,15 +183,6 @@ pub(crate) fn bench(args: BenchArgs) -> anyhow::Result<()> {
     }
 }
 
-/// Resident memory now and at its peak (`VmRSS`, `VmHWM`), bytes.
-fn rss() -> (u64, u64) {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let field = |name: &str| {
-        status.lines().find_map(|l| l.strip_prefix(name)?.trim().strip_suffix("kB")?.trim().parse::<u64>().ok()).unwrap_or(0) * 1024
-    };
-    (field("VmRSS:"), field("VmHWM:"))
-}
-
 fn bench_backlog(args: &BacklogArgs) -> anyhow::Result<()> {
     use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
     let component = args.component.clone().unwrap_or_else(|| "target/wasm32-wasip2/release/uppercase.wasm".into());
@@ -212,7 +203,7 @@ fn bench_backlog(args: &BacklogArgs) -> anyhow::Result<()> {
         }
     }
     let publish_secs = started.elapsed().as_secs_f64();
-    let (rss_before, _) = rss();
+    let (rss_before, _) = weir_engine::resident_memory();
 
     let toml = format!(
         "[pipeline]\nname = \"backlog\"\n[source]\ntype = \"queue\"\ntopic = \"backlog\"\n\
@@ -230,7 +221,7 @@ fn bench_backlog(args: &BacklogArgs) -> anyhow::Result<()> {
         let (done, peak) = (done.clone(), peak.clone());
         std::thread::spawn(move || {
             while !done.load(Ordering::Relaxed) {
-                peak.fetch_max(rss().0, Ordering::Relaxed);
+                peak.fetch_max(weir_engine::resident_memory().0, Ordering::Relaxed);
                 std::thread::sleep(Duration::from_millis(50));
             }
         })
@@ -246,7 +237,7 @@ fn bench_backlog(args: &BacklogArgs) -> anyhow::Result<()> {
     println!("{:<40} {:>12.0}", "publish, msg/s", args.messages as f64 / publish_secs);
     println!("{:<40} {:>12.0}", "drain through the stage, msg/s", args.messages as f64 / drain_secs);
     println!("{:<40} {:>12.1}", "RSS before the drain, MiB", mb(rss_before));
-    println!("{:<40} {:>12.1}", "peak RSS, MiB (target ≤ 150)", mb(peak.load(Ordering::Relaxed).max(rss().1)));
+    println!("{:<40} {:>12.1}", "peak RSS, MiB (target ≤ 150)", mb(peak.load(Ordering::Relaxed).max(weir_engine::resident_memory().1)));
     Ok(())
 }
 

@@ -339,6 +339,36 @@ pub struct StageSpec {
     pub module_at: Option<(usize, usize)>,
 }
 
+impl StageSpec {
+    /// Every limit of the stage as `(key, value, unit)`, by its
+    /// pipeline-file key, for `weir validate` to list.
+    pub fn limit_table(&self) -> Vec<(&'static str, u64, &'static str)> {
+        let l = &self.limits;
+        let n = |v: usize| v as u64;
+        let mut rows = vec![
+            ("timeout_ms", l.timeout.as_millis() as u64, "ms"),
+            ("max_memory_bytes", n(l.max_memory_bytes), "bytes"),
+            ("max_output_bytes", n(l.output.max_bytes), "bytes"),
+            ("max_output_key_bytes", n(l.output.max_key_bytes), "bytes"),
+            ("max_output_headers", n(l.output.max_headers), "headers"),
+            ("max_output_header_bytes", n(l.output.max_header_bytes), "bytes"),
+            ("max_state_key_bytes", n(l.state.max_key_bytes), "bytes"),
+            ("max_state_value_bytes", n(l.state.max_value_bytes), "bytes"),
+            ("max_state_write_bytes", n(l.state.max_write_bytes), "bytes per call"),
+            ("max_state_bytes", n(l.state.max_bytes), "bytes"),
+            ("log_lines_per_second", u64::from(l.log.lines_per_second), "lines/s"),
+            ("log_burst_lines", u64::from(l.log.burst_lines), "lines"),
+            ("max_log_line_bytes", n(l.log.max_line_bytes), "bytes"),
+            ("max_counters", n(l.counters.max_names), "counters"),
+            ("max_counter_name_bytes", n(l.counters.max_name_bytes), "bytes"),
+        ];
+        if let Some(fuel) = l.max_fuel {
+            rows.insert(2, ("max_fuel", fuel, "instructions per call"));
+        }
+        rows
+    }
+}
+
 /// Defaults, shared with the reference documentation.
 pub mod defaults {
     /// `stage.concurrency`.
@@ -353,6 +383,30 @@ pub mod defaults {
     pub const MAX_MEMORY_BYTES: i64 = 64 << 20;
     /// `stage.max_output_bytes`.
     pub const MAX_OUTPUT_BYTES: i64 = 4 << 20;
+    /// `stage.max_output_key_bytes`.
+    pub const MAX_OUTPUT_KEY_BYTES: i64 = 16 << 10;
+    /// `stage.max_output_headers`.
+    pub const MAX_OUTPUT_HEADERS: i64 = 64;
+    /// `stage.max_output_header_bytes`.
+    pub const MAX_OUTPUT_HEADER_BYTES: i64 = 16 << 10;
+    /// `stage.max_state_key_bytes`.
+    pub const MAX_STATE_KEY_BYTES: i64 = 4 << 10;
+    /// `stage.max_state_value_bytes`.
+    pub const MAX_STATE_VALUE_BYTES: i64 = 1 << 20;
+    /// `stage.max_state_write_bytes`.
+    pub const MAX_STATE_WRITE_BYTES: i64 = 8 << 20;
+    /// `stage.max_state_bytes`.
+    pub const MAX_STATE_BYTES: i64 = 64 << 20;
+    /// `stage.log_lines_per_second`.
+    pub const LOG_LINES_PER_SECOND: i64 = 100;
+    /// `stage.log_burst_lines`.
+    pub const LOG_BURST_LINES: i64 = 1_000;
+    /// `stage.max_log_line_bytes`.
+    pub const MAX_LOG_LINE_BYTES: i64 = 4 << 10;
+    /// `stage.max_counters`.
+    pub const MAX_COUNTERS: i64 = 100;
+    /// `stage.max_counter_name_bytes`.
+    pub const MAX_COUNTER_NAME_BYTES: i64 = 128;
     /// `stage.max_attempts`.
     pub const MAX_ATTEMPTS: i64 = 5;
     /// `stage.retry_backoff_ms`.
@@ -511,6 +565,43 @@ impl Compiler<'_> {
 
     /// `[stage.grants]`: environment values are read now; directories are
     /// relative to the pipeline file and must exist.
+    /// What a stage may take through the host: its outputs, state, log and
+    /// counters (see [`weir_host::Limits`]).
+    fn stage_limits(&mut self, sp: &TomlPath, st: &raw::RawStage) -> Limits {
+        use defaults as d;
+        // Room for a dead letter's headers beside the largest output the
+        // queue must store.
+        let max_output = (weir_queue::MAX_RECORD_BYTES - (1 << 20)) as i64;
+        let mut bytes = |key: &str, v, default, min, max| self.int(&sp.key(key), v, default, min, max, " bytes") as usize;
+        let output = weir_host::OutputLimits {
+            max_bytes: bytes("max_output_bytes", st.max_output_bytes, d::MAX_OUTPUT_BYTES, 1, max_output),
+            max_key_bytes: bytes("max_output_key_bytes", st.max_output_key_bytes, d::MAX_OUTPUT_KEY_BYTES, 0, 1 << 20),
+            max_headers: 0,
+            max_header_bytes: bytes("max_output_header_bytes", st.max_output_header_bytes, d::MAX_OUTPUT_HEADER_BYTES, 1, 1 << 20),
+        };
+        let state = weir_host::StateLimits {
+            max_key_bytes: bytes("max_state_key_bytes", st.max_state_key_bytes, d::MAX_STATE_KEY_BYTES, 1, 1 << 20),
+            max_value_bytes: bytes("max_state_value_bytes", st.max_state_value_bytes, d::MAX_STATE_VALUE_BYTES, 0, 64 << 20),
+            max_write_bytes: bytes("max_state_write_bytes", st.max_state_write_bytes, d::MAX_STATE_WRITE_BYTES, 1, 1 << 30),
+            max_bytes: bytes("max_state_bytes", st.max_state_bytes, d::MAX_STATE_BYTES, 1, 64 << 30),
+        };
+        let max_line_bytes = bytes("max_log_line_bytes", st.max_log_line_bytes, d::MAX_LOG_LINE_BYTES, 16, 1 << 20);
+        let max_name_bytes = bytes("max_counter_name_bytes", st.max_counter_name_bytes, d::MAX_COUNTER_NAME_BYTES, 1, 1024);
+        let mut count = |key: &str, v, default, min, max, unit| self.int(&sp.key(key), v, default, min, max, unit);
+        let max_headers = count("max_output_headers", st.max_output_headers, d::MAX_OUTPUT_HEADERS, 0, 65_000, "") as usize;
+        let lines_per_second =
+            count("log_lines_per_second", st.log_lines_per_second, d::LOG_LINES_PER_SECOND, 0, 1_000_000, " lines/s") as u32;
+        let burst_lines = count("log_burst_lines", st.log_burst_lines, d::LOG_BURST_LINES, 1, 1_000_000, " lines") as u32;
+        let max_names = count("max_counters", st.max_counters, d::MAX_COUNTERS, 0, 10_000, "") as usize;
+        Limits {
+            output: weir_host::OutputLimits { max_headers, ..output },
+            state,
+            log: weir_host::LogLimits { lines_per_second, burst_lines, max_line_bytes },
+            counters: weir_host::CounterLimits { max_names, max_name_bytes },
+            ..Limits::default()
+        }
+    }
+
     fn grants(&mut self, path: &TomlPath, raw: &RawGrants, base: &Path) -> Grants {
         let mut env = Vec::new();
         for (i, name) in raw.env.iter().enumerate() {
@@ -733,13 +824,14 @@ pub fn compile(file: &Path, text: &str) -> Result<Pipeline, ConfigErrors> {
         if !module.is_file() {
             c.error(&sp.key("module"), format!("component file {} does not exist", module.display()));
         }
-        let concurrency = c.int(&sp.key("concurrency"), st.concurrency, defaults::CONCURRENCY, 1, 1024, "");
+        let max_concurrency = weir_host::MAX_INSTANCES as i64 - 1;
+        let concurrency = c.int(&sp.key("concurrency"), st.concurrency, defaults::CONCURRENCY, 1, max_concurrency, "");
         let batch_size = c.int(&sp.key("batch_size"), st.batch_size, defaults::BATCH_SIZE, 1, 100_000, "");
         let batch_timeout_ms = c.int(&sp.key("batch_timeout_ms"), st.batch_timeout_ms, defaults::BATCH_TIMEOUT_MS, 0, 3_600_000, " ms");
         let timeout_ms = c.int(&sp.key("timeout_ms"), st.timeout_ms, defaults::TIMEOUT_MS, 1, 3_600_000, " ms");
         let max_memory_bytes =
             c.int(&sp.key("max_memory_bytes"), st.max_memory_bytes, defaults::MAX_MEMORY_BYTES, 1 << 20, 4 << 30, " bytes");
-        let max_output_bytes = c.int(&sp.key("max_output_bytes"), st.max_output_bytes, defaults::MAX_OUTPUT_BYTES, 1, 64 << 20, " bytes");
+        let limits = c.stage_limits(&sp, st);
         let max_attempts = c.int(&sp.key("max_attempts"), st.max_attempts, defaults::MAX_ATTEMPTS, 1, 1_000_000, "");
         let retry_backoff_ms = c.int(&sp.key("retry_backoff_ms"), st.retry_backoff_ms, defaults::RETRY_BACKOFF_MS, 0, 86_400_000, " ms");
         let max_fuel = st.max_fuel.map(|f| c.int(&sp.key("max_fuel"), Some(f), 1, 1, i64::MAX, "") as u64);
@@ -768,8 +860,8 @@ pub fn compile(file: &Path, text: &str) -> Result<Pipeline, ConfigErrors> {
             limits: Limits {
                 timeout: Duration::from_millis(timeout_ms as u64),
                 max_memory_bytes: max_memory_bytes as usize,
-                max_output_bytes: max_output_bytes as usize,
                 max_fuel,
+                ..limits
             },
             max_attempts: max_attempts as u32,
             retry_backoff: Duration::from_millis(retry_backoff_ms as u64),
@@ -777,6 +869,21 @@ pub fn compile(file: &Path, text: &str) -> Result<Pipeline, ConfigErrors> {
             grants,
             module_at: c.locator.span(&sp.key("module")).map(|s| c.locator.line_col(s.start)),
         });
+    }
+
+    // Each instance, and a spare per stage to replace a failed one, takes a
+    // slot of the runtime's pool.
+    let instances: usize = stages.iter().map(|s| s.concurrency + 1).sum();
+    if instances > weir_host::MAX_INSTANCES {
+        let last = root.key("stage").index(raw.stage.len() - 1).key("concurrency");
+        c.error(
+            &last,
+            format!(
+                "the stages' concurrency adds up to {} instances, plus one spare per stage: {instances}; weir runs at most {}",
+                instances - stages.len(),
+                weir_host::MAX_INSTANCES
+            ),
+        );
     }
 
     let mut sinks = Vec::new();
