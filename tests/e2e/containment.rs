@@ -257,3 +257,23 @@ fn validate_lists_every_limit_and_the_reference_documents_each() {
     }
     assert!(listed.contains("max_state_bytes                    1000 bytes"), "{listed}");
 }
+
+#[test]
+fn a_batch_whose_outputs_fill_the_budget_defers_its_rest_and_loses_nothing() {
+    let weir = Weir::new();
+    let dir = tempfile::tempdir().unwrap();
+    // 1 MB out per message, 3 MB a batch: most of each batch comes back later.
+    let p = hostile_pipeline(dir.path(), "batch_size = 1\nmax_batch_output_bytes = 3000000");
+    let input: Vec<String> = (0..40).map(|i| format!("big:{}", 1_000_000 + i)).collect();
+    weir.produce("in", &input.iter().map(String::as_str).collect::<Vec<_>>());
+    let (_, report) = drain(&weir, &p, dir.path(), Duration::from_secs(120));
+    let stage = &report["stages"][0];
+    let mut sizes: Vec<usize> = weir.consume_all("out").iter().map(String::len).collect();
+    sizes.sort_unstable();
+    assert_eq!(sizes, (0..40).map(|i| 1_000_000 + i).collect::<Vec<_>>(), "every output, once");
+    assert!(stage["deferred"].as_u64().unwrap() > 0, "{stage:#}");
+    assert_eq!(stage["dead_lettered"], 0, "{stage:#}");
+    let counted = ["ok", "retried", "dead_lettered", "abandoned", "deferred"].map(|k| stage[k].as_u64().unwrap()).iter().sum::<u64>();
+    assert_eq!(stage["received"].as_u64().unwrap(), counted, "received = ok + retried + dead + abandoned + deferred");
+    assert_eq!(report["source"]["released"], stage["deferred"], "deferred messages are released, not charged");
+}

@@ -100,6 +100,12 @@ impl Collector for StatsCollector {
             "Results dropped because a sibling from the same source message failed.",
             &per(&|s| s.abandoned),
         )?;
+        counter(
+            &mut e,
+            "weir_stage_deferred",
+            "Messages not called because their batch's outputs filled max_batch_output_bytes; they come back later.",
+            &per(&|s| s.deferred),
+        )?;
         gauge(&mut e, "weir_stage_instances", "Instances the stage runs (its concurrency).", &per(&|s| s.instances))?;
         counter(
             &mut e,

@@ -21,7 +21,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::Write;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, SyncSender, sync_channel};
 use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant};
@@ -448,6 +448,10 @@ impl StageWorker {
                 continue;
             }
             match result {
+                Err(CallFailure { kind: DEFERRED, .. }) => {
+                    self.stats.add_deferred();
+                    origin.fate = Fate::Release;
+                }
                 Ok(outputs) => {
                     self.stats.add_ok(outputs.len() as u64, outputs.iter().map(|o| o.payload.len() as u64).sum());
                     for out in outputs {
@@ -486,7 +490,15 @@ impl StageWorker {
     fn call_all(&mut self, msgs: &[Message]) -> (Vec<CallResult>, Vec<CallWrites>) {
         let per_instance = msgs.len().div_ceil(self.instances.len().max(1)).max(1);
         let chunks: Vec<&[Message]> = msgs.chunks(per_instance).collect();
-        let caller = Caller { spec: &self.spec, component: &self.component, ctx: &self.ctx, stats: &self.stats, warnings: &self.warnings };
+        let budget = AtomicUsize::new(self.spec.max_batch_output_bytes);
+        let caller = Caller {
+            spec: &self.spec,
+            component: &self.component,
+            ctx: &self.ctx,
+            stats: &self.stats,
+            warnings: &self.warnings,
+            budget: &budget,
+        };
         let mut results = Vec::with_capacity(msgs.len());
         let mut writes = Vec::new();
         if chunks.len() <= 1 {
@@ -553,6 +565,20 @@ struct Caller<'a> {
     ctx: &'a StageContext,
     stats: &'a StageStats,
     warnings: &'a LogBucket,
+    /// Output bytes the stage may still return for this source batch.
+    budget: &'a AtomicUsize,
+}
+
+/// The kind of a message not called because its batch's outputs filled
+/// `max_batch_output_bytes`: released, to come back in a later batch.
+const DEFERRED: &str = "deferred";
+
+/// What an output carries: payload, key, headers and topic.
+fn output_bytes(o: &Output) -> usize {
+    o.payload.len()
+        + o.key.as_ref().map_or(0, Vec::len)
+        + o.headers.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>()
+        + o.topic.as_ref().map_or(0, String::len)
 }
 
 /// Lines that guests cause (a failed call, a dead letter) are logged at most
@@ -609,29 +635,45 @@ impl Caller<'_> {
     /// instance is replaced and the batch's messages are retried one by one,
     /// so only the culprit is charged. So are they when a stateful call asks
     /// to retry one of them, so the others' state writes can stand.
+    ///
+    /// Once the stage's outputs for this source batch pass
+    /// `max_batch_output_bytes`, the rest of its messages are not called but
+    /// deferred: released to come back in a later batch.
     fn call_chunked(&self, inst: &mut Instance, msgs: &[Message], base: usize, out: &mut Vec<CallResult>, writes: &mut Vec<CallWrites>) {
         for (n, batch) in msgs.chunks(self.spec.batch_size).enumerate() {
             let first = base + n * self.spec.batch_size;
-            match self.call(inst, batch) {
-                Ok(results) => match inst.take_writes() {
-                    Some(w) if results.iter().any(is_retry) => {
-                        w.abort();
-                        if batch.len() > 1 {
-                            self.one_by_one(inst, batch, first, out, writes);
-                        } else {
-                            out.extend(results.into_iter().map(|r| self.settle(r)));
-                        }
-                    }
-                    w => {
-                        if let Some(w) = w {
-                            writes.push((w, (first..first + batch.len()).collect()));
-                        }
+            if self.budget.load(Ordering::Relaxed) == 0 {
+                out.extend(batch.iter().map(|_| Err(CallFailure { failure: Failure::Retry("deferred".into()), kind: DEFERRED })));
+                continue;
+            }
+            let before = out.len();
+            self.call_one(inst, batch, first, out, writes);
+            let used: usize = out[before..].iter().filter_map(|r| r.as_ref().ok()).flatten().map(output_bytes).sum();
+            let _ = self.budget.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |left| Some(left.saturating_sub(used)));
+        }
+    }
+
+    /// One call of `batch_size` messages, replayed one by one if it fails.
+    fn call_one(&self, inst: &mut Instance, batch: &[Message], first: usize, out: &mut Vec<CallResult>, writes: &mut Vec<CallWrites>) {
+        match self.call(inst, batch) {
+            Ok(results) => match inst.take_writes() {
+                Some(w) if results.iter().any(is_retry) => {
+                    w.abort();
+                    if batch.len() > 1 {
+                        self.one_by_one(inst, batch, first, out, writes);
+                    } else {
                         out.extend(results.into_iter().map(|r| self.settle(r)));
                     }
-                },
-                Err(_) if batch.len() > 1 => self.one_by_one(inst, batch, first, out, writes),
-                Err(e) => out.push(Err(host_failure(self.stats, e))),
-            }
+                }
+                w => {
+                    if let Some(w) = w {
+                        writes.push((w, (first..first + batch.len()).collect()));
+                    }
+                    out.extend(results.into_iter().map(|r| self.settle(r)));
+                }
+            },
+            Err(_) if batch.len() > 1 => self.one_by_one(inst, batch, first, out, writes),
+            Err(e) => out.push(Err(host_failure(self.stats, e))),
         }
     }
 

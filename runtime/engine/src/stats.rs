@@ -118,6 +118,7 @@ pub struct StageStats {
     rejected: AtomicU64,
     dead_lettered: AtomicU64,
     abandoned: AtomicU64,
+    deferred: AtomicU64,
     bytes_in: AtomicU64,
     bytes_out: AtomicU64,
     busy_ns: AtomicU64,
@@ -164,6 +165,9 @@ impl StageStats {
     pub(crate) fn add_abandoned(&self) {
         self.abandoned.fetch_add(1, Relaxed);
     }
+    pub(crate) fn add_deferred(&self) {
+        self.deferred.fetch_add(1, Relaxed);
+    }
     pub(crate) fn add_busy(&self, d: Duration) {
         self.busy_ns.fetch_add(d.as_nanos() as u64, Relaxed);
     }
@@ -207,6 +211,11 @@ impl StageStats {
     /// message failed here first.
     pub fn abandoned(&self) -> u64 {
         self.abandoned.load(Relaxed)
+    }
+    /// Messages not called because their source batch's outputs at this
+    /// stage filled `max_batch_output_bytes`; they come back later.
+    pub fn deferred(&self) -> u64 {
+        self.deferred.load(Relaxed)
     }
     /// Time spent handling batches.
     pub fn busy(&self) -> Duration {
@@ -359,6 +368,7 @@ impl PipelineStats {
                     rejected: s.rejected(),
                     dead_lettered: s.dead_lettered(),
                     abandoned: s.abandoned(),
+                    deferred: s.deferred(),
                     errors: s.errors().into_iter().map(|(k, v)| (k.to_owned(), v)).collect(),
                     bytes_in: s.bytes_in.load(Relaxed),
                     bytes_out: s.bytes_out.load(Relaxed),
@@ -439,7 +449,7 @@ pub struct SourceReport {
     pub in_flight: u64,
 }
 
-/// One stage's figures. `received = ok + retried + dead_lettered + abandoned`.
+/// One stage's figures. `received = ok + retried + dead_lettered + abandoned + deferred`.
 #[derive(Debug, Clone, Serialize)]
 pub struct StageReport {
     /// Stage name.
@@ -458,6 +468,9 @@ pub struct StageReport {
     pub dead_lettered: u64,
     /// Dropped: another message from the same source message failed here first.
     pub abandoned: u64,
+    /// Not called: the source batch's outputs here filled
+    /// `max_batch_output_bytes`; released to come back in a later batch.
+    pub deferred: u64,
     /// Failures by kind (trap, timeout, memory, fuel, output, state, ...).
     pub errors: BTreeMap<String, u64>,
     /// Payload bytes in.

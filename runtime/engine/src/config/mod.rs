@@ -323,6 +323,9 @@ pub struct StageSpec {
     pub concurrency: usize,
     /// Most messages per call.
     pub batch_size: usize,
+    /// Output bytes the stage may return for one source batch before the
+    /// rest of the batch is deferred to a later one.
+    pub max_batch_output_bytes: usize,
     /// Longest wait to fill a batch.
     pub batch_timeout: Duration,
     /// Per-call limits.
@@ -349,6 +352,7 @@ impl StageSpec {
             ("timeout_ms", l.timeout.as_millis() as u64, "ms"),
             ("max_memory_bytes", n(l.max_memory_bytes), "bytes"),
             ("max_output_bytes", n(l.output.max_bytes), "bytes"),
+            ("max_batch_output_bytes", n(self.max_batch_output_bytes), "bytes per source batch"),
             ("max_output_key_bytes", n(l.output.max_key_bytes), "bytes"),
             ("max_output_headers", n(l.output.max_headers), "headers"),
             ("max_output_header_bytes", n(l.output.max_header_bytes), "bytes"),
@@ -383,6 +387,8 @@ pub mod defaults {
     pub const MAX_MEMORY_BYTES: i64 = 64 << 20;
     /// `stage.max_output_bytes`.
     pub const MAX_OUTPUT_BYTES: i64 = 4 << 20;
+    /// `stage.max_batch_output_bytes`.
+    pub const MAX_BATCH_OUTPUT_BYTES: i64 = 64 << 20;
     /// `stage.max_output_key_bytes`.
     pub const MAX_OUTPUT_KEY_BYTES: i64 = 16 << 10;
     /// `stage.max_output_headers`.
@@ -832,6 +838,8 @@ pub fn compile(file: &Path, text: &str) -> Result<Pipeline, ConfigErrors> {
         let max_memory_bytes =
             c.int(&sp.key("max_memory_bytes"), st.max_memory_bytes, defaults::MAX_MEMORY_BYTES, 1 << 20, 4 << 30, " bytes");
         let limits = c.stage_limits(&sp, st);
+        let max_batch_output_bytes =
+            c.int(&sp.key("max_batch_output_bytes"), st.max_batch_output_bytes, defaults::MAX_BATCH_OUTPUT_BYTES, 1, 1 << 40, " bytes");
         let max_attempts = c.int(&sp.key("max_attempts"), st.max_attempts, defaults::MAX_ATTEMPTS, 1, 1_000_000, "");
         let retry_backoff_ms = c.int(&sp.key("retry_backoff_ms"), st.retry_backoff_ms, defaults::RETRY_BACKOFF_MS, 0, 86_400_000, " ms");
         let max_fuel = st.max_fuel.map(|f| c.int(&sp.key("max_fuel"), Some(f), 1, 1, i64::MAX, "") as u64);
@@ -856,6 +864,7 @@ pub fn compile(file: &Path, text: &str) -> Result<Pipeline, ConfigErrors> {
             module,
             concurrency: concurrency as usize,
             batch_size: batch_size as usize,
+            max_batch_output_bytes: max_batch_output_bytes as usize,
             batch_timeout: Duration::from_millis(batch_timeout_ms as u64),
             limits: Limits {
                 timeout: Duration::from_millis(timeout_ms as u64),

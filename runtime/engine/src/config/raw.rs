@@ -93,6 +93,7 @@ pub(crate) struct RawStage {
     pub timeout_ms: Option<i64>,
     pub max_memory_bytes: Option<i64>,
     pub max_output_bytes: Option<i64>,
+    pub max_batch_output_bytes: Option<i64>,
     pub max_output_key_bytes: Option<i64>,
     pub max_output_headers: Option<i64>,
     pub max_output_header_bytes: Option<i64>,
