@@ -3,8 +3,15 @@
 //! Compiling a component with Cranelift takes from tens of milliseconds to
 //! seconds; a restart should not pay it again. Artifacts are keyed by the
 //! SHA-256 of the component's bytes and of the engine's compatibility hash
-//! (wasmtime version, target and every setting that affects code), written
-//! atomically, and only ever read by the same user that wrote them.
+//! (wasmtime version, target and every setting that affects code).
+//!
+//! An artifact is native code that weir maps and runs, so the cache is
+//! guarded: its directory is created `0700`, and one owned by another user
+//! or writable by others is not used (weir compiles in memory instead and
+//! says why). Each artifact starts with the SHA-256 of the rest, checked
+//! before wasmtime sees a byte: a truncated or damaged artifact is deleted
+//! and compiled again. Artifacts are written through a temporary file of a
+//! unique name, synced, then renamed into place.
 
 use std::hash::{Hash, Hasher};
 use std::io::Write;
@@ -47,22 +54,29 @@ impl Cache {
         self.dir.join(format!("{hex}.cwasm"))
     }
 
-    /// The compiled component: from the cache if it holds a usable artifact,
+    /// The compiled component: from the cache if it holds a sound artifact,
     /// else compiled now and stored (best effort) for next time.
     pub(crate) fn load_or_compile(&self, engine: &Engine, wasm: &[u8]) -> wasmtime::Result<Component> {
+        if let Err(why) = guard_dir(&self.dir) {
+            tracing::warn!(dir = %self.dir.display(), "not using the compile cache: {why}");
+            return Component::new(engine, wasm);
+        }
         let path = self.path(engine, wasm);
         // Read into memory rather than mmap the file: a file rewritten in
         // place under a mapping would crash this process with SIGBUS.
         if let Ok(bytes) = std::fs::read(&path) {
-            // SAFETY: the bytes were written by `store` below, atomically, from
-            // `Component::serialize` for an engine with this compatibility
-            // hash; wasmtime re-checks the header and refuses a mismatch.
-            match unsafe { Component::deserialize(engine, &bytes) } {
-                Ok(component) => return Ok(component),
-                Err(e) => {
-                    tracing::warn!(path = %path.display(), error = %describe(&e), "ignoring unusable compiled artifact")
-                }
+            match sound(&bytes) {
+                // SAFETY: the directory is this user's alone (`guard_dir`), and
+                // the body is, by its checksum, what `store` wrote from
+                // `Component::serialize` for an engine with this compatibility
+                // hash; wasmtime re-checks the header and refuses a mismatch.
+                Some(body) => match unsafe { Component::deserialize(engine, body) } {
+                    Ok(component) => return Ok(component),
+                    Err(e) => tracing::warn!(path = %path.display(), error = %describe(&e), "deleting an unusable compiled artifact"),
+                },
+                None => tracing::warn!(path = %path.display(), "deleting a damaged compiled artifact (checksum mismatch)"),
             }
+            std::fs::remove_file(&path).ok();
         }
         let component = Component::new(engine, wasm)?;
         if let Err(e) = store(&path, &component) {
@@ -72,15 +86,42 @@ impl Cache {
     }
 }
 
+/// Bytes of the SHA-256 that starts every artifact.
+const CHECKSUM_LEN: usize = 32;
+
+/// The body of an artifact whose checksum matches.
+fn sound(bytes: &[u8]) -> Option<&[u8]> {
+    let (sum, body) = bytes.split_at_checked(CHECKSUM_LEN)?;
+    (Sha256::digest(body).as_slice() == sum).then_some(body)
+}
+
+/// Create the cache directory `0700` if it is missing; refuse one that
+/// another user owns or that others may write to, since what it holds is run
+/// as native code.
+fn guard_dir(dir: &Path) -> Result<(), String> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).map_err(|e| format!("cannot create it: {e}"))?;
+    let meta = std::fs::metadata(dir).map_err(|e| e.to_string())?;
+    // /proc/self belongs to the process's effective user.
+    let me = std::fs::metadata("/proc/self").map(|m| m.uid()).ok();
+    if me.is_some_and(|me| meta.uid() != me) {
+        return Err(format!("it belongs to user {}, not to this one", meta.uid()));
+    }
+    if meta.permissions().mode() & 0o022 != 0 {
+        return Err(format!("others may write to it (mode {:o}); `chmod 700` it", meta.permissions().mode() & 0o777));
+    }
+    Ok(())
+}
+
 fn store(path: &Path, component: &Component) -> std::io::Result<()> {
-    let bytes = component.serialize().map_err(|e| std::io::Error::other(describe(&e)))?;
+    let body = component.serialize().map_err(|e| std::io::Error::other(describe(&e)))?;
     let dir = path.parent().expect("cache files live in a directory");
-    std::fs::create_dir_all(dir)?;
-    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-    let mut f = std::fs::File::create(&tmp)?;
-    f.write_all(&bytes)?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path)
+    let mut f = tempfile::Builder::new().prefix(".artifact").tempfile_in(dir)?;
+    f.write_all(&Sha256::digest(&body))?;
+    f.write_all(&body)?;
+    f.as_file().sync_all()?;
+    f.persist(path).map_err(|e| e.error)?;
+    Ok(())
 }
 
 /// The default cache directory: `$WEIR_CACHE_DIR`, else `$XDG_CACHE_HOME/weir`,

@@ -160,15 +160,64 @@ fn compiled_components_are_cached_and_a_damaged_artifact_is_recompiled() {
     assert_eq!(inst.handle_batch(&[msg("a")]).unwrap()[0].as_ref().unwrap()[0].payload, b"A");
 
     // A damaged artifact is ignored and replaced.
+    let whole = std::fs::read(&files[0]).unwrap();
     std::fs::write(&files[0], b"\0asm but not really a compiled artifact").unwrap();
     let rt = Runtime::with_cache(cache.path()).unwrap();
     let stage = rt.load(&component("uppercase")).unwrap();
     let mut inst = stage.instantiate(&ctx(&[], Limits::default())).unwrap();
     assert_eq!(inst.handle_batch(&[msg("b")]).unwrap()[0].as_ref().unwrap()[0].payload, b"B");
-    assert!(std::fs::read(&files[0]).unwrap().len() > 1000, "rewritten with a real artifact");
+    assert_eq!(std::fs::read(&files[0]).unwrap(), whole, "rewritten with a real artifact");
+    // So is a truncated one, and one with a flipped byte deep inside (code
+    // wasmtime's own header check would not read): the checksum catches both.
+    let truncate = |b: &mut Vec<u8>| b.truncate(b.len() / 2);
+    let flip = |b: &mut Vec<u8>| {
+        let at = b.len() * 3 / 4;
+        b[at] ^= 0x40;
+    };
+    let damages: [&dyn Fn(&mut Vec<u8>); 2] = [&truncate, &flip];
+    for damage in damages {
+        let mut bytes = whole.clone();
+        damage(&mut bytes);
+        std::fs::write(&files[0], &bytes).unwrap();
+        let rt = Runtime::with_cache(cache.path()).unwrap();
+        let mut inst = rt.load(&component("uppercase")).unwrap().instantiate(&ctx(&[], Limits::default())).unwrap();
+        assert_eq!(inst.handle_batch(&[msg("c")]).unwrap()[0].as_ref().unwrap()[0].payload, b"C");
+        assert_eq!(std::fs::read(&files[0]).unwrap(), whole, "deleted and compiled again");
+    }
     // A different component gets its own artifact.
     rt.load(&component("filter")).unwrap();
     assert_eq!(artifacts().len(), 2);
+}
+
+#[test]
+fn a_cache_directory_others_can_write_to_or_own_is_not_used() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let root = tempfile::tempdir().unwrap();
+    // Made by weir: private.
+    let made = root.path().join("made");
+    Runtime::with_cache(&made).unwrap().load(&component("uppercase")).unwrap();
+    assert_eq!(std::fs::metadata(&made).unwrap().permissions().mode() & 0o777, 0o700);
+    assert_eq!(std::fs::read_dir(&made).unwrap().count(), 1);
+    // Writable by others: compiled in memory, nothing read or written there.
+    let open = root.path().join("open");
+    std::fs::create_dir(&open).unwrap();
+    std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let stage = Runtime::with_cache(&open).unwrap().load(&component("uppercase")).unwrap();
+    assert_eq!(
+        stage.instantiate(&ctx(&[], Limits::default())).unwrap().handle_batch(&[msg("x")]).unwrap()[0].as_ref().unwrap()[0].payload,
+        b"X"
+    );
+    assert_eq!(std::fs::read_dir(&open).unwrap().count(), 0, "nothing cached in a world-writable directory");
+    // Owned by another user (root can arrange that; others cannot, and then
+    // it is their own directory, which is fine).
+    if std::fs::metadata("/proc/self").unwrap().uid() == 0 {
+        let theirs = root.path().join("theirs");
+        std::fs::create_dir(&theirs).unwrap();
+        std::os::unix::fs::chown(&theirs, Some(65534), Some(65534)).unwrap();
+        std::fs::set_permissions(&theirs, std::fs::Permissions::from_mode(0o700)).unwrap();
+        Runtime::with_cache(&theirs).unwrap().load(&component("uppercase")).unwrap();
+        assert_eq!(std::fs::read_dir(&theirs).unwrap().count(), 0, "nothing cached in another user's directory");
+    }
 }
 
 #[test]
