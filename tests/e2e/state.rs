@@ -93,3 +93,26 @@ fn state_is_exactly_once_through_retries_and_kill_9() {
     weir.ok(&["run", p, "--drain"], b"");
     check_counts(&weir, n / KEYS + 10);
 }
+
+#[test]
+fn a_topic_deleted_and_created_again_inherits_nothing() {
+    let weir = Weir::new();
+    let dir = tempfile::tempdir().unwrap();
+    let p = pipeline_file(
+        dir.path(),
+        "count.toml",
+        "[pipeline]\nname = \"count\"\n[source]\ntype = \"queue\"\ntopic = \"words\"\n\
+         [[stage]]\nname = \"count\"\nmodule = \"{component:count}\"\n[[sink]]\ntype = \"queue\"\ntopic = \"counts\"\n",
+    );
+    weir.produce("words", &["a", "a", "b"]);
+    weir.ok(&["run", p.to_str().unwrap(), "--drain"], b"");
+    assert_eq!(weir.consume_all("counts"), ["a=1", "a=2", "b=1"]);
+
+    // Same name, same offsets, a new topic: counted afresh, none skipped as
+    // already applied, and its group starts at its beginning.
+    weir.ok(&["topics", "delete", "words"], b"");
+    weir.ok(&["topics", "create", "words", "--partitions", "1"], b"");
+    weir.produce("words", &["a", "b", "c", "a"]);
+    weir.ok(&["run", p.to_str().unwrap(), "--drain"], b"");
+    assert_eq!(weir.consume_all("counts")[3..], ["a=1", "b=1", "c=1", "a=2"]);
+}

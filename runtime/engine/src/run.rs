@@ -137,11 +137,16 @@ fn message_from(origin_msg: &Message, out: Output) -> Message {
 pub(crate) struct Prepared {
     stages: Vec<(StageSpec, weir_host::Stage, StageContext, Vec<Instance>)>,
     state: StateStore,
+    /// Whose stage state it is (see [`state_owner`]).
+    owner: (String, String),
 }
 
 pub(crate) fn prepare(pipeline: &Pipeline, queue: &Queue, runtime: &Runtime) -> Result<Prepared> {
-    let (group, name) = state_owner(pipeline);
-    let state = queue.state_store(&group, &name)?;
+    for (name, config) in &pipeline.topics {
+        queue.ensure_topic(name, config)?;
+    }
+    let owner = state_owner(pipeline, queue)?;
+    let state = queue.state_store(&owner.0, &owner.1)?;
     let mut stages = Vec::new();
     for spec in &pipeline.stages {
         let component = runtime.load(&spec.module)?;
@@ -151,27 +156,26 @@ pub(crate) fn prepare(pipeline: &Pipeline, queue: &Queue, runtime: &Runtime) -> 
         let instances = (0..spec.concurrency).map(|_| component.instantiate(&ctx)).collect::<Result<Vec<_>, _>>()?;
         stages.push((spec.clone(), component, ctx, instances));
     }
-    Ok(Prepared { stages, state })
+    Ok(Prepared { stages, state, owner })
 }
 
-/// Whose stage state it is: the consumer group and topic of a queue source,
-/// else the pipeline and the kind of source.
-fn state_owner(pipeline: &Pipeline) -> (String, String) {
-    match &pipeline.source {
-        Source::Queue { topic, group, .. } => (group.clone(), topic.clone()),
+/// Whose stage state it is: the consumer group and topic (by its key: a
+/// topic made again under the same name is another) of a queue source, the
+/// durable consumer and stream of a JetStream source, else the pipeline and
+/// the kind of source. Durable source ids are named after it too.
+fn state_owner(pipeline: &Pipeline, queue: &Queue) -> Result<(String, String)> {
+    Ok(match &pipeline.source {
+        Source::Queue { topic, group, .. } => (group.clone(), queue.topic_key(topic)?),
         Source::Stdin { .. } => (pipeline.name.clone(), "source-stdin".into()),
         Source::File { .. } => (pipeline.name.clone(), "source-file".into()),
         Source::Generator(_) => (pipeline.name.clone(), "source-generator".into()),
         Source::Nats(NatsSource::JetStream(js)) => (js.consumer.clone(), js.stream.clone()),
         Source::Nats(NatsSource::Core { .. }) => (pipeline.name.clone(), "source-nats".into()),
-    }
+    })
 }
 
 /// Run `pipeline` on `queue` until stopped (or drained, with `drain`).
 pub(crate) fn run(pipeline: &Pipeline, queue: &Queue, prepared: Prepared, options: &RunOptions) -> Result<Arc<PipelineStats>> {
-    for (name, config) in &pipeline.topics {
-        queue.ensure_topic(name, config)?;
-    }
     // Retries and dead letters are decided per stage; the queue's own limit only
     // backs them up. A lease must outlive the slowest batch: every stage may
     // replay a failed batch message by message, each up to its timeout.
@@ -238,7 +242,7 @@ pub(crate) fn run(pipeline: &Pipeline, queue: &Queue, prepared: Prepared, option
         }
         let applied = if durable_ids { prepared.state.applied().clone() } else { HashSet::new() };
         let source_name = pipeline.source.name();
-        let id_prefix = durable_ids.then(|| format!("{}/{source_name}", state_owner(pipeline).0));
+        let id_prefix = durable_ids.then(|| format!("{}/{}", prepared.owner.0, prepared.owner.1));
         let mut routes: HashMap<String, Vec<usize>> = HashMap::new();
         for (i, s) in pipeline.sinks.iter().enumerate() {
             if let Some(topic) = &s.from {

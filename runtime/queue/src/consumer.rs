@@ -197,7 +197,7 @@ impl Consumer {
         if let Some(dlq) = &options.dead_letter {
             validate_name("dead-letter topic", dlq)?;
         }
-        let path = group_file(queue.dir(), group, &topic.name);
+        let path = group_file(queue.dir(), group, &topic.key());
         let saved = read_committed(&path)?;
         let parts = (0..topic.partition_count())
             .map(|p| {
@@ -407,7 +407,7 @@ impl Consumer {
         // A fixed id per source message: if we crash after this write but
         // before the ack is committed, the redelivered message's dead letter
         // deduplicates against this one instead of landing twice.
-        let id = format!("dlq/{}/{}/{}/{}", self.group, self.topic.name, record.partition, record.offset);
+        let id = format!("dlq/{}/{}/{}/{}", self.group, self.topic.key(), record.partition, record.offset);
         let copy = Record { key: record.key, headers, payload: record.payload, timestamp_ms: Some(record.timestamp_ms), id: Some(id) };
         self.queue.publish(&topic, &[copy])?;
         tracing::warn!(

@@ -333,12 +333,23 @@ impl Queue {
         if Arc::strong_count(topic) > 1 {
             return Err(Error::Invalid { what: "topic", value: name.to_owned(), reason: "is being consumed; stop its consumers first" });
         }
-        // Offsets first: a crash after them leaves the topic, read again from the start.
+        // Offsets and state first: a crash after them leaves the topic, read
+        // again from the start. (A topic made again gets another key, so
+        // this is cleanup, not what keeps it from inheriting them.)
+        let key = topic.key();
         if let Ok(groups) = fs::read_dir(self.inner.dir.join("groups")) {
             for g in groups.flatten() {
-                let offsets = g.path().join(format!("{name}.json"));
+                let offsets = g.path().join(format!("{key}.json"));
                 if offsets.is_file() {
                     fs::remove_file(&offsets).map_err(|e| Error::io(&offsets, e))?;
+                }
+            }
+        }
+        if let Ok(groups) = fs::read_dir(self.inner.dir.join("state")) {
+            for g in groups.flatten() {
+                let state = g.path().join(&key);
+                if state.is_dir() {
+                    fs::remove_dir_all(&state).map_err(|e| Error::io(&state, e))?;
                 }
             }
         }
@@ -442,16 +453,29 @@ impl Queue {
         self.inner.consuming.lock().unwrap().remove(&(topic.to_owned(), group.to_owned()));
     }
 
-    /// The durable stage state of consumer group `group` reading `topic`
-    /// (see [`StateStore`]). Only one may be open at a time per (group, topic).
+    /// The durable stage state of consumer group `group` reading the source
+    /// `source`: a topic's [`Queue::topic_key`], or the name of another
+    /// kind of source (see [`StateStore`]). Only one may be open at a time
+    /// per (group, source).
     ///
     /// # Errors
     /// [`Error::ReadOnly`]; an invalid group name; I/O and corruption errors.
-    pub fn state_store(&self, group: &str, topic: &str) -> Result<StateStore> {
+    pub fn state_store(&self, group: &str, source: &str) -> Result<StateStore> {
         if self.is_read_only() {
             return Err(Error::ReadOnly);
         }
-        StateStore::open(self.dir(), group, topic)
+        StateStore::open(self.dir(), group, source)
+    }
+
+    /// What a topic's consumer groups key their offsets, state and
+    /// dead-letter ids by: `NAME@ID`, where the id is new each time a topic
+    /// of that name is created, so a topic deleted and made again inherits
+    /// nothing; the name alone for topics made before weir had ids.
+    ///
+    /// # Errors
+    /// [`Error::UnknownTopic`].
+    pub fn topic_key(&self, name: &str) -> Result<String> {
+        Ok(self.topic(name)?.key())
     }
 
     /// Apply every topic's retention limits now (a background thread also

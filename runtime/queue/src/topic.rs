@@ -15,6 +15,24 @@ use crate::record::{MSG_ID_HEADER, Record};
 use crate::{Error, Result, now_ms, sync_dir, validate_name, write_atomic};
 
 pub(crate) const META_FILE: &str = "topic.json";
+/// Holds a topic's incarnation id, written before [`META_FILE`].
+const ID_FILE: &str = "topic.id";
+
+/// A new incarnation id: 128 bits from the process's random hasher keys,
+/// the time and a counter, as hex.
+fn new_incarnation() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let mut out = String::new();
+    for _ in 0..2 {
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos()));
+        h.write_u64(COUNTER.fetch_add(1, Ordering::Relaxed));
+        h.write_u32(std::process::id());
+        out += &format!("{:016x}", h.finish());
+    }
+    out
+}
 
 /// When appended records are made durable with fsync.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -104,6 +122,10 @@ impl TopicInfo {
 
 pub(crate) struct Topic {
     pub(crate) name: String,
+    /// Set when the topic was created, so a topic deleted and created again
+    /// under the same name is another topic; `None` for topics made before
+    /// weir had ids.
+    pub(crate) id: Option<String>,
     pub(crate) config: TopicConfig,
     partitions: Vec<Partition>,
     next_keyless: AtomicU32,
@@ -151,7 +173,8 @@ impl Topic {
         let dir = topics_dir.join(name);
         fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
         let meta = serde_json::to_vec_pretty(config).expect("topic config serialises");
-        // The partitions exist before the metadata that makes the topic visible.
+        // The partitions and the id exist before the metadata that makes the topic visible.
+        write_atomic(&dir.join(ID_FILE), new_incarnation().as_bytes())?;
         for p in 0..config.partitions {
             let dir = dir.join(p.to_string());
             Partition::open(p, &dir, config.fsync, config.segment_bytes, config.group_commit(), false, faults.clone())?;
@@ -167,6 +190,11 @@ impl Topic {
         let bytes = fs::read(&meta_path).map_err(|e| Error::io(&meta_path, e))?;
         let config: TopicConfig = serde_json::from_slice(&bytes).map_err(|source| Error::Metadata { path: meta_path, source })?;
         let name = dir.file_name().unwrap_or_default().to_string_lossy().into_owned();
+        let id = match fs::read_to_string(dir.join(ID_FILE)) {
+            Ok(id) => Some(id.trim().to_owned()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => return Err(Error::io(&dir.join(ID_FILE), e)),
+        };
         let mut partitions = Vec::with_capacity(config.partitions as usize);
         for p in 0..config.partitions {
             let (part, _truncated) = Partition::open(
@@ -181,7 +209,17 @@ impl Topic {
             partitions.push(part);
         }
         let dedupe = if read_only { Dedupe::default() } else { Self::recent_ids(&partitions, config.dedupe_window_ms)? };
-        Ok(Topic { name, config, partitions, next_keyless: AtomicU32::new(0), dedupe: Mutex::new(dedupe) })
+        Ok(Topic { name, id, config, partitions, next_keyless: AtomicU32::new(0), dedupe: Mutex::new(dedupe) })
+    }
+
+    /// What a consumer group's offsets, stage state and dead-letter ids are
+    /// keyed by: `NAME@ID` (a topic made again under its name is another
+    /// topic), or the name alone for a topic made before ids.
+    pub(crate) fn key(&self) -> String {
+        match &self.id {
+            Some(id) => format!("{}@{id}", self.name),
+            None => self.name.clone(),
+        }
     }
 
     /// Rebuild the dedupe table from the records appended within the window.
