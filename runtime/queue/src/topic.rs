@@ -3,8 +3,8 @@
 use std::collections::{HashMap, VecDeque};
 use std::fs;
 use std::path::Path;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -132,12 +132,47 @@ pub(crate) struct Topic {
     dedupe: Mutex<Dedupe>,
 }
 
-/// Message ids published within the dedupe window, with their positions.
+/// Message ids published within the dedupe window, with their positions,
+/// and the ids of publishes still being appended.
 #[derive(Default)]
 struct Dedupe {
-    ids: HashMap<String, (u32, u64)>,
-    /// (append time in ms, id), oldest first.
+    ids: HashMap<String, Slot>,
+    /// (append time in ms, id) of stored ids, oldest first.
     order: VecDeque<(u64, String)>,
+}
+
+enum Slot {
+    Stored((u32, u64)),
+    /// Being appended by another publish; wait for where it lands.
+    Landing(Arc<Landing>),
+}
+
+/// Where a publish in progress stored its records: `None` until it is done,
+/// then `Some(Ok(positions))` by index into its batch, or `Some(Err)` if it
+/// failed.
+#[derive(Default)]
+struct Landing {
+    done: Mutex<Option<std::result::Result<HashMap<String, (u32, u64)>, String>>>,
+    landed: Condvar,
+}
+
+impl Landing {
+    fn finish(&self, result: std::result::Result<HashMap<String, (u32, u64)>, String>) {
+        *self.done.lock().unwrap() = Some(result);
+        self.landed.notify_all();
+    }
+
+    /// Where `id` landed, once the publish that holds it is done.
+    fn wait(&self, id: &str) -> std::result::Result<(u32, u64), String> {
+        let mut done = self.done.lock().unwrap();
+        loop {
+            match &*done {
+                Some(Ok(positions)) => return Ok(positions[id]),
+                Some(Err(e)) => return Err(e.clone()),
+                None => done = self.landed.wait(done).unwrap(),
+            }
+        }
+    }
 }
 
 impl Dedupe {
@@ -147,12 +182,14 @@ impl Dedupe {
                 break;
             }
             let (_, id) = self.order.pop_front().unwrap();
-            self.ids.remove(&id);
+            if matches!(self.ids.get(&id), Some(Slot::Stored(_))) {
+                self.ids.remove(&id);
+            }
         }
     }
 
     fn insert(&mut self, id: String, pos: (u32, u64), ts: u64) {
-        self.ids.insert(id.clone(), pos);
+        self.ids.insert(id.clone(), Slot::Stored(pos));
         self.order.push_back((ts, id));
     }
 }
@@ -298,33 +335,72 @@ impl Topic {
         if records.iter().all(|r| r.id.is_none()) {
             return self.append(&records.iter().collect::<Vec<_>>());
         }
-        // Idempotent publish: check, append and remember under one lock, so two
-        // concurrent publishes of one id cannot both append.
-        let mut dedupe = self.dedupe.lock().unwrap();
-        let now = now_ms();
-        dedupe.prune(now.saturating_sub(self.config.dedupe_window_ms));
+        // Idempotent publish. Its new ids are claimed under the dedupe lock,
+        // so two concurrent publishes of one id cannot both append it; the
+        // append and its fsync run without the lock, so publishes with ids
+        // are grouped into one fsync like any others. A publish that finds
+        // an id claimed by another waits for where that one lands.
         let mut out: Vec<Option<(u32, u64)>> = vec![None; records.len()];
         let mut first_in_batch: HashMap<&str, usize> = HashMap::new();
         let mut fresh = Vec::new();
-        for (i, r) in records.iter().enumerate() {
-            if let Some(id) = &r.id {
-                if let Some(&pos) = dedupe.ids.get(id) {
-                    out[i] = Some(pos);
-                    continue;
+        let mut elsewhere: Vec<(usize, Arc<Landing>)> = Vec::new();
+        let landing = Arc::new(Landing::default());
+        {
+            let mut dedupe = self.dedupe.lock().unwrap();
+            dedupe.prune(now_ms().saturating_sub(self.config.dedupe_window_ms));
+            for (i, r) in records.iter().enumerate() {
+                if let Some(id) = &r.id {
+                    match dedupe.ids.get(id) {
+                        Some(Slot::Stored(pos)) => {
+                            out[i] = Some(*pos);
+                            continue;
+                        }
+                        Some(Slot::Landing(other)) if !Arc::ptr_eq(other, &landing) => {
+                            elsewhere.push((i, other.clone()));
+                            continue;
+                        }
+                        Some(Slot::Landing(_)) => continue, // repeated in this batch: filled in below
+                        None => {
+                            dedupe.ids.insert(id.clone(), Slot::Landing(landing.clone()));
+                            first_in_batch.insert(id, i);
+                        }
+                    }
                 }
-                if first_in_batch.contains_key(id.as_str()) {
-                    continue; // filled in from its first occurrence below
-                }
-                first_in_batch.insert(id, i);
+                fresh.push(i);
             }
-            fresh.push(i);
         }
-        let positions = self.append(&fresh.iter().map(|&i| &records[i]).collect::<Vec<_>>())?;
-        for (&i, pos) in fresh.iter().zip(positions) {
-            out[i] = Some(pos);
-            if let Some(id) = &records[i].id {
-                dedupe.insert(id.clone(), pos, now);
+        let appended = self.append(&fresh.iter().map(|&i| &records[i]).collect::<Vec<_>>());
+        {
+            let mut dedupe = self.dedupe.lock().unwrap();
+            let now = now_ms();
+            match &appended {
+                Ok(positions) => {
+                    let mut landed = HashMap::new();
+                    for (&i, &pos) in fresh.iter().zip(positions) {
+                        out[i] = Some(pos);
+                        if let Some(id) = &records[i].id {
+                            dedupe.insert(id.clone(), pos, now);
+                            landed.insert(id.clone(), pos);
+                        }
+                    }
+                    landing.finish(Ok(landed));
+                }
+                Err(e) => {
+                    for id in first_in_batch.keys() {
+                        dedupe.ids.remove(*id);
+                    }
+                    landing.finish(Err(e.to_string()));
+                }
             }
+        }
+        appended?;
+        for (i, other) in elsewhere {
+            let id = records[i].id.as_deref().expect("only records with an id wait");
+            let pos = other.wait(id).map_err(|reason| Error::Failed {
+                partition_dir: self.name.clone().into(),
+                reason: format!("a concurrent publish of id {id:?} failed: {reason}"),
+            })?;
+            out[i] = Some(pos);
         }
         // A repeated id within the batch gets the position of its first occurrence.
         Ok((0..records.len())

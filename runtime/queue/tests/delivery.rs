@@ -199,3 +199,40 @@ fn a_deleted_topic_is_gone_with_its_offsets_but_not_while_consumed() {
     assert_eq!(got.len(), 1, "the group's old offsets went with the topic");
     assert_eq!(got[0].record.offset, 0);
 }
+
+#[test]
+fn concurrent_publishes_of_the_same_ids_store_each_once_and_agree_on_where() {
+    let dir = tempfile::tempdir().unwrap();
+    let q = Queue::open(dir.path()).unwrap();
+    q.create_topic("t", &TopicConfig { partitions: 2, group_commit_us: 500, ..Default::default() }).unwrap();
+    // Eight producers publish overlapping batches of ids 0..400, in different orders.
+    let answers: Vec<Vec<(String, (u32, u64))>> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..8)
+            .map(|t| {
+                let q = q.clone();
+                s.spawn(move || {
+                    let mut ids: Vec<usize> = (0..400).collect();
+                    ids.rotate_left(t * 50);
+                    let mut got = Vec::new();
+                    for chunk in ids.chunks(20) {
+                        let recs: Vec<Record> =
+                            chunk.iter().map(|i| Record { id: Some(format!("id-{i}")), ..Record::new(format!("m{i}")) }).collect();
+                        let pos = q.publish("t", &recs).unwrap();
+                        got.extend(recs.into_iter().map(|r| r.id.unwrap()).zip(pos));
+                    }
+                    got
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert_eq!(q.topic_info("t").unwrap().len(), 400, "each id stored once");
+    let mut first: std::collections::HashMap<String, (u32, u64)> = std::collections::HashMap::new();
+    for (id, pos) in answers.into_iter().flatten() {
+        assert_eq!(*first.entry(id.clone()).or_insert(pos), pos, "{id}: every publisher is told the same position");
+    }
+    for (id, (p, o)) in first {
+        let rec = &q.read("t", p, o, 1).unwrap()[0];
+        assert_eq!(format!("id-{}", &rec.payload[1..].iter().map(|&b| b as char).collect::<String>()), id);
+    }
+}

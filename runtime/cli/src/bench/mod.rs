@@ -109,6 +109,10 @@ pub(crate) struct QueueArgs {
     /// Concurrent publishers.
     #[arg(long, default_value_t = 2)]
     producers: usize,
+    /// Give every message an id (idempotent publish), as dead letters, the
+    /// HTTP API and the Python producer do.
+    #[arg(long)]
+    ids: bool,
     /// Also run the same workload on NATS JetStream (file storage) and print the ratio.
     #[arg(long, value_enum)]
     compare: Option<Compare>,
@@ -252,9 +256,10 @@ fn bench_queue(args: &QueueArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     println!(
-        "{} messages of {} bytes, {} partition(s), batches of {}, {} producer(s), fsync {}",
+        "{} messages of {} bytes{}, {} partition(s), batches of {}, {} producer(s), fsync {}",
         args.messages,
         args.size,
+        if args.ids { " with ids" } else { "" },
         args.partitions,
         args.batch,
         args.producers,
@@ -320,7 +325,7 @@ fn embedded(args: &QueueArgs) -> anyhow::Result<QueueResult> {
         .map(|(p, count)| {
             let queue = queue.clone();
             let payload = payload.clone();
-            let batch = args.batch;
+            let (batch, ids) = (args.batch, args.ids);
             std::thread::spawn(move || -> anyhow::Result<Histogram<u64>> {
                 let mut hist = histogram();
                 let mut sent = 0u64;
@@ -332,6 +337,7 @@ fn embedded(args: &QueueArgs) -> anyhow::Result<QueueResult> {
                     records.extend((0..n).map(|i| Record {
                         key: Some(((sent + i) as u32 ^ p as u32).to_le_bytes().to_vec()),
                         payload: payload.to_vec(),
+                        id: ids.then(|| format!("{p}/{}", sent + i)),
                         ..Record::default()
                     }));
                     let t = Instant::now();
