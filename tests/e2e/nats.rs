@@ -269,7 +269,8 @@ fn poison_messages_reach_the_dead_letter_subject_and_long_batches_stay_leased() 
     let stage = "[[stage]]\nname = \"hostile\"\nmodule = \"{component:hostile}\"\nmax_attempts = 2\nretry_backoff_ms = 100";
     // The spin takes 2.5 s, longer than the ack wait: only progress acks
     // keep it (and its batch) from being redelivered.
-    let p = names.pipeline(dir.path(), &url, stage, "ack_wait_ms = 1000");
+    // The hostile fixture can write state: one process runs it here.
+    let p = names.pipeline(dir.path(), &url, stage, "ack_wait_ms = 1000\nsingle_process = true");
     let report = dir.path().join("r.json");
     wait(spawn_run(&Weir::new(), &p, &report), Duration::from_secs(120));
 
@@ -534,7 +535,7 @@ fn an_output_over_the_servers_max_payload_is_dead_lettered_alone() {
     names.produce(&url, &lines, &[]);
     let dir = tempfile::tempdir().unwrap();
     let stage = "[[stage]]\nname = \"hostile\"\nmodule = \"{component:hostile}\"";
-    let p = names.pipeline(dir.path(), &url, stage, "");
+    let p = names.pipeline(dir.path(), &url, stage, "single_process = true");
     let weir = Weir::new();
     let report = dir.path().join("r.json");
     wait(spawn_run(&weir, &p, &report), Duration::from_secs(60));
@@ -547,4 +548,25 @@ fn an_output_over_the_servers_max_payload_is_dead_lettered_alone() {
     assert_eq!(header("weir.stage").as_deref(), Some("sink"));
     assert!(header("weir.reason").unwrap().contains("max_payload"), "{dead:?}");
     assert_eq!(header("weir.payload-dropped").as_deref(), Some("2000000"), "the dead letter itself fits");
+}
+
+#[test]
+fn a_stage_that_keeps_state_behind_a_shared_jetstream_consumer_is_refused() {
+    let url = server_url();
+    let mut js = Js::connect(&url);
+    let names = Names::new(&mut js);
+    let dir = tempfile::tempdir().unwrap();
+    let count = "[[stage]]\nname = \"count\"\nmodule = \"{component:count}\"";
+    let shared = names.pipeline(dir.path(), &url, count, "");
+    let weir = Weir::new();
+    for command in ["validate", "run"] {
+        let err = weir.fails(&[command, shared.to_str().unwrap()], b"");
+        assert!(
+            err.contains("stage[0].module") && err.contains("keeps state") && err.contains("single_process = true"),
+            "{command}: {err}"
+        );
+    }
+    // Stateless stages are fine; so is a stateful one on the operator's word.
+    weir.ok(&["validate", names.pipeline(dir.path(), &url, UPPERCASE, "").to_str().unwrap()], b"");
+    weir.ok(&["validate", names.pipeline(dir.path(), &url, count, "single_process = true").to_str().unwrap()], b"");
 }

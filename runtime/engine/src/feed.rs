@@ -191,6 +191,17 @@ impl Feed {
         }
     }
 
+    /// Per partition, the offset below which the source never delivers again:
+    /// the group's committed offsets, or the JetStream consumer's
+    /// acknowledgement floor + 1 (as of its last info, at most a second old).
+    pub(crate) fn floor(&mut self) -> Option<Vec<u64>> {
+        match self {
+            Feed::Queue(c) => Some(c.committed()),
+            Feed::Memory(_) => None,
+            Feed::JetStream(j) => j.floor(),
+        }
+    }
+
     /// Delivered and not yet settled.
     pub(crate) fn in_flight(&self) -> usize {
         match self {

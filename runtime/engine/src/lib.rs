@@ -88,18 +88,33 @@ impl Engine {
     ///
     /// # Errors
     /// One [`ConfigError`] per stage whose component is refused.
+    ///
+    /// Also refuses a stage that writes state behind a JetStream source that
+    /// several processes may share: each process keeps its own state, so it
+    /// would not be exactly-once across them (`single_process = true` is the
+    /// operator's word that one process at a time runs the consumer).
     pub fn check_components(&self, pipeline: &Pipeline) -> Result<(), ConfigErrors> {
+        let shared = match &pipeline.source {
+            config::Source::Nats(config::NatsSource::JetStream(js)) => !js.single_process,
+            _ => false,
+        };
         let errors: Vec<ConfigError> = pipeline
             .stages
             .iter()
             .enumerate()
             .filter_map(|(i, s)| {
-                self.runtime.load(&s.module).err().map(|e| ConfigError {
-                    file: pipeline.file.clone(),
-                    location: s.module_at,
-                    path: format!("stage[{i}].module"),
-                    message: e.to_string(),
-                })
+                let message = match self.runtime.load(&s.module) {
+                    Err(e) => e.to_string(),
+                    Ok(stage) if shared && stage.writes_state() => format!(
+                        "stage `{}` keeps state (its component imports state-put or state-delete), and a JetStream consumer \
+                         may be shared by several weir processes, each with its own state: it would not be exactly-once \
+                         across them. Use a queue source, or set `single_process = true` in [source] if one process at a \
+                         time runs this consumer",
+                        s.name
+                    ),
+                    Ok(_) => return None,
+                };
+                Some(ConfigError { file: pipeline.file.clone(), location: s.module_at, path: format!("stage[{i}].module"), message })
             })
             .collect();
         if errors.is_empty() { Ok(()) } else { Err(ConfigErrors(errors)) }

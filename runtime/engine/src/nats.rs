@@ -479,7 +479,9 @@ pub(crate) struct JetStreamFeed {
     /// Acks, naks and terms to send at the next commit.
     ops: Vec<(Subject, AckKind)>,
     /// When the consumer's counts were read: (at, pending, ack pending).
-    info: Option<(Instant, u64, usize)>,
+    /// When the consumer's info was read, and its pending, ack-pending and
+    /// acknowledgement floor (a stream sequence).
+    info: Option<(Instant, u64, usize, u64)>,
     keep_alive: tokio::task::JoinHandle<()>,
     /// When a pull error was last logged (they repeat while NATS is away).
     warned: Option<Instant>,
@@ -601,10 +603,18 @@ impl JetStreamFeed {
         if self.info.is_none_or(|(at, ..)| at.elapsed() >= max_age) {
             let consumer = &self.consumer;
             if let Ok(Ok(info)) = self.nats.block_on(async { tokio::time::timeout(Duration::from_secs(1), consumer.get_info()).await }) {
-                self.info = Some((Instant::now(), info.num_pending, info.num_ack_pending));
+                self.info = Some((Instant::now(), info.num_pending, info.num_ack_pending, info.ack_floor.stream_sequence));
             }
         }
-        self.info.map(|(_, pending, ack_pending)| (pending, ack_pending))
+        self.info.map(|(_, pending, ack_pending, _)| (pending, ack_pending))
+    }
+
+    /// The stream sequence below which this consumer delivers nothing
+    /// again: every message up to its acknowledgement floor is acknowledged,
+    /// by this process or another.
+    pub(crate) fn floor(&mut self) -> Option<Vec<u64>> {
+        self.counts(Duration::from_secs(1))?;
+        self.info.map(|(.., ack_floor)| vec![ack_floor + 1])
     }
 
     /// Messages in the stream not yet delivered to the consumer.

@@ -23,7 +23,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::Write;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, SyncSender, sync_channel};
-use std::sync::{Arc, mpsc};
+use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
 use weir_host::{Failure, Instance, LogBucket, Message, MessageError, MessageResult, Output, PendingWrites, Runtime, StageContext};
@@ -226,6 +226,7 @@ pub(crate) fn run(pipeline: &Pipeline, queue: &Queue, prepared: Prepared, option
     let stats = options.stats.clone().unwrap_or_else(|| PipelineStats::for_pipeline(pipeline));
     let fill_wait = pipeline.stages.first().map_or(Duration::ZERO, |s| s.batch_timeout);
 
+    let floor = Mutex::new(None);
     std::thread::scope(|scope| -> Result<()> {
         let (settle_tx, settle_rx) = mpsc::channel::<Settlement>();
         let (first_tx, mut rx) = sync_channel::<Batch>(CHANNEL_DEPTH);
@@ -265,10 +266,21 @@ pub(crate) fn run(pipeline: &Pipeline, queue: &Queue, prepared: Prepared, option
             stats: &stats,
             settle: settle_tx,
             dead_letter_log: guest_driven_log(),
+            floor: &floor,
         };
         let sink_handle = scope.spawn(move || sink.run(rx));
-        let source =
-            SourceWorker { feed, applied, options, stats: &stats, fetch_size, fill_wait, in_pipeline: 0, queue, checked: Instant::now() };
+        let source = SourceWorker {
+            feed,
+            applied,
+            options,
+            stats: &stats,
+            fetch_size,
+            fill_wait,
+            in_pipeline: 0,
+            queue,
+            checked: Instant::now(),
+            floor: &floor,
+        };
         let source_result = source.run(first_tx, settle_rx);
         let sink_result = sink_handle.join().expect("sink thread panicked");
         for h in handles {
@@ -292,6 +304,8 @@ struct SourceWorker<'a> {
     queue: &'a Queue,
     /// When the data directory was last seen to be there.
     checked: Instant,
+    /// Told to the sink's state store: below it, ids are never delivered again.
+    floor: &'a Mutex<Option<Vec<u64>>>,
 }
 
 impl SourceWorker<'_> {
@@ -337,6 +351,7 @@ impl SourceWorker<'_> {
             self.stats.set_source_state(self.feed.lag(), self.feed.in_flight());
             if self.checked.elapsed() >= Duration::from_secs(1) {
                 self.queue.check_present()?;
+                *self.floor.lock().unwrap() = self.feed.floor();
                 self.checked = Instant::now();
             }
             if self.options.stop.load(Ordering::Relaxed) {
@@ -736,6 +751,8 @@ struct SinkWorker<'a> {
     settle: Sender<Settlement>,
     /// Rate limit for lines about dead letters.
     dead_letter_log: LogBucket,
+    /// The source's floor (see [`StateStore::set_floor`]), when it has one.
+    floor: &'a Mutex<Option<Vec<u64>>>,
 }
 
 /// Where and why a message was dead-lettered.
@@ -966,6 +983,9 @@ impl SinkWorker<'_> {
             })
             .collect();
         if !ops.is_empty() {
+            if let Some(floor) = self.floor.lock().unwrap().take() {
+                self.state.set_floor(floor);
+            }
             let ids: Vec<(u32, u64)> =
                 if self.durable_ids { acks.iter().map(|id| (id.partition, id.offset)).collect() } else { Vec::new() };
             self.state.commit(&ops, &ids)?;

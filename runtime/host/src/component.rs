@@ -15,6 +15,8 @@ pub struct Stage {
     pub(crate) runtime: Runtime,
     pub(crate) pre: StagePre<crate::instance::HostState>,
     pub(crate) path: PathBuf,
+    /// Whether it imports `state-put` or `state-delete`.
+    writes_state: bool,
 }
 
 impl std::fmt::Debug for Stage {
@@ -59,13 +61,32 @@ impl Runtime {
                 describe(&e)
             ))
         })?;
-        Ok(Stage { runtime: self.clone(), pre, path: path.to_owned() })
+        let writes_state = imports_state_writes(self.engine_ref(), &component);
+        Ok(Stage { runtime: self.clone(), pre, path: path.to_owned(), writes_state })
     }
+}
+
+/// Whether `component` imports `state-put` or `state-delete`: a component
+/// imports only the host functions it calls, so this says whether it can
+/// write state at all.
+fn imports_state_writes(engine: &wasmtime::Engine, component: &wasmtime::component::Component) -> bool {
+    use wasmtime::component::types::ComponentItem;
+    component.component_type().imports(engine).any(|(name, item)| {
+        name.starts_with("weir:pipeline/host")
+            && matches!(&item.ty, ComponentItem::ComponentInstance(host)
+                if host.exports(engine).any(|(f, _)| f == "state-put" || f == "state-delete"))
+    })
 }
 
 impl Stage {
     /// The file the component was loaded from.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Whether the component can write state: it imports `state-put` or
+    /// `state-delete` (a component imports only the functions it calls).
+    pub fn writes_state(&self) -> bool {
+        self.writes_state
     }
 }

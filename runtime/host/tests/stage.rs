@@ -174,8 +174,7 @@ fn compiled_components_are_cached_and_a_damaged_artifact_is_recompiled() {
         let at = b.len() * 3 / 4;
         b[at] ^= 0x40;
     };
-    let damages: [&dyn Fn(&mut Vec<u8>); 2] = [&truncate, &flip];
-    for damage in damages {
+    for damage in [&truncate as &dyn Fn(&mut Vec<u8>), &flip] {
         let mut bytes = whole.clone();
         damage(&mut bytes);
         std::fs::write(&files[0], &bytes).unwrap();

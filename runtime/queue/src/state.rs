@@ -57,6 +57,9 @@ pub struct StateStore {
     log_len: u64,
     stages: HashMap<String, StageMap>,
     applied: HashSet<(u32, u64)>,
+    /// Per partition, the offset below which the source never delivers
+    /// again, as the caller last said ([`StateStore::set_floor`]).
+    floor: Option<Vec<u64>>,
 }
 
 impl std::fmt::Debug for StateStore {
@@ -87,6 +90,7 @@ impl StateStore {
             log_len: 0,
             stages: HashMap::new(),
             applied: HashSet::new(),
+            floor: None,
         };
         let snapshot = store.dir.join(SNAPSHOT_FILE);
         match fs::read(&snapshot) {
@@ -177,8 +181,16 @@ impl StateStore {
         Ok(())
     }
 
+    /// Say below which offset, per partition, the source will never deliver
+    /// a message again (a consumer group's committed offsets; a JetStream
+    /// consumer's acknowledgement floor + 1). Compaction drops the applied
+    /// ids below it; without one, it uses the group file of a queue topic.
+    pub fn set_floor(&mut self, floor: Vec<u64>) {
+        self.floor = Some(floor);
+    }
+
     /// Fold the log into a new snapshot and empty the log, dropping applied
-    /// ids that the group's committed offsets have passed.
+    /// ids that the source's floor has passed.
     ///
     /// # Errors
     /// I/O errors; the store stays valid (the old snapshot and log remain).
@@ -186,8 +198,12 @@ impl StateStore {
         if self.log.is_none() {
             return Ok(()); // nothing was ever committed
         }
-        if let Some(committed) = read_committed(&self.group_file)? {
-            self.applied.retain(|&(p, o)| committed.get(p as usize).is_none_or(|&c| o >= c));
+        let floor = match self.floor.clone() {
+            Some(floor) => Some(floor),
+            None => read_committed(&self.group_file)?,
+        };
+        if let Some(floor) = floor {
+            self.applied.retain(|&(p, o)| floor.get(p as usize).is_none_or(|&c| o >= c));
         }
         let writes = self
             .stages
@@ -362,6 +378,26 @@ mod tests {
         assert_eq!(a[b"k1".as_slice()], b"7");
         assert_eq!(a[b"k2".as_slice()], b"8");
         assert_eq!(s.applied().len(), 4);
+    }
+
+    #[test]
+    fn a_floor_given_by_the_source_prunes_where_no_group_file_exists() {
+        // A JetStream source has no group file: the floor is its consumer's
+        // acknowledgement floor, passed in.
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = StateStore::open(dir.path(), "workers", "STREAM").unwrap();
+        for i in 1..=10u64 {
+            s.commit(&[put("a", "k", &i.to_string())], &[(0, i)]).unwrap();
+        }
+        s.compact().unwrap();
+        assert_eq!(s.applied().len(), 10, "no floor known: nothing can be dropped");
+        s.set_floor(vec![9]);
+        s.compact().unwrap();
+        let mut ids: Vec<_> = s.applied().iter().copied().collect();
+        ids.sort();
+        assert_eq!(ids, vec![(0, 9), (0, 10)]);
+        drop(s);
+        assert_eq!(StateStore::open(dir.path(), "workers", "STREAM").unwrap().applied().len(), 2, "the snapshot holds the pruned set");
     }
 
     #[test]

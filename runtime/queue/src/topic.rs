@@ -148,16 +148,18 @@ enum Slot {
 }
 
 /// Where a publish in progress stored its records: `None` until it is done,
-/// then `Some(Ok(positions))` by index into its batch, or `Some(Err)` if it
-/// failed.
+/// then where each of its ids landed, or why it failed.
 #[derive(Default)]
 struct Landing {
-    done: Mutex<Option<std::result::Result<HashMap<String, (u32, u64)>, String>>>,
+    done: Mutex<Option<Landed>>,
     landed: Condvar,
 }
 
+/// Where each id of a finished publish landed, or why it failed.
+type Landed = std::result::Result<HashMap<String, (u32, u64)>, String>;
+
 impl Landing {
-    fn finish(&self, result: std::result::Result<HashMap<String, (u32, u64)>, String>) {
+    fn finish(&self, result: Landed) {
         *self.done.lock().unwrap() = Some(result);
         self.landed.notify_all();
     }

@@ -263,6 +263,8 @@ impl ScratchStreams {
             max_attempts: None,
             backoff: Vec::new(),
             max_ack_pending: weir_engine::config::defaults::MAX_ACK_PENDING as usize,
+            // The bench runs this consumer in this process alone.
+            single_process: true,
         }));
         for (i, sink) in pipeline.sinks.iter_mut().enumerate() {
             if matches!(sink.kind, Sink::Queue { .. }) {

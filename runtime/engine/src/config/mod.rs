@@ -195,6 +195,10 @@ pub struct JetStreamSource {
     pub backoff: Vec<Duration>,
     /// Bound on delivered, unacknowledged messages across all processes.
     pub max_ack_pending: usize,
+    /// The operator's word that one process at a time runs this consumer,
+    /// which stages that keep state need (their state lives in each
+    /// process's data directory).
+    pub single_process: bool,
 }
 
 /// A pipeline's source.
@@ -748,6 +752,7 @@ pub fn compile(file: &Path, text: &str) -> Result<Pipeline, ConfigErrors> {
             max_attempts,
             backoff_ms,
             max_ack_pending,
+            single_process,
             subject,
             queue_group,
         } => match (stream, subject) {
@@ -784,6 +789,7 @@ pub fn compile(file: &Path, text: &str) -> Result<Pipeline, ConfigErrors> {
                     max_attempts,
                     backoff,
                     max_ack_pending: max_ack_pending as usize,
+                    single_process: single_process.unwrap_or(false),
                 }))
             }
             (None, Some(subject)) => {
@@ -796,6 +802,7 @@ pub fn compile(file: &Path, text: &str) -> Result<Pipeline, ConfigErrors> {
                     ("max_attempts", max_attempts.is_some()),
                     ("backoff_ms", backoff_ms.is_some()),
                     ("max_ack_pending", max_ack_pending.is_some()),
+                    ("single_process", single_process.is_some()),
                 ];
                 for (key, set) in jetstream_only {
                     if set {

@@ -70,6 +70,7 @@ pub(crate) enum RawSource {
         max_attempts: Option<i64>,
         backoff_ms: Option<Vec<i64>>,
         max_ack_pending: Option<i64>,
+        single_process: Option<bool>,
         subject: Option<String>,
         queue_group: Option<String>,
     },
