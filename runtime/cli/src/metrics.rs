@@ -6,6 +6,7 @@
 //! `weir_sink_*`; latencies are histograms in seconds. With the HTTP API,
 //! `weir_topic_*{topic,partition}` describe the queue's topics too.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -115,33 +116,25 @@ impl Collector for StatsCollector {
         )?;
         counter(&mut e, "weir_stage_bytes_in", "Payload bytes handed to the stage.", &per(&|s| s.bytes_in))?;
         counter(&mut e, "weir_stage_bytes_out", "Payload bytes the stage emitted.", &per(&|s| s.bytes_out))?;
-        let errors: Vec<(Labels, u64)> = r
-            .stages
-            .iter()
-            .flat_map(|s| s.errors.iter().map(|(k, v)| ([stage(&s.name), vec![("kind".to_owned(), k.clone())]].concat(), *v)))
-            .collect();
+        // Per stage, one series per entry of a map, labelled `label`.
+        let by = |label: &str, map: &dyn Fn(&weir_engine::StageReport) -> &BTreeMap<String, u64>| -> Vec<(Labels, u64)> {
+            r.stages
+                .iter()
+                .flat_map(|s| map(s).iter().map(|(k, v)| ([stage(&s.name), vec![(label.to_owned(), k.clone())]].concat(), *v)))
+                .collect()
+        };
         counter(
             &mut e,
             "weir_stage_errors",
             "Failures by kind: trap, timeout, memory, fuel, output, state, contract, instantiate.",
-            &errors,
+            &by("kind", &|s| &s.errors),
         )?;
-        let custom: Vec<(Labels, u64)> = r
-            .stages
-            .iter()
-            .flat_map(|s| s.custom.iter().map(|(k, v)| ([stage(&s.name), vec![("name".to_owned(), k.clone())]].concat(), *v)))
-            .collect();
-        counter(&mut e, "weir_stage_custom", "The guest's own counters (counter-add).", &custom)?;
-        let limited: Vec<(Labels, u64)> = r
-            .stages
-            .iter()
-            .flat_map(|s| s.limited.iter().map(|(k, v)| ([stage(&s.name), vec![("limit".to_owned(), k.clone())]].concat(), *v)))
-            .collect();
+        counter(&mut e, "weir_stage_custom", "The guest's own counters (counter-add).", &by("name", &|s| &s.custom))?;
         counter(
             &mut e,
             "weir_stage_limited",
             "What the stage's limits dropped: counter_names (not created), log_lines (over the rate), log_lines_cut.",
-            &limited,
+            &by("limit", &|s| &s.limited),
         )?;
         let stages = self.stats.stages();
         let hist = |f: &dyn Fn(&weir_engine::StageStats) -> &Latency| -> Vec<(Labels, &Latency)> {
