@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
+use crate::faults::SyncSite;
 use crate::record::{Record, StoredRecord};
 use crate::topic::Topic;
 use crate::{Error, Queue, Result, TopicConfig, validate_name, write_atomic};
@@ -183,6 +184,8 @@ pub struct Consumer {
     leases: VecDeque<(Instant, u32, u64)>,
     /// Partition to fetch new records from first, rotating for fairness.
     cursor: usize,
+    /// Set when writing the offsets failed: no commit is tried again.
+    failed: Option<String>,
 }
 
 impl Drop for Consumer {
@@ -210,7 +213,7 @@ impl Consumer {
                 PartState { frontier: start, committed: start, next: start, ..PartState::default() }
             })
             .collect();
-        Ok(Consumer { queue, topic, group: group.to_owned(), path, options, parts, leases: VecDeque::new(), cursor: 0 })
+        Ok(Consumer { queue, topic, group: group.to_owned(), path, options, parts, leases: VecDeque::new(), cursor: 0, failed: None })
     }
 
     /// The group this consumer belongs to.
@@ -532,10 +535,18 @@ impl Consumer {
         if self.queue.is_read_only() {
             return Err(Error::ReadOnly);
         }
+        if let Some(reason) = &self.failed {
+            return Err(Error::Stopped { path: self.path.clone(), reason: reason.clone() });
+        }
         let dir = self.path.parent().unwrap();
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
         let file = GroupFile { committed: self.parts.iter().map(|p| p.frontier).collect() };
-        write_atomic(&self.path, &serde_json::to_vec(&file).expect("group file serialises"))?;
+        let bytes = serde_json::to_vec(&file).expect("group file serialises");
+        if let Err(e) = write_atomic(&self.path, &bytes, SyncSite::Offsets, &self.queue.inner.faults) {
+            // Fail-stop: the offsets on disk are the last ones that were made durable.
+            self.failed = Some(e.to_string());
+            return Err(e);
+        }
         for p in &mut self.parts {
             p.committed = p.frontier;
         }

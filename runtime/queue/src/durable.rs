@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use crate::faults::Faults;
+use crate::faults::{Faults, SyncSite};
 use crate::partition::{Log, Truncation};
 use crate::record::{Record, StoredRecord};
 use crate::{Error, Fsync, Result};
@@ -133,10 +133,7 @@ impl Partition {
                 let log = self.log();
                 (log.writer(), log.end_offset())
             };
-            let result = match self.faults.fsync_error() {
-                Some(e) => Err(e),
-                None => file.map_or(Ok(()), |f| f.sync_data()),
-            };
+            let result = self.faults.sync(SyncSite::Append, || file.map_or(Ok(()), |f| f.sync_data()));
             self.fsyncs.fetch_add(1, Ordering::Relaxed);
             let failure = result.err().map(|e| {
                 // Fail-stop: after a failed fsync the kernel may have dropped

@@ -42,8 +42,9 @@ use std::sync::{Arc, Condvar, Mutex, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 pub use consumer::{Consumer, ConsumerOptions, Delivery, DeliveryId, Seek, StartFrom, dlq_headers};
+use faults::Faults;
 #[cfg(feature = "fault-injection")]
-pub use faults::FaultInjector;
+pub use faults::{FaultInjector, SyncSite};
 pub use partition::Truncation;
 pub use record::{MAX_RECORD_BYTES, MSG_ID_HEADER, Record, StoredRecord, check_parts};
 pub use state::{StageMap, StateStore, StateWrite};
@@ -91,6 +92,16 @@ pub enum Error {
     Failed {
         /// The partition directory.
         partition_dir: PathBuf,
+        /// The failure that stopped it.
+        reason: String,
+    },
+    /// A store stopped after a failed fsync (fail-stop: what it was making
+    /// durable may be lost, and a retry could falsely succeed); a restart
+    /// re-validates it from disk.
+    #[error("{} stopped after a failed fsync: {reason}; restart to re-validate it", path.display())]
+    Stopped {
+        /// The file or directory of the store.
+        path: PathBuf,
         /// The failure that stopped it.
         reason: String,
     },
@@ -152,17 +163,18 @@ pub(crate) fn now_ms() -> u64 {
 }
 
 /// fsync a directory so that created, renamed or deleted entries are durable.
-pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
-    File::open(dir).and_then(|d| d.sync_all()).map_err(|e| Error::io(dir, e))
+pub(crate) fn sync_dir(dir: &Path, faults: &Faults) -> Result<()> {
+    faults.sync(SyncSite::Directory, || File::open(dir).and_then(|d| d.sync_all())).map_err(|e| Error::io(dir, e))
 }
 
-/// Write `bytes` to `path` atomically and durably (temp file, fsync, rename, fsync dir).
-pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+/// Write `bytes` to `path` atomically and durably (temp file, fsync at
+/// `site`, rename, fsync dir).
+pub(crate) fn write_atomic(path: &Path, bytes: &[u8], site: SyncSite, faults: &Faults) -> Result<()> {
     let tmp = path.with_extension("tmp");
     let mut f = File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
-    f.write_all(bytes).and_then(|()| f.sync_all()).map_err(|e| Error::io(&tmp, e))?;
+    f.write_all(bytes).and_then(|()| faults.sync(site, || f.sync_all())).map_err(|e| Error::io(&tmp, e))?;
     fs::rename(&tmp, path).map_err(|e| Error::io(path, e))?;
-    sync_dir(path.parent().unwrap_or(Path::new(".")))
+    sync_dir(path.parent().unwrap_or(Path::new(".")), faults)
 }
 
 /// Check a topic or group name: 1–200 of `[A-Za-z0-9._-]`, not starting with `.`.
@@ -360,7 +372,7 @@ impl Queue {
         let doomed = trash.join(format!("{name}-{nanos}"));
         // The rename is the deletion; what follows is cleanup.
         fs::rename(topics_dir.join(name), &doomed).map_err(|e| Error::io(&topics_dir.join(name), e))?;
-        sync_dir(&topics_dir)?;
+        sync_dir(&topics_dir, &self.inner.faults)?;
         topics.remove(name);
         drop(topics);
         fs::remove_dir_all(&doomed).map_err(|e| Error::io(&doomed, e))
@@ -464,7 +476,7 @@ impl Queue {
         if self.is_read_only() {
             return Err(Error::ReadOnly);
         }
-        StateStore::open(self.dir(), group, source)
+        StateStore::open(self.dir(), group, source, self.inner.faults.clone())
     }
 
     /// What a topic's consumer groups key their offsets, state and

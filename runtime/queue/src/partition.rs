@@ -6,7 +6,7 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use crate::faults::Faults;
+use crate::faults::{Faults, SyncSite};
 use crate::record::{self, Invalid, Record, StoredRecord};
 use crate::{Error, Fsync, Result, now_ms, sync_dir, write_atomic};
 
@@ -259,7 +259,7 @@ impl Log {
             let bad = seg.scan_from(0, base, &mut part.last_ts)?;
             if !is_tail && bad.is_none() && !read_only {
                 tracing::warn!(segment = %seg.path.display(), "index file missing or damaged; rebuilt it from the log");
-                write_atomic(&seg.index_path(), &seg.encode_index())?;
+                write_atomic(&seg.index_path(), &seg.encode_index(), SyncSite::Index, &part.faults)?;
             }
             if let Some((at, why)) = bad {
                 if !is_tail {
@@ -268,7 +268,9 @@ impl Log {
                 if !read_only {
                     let file_len = seg.file.metadata().map_err(|e| Error::io(&seg.path, e))?.len();
                     let f = OpenOptions::new().write(true).open(&seg.path).map_err(|e| Error::io(&seg.path, e))?;
-                    f.set_len(at).and_then(|()| f.sync_all()).map_err(|e| Error::io(&seg.path, e))?;
+                    f.set_len(at)
+                        .and_then(|()| part.faults.sync(SyncSite::SegmentRoll, || f.sync_all()))
+                        .map_err(|e| Error::io(&seg.path, e))?;
                     tracing::warn!(
                         path = %seg.path.display(), at, removed = file_len - at, reason = why.describe(),
                         "recovery truncated a torn or corrupt tail"
@@ -285,7 +287,7 @@ impl Log {
             let seg = part.segments.last().unwrap();
             let writer = OpenOptions::new().append(true).open(&seg.path).map_err(|e| Error::io(&seg.path, e))?;
             // What recovery kept may have been in the page cache only: make it durable now.
-            writer.sync_all().map_err(|e| Error::io(&seg.path, e))?;
+            part.faults.sync(SyncSite::SegmentRoll, || writer.sync_all()).map_err(|e| Error::io(&seg.path, e))?;
             part.writer = Some(Arc::new(writer));
         }
         Ok((part, truncation))
@@ -294,7 +296,7 @@ impl Log {
     fn new_segment(&mut self, base: u64) -> Result<()> {
         let path = self.dir.join(Segment::file_name(base));
         let file = OpenOptions::new().read(true).append(true).create_new(true).open(&path).map_err(|e| Error::io(&path, e))?;
-        sync_dir(&self.dir)?;
+        sync_dir(&self.dir, &self.faults)?;
         self.writer = Some(Arc::new(file.try_clone().map_err(|e| Error::io(&path, e))?));
         self.segments.push(Segment { base, path, file, len: 0, next: base, index: Vec::new(), max_ts: 0, has_ids: false });
         Ok(())
@@ -363,20 +365,25 @@ impl Log {
         Ok(first)
     }
 
-    /// Seal the last segment (durably, unless fsync is "never") and start a new one.
+    /// Seal the last segment (durably, unless fsync is "never") and start a
+    /// new one. Any failure stops the partition: a failed fsync may have lost
+    /// what it was to make durable, and a half-made roll is no state to go on in.
     fn roll(&mut self) -> Result<()> {
         let base = self.end_offset();
-        if !matches!(self.fsync, Fsync::Never) {
+        let rolled = (|| {
             let seg = self.segments.last().unwrap();
-            if let Err(e) = self.writer.as_ref().unwrap().sync_data() {
-                let reason = format!("fsync of {} failed: {e}", seg.path.display());
-                self.fail(reason.clone());
-                return Err(Error::Failed { partition_dir: self.dir.clone(), reason });
+            if !matches!(self.fsync, Fsync::Never) {
+                let writer = self.writer.as_ref().unwrap();
+                self.faults.sync(SyncSite::SegmentRoll, || writer.sync_data()).map_err(|e| Error::io(&seg.path, e))?;
             }
-        }
-        let sealed = self.segments.last().unwrap();
-        write_atomic(&sealed.index_path(), &sealed.encode_index())?;
-        self.new_segment(base)
+            write_atomic(&seg.index_path(), &seg.encode_index(), SyncSite::Index, &self.faults)?;
+            self.new_segment(base)
+        })();
+        rolled.map_err(|e| {
+            let reason = format!("rolling to a new segment failed: {e}");
+            self.fail(reason.clone());
+            Error::Failed { partition_dir: self.dir.clone(), reason }
+        })
     }
 
     /// Offset ranges of the segments that hold records with message ids
@@ -407,7 +414,10 @@ impl Log {
                     _ => {}
                 }
                 std::fs::remove_file(&oldest.path).map_err(|e| Error::io(&oldest.path, e))?;
-                sync_dir(&self.dir)?;
+                if let Err(e) = sync_dir(&self.dir, &self.faults) {
+                    self.fail(format!("retention: {e}"));
+                    return Err(e);
+                }
             }
             tracing::debug!(segment = %oldest.path.display(), too_old, too_big, "retention deleted a segment");
             total -= oldest.len;

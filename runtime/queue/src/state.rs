@@ -21,6 +21,7 @@ use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
 use crate::consumer::{group_file, read_committed};
+use crate::faults::{Faults, SyncSite};
 use crate::{Error, Result, sync_dir, validate_name, write_atomic};
 
 /// Log size that triggers folding the log into the snapshot.
@@ -60,6 +61,9 @@ pub struct StateStore {
     /// Per partition, the offset below which the source never delivers
     /// again, as the caller last said ([`StateStore::set_floor`]).
     floor: Option<Vec<u64>>,
+    faults: Faults,
+    /// Set when an fsync failed: no commit is tried again.
+    failed: Option<String>,
 }
 
 impl std::fmt::Debug for StateStore {
@@ -76,7 +80,7 @@ impl StateStore {
     /// Open the state of `group` on `topic` under the queue directory
     /// `root`, replaying its snapshot and log (none yet: empty state). A torn
     /// last transaction (a crash mid-write) is cut off; it was never acknowledged.
-    pub(crate) fn open(root: &Path, group: &str, topic: &str) -> Result<Self> {
+    pub(crate) fn open(root: &Path, group: &str, topic: &str, faults: Faults) -> Result<Self> {
         validate_name("consumer group", group)?;
         let dir = root.join("state").join(group).join(topic);
         let log = match dir.is_dir() {
@@ -91,6 +95,8 @@ impl StateStore {
             stages: HashMap::new(),
             applied: HashSet::new(),
             floor: None,
+            faults,
+            failed: None,
         };
         let snapshot = store.dir.join(SNAPSHOT_FILE);
         match fs::read(&snapshot) {
@@ -122,7 +128,8 @@ impl StateStore {
         if pos < bytes.len() {
             tracing::warn!(path = %path.display(), at = pos, dropped = bytes.len() - pos, "state log: cutting off a torn transaction");
             let log = self.log.as_mut().expect("read above");
-            log.set_len(pos as u64).and_then(|()| log.sync_all()).map_err(|e| Error::io(&path, e))?;
+            let faults = &self.faults;
+            log.set_len(pos as u64).and_then(|()| faults.sync(SyncSite::StateLog, || log.sync_all())).map_err(|e| Error::io(&path, e))?;
         }
         self.log_len = pos as u64;
         Ok(())
@@ -158,15 +165,28 @@ impl StateStore {
     /// # Errors
     /// An I/O error; nothing of the transaction then counts as applied.
     pub fn commit(&mut self, writes: &[StateWrite], acked: &[(u32, u64)]) -> Result<()> {
+        if let Some(reason) = &self.failed {
+            return Err(Error::Stopped { path: self.dir.clone(), reason: reason.clone() });
+        }
+        let committed = self.try_commit(writes, acked);
+        if let Err(e) = &committed {
+            // Fail-stop: what the log holds on disk is no longer known.
+            self.failed = Some(e.to_string());
+        }
+        committed
+    }
+
+    fn try_commit(&mut self, writes: &[StateWrite], acked: &[(u32, u64)]) -> Result<()> {
         let frame = encode(writes.iter(), acked.iter().copied());
         let path = self.dir.join(LOG_FILE);
         if self.log.is_none() {
             fs::create_dir_all(&self.dir).map_err(|e| Error::io(&self.dir, e))?;
             self.log = Some(open_log(&self.dir)?);
-            sync_dir(&self.dir)?;
+            sync_dir(&self.dir, &self.faults)?;
         }
         let log = self.log.as_mut().expect("opened above");
-        let written = log.write_all(&frame).and_then(|()| log.sync_data());
+        let faults = &self.faults;
+        let written = log.write_all(&frame).and_then(|()| faults.sync(SyncSite::StateLog, || log.sync_data()));
         if let Err(e) = written {
             // Cut off whatever part reached the file, so the log stays a
             // sequence of whole transactions.
@@ -195,6 +215,17 @@ impl StateStore {
     /// # Errors
     /// I/O errors; the store stays valid (the old snapshot and log remain).
     pub fn compact(&mut self) -> Result<()> {
+        if let Some(reason) = &self.failed {
+            return Err(Error::Stopped { path: self.dir.clone(), reason: reason.clone() });
+        }
+        let compacted = self.try_compact();
+        if let Err(e) = &compacted {
+            self.failed = Some(e.to_string());
+        }
+        compacted
+    }
+
+    fn try_compact(&mut self) -> Result<()> {
         if self.log.is_none() {
             return Ok(()); // nothing was ever committed
         }
@@ -210,11 +241,12 @@ impl StateStore {
             .iter()
             .flat_map(|(stage, map)| map.iter().map(|(k, v)| StateWrite { stage: stage.clone(), key: k.clone(), value: Some(v.clone()) }));
         let snapshot = encode(writes.collect::<Vec<_>>().iter(), self.applied.iter().copied());
-        write_atomic(&self.dir.join(SNAPSHOT_FILE), &snapshot)?;
+        write_atomic(&self.dir.join(SNAPSHOT_FILE), &snapshot, SyncSite::StateSnapshot, &self.faults)?;
         let path = self.dir.join(LOG_FILE);
         let log = self.log.as_mut().expect("checked above");
-        log.set_len(0).and_then(|()| log.sync_all()).map_err(|e| Error::io(&path, e))?;
-        sync_dir(&self.dir)?;
+        let faults = &self.faults;
+        log.set_len(0).and_then(|()| faults.sync(SyncSite::StateLog, || log.sync_all())).map_err(|e| Error::io(&path, e))?;
+        sync_dir(&self.dir, &self.faults)?;
         self.log_len = 0;
         Ok(())
     }
@@ -322,22 +354,22 @@ mod tests {
     #[test]
     fn a_store_never_committed_to_leaves_no_files() {
         let dir = tempfile::tempdir().unwrap();
-        let mut s = StateStore::open(dir.path(), "g", "t").unwrap();
+        let mut s = StateStore::open(dir.path(), "g", "t", Faults::default()).unwrap();
         assert!(s.stage("a").is_empty() && s.applied().is_empty());
         s.compact().unwrap();
         drop(s);
         assert!(!dir.path().join("state").exists(), "opening and compacting made files");
-        let mut s = StateStore::open(dir.path(), "g", "t").unwrap();
+        let mut s = StateStore::open(dir.path(), "g", "t", Faults::default()).unwrap();
         s.commit(&[put("a", "k", "1")], &[(0, 0)]).unwrap();
         drop(s);
-        let s = StateStore::open(dir.path(), "g", "t").unwrap();
+        let s = StateStore::open(dir.path(), "g", "t", Faults::default()).unwrap();
         assert_eq!(s.stage("a").get(b"k".as_slice()), Some(&b"1".to_vec()), "the first commit made the files");
     }
 
     #[test]
     fn commits_survive_reopen_and_a_torn_tail_is_cut() {
         let dir = tempfile::tempdir().unwrap();
-        let mut s = StateStore::open(dir.path(), "g", "t").unwrap();
+        let mut s = StateStore::open(dir.path(), "g", "t", Faults::default()).unwrap();
         s.commit(&[put("a", "k", "1"), put("b", "k", "x")], &[(0, 0), (0, 1)]).unwrap();
         s.commit(&[put("a", "k", "2"), StateWrite { stage: "b".into(), key: "k".into(), value: None }], &[(1, 0)]).unwrap();
         drop(s);
@@ -347,7 +379,7 @@ mod tests {
         let mut f = OpenOptions::new().append(true).open(&log).unwrap();
         f.write_all(&encode([put("a", "k", "3")].iter(), [(1, 1)].into_iter())[..11]).unwrap();
         drop(f);
-        let s = StateStore::open(dir.path(), "g", "t").unwrap();
+        let s = StateStore::open(dir.path(), "g", "t", Faults::default()).unwrap();
         assert_eq!(s.stage("a").get(b"k".as_slice()), Some(&b"2".to_vec()));
         assert!(s.stage("b").is_empty());
         assert_eq!(s.applied().len(), 3);
@@ -358,7 +390,7 @@ mod tests {
     #[test]
     fn compaction_keeps_state_and_drops_ids_below_the_committed_offset() {
         let dir = tempfile::tempdir().unwrap();
-        let mut s = StateStore::open(dir.path(), "g", "t").unwrap();
+        let mut s = StateStore::open(dir.path(), "g", "t", Faults::default()).unwrap();
         for i in 0..10u64 {
             s.commit(&[put("a", &format!("k{}", i % 3), &i.to_string())], &[(0, i)]).unwrap();
         }
@@ -371,7 +403,7 @@ mod tests {
         assert_eq!(ids, vec![(0, 7), (0, 8), (0, 9)]);
         s.commit(&[put("a", "k0", "last")], &[(0, 10)]).unwrap();
         drop(s);
-        let s = StateStore::open(dir.path(), "g", "t").unwrap();
+        let s = StateStore::open(dir.path(), "g", "t", Faults::default()).unwrap();
         let a = s.stage("a");
         assert_eq!(a.len(), 3);
         assert_eq!(a[b"k0".as_slice()], b"last");
@@ -385,7 +417,7 @@ mod tests {
         // A JetStream source has no group file: the floor is its consumer's
         // acknowledgement floor, passed in.
         let dir = tempfile::tempdir().unwrap();
-        let mut s = StateStore::open(dir.path(), "workers", "STREAM").unwrap();
+        let mut s = StateStore::open(dir.path(), "workers", "STREAM", Faults::default()).unwrap();
         for i in 1..=10u64 {
             s.commit(&[put("a", "k", &i.to_string())], &[(0, i)]).unwrap();
         }
@@ -397,13 +429,17 @@ mod tests {
         ids.sort();
         assert_eq!(ids, vec![(0, 9), (0, 10)]);
         drop(s);
-        assert_eq!(StateStore::open(dir.path(), "workers", "STREAM").unwrap().applied().len(), 2, "the snapshot holds the pruned set");
+        assert_eq!(
+            StateStore::open(dir.path(), "workers", "STREAM", Faults::default()).unwrap().applied().len(),
+            2,
+            "the snapshot holds the pruned set"
+        );
     }
 
     #[test]
     fn a_damaged_snapshot_is_an_error_not_silent_loss() {
         let dir = tempfile::tempdir().unwrap();
-        let mut s = StateStore::open(dir.path(), "g", "t").unwrap();
+        let mut s = StateStore::open(dir.path(), "g", "t", Faults::default()).unwrap();
         s.commit(&[put("a", "k", "v")], &[(0, 0)]).unwrap();
         s.compact().unwrap();
         drop(s);
@@ -412,7 +448,7 @@ mod tests {
         let last = bytes.len() - 1;
         bytes[last] ^= 1;
         fs::write(&snap, bytes).unwrap();
-        let err = StateStore::open(dir.path(), "g", "t").unwrap_err();
+        let err = StateStore::open(dir.path(), "g", "t", Faults::default()).unwrap_err();
         assert!(matches!(err, Error::Corrupt { .. }), "{err}");
     }
 }

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::faults::Faults;
+use crate::faults::{Faults, SyncSite};
 use crate::partition::Partition;
 use crate::record::{MSG_ID_HEADER, Record};
 use crate::{Error, Result, now_ms, sync_dir, validate_name, write_atomic};
@@ -213,14 +213,14 @@ impl Topic {
         fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
         let meta = serde_json::to_vec_pretty(config).expect("topic config serialises");
         // The partitions and the id exist before the metadata that makes the topic visible.
-        write_atomic(&dir.join(ID_FILE), new_incarnation().as_bytes())?;
+        write_atomic(&dir.join(ID_FILE), new_incarnation().as_bytes(), SyncSite::TopicMeta, faults)?;
         for p in 0..config.partitions {
             let dir = dir.join(p.to_string());
             Partition::open(p, &dir, config.fsync, config.segment_bytes, config.group_commit(), false, faults.clone())?;
         }
-        sync_dir(&dir)?;
-        write_atomic(&dir.join(META_FILE), &meta)?;
-        sync_dir(topics_dir)?;
+        sync_dir(&dir, faults)?;
+        write_atomic(&dir.join(META_FILE), &meta, SyncSite::TopicMeta, faults)?;
+        sync_dir(topics_dir, faults)?;
         Topic::open(&dir, false, faults)
     }
 
