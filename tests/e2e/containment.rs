@@ -255,7 +255,8 @@ fn validate_lists_every_limit_and_the_reference_documents_each() {
     for key in keys {
         assert!(reference.contains(&format!("\n{key} = ")), "docs/pipeline.md does not document {key}");
     }
-    assert!(listed.contains("max_state_bytes                    1000 bytes"), "{listed}");
+    assert!(listed.contains("max_state_bytes                    1000 bytes  (default 67108864)"), "{listed}");
+    assert!(listed.contains("max_counters                        100 counters\n"), "a default is listed as it is: {listed}");
 }
 
 #[test]

@@ -66,8 +66,9 @@ pub(crate) fn validate(args: ValidateArgs) -> anyhow::Result<()> {
     );
     for stage in &p.stages {
         println!("stage `{}` (concurrency {}, batch_size {}):", stage.name, stage.concurrency, stage.batch_size);
-        for (key, value, unit) in stage.limit_table() {
-            println!("  {key:<26} {value:>12} {unit}");
+        for (key, value, default, unit) in stage.limit_table() {
+            let note = if value == default { String::new() } else { format!("  (default {default})") };
+            println!("  {key:<26} {value:>12} {unit}{note}");
         }
     }
     Ok(())

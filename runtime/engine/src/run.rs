@@ -592,14 +592,6 @@ struct Caller<'a> {
 /// `max_batch_output_bytes`: released, to come back in a later batch.
 const DEFERRED: &str = "deferred";
 
-/// What an output carries: payload, key, headers and topic.
-fn output_bytes(o: &Output) -> usize {
-    o.payload.len()
-        + o.key.as_ref().map_or(0, Vec::len)
-        + o.headers.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>()
-        + o.topic.as_ref().map_or(0, String::len)
-}
-
 /// Lines that guests cause (a failed call, a dead letter) are logged at most
 /// this often, after a burst; the rest are counted and summarised.
 fn guest_driven_log() -> LogBucket {
@@ -667,7 +659,7 @@ impl Caller<'_> {
             }
             let before = out.len();
             self.call_one(inst, batch, first, out, writes);
-            let used: usize = out[before..].iter().filter_map(|r| r.as_ref().ok()).flatten().map(output_bytes).sum();
+            let used: usize = out[before..].iter().filter_map(|r| r.as_ref().ok()).flatten().map(weir_host::output_bytes).sum();
             let _ = self.budget.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |left| Some(left.saturating_sub(used)));
         }
     }

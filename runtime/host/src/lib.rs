@@ -40,7 +40,7 @@ use wasmtime::{Config, Engine};
 pub use cache::default_cache_dir;
 pub use component::Stage;
 pub use instance::{Counters, DirGrant, ErrorKind, Grants, Instance, StageContext};
-pub use limits::{CounterLimits, Limited, Limits, LogBucket, LogLimits, OutputLimits, StateLimits};
+pub use limits::{CounterLimits, Limited, Limits, LogBucket, LogLimits, OutputLimits, StateLimits, output_bytes};
 pub use state::{PendingWrites, StageState, StateMap, WriteSet};
 
 /// Generated bindings for the `weir:pipeline/stage` world.

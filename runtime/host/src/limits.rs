@@ -72,6 +72,15 @@ impl Default for OutputLimits {
     }
 }
 
+/// What an output carries, as `max_output_bytes` counts it: payload, key,
+/// header names and values, and topic name.
+pub fn output_bytes(o: &Output) -> usize {
+    o.payload.len()
+        + o.key.as_ref().map_or(0, Vec::len)
+        + o.headers.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>()
+        + o.topic.as_ref().map_or(0, String::len)
+}
+
 /// Longest topic name an output may give (the queue's own limit).
 const MAX_TOPIC_BYTES: usize = 200;
 
@@ -88,19 +97,14 @@ impl OutputLimits {
             if o.headers.len() > self.max_headers {
                 return over("max_output_headers", o.headers.len(), self.max_headers);
             }
-            let mut headers = 0usize;
-            for (name, value) in &o.headers {
-                let one = name.len() + value.len();
-                if one > self.max_header_bytes {
-                    return over("max_output_header_bytes", one, self.max_header_bytes);
-                }
-                headers += one;
+            if let Some(one) = o.headers.iter().map(|(name, value)| name.len() + value.len()).find(|&one| one > self.max_header_bytes) {
+                return over("max_output_header_bytes", one, self.max_header_bytes);
             }
             let topic = o.topic.as_ref().map_or(0, String::len);
             if topic > MAX_TOPIC_BYTES {
                 return over("topic name bytes", topic, MAX_TOPIC_BYTES);
             }
-            total = total.saturating_add(o.payload.len() + key + headers + topic);
+            total = total.saturating_add(output_bytes(o));
         }
         if total > self.max_bytes {
             return over("max_output_bytes", total, self.max_bytes);

@@ -42,9 +42,10 @@ use std::sync::{Arc, Condvar, Mutex, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 pub use consumer::{Consumer, ConsumerOptions, Delivery, DeliveryId, Seek, StartFrom, dlq_headers};
-use faults::Faults;
 #[cfg(feature = "fault-injection")]
-pub use faults::{FaultInjector, SyncSite};
+pub use faults::FaultInjector;
+pub use faults::SyncSite;
+use faults::Faults;
 pub use partition::Truncation;
 pub use record::{MAX_RECORD_BYTES, MSG_ID_HEADER, Record, StoredRecord, check_parts};
 pub use state::{StageMap, StateStore, StateWrite};

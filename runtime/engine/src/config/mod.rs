@@ -347,31 +347,35 @@ pub struct StageSpec {
 }
 
 impl StageSpec {
-    /// Every limit of the stage as `(key, value, unit)`, by its
+    /// Every limit of the stage as `(key, value, default, unit)`, by its
     /// pipeline-file key, for `weir validate` to list.
-    pub fn limit_table(&self) -> Vec<(&'static str, u64, &'static str)> {
+    pub fn limit_table(&self) -> Vec<(&'static str, u64, u64, &'static str)> {
+        use defaults as d;
         let l = &self.limits;
         let n = |v: usize| v as u64;
         let mut rows = vec![
-            ("timeout_ms", l.timeout.as_millis() as u64, "ms"),
-            ("max_memory_bytes", n(l.max_memory_bytes), "bytes"),
-            ("max_output_bytes", n(l.output.max_bytes), "bytes"),
-            ("max_batch_output_bytes", n(self.max_batch_output_bytes), "bytes per source batch"),
-            ("max_output_key_bytes", n(l.output.max_key_bytes), "bytes"),
-            ("max_output_headers", n(l.output.max_headers), "headers"),
-            ("max_output_header_bytes", n(l.output.max_header_bytes), "bytes"),
-            ("max_state_key_bytes", n(l.state.max_key_bytes), "bytes"),
-            ("max_state_value_bytes", n(l.state.max_value_bytes), "bytes"),
-            ("max_state_write_bytes", n(l.state.max_write_bytes), "bytes per call"),
-            ("max_state_bytes", n(l.state.max_bytes), "bytes"),
-            ("log_lines_per_second", u64::from(l.log.lines_per_second), "lines/s"),
-            ("log_burst_lines", u64::from(l.log.burst_lines), "lines"),
-            ("max_log_line_bytes", n(l.log.max_line_bytes), "bytes"),
-            ("max_counters", n(l.counters.max_names), "counters"),
-            ("max_counter_name_bytes", n(l.counters.max_name_bytes), "bytes"),
-        ];
+            ("timeout_ms", l.timeout.as_millis() as u64, d::TIMEOUT_MS, "ms"),
+            ("max_memory_bytes", n(l.max_memory_bytes), d::MAX_MEMORY_BYTES, "bytes"),
+            ("max_output_bytes", n(l.output.max_bytes), d::MAX_OUTPUT_BYTES, "bytes"),
+            ("max_batch_output_bytes", n(self.max_batch_output_bytes), d::MAX_BATCH_OUTPUT_BYTES, "bytes per source batch"),
+            ("max_output_key_bytes", n(l.output.max_key_bytes), d::MAX_OUTPUT_KEY_BYTES, "bytes"),
+            ("max_output_headers", n(l.output.max_headers), d::MAX_OUTPUT_HEADERS, "headers"),
+            ("max_output_header_bytes", n(l.output.max_header_bytes), d::MAX_OUTPUT_HEADER_BYTES, "bytes"),
+            ("max_state_key_bytes", n(l.state.max_key_bytes), d::MAX_STATE_KEY_BYTES, "bytes"),
+            ("max_state_value_bytes", n(l.state.max_value_bytes), d::MAX_STATE_VALUE_BYTES, "bytes"),
+            ("max_state_write_bytes", n(l.state.max_write_bytes), d::MAX_STATE_WRITE_BYTES, "bytes per call"),
+            ("max_state_bytes", n(l.state.max_bytes), d::MAX_STATE_BYTES, "bytes"),
+            ("log_lines_per_second", u64::from(l.log.lines_per_second), d::LOG_LINES_PER_SECOND, "lines/s"),
+            ("log_burst_lines", u64::from(l.log.burst_lines), d::LOG_BURST_LINES, "lines"),
+            ("max_log_line_bytes", n(l.log.max_line_bytes), d::MAX_LOG_LINE_BYTES, "bytes"),
+            ("max_counters", n(l.counters.max_names), d::MAX_COUNTERS, "counters"),
+            ("max_counter_name_bytes", n(l.counters.max_name_bytes), d::MAX_COUNTER_NAME_BYTES, "bytes"),
+        ]
+        .into_iter()
+        .map(|(k, v, default, unit)| (k, v, default as u64, unit))
+        .collect::<Vec<_>>();
         if let Some(fuel) = l.max_fuel {
-            rows.insert(2, ("max_fuel", fuel, "instructions per call"));
+            rows.insert(2, ("max_fuel", fuel, 0, "instructions per call (default: unmetered)"));
         }
         rows
     }
