@@ -44,8 +44,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 pub use consumer::{Consumer, ConsumerOptions, Delivery, DeliveryId, Seek, StartFrom, dlq_headers};
 #[cfg(feature = "fault-injection")]
 pub use faults::FaultInjector;
-pub use faults::SyncSite;
 use faults::Faults;
+pub use faults::SyncSite;
 pub use partition::Truncation;
 pub use record::{MAX_RECORD_BYTES, MSG_ID_HEADER, Record, StoredRecord, check_parts};
 pub use state::{StageMap, StateStore, StateWrite};
