@@ -142,3 +142,23 @@ type = "stdout"
     assert!(err.contains("p.toml:16:1: stage[1].batch_size: must be between 1 and 100000, got -1"), "{err}");
     assert!(err.contains("3 errors"), "{err}");
 }
+
+#[test]
+fn a_single_stage_or_sink_table_is_one_stage_or_sink_and_its_errors_say_where() {
+    let weir = Weir::new();
+    let dir = tempfile::tempdir().unwrap();
+    let one = |extra: &str| {
+        crate::pipeline_file(
+            dir.path(),
+            "one.toml",
+            &format!(
+                "[pipeline]\nname = \"one\"\n\n[source]\ntype = \"stdin\"\n\n[stage]\nname = \"up\"\nmodule = \"{{component:uppercase}}\"\n\n[sink]\ntype = \"stdout\"\n{extra}"
+            ),
+        )
+    };
+    let p = one("");
+    assert_eq!(weir.ok(&["run", p.to_str().unwrap(), "--drain"], b"hello\n"), "HELLO\n");
+    let bad = one("format = \"yaml\"\n");
+    let err = weir.fails(&["validate", bad.to_str().unwrap()], b"");
+    assert!(err.contains("one.toml:11:1: sink: unknown variant `yaml`"), "{err}");
+}

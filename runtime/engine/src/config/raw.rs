@@ -10,14 +10,39 @@ use serde::Deserialize;
 pub(crate) struct RawFile {
     pub pipeline: RawPipeline,
     pub source: RawSource,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "one_or_many")]
     pub stage: Vec<RawStage>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "one_or_many")]
     pub sink: Vec<RawSink>,
     pub dead_letter: Option<RawDeadLetter>,
     #[serde(default)]
     pub topic: Vec<RawTopic>,
     pub nats: Option<RawNats>,
+}
+
+/// `[[sink]]` tables, or a single `[sink]` table as the natural way to
+/// write one (the same for stages). Dispatches on the TOML shape rather than
+/// trying each (as an untagged enum would), so an error inside the table
+/// keeps its own message and place.
+fn one_or_many<'de, D, T>(d: D) -> Result<Vec<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    struct OneOrMany<T>(std::marker::PhantomData<T>);
+    impl<'de, T: Deserialize<'de>> serde::de::Visitor<'de> for OneOrMany<T> {
+        type Value = Vec<T>;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a table, or an array of tables")
+        }
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(self, seq: A) -> Result<Vec<T>, A::Error> {
+            Vec::deserialize(serde::de::value::SeqAccessDeserializer::new(seq))
+        }
+        fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<Vec<T>, A::Error> {
+            T::deserialize(serde::de::value::MapAccessDeserializer::new(map)).map(|one| vec![one])
+        }
+    }
+    d.deserialize_any(OneOrMany(std::marker::PhantomData))
 }
 
 /// `[nats]`: how to reach NATS, shared by every NATS source and sink.

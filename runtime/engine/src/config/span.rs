@@ -71,6 +71,8 @@ impl<'i> Locator<'i> {
                 }
                 (Seg::Index(i), _, Some(v)) => match v.get_ref() {
                     DeValue::Array(a) => a.get(*i),
+                    // A single `[sink]` or `[stage]` table stands for the first.
+                    DeValue::Table(_) if *i == 0 => Some(v),
                     _ => None,
                 },
                 _ => None,
@@ -121,6 +123,9 @@ impl Locator<'_> {
                 _ => {}
             }
         }
+        // An error at a table header (`[sink]`, `[[sink]]`) belongs to the
+        // table it opens, whose key starts after the brackets.
+        let offset = offset + self.text.get(offset..).map_or(0, |rest| rest.len() - rest.trim_start_matches('[').len());
         let mut path = TomlPath::default();
         if let Some(root) = &self.root {
             walk(root.get_ref(), offset, &mut path);
