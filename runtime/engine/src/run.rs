@@ -560,11 +560,7 @@ fn bounded(reason: &str) -> String {
     if reason.len() <= MAX_REASON_BYTES {
         return reason.to_owned();
     }
-    let mut cut = MAX_REASON_BYTES;
-    while !reason.is_char_boundary(cut) {
-        cut -= 1;
-    }
-    format!("{}… (cut from {} bytes)", &reason[..cut], reason.len())
+    format!("{}… (cut from {} bytes)", &reason[..reason.floor_char_boundary(MAX_REASON_BYTES)], reason.len())
 }
 
 type CallResult = Result<Vec<Output>, CallFailure>;

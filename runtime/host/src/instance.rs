@@ -291,11 +291,7 @@ impl host::Host for HostState {
         let mut message = message;
         let max = ctx.limits.log.max_line_bytes;
         if message.len() > max {
-            let mut cut = max;
-            while !message.is_char_boundary(cut) {
-                cut -= 1;
-            }
-            message.truncate(cut);
+            message.truncate(message.floor_char_boundary(max));
             message.push_str(" …");
             ctx.limited.log_cut();
         }
