@@ -246,7 +246,7 @@ pub(crate) fn start(queue: Queue, args: &ListenArgs, extra: Option<Router>, prot
         let mut tick = tokio::time::interval(idle.group_idle.clamp(Duration::from_millis(100), Duration::from_secs(10)));
         loop {
             tick.tick().await;
-            idle.close_idle_groups();
+            idle.close_idle(&mut idle.consumers.lock().expect("consumer map poisoned"));
         }
     });
     std::thread::Builder::new().name("weir-api".into()).spawn(move || {
@@ -505,11 +505,9 @@ fn too_many(count: usize, max: usize) -> ApiError {
 }
 
 impl ApiState {
-    /// Close the groups no request has used for `--group-idle-ms` (their
-    /// unsettled deliveries go back to the topic); returns how many.
-    fn close_idle_groups(&self) -> usize {
-        let mut consumers = self.consumers.lock().expect("consumer map poisoned");
-        let before = consumers.len();
+    /// Close, in `consumers` (the locked map), the groups no request has
+    /// used for `--group-idle-ms`: their unsettled deliveries go back to the topic.
+    fn close_idle(&self, consumers: &mut HashMap<(String, String), SharedConsumer>) {
         consumers.retain(|(topic, group), g| {
             let idle = g.used.lock().expect("group clock poisoned").elapsed() >= self.group_idle;
             // A request holding it keeps it open.
@@ -519,19 +517,15 @@ impl ApiState {
             }
             !close
         });
-        before - consumers.len()
     }
 
     fn consumer(&self, topic: &str, group: &str, start: Option<&str>) -> Result<SharedConsumer, ApiError> {
-        if let Some(c) = self.consumers.lock().expect("consumer map poisoned").get(&(topic.to_owned(), group.to_owned())) {
-            return Ok(c.clone());
-        }
-        if self.consumers.lock().expect("consumer map poisoned").len() >= self.max_groups {
-            self.close_idle_groups();
-        }
         let mut consumers = self.consumers.lock().expect("consumer map poisoned");
         if let Some(c) = consumers.get(&(topic.to_owned(), group.to_owned())) {
             return Ok(c.clone());
+        }
+        if consumers.len() >= self.max_groups {
+            self.close_idle(&mut consumers);
         }
         if consumers.len() >= self.max_groups {
             return Err(ApiError(
