@@ -254,13 +254,14 @@ impl HostState {
         if self.written > limits.max_write_bytes {
             return refuse("written by one call", self.written, "max_state_write_bytes", limits.max_write_bytes);
         }
+        let (stored, held) = self.ctx.state.value_len_and_bytes(key);
         let old = match self.writes.get(key) {
             Some(v) => v.as_ref().map(Vec::len),
-            None => self.ctx.state.value_len(key),
+            None => stored,
         };
         let size = |v: Option<usize>| v.map_or(0, |v| key.len() + v) as isize;
         self.grown += size(value.map(<[u8]>::len)) - size(old);
-        let total = (self.ctx.state.bytes() as isize + self.grown).max(0) as usize;
+        let total = (held as isize + self.grown).max(0) as usize;
         if value.is_some() && total > limits.max_bytes {
             return refuse("held by the stage", total, "max_state_bytes", limits.max_bytes);
         }

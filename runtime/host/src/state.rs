@@ -155,20 +155,23 @@ impl StageState {
         o.committed.get(key).cloned()
     }
 
-    /// The length of `key`'s value, read as [`StageState::read`] does.
-    pub(crate) fn value_len(&self, key: &[u8]) -> Option<usize> {
+    /// The length of `key`'s value, read as [`StageState::read`] does, and
+    /// the bytes the stage holds; under one lock, for each state write.
+    pub(crate) fn value_len_and_bytes(&self, key: &[u8]) -> (Option<usize>, usize) {
         let o = self.overlay.lock().unwrap();
-        for w in o.pending.iter().rev() {
-            if let Some(v) = w.writes.get(key) {
-                return v.as_ref().map(Vec::len);
-            }
-        }
-        o.committed.get(key).map(Vec::len)
+        let len = match o.pending.iter().rev().find_map(|w| w.writes.get(key)) {
+            Some(v) => v.as_ref().map(Vec::len),
+            None => o.committed.get(key).map(Vec::len),
+        };
+        (len, Self::held(&o))
     }
 
     /// Key and value bytes the stage holds, committed and pending.
     pub fn bytes(&self) -> usize {
-        let o = self.overlay.lock().unwrap();
+        Self::held(&self.overlay.lock().unwrap())
+    }
+
+    fn held(o: &Overlay) -> usize {
         let pending: isize = o.pending.iter().map(|w| w.grown).sum();
         (o.committed_bytes as isize + pending).max(0) as usize
     }
