@@ -4,36 +4,7 @@
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::{Weir, finish_within, pipeline_file, read_json};
-
-/// A hostile stage between topic `in` and topic `out`, with default limits
-/// but for attempts (two, at once) and `extra` keys.
-fn hostile_pipeline(dir: &std::path::Path, extra: &str) -> std::path::PathBuf {
-    pipeline_file(
-        dir,
-        "hostile.toml",
-        &format!(
-            r#"[pipeline]
-name = "h"
-
-[source]
-type = "queue"
-topic = "in"
-
-[[stage]]
-name = "hostile"
-module = "{{component:hostile}}"
-max_attempts = 2
-retry_backoff_ms = 0
-{extra}
-
-[[sink]]
-type = "queue"
-topic = "out"
-"#
-        ),
-    )
-}
+use crate::{Weir, finish_within, hostile_pipeline, pipeline_file, read_json};
 
 /// Run `pipeline` to the end within `within`, with the report in `dir`:
 /// (stderr, report).

@@ -140,6 +140,35 @@ pub fn finish_within(mut child: std::process::Child, within: std::time::Duration
     Output { status, stdout: pipes.next().unwrap(), stderr: pipes.next().unwrap() }
 }
 
+/// A hostile stage between topic `in` and topic `out`, with default limits
+/// but for attempts (two, at once) and `extra` keys.
+pub fn hostile_pipeline(dir: &std::path::Path, extra: &str) -> std::path::PathBuf {
+    pipeline_file(
+        dir,
+        "hostile.toml",
+        &format!(
+            r#"[pipeline]
+name = "h"
+
+[source]
+type = "queue"
+topic = "in"
+
+[[stage]]
+name = "hostile"
+module = "{{component:hostile}}"
+max_attempts = 2
+retry_backoff_ms = 0
+{extra}
+
+[[sink]]
+type = "queue"
+topic = "out"
+"#
+        ),
+    )
+}
+
 /// A JSON file, such as a `--report`.
 pub fn read_json(path: &Path) -> serde_json::Value {
     serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()

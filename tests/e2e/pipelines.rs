@@ -33,30 +33,7 @@ fn three_stages_with_a_filter_and_a_dead_letter() {
 fn hostile_messages_are_contained_and_the_rest_flow() {
     let weir = Weir::new();
     let dir = tempfile::tempdir().unwrap();
-    let p = pipeline_file(
-        dir.path(),
-        "hostile.toml",
-        r#"[pipeline]
-name = "h"
-
-[source]
-type = "queue"
-topic = "in"
-
-[[stage]]
-name = "hostile"
-module = "{component:hostile}"
-timeout_ms = 300
-max_memory_bytes = 33554432
-max_output_bytes = 1048576
-max_attempts = 2
-retry_backoff_ms = 0
-
-[[sink]]
-type = "queue"
-topic = "out"
-"#,
-    );
+    let p = crate::hostile_pipeline(dir.path(), "timeout_ms = 300\nmax_memory_bytes = 33554432\nmax_output_bytes = 1048576");
     weir.produce("in", &["ok-1", "loop", "ok-2", "trap", "alloc", "recurse", "big", "big:104857600", "retry", "reject", "ok-3"]);
     let started = Instant::now();
     let report = dir.path().join("report.json");

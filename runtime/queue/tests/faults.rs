@@ -6,6 +6,15 @@ use std::sync::Arc;
 
 use weir_queue::{ConsumerOptions, Error, FaultInjector, Queue, Record, StateWrite, SyncSite, TopicConfig};
 
+/// A queue with a fault injector and a topic `t` made with `config`.
+fn faulty_queue(config: &TopicConfig) -> (tempfile::TempDir, Arc<FaultInjector>, Queue) {
+    let dir = tempfile::tempdir().unwrap();
+    let faults = Arc::new(FaultInjector::default());
+    let q = Queue::open_with_faults(dir.path(), faults.clone()).unwrap();
+    q.create_topic("t", config).unwrap();
+    (dir, faults, q)
+}
+
 fn payloads(q: &Queue) -> Vec<String> {
     q.read("t", 0, 0, usize::MAX).unwrap().into_iter().map(|r| String::from_utf8(r.payload).unwrap()).collect()
 }
@@ -16,10 +25,7 @@ fn segment_len(dir: &std::path::Path) -> u64 {
 
 #[test]
 fn a_full_disk_fails_the_publish_leaves_no_partial_record_and_recovers_when_freed() {
-    let dir = tempfile::tempdir().unwrap();
-    let faults = Arc::new(FaultInjector::default());
-    let q = Queue::open_with_faults(dir.path(), faults.clone()).unwrap();
-    q.create_topic("t", &TopicConfig::default()).unwrap();
+    let (dir, faults, q) = faulty_queue(&TopicConfig::default());
     q.publish("t", &[Record::new("before")]).unwrap();
     let len = segment_len(dir.path());
 
@@ -44,10 +50,7 @@ fn a_full_disk_fails_the_publish_leaves_no_partial_record_and_recovers_when_free
 
 #[test]
 fn a_failed_fsync_stops_writes_and_says_so_until_reopened() {
-    let dir = tempfile::tempdir().unwrap();
-    let faults = Arc::new(FaultInjector::default());
-    let q = Queue::open_with_faults(dir.path(), faults.clone()).unwrap();
-    q.create_topic("t", &TopicConfig::default()).unwrap();
+    let (dir, faults, q) = faulty_queue(&TopicConfig::default());
     q.publish("t", &[Record::new("acknowledged")]).unwrap();
 
     faults.fail_next_fsync();
@@ -76,10 +79,7 @@ fn a_failed_fsync_stops_writes_and_says_so_until_reopened() {
 /// at `site` stops the partition; then every later publish fails too, and
 /// after a restart the log holds exactly the acknowledged records.
 fn partition_stops_at(site: SyncSite) {
-    let dir = tempfile::tempdir().unwrap();
-    let faults = Arc::new(FaultInjector::default());
-    let q = Queue::open_with_faults(dir.path(), faults.clone()).unwrap();
-    q.create_topic("t", &TopicConfig { segment_bytes: 4096, ..TopicConfig::default() }).unwrap();
+    let (dir, faults, q) = faulty_queue(&TopicConfig { segment_bytes: 4096, ..TopicConfig::default() });
     let mut acked = Vec::new();
     for i in 0..20 {
         let payload = format!("{i:03}-{}", "x".repeat(300));
@@ -126,10 +126,7 @@ fn a_failed_directory_fsync_for_a_new_segment_stops_the_partition() {
 
 #[test]
 fn a_failed_fsync_of_committed_offsets_stops_the_group_at_its_last_durable_offsets() {
-    let dir = tempfile::tempdir().unwrap();
-    let faults = Arc::new(FaultInjector::default());
-    let q = Queue::open_with_faults(dir.path(), faults.clone()).unwrap();
-    q.create_topic("t", &TopicConfig::default()).unwrap();
+    let (dir, faults, q) = faulty_queue(&TopicConfig::default());
     q.publish("t", &(0..6).map(|i| Record::new(format!("m{i}"))).collect::<Vec<_>>()).unwrap();
     let mut c = q.consumer("t", "g", ConsumerOptions::default()).unwrap();
     let take = |c: &mut weir_queue::Consumer, n: usize| {
@@ -158,9 +155,7 @@ fn a_failed_fsync_of_committed_offsets_stops_the_group_at_its_last_durable_offse
 #[test]
 fn a_failed_fsync_of_the_state_log_or_snapshot_stops_the_state_store() {
     for site in [SyncSite::StateLog, SyncSite::StateSnapshot, SyncSite::Directory] {
-        let dir = tempfile::tempdir().unwrap();
-        let faults = Arc::new(FaultInjector::default());
-        let q = Queue::open_with_faults(dir.path(), faults.clone()).unwrap();
+        let (_dir, faults, q) = faulty_queue(&TopicConfig::default());
         let put = |k: &str, v: &str| StateWrite { stage: "s".into(), key: k.into(), value: Some(v.into()) };
         let mut state = q.state_store("g", "t").unwrap();
         state.commit(&[put("a", "1")], &[(0, 0)]).unwrap();
