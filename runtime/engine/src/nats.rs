@@ -335,11 +335,20 @@ const MSG_ID_ROOM: usize = 1024;
 /// The bytes NATS counts against `max_payload` for a message of these parts
 /// as [`to_nats`] encodes it, plus room for its message id.
 pub(crate) fn wire_len(key: Option<&[u8]>, headers: &[(String, Vec<u8>)], payload_len: usize) -> usize {
-    let value = |v: &[u8]| String::from_utf8_lossy(v).len() + v.iter().filter(|&&b| b == b'\r' || b == b'\n').count();
-    let header = |name: &str, v: &[u8]| name.len() + 2 + value(v) + 2;
+    let header = |name: &str, v: &[u8]| name.len() + 2 + one_line(v).len() + 2;
     let block =
         b"NATS/1.0\r\n\r\n".len() + headers.iter().map(|(k, v)| header(k, v)).sum::<usize>() + key.map_or(0, |k| header(KEY_HEADER, k));
     block + MSG_ID_ROOM + payload_len
+}
+
+/// A header value as NATS carries it: text on one line, invalid UTF-8
+/// replaced, line breaks written `\r` and `\n`. Borrows when nothing changes,
+/// so sizing a message ([`wire_len`]) costs no copy in the common case.
+fn one_line(v: &[u8]) -> std::borrow::Cow<'_, str> {
+    match String::from_utf8_lossy(v) {
+        text if text.contains(['\r', '\n']) => text.replace('\r', "\\r").replace('\n', "\\n").into(),
+        text => text,
+    }
 }
 
 /// A record as NATS headers and payload; its key travels in [`KEY_HEADER`].
@@ -347,16 +356,15 @@ pub(crate) fn wire_len(key: Option<&[u8]>, headers: &[(String, Vec<u8>)], payloa
 /// breaks are written `\n` (a dead letter's reason may span lines). A header
 /// whose name NATS cannot carry is dropped, with a warning.
 pub fn to_nats(r: Record) -> (HeaderMap, bytes::Bytes) {
-    let one_line = |v: &[u8]| String::from_utf8_lossy(v).replace('\r', "\\r").replace('\n', "\\n");
     let mut headers = HeaderMap::new();
     for (k, v) in &r.headers {
         match async_nats::HeaderName::try_from(k.as_str()) {
-            Ok(name) => headers.append(name, one_line(v)),
+            Ok(name) => headers.append(name, one_line(v).into_owned()),
             Err(e) => tracing::warn!(header = %k, error = %e, "header dropped: NATS cannot carry its name"),
         }
     }
     if let Some(key) = &r.key {
-        headers.insert(KEY_HEADER, one_line(key));
+        headers.insert(KEY_HEADER, one_line(key).into_owned());
     }
     (headers, r.payload.into())
 }
