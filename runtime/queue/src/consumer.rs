@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use crate::faults::SyncSite;
 use crate::record::{Record, StoredRecord};
 use crate::topic::Topic;
-use crate::{Error, Queue, Result, TopicConfig, validate_name, write_atomic};
+use crate::{Error, Queue, Result, TopicConfig, create_dir_durable, validate_name, write_atomic};
 
 /// Where a group with no committed offset starts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -539,7 +539,7 @@ impl Consumer {
             return Err(Error::Stopped { path: self.path.clone(), reason: reason.clone() });
         }
         let dir = self.path.parent().unwrap();
-        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        create_dir_durable(dir, &self.queue.inner.faults)?;
         let file = GroupFile { committed: self.parts.iter().map(|p| p.frontier).collect() };
         let bytes = serde_json::to_vec(&file).expect("group file serialises");
         if let Err(e) = write_atomic(&self.path, &bytes, SyncSite::Offsets, &self.queue.inner.faults) {

@@ -133,7 +133,7 @@ impl Partition {
                 let log = self.log();
                 (log.writer(), log.end_offset())
             };
-            let result = self.faults.sync(SyncSite::Append, || file.map_or(Ok(()), |f| f.sync_data()));
+            let result = file.map_or(Ok(()), |(file, path)| self.faults.sync_file(SyncSite::Append, &path, &file, true));
             self.fsyncs.fetch_add(1, Ordering::Relaxed);
             let failure = result.err().map(|e| {
                 // Fail-stop: after a failed fsync the kernel may have dropped
@@ -169,21 +169,25 @@ impl Partition {
         self.log().start_offset()
     }
 
-    /// Read up to `max` visible records from `from`.
+    /// Read up to `max` visible records from `from`. The partition's lock is
+    /// held only to plan the read, not while reading the files.
     pub(crate) fn read(&self, from: u64, max: usize) -> Result<Vec<StoredRecord>> {
         let visible = self.visible_end();
-        let mut log = self.log();
-        let visible = if self.read_only {
-            log.refresh()?;
-            log.end_offset()
-        } else {
-            visible
+        let plan = {
+            let mut log = self.log();
+            let visible = if self.read_only {
+                log.refresh()?;
+                log.end_offset()
+            } else {
+                visible
+            };
+            let max = max.min(visible.saturating_sub(from) as usize);
+            if max == 0 {
+                return Ok(Vec::new());
+            }
+            (log.plan_read(from, max), max)
         };
-        let max = max.min(visible.saturating_sub(from) as usize);
-        if max == 0 {
-            return Ok(Vec::new());
-        }
-        log.read(from, max)
+        plan.0.read(plan.1)
     }
 
     pub(crate) fn refresh(&self) -> Result<()> {

@@ -30,6 +30,8 @@ mod consumer;
 mod durable;
 mod faults;
 mod partition;
+#[cfg(feature = "fault-injection")]
+mod power;
 mod record;
 mod state;
 mod topic;
@@ -165,7 +167,22 @@ pub(crate) fn now_ms() -> u64 {
 
 /// fsync a directory so that created, renamed or deleted entries are durable.
 pub(crate) fn sync_dir(dir: &Path, faults: &Faults) -> Result<()> {
-    faults.sync(SyncSite::Directory, || File::open(dir).and_then(|d| d.sync_all())).map_err(|e| Error::io(dir, e))
+    faults.sync_dir(dir).map_err(|e| Error::io(dir, e))
+}
+
+/// Create the directory `dir` and any missing parents durably: after each
+/// one is made, its parent is synced, so a power cut cannot lose it (and with
+/// it everything later written below it).
+pub(crate) fn create_dir_durable(dir: &Path, faults: &Faults) -> Result<()> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    let parent = dir.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    create_dir_durable(parent, faults)?;
+    match fs::create_dir(dir) {
+        Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => Err(Error::io(dir, e)),
+        _ => sync_dir(parent, faults),
+    }
 }
 
 /// Write `bytes` to `path` atomically and durably (temp file, fsync at
@@ -173,7 +190,7 @@ pub(crate) fn sync_dir(dir: &Path, faults: &Faults) -> Result<()> {
 pub(crate) fn write_atomic(path: &Path, bytes: &[u8], site: SyncSite, faults: &Faults) -> Result<()> {
     let tmp = path.with_extension("tmp");
     let mut f = File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
-    f.write_all(bytes).and_then(|()| faults.sync(site, || f.sync_all())).map_err(|e| Error::io(&tmp, e))?;
+    f.write_all(bytes).and_then(|()| faults.sync_file(site, &tmp, &f, false)).map_err(|e| Error::io(&tmp, e))?;
     fs::rename(&tmp, path).map_err(|e| Error::io(path, e))?;
     sync_dir(path.parent().unwrap_or(Path::new(".")), faults)
 }
@@ -254,8 +271,8 @@ impl Queue {
             }
             None
         } else {
-            fs::create_dir_all(dir.join("topics")).map_err(|e| Error::io(dir, e))?;
-            fs::create_dir_all(dir.join("groups")).map_err(|e| Error::io(dir, e))?;
+            create_dir_durable(&dir.join("topics"), &faults)?;
+            create_dir_durable(&dir.join("groups"), &faults)?;
             let lock = lock_dir(dir)?;
             // Topics deleted by a process that died before cleaning up.
             fs::remove_dir_all(dir.join("trash")).ok();

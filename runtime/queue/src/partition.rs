@@ -19,8 +19,9 @@ const READ_CHUNK: usize = 256 * 1024;
 
 struct Segment {
     base: u64,
-    path: PathBuf,
-    file: File,
+    /// Shared with reads in progress, which run outside the partition's lock.
+    path: Arc<Path>,
+    file: Arc<File>,
     /// Validated length in bytes.
     len: u64,
     /// Offset after the last record in this segment.
@@ -36,6 +37,10 @@ struct Segment {
 const INDEX_MAGIC: &[u8; 8] = b"WEIRIDX1";
 
 impl Segment {
+    fn new(base: u64, path: PathBuf, file: File) -> Self {
+        Segment { base, path: path.into(), file: Arc::new(file), len: 0, next: base, index: Vec::new(), max_ts: 0, has_ids: false }
+    }
+
     fn file_name(base: u64) -> String {
         format!("{base:020}.log")
     }
@@ -246,7 +251,7 @@ impl Log {
                     reason: format!("segment starts at offset {base} but the previous one ends at {}", prev.next),
                 });
             }
-            let mut seg = Segment { base, path, file, len: 0, next: base, index: Vec::new(), max_ts: 0, has_ids: false };
+            let mut seg = Segment::new(base, path, file);
             let is_tail = i + 1 == count;
             let file_len = seg.file.metadata().map_err(|e| Error::io(&seg.path, e))?.len();
             // A sealed segment with an intact index is not scanned: its records
@@ -263,19 +268,19 @@ impl Log {
             }
             if let Some((at, why)) = bad {
                 if !is_tail {
-                    return Err(Error::Corrupt { path: seg.path, position: at, reason: why.describe().into() });
+                    return Err(Error::Corrupt { path: seg.path.to_path_buf(), position: at, reason: why.describe().into() });
                 }
                 if !read_only {
                     let file_len = seg.file.metadata().map_err(|e| Error::io(&seg.path, e))?.len();
                     let f = OpenOptions::new().write(true).open(&seg.path).map_err(|e| Error::io(&seg.path, e))?;
                     f.set_len(at)
-                        .and_then(|()| part.faults.sync(SyncSite::SegmentRoll, || f.sync_all()))
+                        .and_then(|()| part.faults.sync_file(SyncSite::SegmentRoll, &seg.path, &f, false))
                         .map_err(|e| Error::io(&seg.path, e))?;
                     tracing::warn!(
                         path = %seg.path.display(), at, removed = file_len - at, reason = why.describe(),
                         "recovery truncated a torn or corrupt tail"
                     );
-                    truncation = Some(Truncation { path: seg.path.clone(), at, removed: file_len - at, reason: why.describe() });
+                    truncation = Some(Truncation { path: seg.path.to_path_buf(), at, removed: file_len - at, reason: why.describe() });
                 }
             }
             part.segments.push(seg);
@@ -287,7 +292,7 @@ impl Log {
             let seg = part.segments.last().unwrap();
             let writer = OpenOptions::new().append(true).open(&seg.path).map_err(|e| Error::io(&seg.path, e))?;
             // What recovery kept may have been in the page cache only: make it durable now.
-            part.faults.sync(SyncSite::SegmentRoll, || writer.sync_all()).map_err(|e| Error::io(&seg.path, e))?;
+            part.faults.sync_file(SyncSite::SegmentRoll, &seg.path, &writer, false).map_err(|e| Error::io(&seg.path, e))?;
             part.writer = Some(Arc::new(writer));
         }
         Ok((part, truncation))
@@ -298,7 +303,7 @@ impl Log {
         let file = OpenOptions::new().read(true).append(true).create_new(true).open(&path).map_err(|e| Error::io(&path, e))?;
         sync_dir(&self.dir, &self.faults)?;
         self.writer = Some(Arc::new(file.try_clone().map_err(|e| Error::io(&path, e))?));
-        self.segments.push(Segment { base, path, file, len: 0, next: base, index: Vec::new(), max_ts: 0, has_ids: false });
+        self.segments.push(Segment::new(base, path, file));
         Ok(())
     }
 
@@ -374,7 +379,7 @@ impl Log {
             let seg = self.segments.last().unwrap();
             if !matches!(self.fsync, Fsync::Never) {
                 let writer = self.writer.as_ref().unwrap();
-                self.faults.sync(SyncSite::SegmentRoll, || writer.sync_data()).map_err(|e| Error::io(&seg.path, e))?;
+                self.faults.sync_file(SyncSite::SegmentRoll, &seg.path, writer, true).map_err(|e| Error::io(&seg.path, e))?;
             }
             write_atomic(&seg.index_path(), &seg.encode_index(), SyncSite::Index, &self.faults)?;
             self.new_segment(base)
@@ -446,9 +451,10 @@ impl Log {
         Ok(seg.next)
     }
 
-    /// The append handle of the last segment, for syncing outside the lock.
-    pub(crate) fn writer(&self) -> Option<Arc<File>> {
-        self.writer.clone()
+    /// The append handle of the last segment and its path, for syncing
+    /// outside the lock.
+    pub(crate) fn writer(&self) -> Option<(Arc<File>, Arc<Path>)> {
+        Some((self.writer.clone()?, self.segments.last()?.path.clone()))
     }
 
     /// Stop accepting writes: a durability guarantee could not be kept.
@@ -469,23 +475,66 @@ impl Log {
             }
             let base = self.end_offset();
             let file = File::open(&following).map_err(|e| Error::io(&following, e))?;
-            self.segments.push(Segment { base, path: following, file, len: 0, next: base, index: Vec::new(), max_ts: 0, has_ids: false });
+            self.segments.push(Segment::new(base, following, file));
         }
     }
 
     /// Read up to `max` records starting at `from` (clamped to the start).
     /// Every record's CRC is checked: damage is an error, never skipped.
     pub(crate) fn read(&self, from: u64, max: usize) -> Result<Vec<StoredRecord>> {
-        let mut out = Vec::new();
-        let mut want = from.max(self.start_offset());
+        self.plan_read(from, max).read(max)
+    }
+
+    /// What reading up to `max` records from `from` needs, taken under the
+    /// partition's lock so that the reading itself can run outside it.
+    pub(crate) fn plan_read(&self, from: u64, max: usize) -> ReadPlan {
+        let want = from.max(self.start_offset());
         let first = self.segments.partition_point(|s| s.next <= want);
-        let mut buf = Vec::new();
+        let mut segments = Vec::new();
+        let mut records = 0;
         for seg in &self.segments[first..] {
+            if records >= max as u64 {
+                break;
+            }
+            segments.push(SegmentRead { path: seg.path.clone(), file: seg.file.clone(), pos: seg.seek_pos(want), len: seg.len });
+            records += seg.next - want.max(seg.base);
+        }
+        ReadPlan { partition: self.id, want, segments }
+    }
+}
+
+/// A read of a partition, planned under its lock ([`Log::plan_read`]) and
+/// run outside it: appends and other reads go on meanwhile. A segment that
+/// retention deletes meanwhile stays readable through its open file.
+pub(crate) struct ReadPlan {
+    partition: u32,
+    want: u64,
+    segments: Vec<SegmentRead>,
+}
+
+struct SegmentRead {
+    path: Arc<Path>,
+    file: Arc<File>,
+    /// Where to start reading: at or before the wanted record.
+    pos: u64,
+    /// The segment's validated length when the read was planned.
+    len: u64,
+}
+
+impl ReadPlan {
+    /// Up to `max` records. Every record's CRC is checked: damage is an
+    /// error, never skipped.
+    pub(crate) fn read(self, max: usize) -> Result<Vec<StoredRecord>> {
+        let mut out = Vec::new();
+        let mut want = self.want;
+        let mut buf = Vec::new();
+        for seg in &self.segments {
             if out.len() >= max {
                 break;
             }
-            let corrupt = |position: u64, reason: &str| Error::Corrupt { path: seg.path.clone(), position, reason: reason.to_owned() };
-            let mut pos = seg.seek_pos(want);
+            let corrupt =
+                |position: u64, reason: &str| Error::Corrupt { path: seg.path.to_path_buf(), position, reason: reason.to_owned() };
+            let mut pos = seg.pos;
             // The wanted record is within about one index interval of `pos`:
             // a small read serves a small request (a redelivery, a lookup).
             let mut chunk = (2 * INDEX_INTERVAL as usize + max.saturating_mul(256)).min(READ_CHUNK);
@@ -514,7 +563,7 @@ impl Log {
                     let frame = &buf[at..at + len];
                     let offset = u64::from_le_bytes(frame[8..16].try_into().unwrap());
                     if offset >= want {
-                        let rec = record::decode(self.id, frame).map_err(|why| corrupt(pos + at as u64, why.describe()))?;
+                        let rec = record::decode(self.partition, frame).map_err(|why| corrupt(pos + at as u64, why.describe()))?;
                         out.push(rec);
                         want = offset + 1;
                     }

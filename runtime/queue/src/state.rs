@@ -22,7 +22,7 @@ use std::path::{Path, PathBuf};
 
 use crate::consumer::{group_file, read_committed};
 use crate::faults::{Faults, SyncSite};
-use crate::{Error, Result, sync_dir, validate_name, write_atomic};
+use crate::{Error, Result, create_dir_durable, sync_dir, validate_name, write_atomic};
 
 /// Log size that triggers folding the log into the snapshot.
 pub const COMPACT_AT: u64 = 64 << 20;
@@ -129,7 +129,9 @@ impl StateStore {
             tracing::warn!(path = %path.display(), at = pos, dropped = bytes.len() - pos, "state log: cutting off a torn transaction");
             let log = self.log.as_mut().expect("read above");
             let faults = &self.faults;
-            log.set_len(pos as u64).and_then(|()| faults.sync(SyncSite::StateLog, || log.sync_all())).map_err(|e| Error::io(&path, e))?;
+            log.set_len(pos as u64)
+                .and_then(|()| faults.sync_file(SyncSite::StateLog, &path, log, false))
+                .map_err(|e| Error::io(&path, e))?;
         }
         self.log_len = pos as u64;
         Ok(())
@@ -180,13 +182,13 @@ impl StateStore {
         let frame = encode(writes.iter(), acked.iter().copied());
         let path = self.dir.join(LOG_FILE);
         if self.log.is_none() {
-            fs::create_dir_all(&self.dir).map_err(|e| Error::io(&self.dir, e))?;
+            create_dir_durable(&self.dir, &self.faults)?;
             self.log = Some(open_log(&self.dir)?);
             sync_dir(&self.dir, &self.faults)?;
         }
         let log = self.log.as_mut().expect("opened above");
         let faults = &self.faults;
-        let written = log.write_all(&frame).and_then(|()| faults.sync(SyncSite::StateLog, || log.sync_data()));
+        let written = log.write_all(&frame).and_then(|()| faults.sync_file(SyncSite::StateLog, &path, log, true));
         if let Err(e) = written {
             // Cut off whatever part reached the file, so the log stays a
             // sequence of whole transactions.
@@ -245,7 +247,7 @@ impl StateStore {
         let path = self.dir.join(LOG_FILE);
         let log = self.log.as_mut().expect("checked above");
         let faults = &self.faults;
-        log.set_len(0).and_then(|()| faults.sync(SyncSite::StateLog, || log.sync_all())).map_err(|e| Error::io(&path, e))?;
+        log.set_len(0).and_then(|()| faults.sync_file(SyncSite::StateLog, &path, log, false)).map_err(|e| Error::io(&path, e))?;
         sync_dir(&self.dir, &self.faults)?;
         self.log_len = 0;
         Ok(())

@@ -1,0 +1,171 @@
+//! A simulated power cut (tests only, feature `fault-injection`).
+//!
+//! `kill -9` keeps the page cache, so a crash test that only kills the
+//! process cannot tell an fsync from none. This model keeps, for every file,
+//! the length its last *completed* fsync covered, and for every directory,
+//! the entries its last completed fsync covered. After the power is cut it
+//! rebuilds the data directory from those records alone: data never synced
+//! is gone, and creations, renames and deletions in a directory that was not
+//! synced afterwards are undone. Files are kept alive by hard links in a
+//! shadow directory, so a file renamed over or deleted since its directory
+//! was last synced can still be brought back.
+//!
+//! It is the strict reading of POSIX: a real disk may keep more, never less.
+//! Changes are taken as all or nothing per directory between two of its
+//! fsyncs, and a file's synced prefix as never rewritten in place (the queue
+//! only appends, truncates back, and replaces whole files by rename).
+
+use std::collections::{HashMap, HashSet};
+use std::ffi::OsString;
+use std::fs::{self, File};
+use std::io;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::SystemTime;
+
+/// A directory: inode and birth time, so that a reused inode is a new directory.
+type DirKey = (u64, Option<SystemTime>);
+
+#[derive(Debug, Clone, Copy)]
+enum Entry {
+    File(u64),
+    Dir(DirKey),
+}
+
+#[derive(Debug)]
+pub(crate) struct PowerModel {
+    shadow: PathBuf,
+    state: Mutex<State>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    cut: bool,
+    /// File inode → length covered by its last completed fsync.
+    synced: HashMap<u64, u64>,
+    /// Directory → its entries at its last completed fsync.
+    dirs: HashMap<DirKey, Vec<(OsString, Entry)>>,
+    /// Inodes hard-linked into the shadow directory (so never reused).
+    pinned: HashSet<u64>,
+}
+
+fn dir_key(meta: &fs::Metadata) -> DirKey {
+    (meta.ino(), meta.created().ok())
+}
+
+fn power_is_off() -> io::Error {
+    io::Error::other("simulated power cut")
+}
+
+impl PowerModel {
+    /// A model in which everything under `root` now is durable.
+    pub(crate) fn new(root: &Path, shadow: PathBuf) -> io::Result<Self> {
+        let model = PowerModel { shadow, state: Mutex::default() };
+        model.settle(&mut model.state.lock().unwrap(), root)?;
+        Ok(model)
+    }
+
+    /// Record the tree under `dir` as durable as it is.
+    fn settle(&self, st: &mut State, dir: &Path) -> io::Result<()> {
+        let mut entries = Vec::new();
+        for entry in fs::read_dir(dir)? {
+            let entry = entry?;
+            let meta = fs::symlink_metadata(entry.path())?;
+            if meta.is_dir() {
+                self.settle(st, &entry.path())?;
+                entries.push((entry.file_name(), Entry::Dir(dir_key(&meta))));
+            } else if meta.is_file() {
+                self.pin(st, &entry.path(), meta.ino())?;
+                st.synced.insert(meta.ino(), meta.len());
+                entries.push((entry.file_name(), Entry::File(meta.ino())));
+            }
+        }
+        st.dirs.insert(dir_key(&fs::metadata(dir)?), entries);
+        Ok(())
+    }
+
+    pub(crate) fn cut(&self) {
+        self.state.lock().unwrap().cut = true;
+    }
+
+    /// Keep the file at `path` (inode `ino`) alive until the restore.
+    fn pin(&self, st: &mut State, path: &Path, ino: u64) -> io::Result<()> {
+        if st.pinned.contains(&ino) {
+            return Ok(());
+        }
+        fs::hard_link(path, self.shadow.join(ino.to_string()))?;
+        st.pinned.insert(ino);
+        Ok(())
+    }
+
+    /// Run `sync` on `file`; if it completes before the power is cut, what
+    /// the file held when it started is durable.
+    pub(crate) fn sync_file(&self, path: &Path, file: &File, sync: impl FnOnce() -> io::Result<()>) -> io::Result<()> {
+        let meta = file.metadata()?;
+        {
+            let mut st = self.state.lock().unwrap();
+            if st.cut {
+                return Err(power_is_off());
+            }
+            self.pin(&mut st, path, meta.ino())?;
+        }
+        sync()?;
+        let mut st = self.state.lock().unwrap();
+        if st.cut {
+            return Err(power_is_off());
+        }
+        st.synced.insert(meta.ino(), meta.len());
+        Ok(())
+    }
+
+    /// Run `sync` on the directory `dir`; if it completes before the power
+    /// is cut, the entries it held when it started are durable.
+    pub(crate) fn sync_dir(&self, dir: &Path, sync: impl FnOnce() -> io::Result<()>) -> io::Result<()> {
+        let key = dir_key(&fs::metadata(dir)?);
+        let mut entries = Vec::new();
+        {
+            let mut st = self.state.lock().unwrap();
+            if st.cut {
+                return Err(power_is_off());
+            }
+            for entry in fs::read_dir(dir)? {
+                let entry = entry?;
+                let Ok(meta) = fs::symlink_metadata(entry.path()) else { continue }; // removed meanwhile
+                if meta.is_dir() {
+                    entries.push((entry.file_name(), Entry::Dir(dir_key(&meta))));
+                } else if meta.is_file() && self.pin(&mut st, &entry.path(), meta.ino()).is_ok() {
+                    entries.push((entry.file_name(), Entry::File(meta.ino())));
+                }
+            }
+        }
+        sync()?;
+        let mut st = self.state.lock().unwrap();
+        if st.cut {
+            return Err(power_is_off());
+        }
+        st.dirs.insert(key, entries);
+        Ok(())
+    }
+
+    pub(crate) fn restore(&self, root: &Path, into: &Path) -> io::Result<()> {
+        let st = self.state.lock().unwrap();
+        assert!(st.cut, "restore_after_power_cut before cut_power");
+        self.rebuild(&st, dir_key(&fs::metadata(root)?), into)
+    }
+
+    fn rebuild(&self, st: &State, dir: DirKey, into: &Path) -> io::Result<()> {
+        fs::create_dir(into)?;
+        for (name, entry) in st.dirs.get(&dir).into_iter().flatten() {
+            match *entry {
+                Entry::File(ino) => {
+                    let len = st.synced.get(&ino).copied().unwrap_or(0);
+                    let source = File::open(self.shadow.join(ino.to_string()))?;
+                    io::copy(&mut io::Read::take(source, len), &mut File::create(into.join(name))?)?;
+                }
+                Entry::Dir(key) => self.rebuild(st, key, &into.join(name))?,
+            }
+        }
+        Ok(())
+    }
+}
