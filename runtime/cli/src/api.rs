@@ -426,45 +426,11 @@ async fn read_body(s: &ApiState, request: Request) -> Result<axum::body::Bytes, 
     })
 }
 
-/// The records of a publish body: a JSON message or array of them, NDJSON,
-/// or (any other content type) the raw body as one payload with its key
-/// and headers in `Weir-Key` and `Weir-Header-NAME` HTTP headers.
+/// The records of a publish body ([`weir_engine::records_from_body`]).
 fn records(headers: &HeaderMap, body: &[u8]) -> Result<Vec<Record>, ApiError> {
     let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
-    let mime = content_type.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
-    let message = |v: &Value, at: String| weir_engine::record_from_json(v).map_err(|e| bad(format!("{at}: {e}")));
-    match mime.as_str() {
-        "application/json" => {
-            let v: Value = serde_json::from_slice(body).map_err(|e| bad(format!("malformed JSON: {e}")))?;
-            match &v {
-                Value::Array(items) => items.iter().enumerate().map(|(i, m)| message(m, format!("message [{i}]"))).collect(),
-                _ => Ok(vec![message(&v, "message".into())?]),
-            }
-        }
-        "application/x-ndjson" | "application/jsonl" => body
-            .split(|&b| b == b'\n')
-            .enumerate()
-            .filter(|(_, line)| !line.iter().all(u8::is_ascii_whitespace))
-            .map(|(i, line)| {
-                let v: Value = serde_json::from_slice(line).map_err(|e| bad(format!("line {}: malformed JSON: {e}", i + 1)))?;
-                message(&v, format!("line {}", i + 1))
-            })
-            .collect(),
-        _ => {
-            let mut r = Record::new(body.to_vec());
-            for (name, value) in headers {
-                let name = name.as_str();
-                if name == "weir-key" {
-                    r.key = Some(value.as_bytes().to_vec());
-                } else if name == "weir-id" {
-                    r.id = Some(String::from_utf8_lossy(value.as_bytes()).into_owned());
-                } else if let Some(h) = name.strip_prefix("weir-header-") {
-                    r.headers.push((h.to_owned(), value.as_bytes().to_vec()));
-                }
-            }
-            Ok(vec![r])
-        }
-    }
+    let headers = headers.iter().map(|(name, value)| (name.as_str(), value.as_bytes()));
+    weir_engine::records_from_body(content_type, headers, body).map_err(bad)
 }
 
 async fn publish(State(s): State<Arc<ApiState>>, Path(topic): Path<String>, request: Request) -> Result<Json<Value>, ApiError> {

@@ -232,6 +232,55 @@ pub fn record_from_json(v: &serde_json::Value) -> std::result::Result<weir_queue
     Ok(weir_queue::Record { key, headers, payload, timestamp_ms, id })
 }
 
+/// The records of an HTTP publish body, by its content type: a JSON message
+/// or an array of them (`application/json`), one message per line
+/// (`application/x-ndjson`, `application/jsonl`), or (any other type) the
+/// raw body as one payload, with its key, id and headers taken from the
+/// HTTP headers `Weir-Key`, `Weir-Id` and `Weir-Header-NAME` (`headers`:
+/// lower-case names and values).
+///
+/// # Errors
+/// What is wrong and where (`message [2]: ...`, `line 3: ...`).
+pub fn records_from_body<'a>(
+    content_type: &str,
+    headers: impl IntoIterator<Item = (&'a str, &'a [u8])>,
+    body: &[u8],
+) -> std::result::Result<Vec<weir_queue::Record>, String> {
+    let mime = content_type.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    let message = |v: &serde_json::Value, at: String| record_from_json(v).map_err(|e| format!("{at}: {e}"));
+    match mime.as_str() {
+        "application/json" => {
+            let v: serde_json::Value = serde_json::from_slice(body).map_err(|e| format!("malformed JSON: {e}"))?;
+            match &v {
+                serde_json::Value::Array(items) => items.iter().enumerate().map(|(i, m)| message(m, format!("message [{i}]"))).collect(),
+                _ => Ok(vec![message(&v, "message".into())?]),
+            }
+        }
+        "application/x-ndjson" | "application/jsonl" => body
+            .split(|&b| b == b'\n')
+            .enumerate()
+            .filter(|(_, line)| !line.iter().all(u8::is_ascii_whitespace))
+            .map(|(i, line)| {
+                let v: serde_json::Value = serde_json::from_slice(line).map_err(|e| format!("line {}: malformed JSON: {e}", i + 1))?;
+                message(&v, format!("line {}", i + 1))
+            })
+            .collect(),
+        _ => {
+            let mut r = weir_queue::Record::new(body.to_vec());
+            for (name, value) in headers {
+                if name == "weir-key" {
+                    r.key = Some(value.to_vec());
+                } else if name == "weir-id" {
+                    r.id = Some(String::from_utf8_lossy(value).into_owned());
+                } else if let Some(h) = name.strip_prefix("weir-header-") {
+                    r.headers.push((h.to_owned(), value.to_vec()));
+                }
+            }
+            Ok(vec![r])
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
