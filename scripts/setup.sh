@@ -47,3 +47,13 @@ build_examples() {
     echo "==> building the example components (wasm32-wasip2)"
     cargo build --manifest-path examples/Cargo.toml --target wasm32-wasip2 --release --target-dir target
 }
+
+# cargo-fuzz (libFuzzer) for scripts/fuzz. It needs nightly-only compiler
+# flags; this machine has one stable toolchain, so scripts/fuzz sets
+# RUSTC_BOOTSTRAP=1 for its builds (and only for them).
+ensure_cargo_fuzz() {
+    if ! command -v cargo-fuzz >/dev/null; then
+        echo "==> installing cargo-fuzz"
+        cargo install cargo-fuzz --version 0.13.2 --locked
+    fi
+}

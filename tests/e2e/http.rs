@@ -316,11 +316,21 @@ fn produce_consume_and_topics_go_through_the_process_that_owns_the_directory() {
     assert_eq!(said.trim(), "published 3 messages to t: partition 0 offsets 0..=2 (3)");
     let said = with_token(&["topics", "create", "u", "--partitions", "2"], b"");
     assert_eq!(said.trim(), "created topic u with 2 partition(s)");
+    with_token(&["topics", "create", "v", "--fsync", "interval", "--fsync-interval-ms", "50"], b"");
+    // One rule for topic settings: the server says what the queue says.
+    let mut cmd = weir.cmd(&["topics", "create", "w", "--partitions", "0"]);
+    cmd.env("WEIR_TOKEN", "s3cret");
+    let refused = String::from_utf8(Weir::output_of(cmd, b"").stderr).unwrap();
+    assert!(refused.contains("invalid partitions `0`: must be between 1 and 4096"), "{refused}");
     assert_eq!(with_token(&["consume", "t", "--group", "g", "--from-beginning"], b""), "one\ntwo\nthree\n");
     assert_eq!(with_token(&["consume", "t", "--group", "g"], b""), "", "the group acknowledged them");
     let refused = weir.fails(&["produce", "t"], b"four\n");
     assert!(refused.contains("bearer token"), "without the token the server refuses: {refused}");
     stop(serve);
+    let described = weir.ok(&["topics", "describe", "v"], b"");
+    assert!(described.starts_with("topic v: 1 partition(s), fsync interval (50 ms)\n"), "{described}");
+    let refused = weir.fails(&["topics", "create", "w", "--partitions", "0"], b"");
+    assert!(refused.contains("invalid partitions `0`: must be between 1 and 4096"), "without the server too: {refused}");
     let json = weir.consume_json("t");
     assert_eq!(json.len(), 3, "nothing was published without the token");
     assert_eq!((json[0]["key"].as_str(), json[0]["headers"]["h"].as_str()), (Some("k"), Some("v")));

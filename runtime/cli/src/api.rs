@@ -335,16 +335,13 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, ApiError> + S
 }
 
 fn topic_json(t: &TopicInfo) -> Value {
-    let fsync = match t.config.fsync {
-        Fsync::Always => json!("always"),
-        Fsync::Interval { ms } => json!({ "interval_ms": ms }),
-        Fsync::Never => json!("never"),
-    };
+    // The same shape as the request that creates a topic.
     json!({
         "name": t.name,
         "partitions": t.config.partitions,
         "messages": t.len(),
-        "fsync": fsync,
+        "fsync": t.config.fsync.policy(),
+        "fsync_interval_ms": t.config.fsync.interval_ms(),
         "offsets": t.offsets.iter().enumerate().map(|(p, (start, end))| json!({"partition": p, "start": start, "end": end})).collect::<Vec<_>>(),
     })
 }
@@ -397,16 +394,8 @@ fn one() -> u32 {
 async fn create_topic(State(s): State<Arc<ApiState>>, request: Request) -> Result<(StatusCode, Json<Value>), ApiError> {
     let body = read_body(&s, request).await?;
     let t: NewTopic = serde_json::from_slice(&body).map_err(|e| bad(format!("body: {e}")))?;
-    let fsync = match (t.fsync.as_deref(), t.fsync_interval_ms) {
-        (None | Some("always"), None) => Fsync::Always,
-        (Some("never"), None) => Fsync::Never,
-        (Some("interval"), ms) => Fsync::Interval { ms: ms.unwrap_or(100) },
-        (_, Some(_)) => return Err(bad("fsync_interval_ms goes with \"fsync\": \"interval\"")),
-        (Some(other), None) => return Err(bad(format!("fsync must be \"always\", \"interval\" or \"never\", got {other:?}"))),
-    };
-    if !(1..=4096).contains(&t.partitions) {
-        return Err(bad(format!("partitions must be between 1 and 4096, got {}", t.partitions)));
-    }
+    let fsync = Fsync::parse(t.fsync.as_deref(), t.fsync_interval_ms).map_err(|e| bad(e.to_string()))?;
+    // The queue validates the rest, as for every way of making a topic.
     let config =
         TopicConfig { partitions: t.partitions, fsync, max_age_ms: t.max_age_ms, max_bytes: t.max_bytes, ..TopicConfig::default() };
     let info = blocking(move || Ok(s.queue.create_topic(&t.name, &config)?)).await?;

@@ -42,11 +42,28 @@ pub(crate) enum TopicsCommand {
     },
 }
 
-#[derive(Clone, Copy, ValueEnum)]
+/// `--fsync`: a topic's durability policy, as [`Fsync::parse`] reads it.
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub(crate) enum FsyncArg {
     Always,
     Interval,
     Never,
+}
+
+impl FsyncArg {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            FsyncArg::Always => "always",
+            FsyncArg::Interval => "interval",
+            FsyncArg::Never => "never",
+        }
+    }
+
+    /// The policy, with `interval_ms` for `interval`.
+    pub(crate) fn fsync(self, interval_ms: u64) -> Fsync {
+        let interval_ms = (self == FsyncArg::Interval).then_some(interval_ms);
+        Fsync::parse(Some(self.as_str()), interval_ms).expect("clap admits only the three policies")
+    }
 }
 
 pub(crate) fn topics(cmd: TopicsCommand, dir: PathBuf) -> anyhow::Result<()> {
@@ -61,26 +78,17 @@ pub(crate) fn topics(cmd: TopicsCommand, dir: PathBuf) -> anyhow::Result<()> {
         TopicsCommand::Create { name, partitions, fsync, fsync_interval_ms, max_age_ms, max_bytes }
             if let Some(api) = crate::api::running(&dir) =>
         {
-            let fsync = match fsync {
-                FsyncArg::Always => "always",
-                FsyncArg::Interval => "interval",
-                FsyncArg::Never => "never",
-            };
-            let mut body = serde_json::json!({ "name": name, "partitions": partitions, "fsync": fsync, "max_age_ms": max_age_ms, "max_bytes": max_bytes });
-            if fsync == "interval" {
-                body["fsync_interval_ms"] = fsync_interval_ms.into();
-            }
+            let fsync = fsync.fsync(fsync_interval_ms);
+            let body = serde_json::json!({
+                "name": name, "partitions": partitions, "fsync": fsync.policy(), "fsync_interval_ms": fsync.interval_ms(),
+                "max_age_ms": max_age_ms, "max_bytes": max_bytes,
+            });
             let t = api.call("POST", "/v1/topics", "application/json", body.to_string().into_bytes())?;
             println!("created topic {} with {} partition(s)", t["name"].as_str().unwrap_or(&name), t["partitions"]);
         }
         TopicsCommand::Create { name, partitions, fsync, fsync_interval_ms, max_age_ms, max_bytes } => {
             let queue = Queue::open(&dir).with_context(|| format!("opening data directory {}", dir.display()))?;
-            let fsync = match fsync {
-                FsyncArg::Always => Fsync::Always,
-                FsyncArg::Interval => Fsync::Interval { ms: fsync_interval_ms },
-                FsyncArg::Never => Fsync::Never,
-            };
-            let config = TopicConfig { partitions, fsync, max_age_ms, max_bytes, ..TopicConfig::default() };
+            let config = TopicConfig { partitions, fsync: fsync.fsync(fsync_interval_ms), max_age_ms, max_bytes, ..TopicConfig::default() };
             let info = queue.create_topic(&name, &config)?;
             println!("created topic {} with {} partition(s)", info.name, info.config.partitions);
         }
@@ -94,7 +102,7 @@ pub(crate) fn topics(cmd: TopicsCommand, dir: PathBuf) -> anyhow::Result<()> {
         TopicsCommand::Describe { name } => {
             let queue = open_ro()?;
             let t = queue.topic_info(&name)?;
-            println!("topic {}: {} partition(s), fsync {:?}", t.name, t.config.partitions, t.config.fsync);
+            println!("topic {}: {} partition(s), fsync {}", t.name, t.config.partitions, t.config.fsync);
             for (p, (start, end)) in t.offsets.iter().enumerate() {
                 println!("  partition {p}: offsets {start}..{end} ({} messages)", end - start);
             }

@@ -504,7 +504,7 @@ impl Consumer {
     pub fn seek(&mut self, partition: u32, to: Seek) -> Result<()> {
         let p = partition as usize;
         if p >= self.parts.len() {
-            return Err(Error::Invalid { what: "partition", value: partition.to_string(), reason: "no such partition" });
+            return Err(Error::Invalid { what: "partition", value: partition.to_string(), reason: "no such partition".into() });
         }
         let start = self.topic.start_offset(partition);
         let end = self.topic.visible_end(partition);

@@ -78,18 +78,28 @@ impl Segment {
             return false;
         }
         let (body, crc) = bytes.split_at(bytes.len() - 4);
-        if crc32c::crc32c(body) != u32::from_le_bytes(crc.try_into().unwrap()) {
+        if !crate::crc_matches(body, u32::from_le_bytes(crc.try_into().unwrap())) {
             return false;
         }
         let count = u64_at(48) as usize;
-        if body.len() != 56 + count * 24 || u64_at(8) != self.base || u64_at(16) != file_len {
+        if count.checked_mul(24).and_then(|n| n.checked_add(56)) != Some(body.len()) || u64_at(8) != self.base || u64_at(16) != file_len {
+            return false;
+        }
+        let next = u64_at(24);
+        let index: Vec<(u64, u64, u64)> = (0..count).map(|i| (u64_at(56 + i * 24), u64_at(64 + i * 24), u64_at(72 + i * 24))).collect();
+        // Entries name records of this segment, in order: anything else is
+        // damage (or forgery, with its CRC made to match), and the log is scanned.
+        let ordered = index.windows(2).all(|w| w[0].0 < w[1].0 && w[0].1 < w[1].1);
+        let inside = index.iter().all(|&(offset, pos, _)| (self.base..next).contains(&offset) && pos < file_len);
+        let most = file_len / record::MIN_FRAME as u64;
+        if next < self.base || next - self.base > most || !ordered || !inside {
             return false;
         }
         self.len = file_len;
-        self.next = u64_at(24);
+        self.next = next;
         self.max_ts = u64_at(32);
         self.has_ids = u64_at(40) != 0;
-        self.index = (0..count).map(|i| (u64_at(56 + i * 24), u64_at(64 + i * 24), u64_at(72 + i * 24))).collect();
+        self.index = index;
         true
     }
 
@@ -220,6 +230,9 @@ impl Log {
             let name = entry.file_name();
             let name = name.to_string_lossy();
             if let Some(base) = name.strip_suffix(".log").and_then(|b| b.parse::<u64>().ok()) {
+                if base > record::MAX_OFFSET {
+                    return Err(Error::Corrupt { path: entry.path(), position: 0, reason: "segment base offset beyond 2^63 - 1".into() });
+                }
                 bases.push(base);
             }
         }
@@ -334,6 +347,9 @@ impl Log {
         }
         let now = now_ms().max(self.last_ts);
         let first = self.end_offset();
+        if first.saturating_add(records.len() as u64) > record::MAX_OFFSET {
+            return Err(Error::Failed { partition_dir: self.dir.clone(), reason: "offsets exhausted (2^63 - 1)".into() });
+        }
         self.buf.clear();
         let seg = self.segments.last_mut().unwrap();
         let start_len = seg.len;
@@ -466,14 +482,16 @@ impl Log {
     /// For a read-only view: pick up records appended by the owning process.
     pub(crate) fn refresh(&mut self) -> Result<()> {
         loop {
-            let seg = self.segments.last_mut().unwrap();
-            let (len, next) = (seg.len, seg.next);
-            seg.scan_from(len, next, &mut self.last_ts)?;
-            let following = self.dir.join(Segment::file_name(self.end_offset()));
-            if self.end_offset() == self.segments.last().unwrap().base || !following.exists() {
-                return Ok(());
+            // No segment yet: the owner may not have made the first one.
+            if let Some(seg) = self.segments.last_mut() {
+                let (len, next) = (seg.len, seg.next);
+                seg.scan_from(len, next, &mut self.last_ts)?;
             }
             let base = self.end_offset();
+            let following = self.dir.join(Segment::file_name(base));
+            if self.segments.last().is_some_and(|s| s.base == base) || !following.exists() {
+                return Ok(());
+            }
             let file = File::open(&following).map_err(|e| Error::io(&following, e))?;
             self.segments.push(Segment::new(base, following, file));
         }
@@ -497,7 +515,7 @@ impl Log {
                 break;
             }
             segments.push(SegmentRead { path: seg.path.clone(), file: seg.file.clone(), pos: seg.seek_pos(want), len: seg.len });
-            records += seg.next - want.max(seg.base);
+            records += seg.next.saturating_sub(want.max(seg.base));
         }
         ReadPlan { partition: self.id, want, segments }
     }
@@ -562,7 +580,12 @@ impl ReadPlan {
                     };
                     let frame = &buf[at..at + len];
                     let offset = u64::from_le_bytes(frame[8..16].try_into().unwrap());
-                    if offset >= want {
+                    if offset > want {
+                        // Offsets are dense: a sealed segment whose index
+                        // lies (its records are not scanned on open) says so here.
+                        return Err(corrupt(pos + at as u64, &format!("record has offset {offset} where {want} was expected")));
+                    }
+                    if offset == want {
                         let rec = record::decode(self.partition, frame).map_err(|why| corrupt(pos + at as u64, why.describe()))?;
                         out.push(rec);
                         want = offset + 1;

@@ -22,6 +22,11 @@
 pub(crate) const HEADER_LEN: usize = 8;
 /// Smallest possible body: offset, two timestamps, flags, key length, header count.
 const MIN_BODY: usize = 8 + 8 + 8 + 1 + 4 + 2;
+/// The smallest record on disk: a segment of n bytes holds at most n / this.
+pub(crate) const MIN_FRAME: usize = HEADER_LEN + MIN_BODY;
+/// Offsets stay at or below this (2^63 - 1, as Kafka's): a segment named
+/// beyond it is damage, and a partition that reaches it takes no more.
+pub(crate) const MAX_OFFSET: u64 = i64::MAX as u64;
 /// Position of the flags byte in a frame.
 const FLAGS_AT: usize = HEADER_LEN + 24;
 /// Flag: the record carries a [`MSG_ID_HEADER`].
@@ -217,7 +222,7 @@ pub(crate) fn check(buf: &[u8]) -> Result<(usize, u64, u64), Invalid> {
     }
     let crc = u32::from_le_bytes(buf[4..8].try_into().unwrap());
     let body = &buf[HEADER_LEN..total];
-    if crc32c::crc32c(body) != crc {
+    if !crate::crc_matches(body, crc) {
         return Err(Invalid::BadCrc);
     }
     let offset = u64::from_le_bytes(body[0..8].try_into().unwrap());

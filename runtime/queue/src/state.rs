@@ -292,7 +292,7 @@ fn frame(bytes: &[u8], pos: usize) -> Result<(&[u8], usize), String> {
         return Err(format!("frame length {len} is implausible"));
     }
     let body = bytes.get(pos + FRAME_HEADER..pos + FRAME_HEADER + len).ok_or("truncated frame")?;
-    if crc32c::crc32c(body) != crc {
+    if !crate::crc_matches(body, crc) {
         return Err("CRC mismatch".into());
     }
     Ok((body, pos + FRAME_HEADER + len))

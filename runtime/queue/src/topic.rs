@@ -89,9 +89,123 @@ impl Default for TopicConfig {
     }
 }
 
+/// The bounds every topic is held to, however it is made (a pipeline file,
+/// the HTTP API, the command line): [`TopicConfig::validate`] checks them,
+/// and the pipeline-file compiler reports them at their line.
+pub mod bounds {
+    use std::ops::RangeInclusive;
+
+    /// `partitions`.
+    pub const PARTITIONS: RangeInclusive<u64> = 1..=4096;
+    /// `fsync_interval_ms`.
+    pub const FSYNC_INTERVAL_MS: RangeInclusive<u64> = 1..=3_600_000;
+    /// `group_commit_us`.
+    pub const GROUP_COMMIT_US: RangeInclusive<u64> = 0..=1_000_000;
+    /// `segment_bytes`.
+    pub const SEGMENT_BYTES: RangeInclusive<u64> = 4096..=1 << 40;
+    /// `dedupe_window_ms`.
+    pub const DEDUPE_WINDOW_MS: RangeInclusive<u64> = 0..=86_400_000;
+    /// `max_age_ms`, when set.
+    pub const MAX_AGE_MS: RangeInclusive<u64> = 1..=u64::MAX;
+    /// `max_bytes`, when set.
+    pub const MAX_BYTES: RangeInclusive<u64> = 4096..=u64::MAX;
+}
+
 impl TopicConfig {
     fn group_commit(&self) -> Duration {
         Duration::from_micros(self.group_commit_us)
+    }
+
+    /// Check every setting against its [`bounds`].
+    ///
+    /// # Errors
+    /// [`Error::Invalid`] naming the first setting out of bounds.
+    pub fn validate(&self) -> Result<()> {
+        let check = |what: &'static str, value: u64, range: std::ops::RangeInclusive<u64>| {
+            if range.contains(&value) {
+                return Ok(());
+            }
+            let reason = match *range.end() {
+                u64::MAX => format!("must be at least {}", range.start()),
+                end => format!("must be between {} and {end}", range.start()),
+            };
+            Err(Error::Invalid { what, value: value.to_string(), reason })
+        };
+        check("partitions", u64::from(self.partitions), bounds::PARTITIONS)?;
+        if let Fsync::Interval { ms } = self.fsync {
+            check("fsync_interval_ms", ms, bounds::FSYNC_INTERVAL_MS)?;
+        }
+        check("group_commit_us", self.group_commit_us, bounds::GROUP_COMMIT_US)?;
+        check("segment_bytes", self.segment_bytes, bounds::SEGMENT_BYTES)?;
+        check("dedupe_window_ms", self.dedupe_window_ms, bounds::DEDUPE_WINDOW_MS)?;
+        if let Some(ms) = self.max_age_ms {
+            check("max_age_ms", ms, bounds::MAX_AGE_MS)?;
+        }
+        if let Some(bytes) = self.max_bytes {
+            check("max_bytes", bytes, bounds::MAX_BYTES)?;
+        }
+        Ok(())
+    }
+}
+
+/// Why [`Fsync::parse`] refused a policy.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FsyncError {
+    /// Not one of the three policies.
+    #[error("fsync must be \"always\", \"interval\" or \"never\", got {0:?}")]
+    UnknownPolicy(String),
+    /// An interval given for a policy other than `interval`.
+    #[error("fsync_interval_ms is only valid with fsync = \"interval\"")]
+    IntervalWithoutInterval,
+}
+
+impl Fsync {
+    /// The interval of `fsync = "interval"` when none is given.
+    pub const DEFAULT_INTERVAL_MS: u64 = 100;
+
+    /// The policy as a pipeline file, an HTTP request and the command line
+    /// all write it: `"always"` (also when none is given), `"never"`, or
+    /// `"interval"` with `interval_ms` (default
+    /// [`Fsync::DEFAULT_INTERVAL_MS`]; its bounds are checked by
+    /// [`TopicConfig::validate`]).
+    ///
+    /// # Errors
+    /// An unknown policy; an interval with another policy.
+    pub fn parse(policy: Option<&str>, interval_ms: Option<u64>) -> Result<Fsync, FsyncError> {
+        match (policy, interval_ms) {
+            (Some("interval"), ms) => Ok(Fsync::Interval { ms: ms.unwrap_or(Self::DEFAULT_INTERVAL_MS) }),
+            (None | Some("always"), None) => Ok(Fsync::Always),
+            (Some("never"), None) => Ok(Fsync::Never),
+            (None | Some("always" | "never"), Some(_)) => Err(FsyncError::IntervalWithoutInterval),
+            (Some(other), _) => Err(FsyncError::UnknownPolicy(other.to_owned())),
+        }
+    }
+
+    /// The policy's name, as [`Fsync::parse`] reads it.
+    pub fn policy(&self) -> &'static str {
+        match self {
+            Fsync::Always => "always",
+            Fsync::Interval { .. } => "interval",
+            Fsync::Never => "never",
+        }
+    }
+
+    /// The interval of `interval`.
+    pub fn interval_ms(&self) -> Option<u64> {
+        match *self {
+            Fsync::Interval { ms } => Some(ms),
+            _ => None,
+        }
+    }
+}
+
+/// `always`, `interval (100 ms)`, `never`.
+impl std::fmt::Display for Fsync {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.interval_ms() {
+            Some(ms) => write!(f, "interval ({ms} ms)"),
+            None => f.write_str(self.policy()),
+        }
     }
 }
 
@@ -199,16 +313,7 @@ impl Dedupe {
 impl Topic {
     pub(crate) fn create(topics_dir: &Path, name: &str, config: &TopicConfig, faults: &Faults) -> Result<Topic> {
         validate_name("topic name", name)?;
-        if config.partitions == 0 || config.partitions > 4096 {
-            return Err(Error::Invalid {
-                what: "partition count",
-                value: config.partitions.to_string(),
-                reason: "must be between 1 and 4096",
-            });
-        }
-        if config.segment_bytes < 4096 {
-            return Err(Error::Invalid { what: "segment_bytes", value: config.segment_bytes.to_string(), reason: "must be at least 4096" });
-        }
+        config.validate()?;
         let dir = topics_dir.join(name);
         fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
         let meta = serde_json::to_vec_pretty(config).expect("topic config serialises");
@@ -295,7 +400,7 @@ impl Topic {
         self.partitions.get(p as usize).ok_or_else(|| Error::Invalid {
             what: "partition",
             value: format!("{}/{p}", self.name),
-            reason: "no such partition",
+            reason: "no such partition".into(),
         })
     }
 
@@ -332,7 +437,11 @@ impl Topic {
 
     pub(crate) fn publish(&self, records: &[Record]) -> Result<Vec<(u32, u64)>> {
         for r in records {
-            r.validate().map_err(|reason| Error::Invalid { what: "record", value: format!("{} bytes", r.payload.len()), reason })?;
+            r.validate().map_err(|reason| Error::Invalid {
+                what: "record",
+                value: format!("{} bytes", r.payload.len()),
+                reason: reason.into(),
+            })?;
         }
         if records.iter().all(|r| r.id.is_none()) {
             return self.append(&records.iter().collect::<Vec<_>>());

@@ -9,6 +9,8 @@ use hdrhistogram::Histogram;
 use serde::Serialize;
 use weir_queue::{ConsumerOptions, Fsync, Queue, Record, TopicConfig};
 
+use crate::topics::FsyncArg;
+
 mod http;
 mod nats;
 mod pipeline;
@@ -122,13 +124,6 @@ pub(crate) struct QueueArgs {
     /// Print the results as JSON.
     #[arg(long)]
     json: bool,
-}
-
-#[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
-pub(crate) enum FsyncArg {
-    Always,
-    Interval,
-    Never,
 }
 
 #[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
@@ -263,11 +258,7 @@ fn bench_queue(args: &QueueArgs) -> anyhow::Result<()> {
         args.partitions,
         args.batch,
         args.producers,
-        match args.fsync {
-            FsyncArg::Always => "always",
-            FsyncArg::Interval => "interval (100 ms)",
-            FsyncArg::Never => "never",
-        }
+        args.fsync.fsync(Fsync::DEFAULT_INTERVAL_MS)
     );
     println!(
         "{:<16} {:>14} {:>10} {:>16} {:>10} {:>10} {:>10} {:>12}",
@@ -310,11 +301,7 @@ pub(crate) fn shares(total: u64, producers: usize) -> Vec<u64> {
 fn embedded(args: &QueueArgs) -> anyhow::Result<QueueResult> {
     let dir = tempfile::Builder::new().prefix("weir-bench-").tempdir().context("creating a temporary data directory")?;
     let queue = Queue::open(dir.path())?;
-    let fsync = match args.fsync {
-        FsyncArg::Always => Fsync::Always,
-        FsyncArg::Interval => Fsync::Interval { ms: 100 },
-        FsyncArg::Never => Fsync::Never,
-    };
+    let fsync = args.fsync.fsync(Fsync::DEFAULT_INTERVAL_MS);
     queue.create_topic("bench", &TopicConfig { partitions: args.partitions, fsync, ..TopicConfig::default() })?;
     let payload = Arc::new(vec![b'x'; args.size]);
 

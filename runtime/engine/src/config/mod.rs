@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use weir_host::{DirGrant, Grants, Limits};
-use weir_queue::{Fsync, StartFrom, TopicConfig};
+use weir_queue::{Fsync, StartFrom, TopicConfig, bounds};
 
 use raw::{RawFile, RawFormat, RawFsync, RawGrants, RawNats, RawSink, RawSource, RawStart};
 use span::{Locator, TomlPath};
@@ -459,6 +459,12 @@ impl Compiler<'_> {
     }
 
     /// An integer option within `min..=max`, else `default`.
+    /// [`Compiler::int`] within one of weir-queue's [`bounds`].
+    fn bounded(&mut self, path: &TomlPath, value: Option<i64>, default: u64, range: std::ops::RangeInclusive<u64>, unit: &str) -> u64 {
+        let max = (*range.end()).min(i64::MAX as u64) as i64;
+        self.int(path, value, default as i64, *range.start() as i64, max, unit) as u64
+    }
+
     fn int(&mut self, path: &TomlPath, value: Option<i64>, default: i64, min: i64, max: i64, unit: &str) -> i64 {
         let v = value.unwrap_or(default);
         if v < min || v > max {
@@ -689,25 +695,37 @@ pub fn compile(file: &Path, text: &str) -> Result<Pipeline, ConfigErrors> {
     for (i, t) in raw.topic.iter().enumerate() {
         let tp = root.key("topic").index(i);
         c.name(&tp.key("name"), "topic name", &t.name);
-        let partitions = c.int(&tp.key("partitions"), t.partitions, 1, 1, 4096, "") as u32;
-        let fsync = match (t.fsync, t.fsync_interval_ms) {
-            (Some(RawFsync::Always) | None, None) => Fsync::Always,
-            (Some(RawFsync::Never), None) => Fsync::Never,
-            (Some(RawFsync::Interval), ms) => {
-                Fsync::Interval { ms: c.int(&tp.key("fsync_interval_ms"), ms, 100, 1, 3_600_000, " ms") as u64 }
-            }
-            (_, Some(_)) => {
+        // The bounds are weir-queue's, which every way of making a topic
+        // checks; here they are reported at their line.
+        let d = TopicConfig::default();
+        let partitions = c.bounded(&tp.key("partitions"), t.partitions, 1, bounds::PARTITIONS, "") as u32;
+        let policy = t.fsync.map(|f| match f {
+            RawFsync::Always => "always",
+            RawFsync::Interval => "interval",
+            RawFsync::Never => "never",
+        });
+        let fsync = match Fsync::parse(policy, t.fsync_interval_ms.map(|_| 0)) {
+            Ok(Fsync::Interval { .. }) => Fsync::Interval {
+                ms: c.bounded(
+                    &tp.key("fsync_interval_ms"),
+                    t.fsync_interval_ms,
+                    Fsync::DEFAULT_INTERVAL_MS,
+                    bounds::FSYNC_INTERVAL_MS,
+                    " ms",
+                ),
+            },
+            Ok(fsync) => fsync,
+            Err(_) => {
                 c.error(&tp.key("fsync_interval_ms"), "only valid with fsync = \"interval\"");
                 Fsync::Always
             }
         };
-        let d = TopicConfig::default();
-        let group_commit_us = c.int(&tp.key("group_commit_us"), t.group_commit_us, 0, 0, 1_000_000, " µs") as u64;
-        let segment_bytes = c.int(&tp.key("segment_bytes"), t.segment_bytes, d.segment_bytes as i64, 4096, 1 << 40, " bytes") as u64;
+        let group_commit_us = c.bounded(&tp.key("group_commit_us"), t.group_commit_us, d.group_commit_us, bounds::GROUP_COMMIT_US, " µs");
+        let segment_bytes = c.bounded(&tp.key("segment_bytes"), t.segment_bytes, d.segment_bytes, bounds::SEGMENT_BYTES, " bytes");
         let dedupe_window_ms =
-            c.int(&tp.key("dedupe_window_ms"), t.dedupe_window_ms, d.dedupe_window_ms as i64, 0, 86_400_000, " ms") as u64;
-        let max_age_ms = t.max_age_ms.map(|v| c.int(&tp.key("max_age_ms"), Some(v), 1, 1, i64::MAX, " ms") as u64);
-        let max_bytes = t.max_bytes.map(|v| c.int(&tp.key("max_bytes"), Some(v), 4096, 4096, i64::MAX, " bytes") as u64);
+            c.bounded(&tp.key("dedupe_window_ms"), t.dedupe_window_ms, d.dedupe_window_ms, bounds::DEDUPE_WINDOW_MS, " ms");
+        let max_age_ms = t.max_age_ms.map(|v| c.bounded(&tp.key("max_age_ms"), Some(v), 0, bounds::MAX_AGE_MS, " ms"));
+        let max_bytes = t.max_bytes.map(|v| c.bounded(&tp.key("max_bytes"), Some(v), 0, bounds::MAX_BYTES, " bytes"));
         let config = TopicConfig { partitions, fsync, group_commit_us, segment_bytes, dedupe_window_ms, max_age_ms, max_bytes };
         if topics.insert(t.name.clone(), config).is_some() {
             c.error(&tp.key("name"), format!("topic {:?} is defined twice", t.name));
