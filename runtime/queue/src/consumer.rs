@@ -7,16 +7,14 @@
 //! messages that were not acknowledged (at-least-once).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use serde::{Deserialize, Serialize};
-
-use crate::faults::SyncSite;
+use crate::offsets::{group_file, read_committed, write_committed};
 use crate::record::{Record, StoredRecord};
 use crate::topic::Topic;
-use crate::{Error, Queue, Result, TopicConfig, create_dir_durable, validate_name, write_atomic};
+use crate::{Error, Queue, Result, TopicConfig, validate_name};
 
 /// Where a group with no committed offset starts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -139,29 +137,6 @@ struct PartState {
     in_flight: HashMap<u64, InFlight>,
     /// To deliver again: offset → (not before, attempt of that delivery).
     redeliver: BTreeMap<u64, (Instant, u32)>,
-}
-
-#[derive(Serialize, Deserialize)]
-struct GroupFile {
-    /// Committed offset per partition.
-    committed: Vec<u64>,
-}
-
-/// Where `group` keeps its committed offsets of `topic`.
-pub(crate) fn group_file(dir: &Path, group: &str, topic: &str) -> PathBuf {
-    dir.join("groups").join(group).join(format!("{topic}.json"))
-}
-
-/// The committed offset per partition in a group file; `None` if there is none yet.
-pub(crate) fn read_committed(path: &Path) -> Result<Option<Vec<u64>>> {
-    match std::fs::read(path) {
-        Ok(bytes) => {
-            let f: GroupFile = serde_json::from_slice(&bytes).map_err(|source| Error::Metadata { path: path.to_owned(), source })?;
-            Ok(Some(f.committed))
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(Error::io(path, e)),
-    }
 }
 
 /// Reads a topic on behalf of a consumer group.
@@ -538,11 +513,8 @@ impl Consumer {
         if let Some(reason) = &self.failed {
             return Err(Error::Stopped { path: self.path.clone(), reason: reason.clone() });
         }
-        let dir = self.path.parent().unwrap();
-        create_dir_durable(dir, &self.queue.inner.faults)?;
-        let file = GroupFile { committed: self.parts.iter().map(|p| p.frontier).collect() };
-        let bytes = serde_json::to_vec(&file).expect("group file serialises");
-        if let Err(e) = write_atomic(&self.path, &bytes, SyncSite::Offsets, &self.queue.inner.faults) {
+        let frontier: Vec<u64> = self.parts.iter().map(|p| p.frontier).collect();
+        if let Err(e) = write_committed(&self.path, &frontier, &self.queue.inner.faults) {
             // Fail-stop: the offsets on disk are the last ones that were made durable.
             self.failed = Some(e.to_string());
             return Err(e);

@@ -28,12 +28,14 @@
 #![forbid(unsafe_code)]
 
 mod consumer;
-mod durable;
 mod faults;
+mod log;
+mod offsets;
 mod partition;
 #[cfg(feature = "fault-injection")]
 mod power;
 mod record;
+mod segment;
 mod state;
 mod topic;
 
@@ -49,7 +51,7 @@ pub use consumer::{Consumer, ConsumerOptions, Delivery, DeliveryId, Seek, StartF
 pub use faults::FaultInjector;
 use faults::Faults;
 pub use faults::SyncSite;
-pub use partition::Truncation;
+pub use log::Truncation;
 pub use record::{MAX_RECORD_BYTES, MSG_ID_HEADER, Record, StoredRecord, check_parts};
 pub use state::{StageMap, StateStore, StateWrite};
 pub use topic::{Fsync, FsyncError, TopicConfig, TopicInfo, bounds};

@@ -1,600 +1,204 @@
-//! One partition: an ordered list of segment files named by their base offset.
+//! Durability of one partition: group commit and fail-stop.
+//!
+//! Appends are written under the log lock; making them durable happens
+//! outside it. A publisher that needs its records durable waits until the
+//! *synced end* passes its last offset. If no fsync is running it becomes the
+//! leader: it notes the current log end, runs one `fdatasync` (while other
+//! publishers keep appending), then advances the synced end to the noted
+//! offset and wakes everyone. Publishes that arrived during that fsync are
+//! covered by the next one, so under load one fsync serves many publishes.
+//!
+//! Under `fsync = "always"` readers see only the synced prefix, so a record
+//! that a crash could still lose is never delivered, and an offset can never
+//! come to name a second payload after recovery.
 
-use std::fs::{self, File, OpenOptions};
-use std::io::Write;
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use crate::faults::{Faults, SyncSite};
-use crate::record::{self, Invalid, Record, StoredRecord};
-use crate::{Error, Fsync, Result, now_ms, sync_dir, write_atomic};
+use crate::log::{Log, Truncation};
+use crate::record::{Record, StoredRecord};
+use crate::{Error, Fsync, Result};
 
-pub(crate) use crate::durable::Partition;
-
-/// A sparse index entry every this many bytes of log.
-const INDEX_INTERVAL: u64 = 4096;
-/// How much to read at a time when scanning or reading.
-const READ_CHUNK: usize = 256 * 1024;
-
-struct Segment {
-    base: u64,
-    /// Shared with reads in progress, which run outside the partition's lock.
-    path: Arc<Path>,
-    file: Arc<File>,
-    /// Validated length in bytes.
-    len: u64,
-    /// Offset after the last record in this segment.
-    next: u64,
-    /// (offset, byte position, append time) of some records, ascending.
-    index: Vec<(u64, u64, u64)>,
-    /// Latest append timestamp in the segment.
-    max_ts: u64,
-    /// Some record carries a message id (the dedupe window is rebuilt from these).
-    has_ids: bool,
-}
-
-const INDEX_MAGIC: &[u8; 8] = b"WEIRIDX1";
-
-impl Segment {
-    fn new(base: u64, path: PathBuf, file: File) -> Self {
-        Segment { base, path: path.into(), file: Arc::new(file), len: 0, next: base, index: Vec::new(), max_ts: 0, has_ids: false }
-    }
-
-    fn file_name(base: u64) -> String {
-        format!("{base:020}.log")
-    }
-
-    fn index_path(&self) -> PathBuf {
-        self.path.with_extension("index")
-    }
-
-    /// The index file of a sealed segment: magic, base, length, next offset,
-    /// latest append time, has-ids flag, entry count, entries (offset, position, time),
-    /// CRC32C of all of it. Little-endian.
-    fn encode_index(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(48 + self.index.len() * 24 + 4);
-        out.extend_from_slice(INDEX_MAGIC);
-        for v in [self.base, self.len, self.next, self.max_ts, u64::from(self.has_ids), self.index.len() as u64] {
-            out.extend_from_slice(&v.to_le_bytes());
-        }
-        for &(o, p, t) in &self.index {
-            for v in [o, p, t] {
-                out.extend_from_slice(&v.to_le_bytes());
-            }
-        }
-        let crc = crc32c::crc32c(&out);
-        out.extend_from_slice(&crc.to_le_bytes());
-        out
-    }
-
-    /// Load the index file if it is intact and matches the segment as it is on disk.
-    fn load_index(&mut self, file_len: u64) -> bool {
-        let Ok(bytes) = std::fs::read(self.index_path()) else {
-            return false;
-        };
-        let u64_at = |i: usize| u64::from_le_bytes(bytes[i..i + 8].try_into().unwrap());
-        if bytes.len() < 60 || &bytes[..8] != INDEX_MAGIC {
-            return false;
-        }
-        let (body, crc) = bytes.split_at(bytes.len() - 4);
-        if !crate::crc_matches(body, u32::from_le_bytes(crc.try_into().unwrap())) {
-            return false;
-        }
-        let count = u64_at(48) as usize;
-        if count.checked_mul(24).and_then(|n| n.checked_add(56)) != Some(body.len()) || u64_at(8) != self.base || u64_at(16) != file_len {
-            return false;
-        }
-        let next = u64_at(24);
-        let index: Vec<(u64, u64, u64)> = (0..count).map(|i| (u64_at(56 + i * 24), u64_at(64 + i * 24), u64_at(72 + i * 24))).collect();
-        // Entries name records of this segment, in order: anything else is
-        // damage (or forgery, with its CRC made to match), and the log is scanned.
-        let ordered = index.windows(2).all(|w| w[0].0 < w[1].0 && w[0].1 < w[1].1);
-        let inside = index.iter().all(|&(offset, pos, _)| (self.base..next).contains(&offset) && pos < file_len);
-        let most = file_len / record::MIN_FRAME as u64;
-        if next < self.base || next - self.base > most || !ordered || !inside {
-            return false;
-        }
-        self.len = file_len;
-        self.next = next;
-        self.max_ts = u64_at(32);
-        self.has_ids = u64_at(40) != 0;
-        self.index = index;
-        true
-    }
-
-    /// Byte position from which to scan to find `offset`.
-    fn seek_pos(&self, offset: u64) -> u64 {
-        match self.index.partition_point(|&(o, ..)| o <= offset) {
-            0 => 0,
-            i => self.index[i - 1].1,
-        }
-    }
-
-    /// Scan from `pos` (holding offset `next`), validating records, extending
-    /// `len`, `next` and the index. Stops at the end or at the first invalid
-    /// record, which it returns with its position.
-    fn scan_from(&mut self, mut pos: u64, mut next: u64, last_ts: &mut u64) -> Result<Option<(u64, Invalid)>> {
-        let file_len = self.file.metadata().map_err(|e| Error::io(&self.path, e))?.len();
-        let mut buf = Vec::new();
-        let mut bad = None;
-        'outer: while pos < file_len {
-            let want = READ_CHUNK.min((file_len - pos) as usize).max(record::HEADER_LEN);
-            buf.resize(want, 0);
-            let n = read_at_most(&self.file, &mut buf, pos).map_err(|e| Error::io(&self.path, e))?;
-            buf.truncate(n);
-            let mut at = 0;
-            loop {
-                match record::check(&buf[at..]) {
-                    Ok((len, offset, ts)) => {
-                        if offset != next {
-                            bad = Some((pos + at as u64, Invalid::Malformed));
-                            break 'outer;
-                        }
-                        let rec_pos = pos + at as u64;
-                        let last_indexed = self.index.last().map(|&(_, p, _)| p);
-                        if last_indexed.is_none_or(|p| rec_pos >= p + INDEX_INTERVAL) {
-                            self.index.push((offset, rec_pos, ts));
-                        }
-                        *last_ts = (*last_ts).max(ts);
-                        self.max_ts = self.max_ts.max(ts);
-                        self.has_ids |= record::flags(&buf[at..]) & record::FLAG_HAS_ID != 0;
-                        next += 1;
-                        at += len;
-                    }
-                    Err(Invalid::Truncated) if at > 0 => break,
-                    Err(Invalid::Truncated) => {
-                        // A frame larger than the buffer: read exactly it.
-                        match record::frame_len(&buf) {
-                            Ok(total) if pos + total as u64 <= file_len => {
-                                buf.resize(total, 0);
-                                self.file.read_exact_at(&mut buf, pos).map_err(|e| Error::io(&self.path, e))?;
-                                continue;
-                            }
-                            Ok(_) | Err(_) => {
-                                bad = Some((pos, Invalid::Truncated));
-                                break 'outer;
-                            }
-                        }
-                    }
-                    Err(why) => {
-                        bad = Some((pos + at as u64, why));
-                        break 'outer;
-                    }
-                }
-            }
-            pos += at as u64;
-        }
-        self.len = bad.map_or(pos, |(p, _)| p);
-        self.next = next;
-        Ok(bad)
-    }
-}
-
-fn read_at_most(file: &File, buf: &mut [u8], pos: u64) -> std::io::Result<usize> {
-    let mut filled = 0;
-    while filled < buf.len() {
-        match file.read_at(&mut buf[filled..], pos + filled as u64)? {
-            0 => break,
-            n => filled += n,
-        }
-    }
-    Ok(filled)
-}
-
-/// What recovery did when opening a partition.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Truncation {
-    /// The segment file that was cut.
-    pub path: PathBuf,
-    /// Where it was cut (bytes).
-    pub at: u64,
-    /// How many bytes were removed.
-    pub removed: u64,
-    /// Why: the first invalid record found.
-    pub reason: &'static str,
-}
-
-pub(crate) struct Log {
-    id: u32,
-    dir: PathBuf,
-    segments: Vec<Segment>,
-    /// Append handle of the last segment.
-    writer: Option<Arc<File>>,
-    read_only: bool,
-    fsync: Fsync,
-    segment_bytes: u64,
-    last_ts: u64,
-    /// Set after a write or fsync failure: the partition refuses writes.
+struct SyncState {
+    /// Every offset below this is durable.
+    synced_end: u64,
+    /// A leader is running an fsync.
+    syncing: bool,
+    /// Set when an fsync failed: nothing is acknowledged any more.
     failed: Option<String>,
-    buf: Vec<u8>,
+    last_sync: Instant,
+}
+
+/// Lock order: `log` before `state`, never the reverse.
+pub(crate) struct Partition {
+    dir: PathBuf,
+    log: Mutex<Log>,
+    fsync: Fsync,
+    read_only: bool,
+    /// How long a leader waits for more appends before its fsync.
+    group_commit: Duration,
+    state: Mutex<SyncState>,
+    synced: Condvar,
+    /// fsyncs run by group commit, for benchmarks and metrics.
+    fsyncs: AtomicU64,
     faults: Faults,
 }
 
-impl Log {
-    /// Open (or create) the partition in `dir`, recovering its tail.
+impl Partition {
     pub(crate) fn open(
         id: u32,
         dir: &Path,
         fsync: Fsync,
         segment_bytes: u64,
+        group_commit: Duration,
         read_only: bool,
         faults: Faults,
     ) -> Result<(Self, Option<Truncation>)> {
-        if !read_only {
-            fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-        }
-        let mut bases = Vec::new();
-        for entry in fs::read_dir(dir).map_err(|e| Error::io(dir, e))? {
-            let entry = entry.map_err(|e| Error::io(dir, e))?;
-            let name = entry.file_name();
-            let name = name.to_string_lossy();
-            if let Some(base) = name.strip_suffix(".log").and_then(|b| b.parse::<u64>().ok()) {
-                if base > record::MAX_OFFSET {
-                    return Err(Error::Corrupt { path: entry.path(), position: 0, reason: "segment base offset beyond 2^63 - 1".into() });
-                }
-                bases.push(base);
-            }
-        }
-        bases.sort_unstable();
-        let mut part = Log {
-            id,
+        let (log, truncation) = Log::open(id, dir, fsync, segment_bytes, read_only, faults.clone())?;
+        let state = SyncState { synced_end: log.end_offset(), syncing: false, failed: None, last_sync: Instant::now() };
+        let part = Partition {
             dir: dir.to_owned(),
-            segments: Vec::new(),
-            writer: None,
-            read_only,
+            log: Mutex::new(log),
             fsync,
-            segment_bytes,
-            last_ts: 0,
-            failed: None,
-            buf: Vec::new(),
+            read_only,
+            group_commit,
+            state: Mutex::new(state),
+            synced: Condvar::new(),
+            fsyncs: AtomicU64::new(0),
             faults,
         };
-        let mut truncation = None;
-        let count = bases.len();
-        for (i, base) in bases.into_iter().enumerate() {
-            let path = dir.join(Segment::file_name(base));
-            let file = OpenOptions::new().read(true).open(&path).map_err(|e| Error::io(&path, e))?;
-            if let Some(prev) = part.segments.last()
-                && prev.next != base
-            {
-                return Err(Error::Corrupt {
-                    path,
-                    position: 0,
-                    reason: format!("segment starts at offset {base} but the previous one ends at {}", prev.next),
-                });
-            }
-            let mut seg = Segment::new(base, path, file);
-            let is_tail = i + 1 == count;
-            let file_len = seg.file.metadata().map_err(|e| Error::io(&seg.path, e))?.len();
-            // A sealed segment with an intact index is not scanned: its records
-            // are CRC-checked when read. The tail is always scanned and cut.
-            if !is_tail && seg.load_index(file_len) {
-                part.last_ts = part.last_ts.max(seg.max_ts);
-                part.segments.push(seg);
-                continue;
-            }
-            let bad = seg.scan_from(0, base, &mut part.last_ts)?;
-            if !is_tail && bad.is_none() && !read_only {
-                tracing::warn!(segment = %seg.path.display(), "index file missing or damaged; rebuilt it from the log");
-                write_atomic(&seg.index_path(), &seg.encode_index(), SyncSite::Index, &part.faults)?;
-            }
-            if let Some((at, why)) = bad {
-                if !is_tail {
-                    return Err(Error::Corrupt { path: seg.path.to_path_buf(), position: at, reason: why.describe().into() });
-                }
-                if !read_only {
-                    let file_len = seg.file.metadata().map_err(|e| Error::io(&seg.path, e))?.len();
-                    let f = OpenOptions::new().write(true).open(&seg.path).map_err(|e| Error::io(&seg.path, e))?;
-                    f.set_len(at)
-                        .and_then(|()| part.faults.sync_file(SyncSite::SegmentRoll, &seg.path, &f, false))
-                        .map_err(|e| Error::io(&seg.path, e))?;
-                    tracing::warn!(
-                        path = %seg.path.display(), at, removed = file_len - at, reason = why.describe(),
-                        "recovery truncated a torn or corrupt tail"
-                    );
-                    truncation = Some(Truncation { path: seg.path.to_path_buf(), at, removed: file_len - at, reason: why.describe() });
-                }
-            }
-            part.segments.push(seg);
-        }
-        if !read_only {
-            if part.segments.is_empty() {
-                part.new_segment(0)?;
-            }
-            let seg = part.segments.last().unwrap();
-            let writer = OpenOptions::new().append(true).open(&seg.path).map_err(|e| Error::io(&seg.path, e))?;
-            // What recovery kept may have been in the page cache only: make it durable now.
-            part.faults.sync_file(SyncSite::SegmentRoll, &seg.path, &writer, false).map_err(|e| Error::io(&seg.path, e))?;
-            part.writer = Some(Arc::new(writer));
-        }
         Ok((part, truncation))
     }
 
-    fn new_segment(&mut self, base: u64) -> Result<()> {
-        let path = self.dir.join(Segment::file_name(base));
-        let file = OpenOptions::new().read(true).append(true).create_new(true).open(&path).map_err(|e| Error::io(&path, e))?;
-        sync_dir(&self.dir, &self.faults)?;
-        self.writer = Some(Arc::new(file.try_clone().map_err(|e| Error::io(&path, e))?));
-        self.segments.push(Segment::new(base, path, file));
-        Ok(())
+    pub(crate) fn log(&self) -> MutexGuard<'_, Log> {
+        self.log.lock().unwrap()
     }
 
-    /// Offset the next appended record will get (the log end offset).
-    pub(crate) fn end_offset(&self) -> u64 {
-        self.segments.last().map_or(0, |s| s.next)
-    }
-
-    /// Offset of the oldest record still stored.
-    pub(crate) fn start_offset(&self) -> u64 {
-        self.segments.first().map_or(0, |s| s.base)
-    }
-
-    /// Append records with one write; returns the offset of the first. Not
-    /// durable yet: see [`Partition`]. On a write error nothing of the batch
-    /// stays visible, and the partition keeps accepting writes (e.g. once
-    /// disk space is freed) unless even the rollback failed.
-    pub(crate) fn append(&mut self, records: &[&Record]) -> Result<u64> {
-        if self.read_only {
-            return Err(Error::ReadOnly);
+    /// Append and, under `fsync = "always"`, wait until durable. Returns the
+    /// first offset.
+    pub(crate) fn publish(&self, records: &[&Record]) -> Result<u64> {
+        let first = self.log().append(records)?;
+        if matches!(self.fsync, Fsync::Always) {
+            self.sync_to(first + records.len() as u64)?;
         }
-        if let Some(why) = &self.failed {
-            return Err(Error::Failed { partition_dir: self.dir.clone(), reason: why.clone() });
-        }
-        let seg = self.segments.last().unwrap();
-        if seg.len >= self.segment_bytes && seg.next > seg.base {
-            self.roll()?;
-        }
-        let now = now_ms().max(self.last_ts);
-        let first = self.end_offset();
-        if first.saturating_add(records.len() as u64) > record::MAX_OFFSET {
-            return Err(Error::Failed { partition_dir: self.dir.clone(), reason: "offsets exhausted (2^63 - 1)".into() });
-        }
-        self.buf.clear();
-        let seg = self.segments.last_mut().unwrap();
-        let start_len = seg.len;
-        let mut positions = Vec::with_capacity(records.len());
-        for (i, rec) in records.iter().enumerate() {
-            positions.push(start_len + self.buf.len() as u64);
-            rec.encode(first + i as u64, now, rec.timestamp_ms.unwrap_or(now), &mut self.buf);
-        }
-        let mut writer: &File = self.writer.as_ref().unwrap();
-        let written = if self.faults.disk_full() {
-            // As a full disk does: part of the data lands, then ENOSPC.
-            writer.write_all(&self.buf[..self.buf.len() / 2]).and(Err(std::io::Error::from_raw_os_error(28)))
-        } else {
-            writer.write_all(&self.buf)
-        };
-        if let Err(e) = written {
-            let err = Error::io(&seg.path, e);
-            if let Err(e2) = writer.set_len(start_len) {
-                self.failed = Some(format!("write failed ({err}) and rollback failed ({e2})"));
-            }
-            return Err(err);
-        }
-        for (i, pos) in positions.into_iter().enumerate() {
-            let last_indexed = seg.index.last().map(|&(_, p, _)| p);
-            if last_indexed.is_none_or(|p| pos >= p + INDEX_INTERVAL) {
-                seg.index.push((first + i as u64, pos, now));
-            }
-        }
-        seg.len += self.buf.len() as u64;
-        seg.next = first + records.len() as u64;
-        seg.max_ts = now;
-        seg.has_ids |= records.iter().any(|r| r.id.is_some());
-        self.last_ts = now;
         Ok(first)
     }
 
-    /// Seal the last segment (durably, unless fsync is "never") and start a
-    /// new one. Any failure stops the partition: a failed fsync may have lost
-    /// what it was to make durable, and a half-made roll is no state to go on in.
-    fn roll(&mut self) -> Result<()> {
-        let base = self.end_offset();
-        let rolled = (|| {
-            let seg = self.segments.last().unwrap();
-            if !matches!(self.fsync, Fsync::Never) {
-                let writer = self.writer.as_ref().unwrap();
-                self.faults.sync_file(SyncSite::SegmentRoll, &seg.path, writer, true).map_err(|e| Error::io(&seg.path, e))?;
-            }
-            write_atomic(&seg.index_path(), &seg.encode_index(), SyncSite::Index, &self.faults)?;
-            self.new_segment(base)
-        })();
-        rolled.map_err(|e| {
-            let reason = format!("rolling to a new segment failed: {e}");
-            self.fail(reason.clone());
-            Error::Failed { partition_dir: self.dir.clone(), reason }
-        })
-    }
-
-    /// Offset ranges of the segments that hold records with message ids
-    /// appended at or after `cutoff_ms`.
-    pub(crate) fn id_ranges_since(&self, cutoff_ms: u64) -> Vec<(u64, u64)> {
-        self.segments.iter().filter(|s| s.has_ids && s.max_ts >= cutoff_ms).map(|s| (s.base, s.next)).collect()
-    }
-
-    /// Delete the oldest sealed segments while they are older than `max_age_ms`
-    /// or the partition is larger than `max_bytes`. The active segment is never
-    /// deleted. Returns how many records went.
-    pub(crate) fn apply_retention(&mut self, now_ms: u64, max_age_ms: Option<u64>, max_bytes: Option<u64>) -> Result<u64> {
-        let mut removed = 0;
-        let mut total: u64 = self.segments.iter().map(|s| s.len).sum();
-        while self.segments.len() > 1 {
-            let oldest = &self.segments[0];
-            let too_old = max_age_ms.is_some_and(|age| oldest.max_ts.saturating_add(age) < now_ms);
-            let too_big = max_bytes.is_some_and(|max| total > max);
-            if !(too_old || too_big) {
-                break;
-            }
-            if !self.read_only {
-                // The index first: an index without its log is never loaded.
-                match std::fs::remove_file(oldest.index_path()) {
-                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                        return Err(Error::io(&oldest.index_path(), e));
-                    }
-                    _ => {}
-                }
-                std::fs::remove_file(&oldest.path).map_err(|e| Error::io(&oldest.path, e))?;
-                if let Err(e) = sync_dir(&self.dir, &self.faults) {
-                    self.fail(format!("retention: {e}"));
-                    return Err(e);
-                }
-            }
-            tracing::debug!(segment = %oldest.path.display(), too_old, too_big, "retention deleted a segment");
-            total -= oldest.len;
-            removed += oldest.next - oldest.base;
-            self.segments.remove(0);
+    /// Make everything appended so far durable.
+    pub(crate) fn sync(&self) -> Result<()> {
+        if self.read_only {
+            return Ok(());
         }
-        Ok(removed)
+        let end = self.log().end_offset();
+        self.sync_to(end)
     }
 
-    /// The first offset whose append time is at or after `ts_ms` (the end if none).
-    pub(crate) fn offset_for_time(&self, ts_ms: u64) -> Result<u64> {
-        let Some(seg) = self.segments.iter().find(|s| s.max_ts >= ts_ms && s.next > s.base) else {
-            return Ok(self.end_offset());
+    /// Sync if there is unsynced data and the last sync is at least `interval` old.
+    pub(crate) fn sync_if_older(&self, interval: Duration) -> Result<()> {
+        let due = {
+            let st = self.state.lock().unwrap();
+            st.failed.is_none() && !st.syncing && st.last_sync.elapsed() >= interval
         };
-        // Scan the segment from the last index entry known to be earlier.
-        let i = seg.index.partition_point(|&(_, _, t)| t < ts_ms);
-        let from = if i == 0 { seg.base } else { seg.index[i - 1].0 };
-        let mut at = from;
-        while at < seg.next {
-            let recs = self.read(at, 1000)?;
-            match recs.iter().find(|r| r.append_timestamp_ms >= ts_ms) {
-                Some(r) => return Ok(r.offset),
-                None => at = recs.last().map_or(seg.next, |r| r.offset + 1),
-            }
+        if !due {
+            return Ok(());
         }
-        Ok(seg.next)
+        let end = self.log().end_offset();
+        let behind = end > self.state.lock().unwrap().synced_end;
+        if behind { self.sync_to(end) } else { Ok(()) }
     }
 
-    /// The append handle of the last segment and its path, for syncing
-    /// outside the lock.
-    pub(crate) fn writer(&self) -> Option<(Arc<File>, Arc<Path>)> {
-        Some((self.writer.clone()?, self.segments.last()?.path.clone()))
-    }
-
-    /// Stop accepting writes: a durability guarantee could not be kept.
-    pub(crate) fn fail(&mut self, reason: String) {
-        tracing::error!(partition = %self.dir.display(), %reason, "partition stops accepting writes");
-        self.failed.get_or_insert(reason);
-    }
-
-    /// For a read-only view: pick up records appended by the owning process.
-    pub(crate) fn refresh(&mut self) -> Result<()> {
+    /// Wait until every offset below `end` is durable, leading an fsync if none runs.
+    fn sync_to(&self, end: u64) -> Result<()> {
+        let mut st = self.state.lock().unwrap();
         loop {
-            // No segment yet: the owner may not have made the first one.
-            if let Some(seg) = self.segments.last_mut() {
-                let (len, next) = (seg.len, seg.next);
-                seg.scan_from(len, next, &mut self.last_ts)?;
+            if let Some(reason) = &st.failed {
+                return Err(Error::Failed { partition_dir: self.dir.clone(), reason: reason.clone() });
             }
-            let base = self.end_offset();
-            let following = self.dir.join(Segment::file_name(base));
-            if self.segments.last().is_some_and(|s| s.base == base) || !following.exists() {
+            if st.synced_end >= end {
                 return Ok(());
             }
-            let file = File::open(&following).map_err(|e| Error::io(&following, e))?;
-            self.segments.push(Segment::new(base, following, file));
+            if st.syncing {
+                st = self.synced.wait(st).unwrap();
+                continue;
+            }
+            st.syncing = true;
+            drop(st);
+            if !self.group_commit.is_zero() {
+                std::thread::sleep(self.group_commit);
+            }
+            let (file, target) = {
+                let log = self.log();
+                (log.writer(), log.end_offset())
+            };
+            let result = file.map_or(Ok(()), |(file, path)| self.faults.sync_file(SyncSite::Append, &path, &file, true));
+            self.fsyncs.fetch_add(1, Ordering::Relaxed);
+            let failure = result.err().map(|e| {
+                // Fail-stop: after a failed fsync the kernel may have dropped
+                // the dirty pages, so a retry could report success falsely.
+                let reason = format!("fsync failed: {e}");
+                self.log().fail(reason.clone());
+                reason
+            });
+            st = self.state.lock().unwrap();
+            st.syncing = false;
+            st.last_sync = Instant::now();
+            match failure {
+                None => st.synced_end = st.synced_end.max(target),
+                Some(reason) => st.failed = Some(reason),
+            }
+            self.synced.notify_all();
         }
     }
 
-    /// Read up to `max` records starting at `from` (clamped to the start).
-    /// Every record's CRC is checked: damage is an error, never skipped.
+    pub(crate) fn fsyncs(&self) -> u64 {
+        self.fsyncs.load(Ordering::Relaxed)
+    }
+
+    /// Offsets below this may be delivered to consumers.
+    pub(crate) fn visible_end(&self) -> u64 {
+        match self.fsync {
+            Fsync::Always if !self.read_only => self.state.lock().unwrap().synced_end,
+            _ => self.log().end_offset(),
+        }
+    }
+
+    pub(crate) fn start_offset(&self) -> u64 {
+        self.log().start_offset()
+    }
+
+    /// Read up to `max` visible records from `from`. The partition's lock is
+    /// held only to plan the read, not while reading the files.
     pub(crate) fn read(&self, from: u64, max: usize) -> Result<Vec<StoredRecord>> {
-        self.plan_read(from, max).read(max)
+        let visible = self.visible_end();
+        let (plan, max) = {
+            let mut log = self.log();
+            let visible = if self.read_only {
+                log.refresh()?;
+                log.end_offset()
+            } else {
+                visible
+            };
+            let max = max.min(visible.saturating_sub(from) as usize);
+            if max == 0 {
+                return Ok(Vec::new());
+            }
+            (log.plan_read(from, max), max)
+        };
+        plan.read(max)
     }
 
-    /// What reading up to `max` records from `from` needs, taken under the
-    /// partition's lock so that the reading itself can run outside it.
-    pub(crate) fn plan_read(&self, from: u64, max: usize) -> ReadPlan {
-        let want = from.max(self.start_offset());
-        let first = self.segments.partition_point(|s| s.next <= want);
-        let mut segments = Vec::new();
-        let mut records = 0;
-        for seg in &self.segments[first..] {
-            if records >= max as u64 {
-                break;
-            }
-            segments.push(SegmentRead { path: seg.path.clone(), file: seg.file.clone(), pos: seg.seek_pos(want), len: seg.len });
-            records += seg.next.saturating_sub(want.max(seg.base));
-        }
-        ReadPlan { partition: self.id, want, segments }
+    pub(crate) fn refresh(&self) -> Result<()> {
+        self.log().refresh()
     }
 }
 
-/// A read of a partition, planned under its lock ([`Log::plan_read`]) and
-/// run outside it: appends and other reads go on meanwhile. A segment that
-/// retention deletes meanwhile stays readable through its open file.
-pub(crate) struct ReadPlan {
-    partition: u32,
-    want: u64,
-    segments: Vec<SegmentRead>,
-}
-
-struct SegmentRead {
-    path: Arc<Path>,
-    file: Arc<File>,
-    /// Where to start reading: at or before the wanted record.
-    pos: u64,
-    /// The segment's validated length when the read was planned.
-    len: u64,
-}
-
-impl ReadPlan {
-    /// Up to `max` records. Every record's CRC is checked: damage is an
-    /// error, never skipped.
-    pub(crate) fn read(self, max: usize) -> Result<Vec<StoredRecord>> {
-        let mut out = Vec::new();
-        let mut want = self.want;
-        let mut buf = Vec::new();
-        for seg in &self.segments {
-            if out.len() >= max {
-                break;
-            }
-            let corrupt =
-                |position: u64, reason: &str| Error::Corrupt { path: seg.path.to_path_buf(), position, reason: reason.to_owned() };
-            let mut pos = seg.pos;
-            // The wanted record is within about one index interval of `pos`:
-            // a small read serves a small request (a redelivery, a lookup).
-            let mut chunk = (2 * INDEX_INTERVAL as usize + max.saturating_mul(256)).min(READ_CHUNK);
-            while pos < seg.len && out.len() < max {
-                buf.resize(((seg.len - pos) as usize).min(chunk), 0);
-                chunk = READ_CHUNK;
-                seg.file.read_exact_at(&mut buf, pos).map_err(|e| Error::io(&seg.path, e))?;
-                let mut at = 0;
-                while at < buf.len() && out.len() < max {
-                    let len = match record::check(&buf[at..]) {
-                        Ok((len, ..)) => len,
-                        // The next record continues past this chunk: read on from it.
-                        Err(Invalid::Truncated) if at > 0 => break,
-                        Err(Invalid::Truncated) => {
-                            // One record larger than the chunk: read exactly it.
-                            let total = record::frame_len(&buf).map_err(|why| corrupt(pos, why.describe()))?;
-                            if pos + total as u64 > seg.len {
-                                return Err(corrupt(pos, "record runs past the end of the segment"));
-                            }
-                            buf.resize(total, 0);
-                            seg.file.read_exact_at(&mut buf, pos).map_err(|e| Error::io(&seg.path, e))?;
-                            continue;
-                        }
-                        Err(why) => return Err(corrupt(pos + at as u64, why.describe())),
-                    };
-                    let frame = &buf[at..at + len];
-                    let offset = u64::from_le_bytes(frame[8..16].try_into().unwrap());
-                    if offset > want {
-                        // Offsets are dense: a sealed segment whose index
-                        // lies (its records are not scanned on open) says so here.
-                        return Err(corrupt(pos + at as u64, &format!("record has offset {offset} where {want} was expected")));
-                    }
-                    if offset == want {
-                        let rec = record::decode(self.partition, frame).map_err(|why| corrupt(pos + at as u64, why.describe()))?;
-                        out.push(rec);
-                        want = offset + 1;
-                    }
-                    at += len;
-                }
-                pos += at as u64;
-            }
+impl Drop for Partition {
+    fn drop(&mut self) {
+        if !self.read_only && !matches!(self.fsync, Fsync::Never) {
+            let _ = self.sync();
         }
-        Ok(out)
     }
 }

@@ -20,8 +20,8 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
-use crate::consumer::{group_file, read_committed};
 use crate::faults::{Faults, SyncSite};
+use crate::offsets::{group_file, read_committed};
 use crate::{Error, Result, create_dir_durable, sync_dir, validate_name, write_atomic};
 
 /// Log size that triggers folding the log into the snapshot.
