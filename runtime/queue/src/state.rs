@@ -10,8 +10,9 @@
 //! is what makes state exactly-once while delivery is at-least-once.
 //!
 //! The log is folded into a snapshot (written atomically) once it grows past
-//! [`COMPACT_AT`]; the applied set then drops every id below the group's
-//! committed offsets, which are never delivered again. Replaying the log over
+//! [`COMPACT_AT`]; the applied set then drops every id below the floor the
+//! source last gave ([`StateStore::set_floor`]: a group's committed offsets),
+//! which is never delivered again. Replaying the log over
 //! a snapshot that already contains it is harmless: puts and deletes are
 //! absolute, and the applied set is a set.
 
@@ -21,7 +22,6 @@ use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
 use crate::faults::{Faults, SyncSite};
-use crate::offsets::{group_file, read_committed};
 use crate::{Error, Result, create_dir_durable, sync_dir, validate_name, write_atomic};
 
 /// Log size that triggers folding the log into the snapshot.
@@ -51,7 +51,6 @@ pub type StageMap = HashMap<Vec<u8>, Vec<u8>>;
 /// Durable state of one consumer group on one topic. See the module docs.
 pub struct StateStore {
     dir: PathBuf,
-    group_file: PathBuf,
     /// Opened (and the directory made) by the first commit, so a group whose
     /// stages keep no state leaves no files.
     log: Option<File>,
@@ -87,17 +86,8 @@ impl StateStore {
             true => Some(open_log(&dir)?),
             false => None,
         };
-        let mut store = StateStore {
-            group_file: group_file(root, group, topic),
-            log,
-            dir,
-            log_len: 0,
-            stages: HashMap::new(),
-            applied: HashSet::new(),
-            floor: None,
-            faults,
-            failed: None,
-        };
+        let mut store =
+            StateStore { log, dir, log_len: 0, stages: HashMap::new(), applied: HashSet::new(), floor: None, faults, failed: None };
         let snapshot = store.dir.join(SNAPSHOT_FILE);
         match fs::read(&snapshot) {
             Ok(bytes) => {
@@ -206,7 +196,7 @@ impl StateStore {
     /// Say below which offset, per partition, the source will never deliver
     /// a message again (a consumer group's committed offsets; a JetStream
     /// consumer's acknowledgement floor + 1). Compaction drops the applied
-    /// ids below it; without one, it uses the group file of a queue topic.
+    /// ids below it; until one is given, it drops none.
     pub fn set_floor(&mut self, floor: Vec<u64>) {
         self.floor = Some(floor);
     }
@@ -231,11 +221,7 @@ impl StateStore {
         if self.log.is_none() {
             return Ok(()); // nothing was ever committed
         }
-        let floor = match self.floor.clone() {
-            Some(floor) => Some(floor),
-            None => read_committed(&self.group_file)?,
-        };
-        if let Some(floor) = floor {
+        if let Some(floor) = &self.floor {
             self.applied.retain(|&(p, o)| floor.get(p as usize).is_none_or(|&c| o >= c));
         }
         let writes = self
@@ -390,15 +376,13 @@ mod tests {
     }
 
     #[test]
-    fn compaction_keeps_state_and_drops_ids_below_the_committed_offset() {
+    fn compaction_keeps_state_and_drops_ids_below_the_floor() {
         let dir = tempfile::tempdir().unwrap();
         let mut s = StateStore::open(dir.path(), "g", "t", Faults::default()).unwrap();
         for i in 0..10u64 {
             s.commit(&[put("a", &format!("k{}", i % 3), &i.to_string())], &[(0, i)]).unwrap();
         }
-        let gf = group_file(dir.path(), "g", "t");
-        fs::create_dir_all(gf.parent().unwrap()).unwrap();
-        fs::write(&gf, br#"{"committed":[7]}"#).unwrap();
+        s.set_floor(vec![7]);
         s.compact().unwrap();
         let mut ids: Vec<_> = s.applied().iter().copied().collect();
         ids.sort();
@@ -415,9 +399,9 @@ mod tests {
     }
 
     #[test]
-    fn a_floor_given_by_the_source_prunes_where_no_group_file_exists() {
-        // A JetStream source has no group file: the floor is its consumer's
-        // acknowledgement floor, passed in.
+    fn without_a_floor_compaction_drops_no_ids() {
+        // The floor is the source's to give: a consumer group's committed
+        // offsets, a JetStream consumer's acknowledgement floor.
         let dir = tempfile::tempdir().unwrap();
         let mut s = StateStore::open(dir.path(), "workers", "STREAM", Faults::default()).unwrap();
         for i in 1..=10u64 {
