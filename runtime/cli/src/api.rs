@@ -497,7 +497,7 @@ impl ApiState {
             Some("latest") => StartFrom::Latest,
             Some(other) => return Err(bad(format!("start must be \"earliest\" or \"latest\", got {other:?}"))),
         };
-        let options = ConsumerOptions { start, dead_letter: Some(format!("{topic}.dlq")), ..ConsumerOptions::default() };
+        let options = ConsumerOptions { start, ..ConsumerOptions::default() };
         let c = Arc::new(OpenGroup { consumer: Mutex::new(self.queue.consumer(topic, group, options)?), used: Mutex::new(Instant::now()) });
         consumers.insert((topic.to_owned(), group.to_owned()), c.clone());
         Ok(c)

@@ -197,7 +197,7 @@ pub(crate) fn run(pipeline: &Pipeline, queue: &Queue, prepared: Prepared, option
                 // queue's own backstop keeps them in a topic.
                 dead_letter: Some(match &pipeline.dead_letter {
                     DeadLetterTo::Topic(t) => t.clone(),
-                    DeadLetterTo::Nats { .. } => format!("{}.dlq", pipeline.name),
+                    DeadLetterTo::Nats { .. } => weir_queue::dead_letter_topic(&pipeline.name),
                 }),
             };
             Feed::Queue(queue.consumer(topic, group, consumer_options)?)

@@ -42,8 +42,17 @@ pub struct ConsumerOptions {
     /// Delay before a delivery whose lease ran out is delivered again
     /// ([`Consumer::nak`] gives its own delay).
     pub retry_backoff: Duration,
-    /// The dead-letter topic; `None` means `<topic>.dlq`. Created when first needed.
+    /// The dead-letter topic; `None` means [`dead_letter_topic`] of the
+    /// topic read. Created when first needed.
     pub dead_letter: Option<String>,
+}
+
+/// weir's one rule for default dead-letter topics: `OWNER.dlq`, where the
+/// owner is what reads — a pipeline (its name), or a consumer group outside
+/// a pipeline (the topic it reads). On NATS, a pipeline's dead letters go to
+/// the subject `weir.dlq.PIPELINE` instead (subjects nest by dots).
+pub fn dead_letter_topic(owner: &str) -> String {
+    format!("{owner}.dlq")
 }
 
 impl Default for ConsumerOptions {
@@ -203,7 +212,7 @@ impl Consumer {
 
     /// The dead-letter topic.
     pub fn dead_letter_topic(&self) -> String {
-        self.options.dead_letter.clone().unwrap_or_else(|| format!("{}.dlq", self.topic.name))
+        self.options.dead_letter.clone().unwrap_or_else(|| dead_letter_topic(&self.topic.name))
     }
 
     /// The committed offset of each partition (as last written by [`Consumer::commit`]).

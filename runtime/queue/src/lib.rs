@@ -46,7 +46,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-pub use consumer::{Consumer, ConsumerOptions, Delivery, DeliveryId, Seek, StartFrom, dlq_headers};
+pub use consumer::{Consumer, ConsumerOptions, Delivery, DeliveryId, Seek, StartFrom, dead_letter_topic, dlq_headers};
 #[cfg(feature = "fault-injection")]
 pub use faults::FaultInjector;
 use faults::Faults;

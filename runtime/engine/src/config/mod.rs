@@ -1018,7 +1018,7 @@ pub fn compile(file: &Path, text: &str) -> Result<Pipeline, ConfigErrors> {
             subject: format!("{}.{}", defaults::NATS_DLQ_PREFIX, raw.pipeline.name),
             stream: Some(StreamSpec { name: defaults::NATS_DLQ_STREAM.into(), subjects: vec![format!("{}.>", defaults::NATS_DLQ_PREFIX)] }),
         },
-        None => DeadLetterTo::Topic(format!("{}.dlq", raw.pipeline.name)),
+        None => DeadLetterTo::Topic(weir_queue::dead_letter_topic(&raw.pipeline.name)),
     };
     if let DeadLetterTo::Topic(t) = &dead_letter {
         topics.entry(t.clone()).or_default();
