@@ -18,13 +18,13 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TryRecvError, sync
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::AckKind;
-use weir_host::Message;
+
 use weir_queue::{Consumer, Delivery, DeliveryId, Queue, Record, StoredRecord};
 
 use crate::Result;
+use crate::batch::{DeadLetter, Fetched};
 use crate::config::{Generator, NatsSource, Source};
 use crate::nats::{JetStreamFeed, Nats};
-use crate::run::DeadLetter;
 use crate::stats::now_ms;
 
 /// Lines buffered between an ephemeral feed's reader thread and the pipeline.
@@ -34,26 +34,6 @@ pub(crate) enum Feed {
     Queue(Consumer),
     Memory(MemoryFeed),
     JetStream(Box<JetStreamFeed>),
-}
-
-/// A delivery as the pipeline takes it.
-pub(crate) struct Fetched {
-    pub(crate) id: DeliveryId,
-    pub(crate) attempt: u32,
-    /// When the source stored it (for the source-wait histogram).
-    pub(crate) appended_ms: u64,
-    pub(crate) msg: Message,
-}
-
-impl Fetched {
-    fn from_delivery(topic: &str, d: Delivery) -> Fetched {
-        Fetched {
-            id: d.id(),
-            attempt: d.attempt,
-            appended_ms: d.record.append_timestamp_ms,
-            msg: crate::message_from_record(topic, d.record, d.attempt),
-        }
-    }
 }
 
 impl Feed {

@@ -15,6 +15,7 @@
 //! ```
 #![deny(missing_docs)]
 
+mod batch;
 pub mod config;
 mod feed;
 pub mod nats;

@@ -25,8 +25,8 @@ use futures_util::StreamExt;
 use weir_host::Message;
 use weir_queue::{DeliveryId, Record, StartFrom};
 
+use crate::batch::Fetched;
 use crate::config::{DeadLetterTo, JetStreamSource, NatsConnection, Pipeline, Sink, StreamSpec};
-use crate::feed::Fetched;
 use crate::{Error, Result};
 
 /// The header that carries a message's key (NATS messages have none of their own).

@@ -1,0 +1,223 @@
+//! Running a pipeline: a source thread, one thread per stage and a sink
+//! thread, joined by bounded channels.
+//!
+//! A batch of source deliveries travels down the chain as one unit. Every
+//! message in it remembers the source delivery it descends from (its
+//! *origin*); a failure at any stage decides that origin's fate (retry or
+//! dead-letter) and drops its other descendants. The sink writes the outputs
+//! and dead letters durably, then hands the settlements back to the source,
+//! which acknowledges and commits. So a source message is acknowledged only
+//! after everything it produced is durable: at-least-once end to end.
+//!
+//! Stage state is exactly-once. Each stateful call's writes travel with the
+//! batch (see [`weir_host::PendingWrites`]); the sink commits them to the
+//! group's [`StateStore`] together with the ids of the messages it
+//! acknowledges, after their outputs are durable. A write set whose messages
+//! are not all settled for good (one is retried, or was abandoned because an
+//! earlier write set it may have read was aborted) is aborted and its
+//! messages are released for redelivery, so they are redone from committed
+//! state. A message whose id is in the store's applied set was already
+//! counted and is acknowledged without processing.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::AtomicBool;
+use std::sync::mpsc::sync_channel;
+use std::sync::{Arc, Mutex, mpsc};
+use std::time::{Duration, Instant};
+
+use weir_host::{Instance, Runtime, StageContext};
+use weir_queue::{ConsumerOptions, Queue, StateStore};
+
+use crate::batch::{Batch, Settlement};
+use crate::config::{DeadLetterTo, NatsSource, Pipeline, Source, StageSpec};
+use crate::feed::Feed;
+use crate::nats::Nats;
+use crate::stats::PipelineStats;
+use crate::{Error, Result};
+
+mod sink;
+mod source;
+mod stage;
+
+use sink::{SinkWorker, open_file_sinks};
+use source::SourceWorker;
+use stage::{StageWorker, guest_driven_log};
+
+/// Batches buffered between two threads; bounds memory and applies backpressure.
+const CHANNEL_DEPTH: usize = 2;
+
+/// Source messages taken per batch, at least.
+const MIN_FETCH: usize = 512;
+
+/// Options of one run.
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    /// Exit once the source has no more messages and all are settled.
+    pub drain: bool,
+    /// Set to stop: the source stops pulling, in-flight batches finish, and
+    /// the run returns after committing.
+    pub stop: Arc<AtomicBool>,
+    /// Where to count, so another thread can watch the run (see
+    /// [`PipelineStats::for_pipeline`]); a fresh one if `None`.
+    pub stats: Option<Arc<PipelineStats>>,
+}
+
+/// Load every stage's component and create its first instances, so that a
+/// bad component or a failing `init` stops the pipeline before it pulls a message.
+/// Stages start from the state the source's consumer group committed.
+pub(crate) struct Prepared {
+    stages: Vec<(StageSpec, weir_host::Stage, StageContext, Vec<Instance>)>,
+    state: StateStore,
+    /// Whose stage state it is (see [`state_owner`]).
+    owner: (String, String),
+}
+
+pub(crate) fn prepare(pipeline: &Pipeline, queue: &Queue, runtime: &Runtime) -> Result<Prepared> {
+    for (name, config) in &pipeline.topics {
+        queue.ensure_topic(name, config)?;
+    }
+    let owner = state_owner(pipeline, queue)?;
+    let state = queue.state_store(&owner.0, &owner.1)?;
+    let mut stages = Vec::new();
+    for spec in &pipeline.stages {
+        let component = runtime.load(&spec.module)?;
+        let ctx = StageContext::new(&pipeline.name, &spec.name, spec.config.clone(), spec.limits.clone())
+            .with_state(state.stage(&spec.name))
+            .with_grants(spec.grants.clone());
+        let instances = (0..spec.concurrency).map(|_| component.instantiate(&ctx)).collect::<Result<Vec<_>, _>>()?;
+        stages.push((spec.clone(), component, ctx, instances));
+    }
+    Ok(Prepared { stages, state, owner })
+}
+
+/// Whose stage state it is: the consumer group and topic (by its key: a
+/// topic made again under the same name is another) of a queue source, the
+/// durable consumer and stream of a JetStream source, else the pipeline and
+/// the kind of source. Durable source ids are named after it too.
+fn state_owner(pipeline: &Pipeline, queue: &Queue) -> Result<(String, String)> {
+    Ok(match &pipeline.source {
+        Source::Queue { topic, group, .. } => (group.clone(), queue.topic_key(topic)?),
+        Source::Stdin { .. } => (pipeline.name.clone(), "source-stdin".into()),
+        Source::File { .. } => (pipeline.name.clone(), "source-file".into()),
+        Source::Generator(_) => (pipeline.name.clone(), "source-generator".into()),
+        Source::Nats(NatsSource::JetStream(js)) => (js.consumer.clone(), js.stream.clone()),
+        Source::Nats(NatsSource::Core { .. }) => (pipeline.name.clone(), "source-nats".into()),
+    })
+}
+
+/// Run `pipeline` on `queue` until stopped (or drained, with `drain`).
+pub(crate) fn run(pipeline: &Pipeline, queue: &Queue, prepared: Prepared, options: &RunOptions) -> Result<Arc<PipelineStats>> {
+    // Retries and dead letters are decided per stage; the queue's own limit only
+    // backs them up. A lease must outlive the slowest batch: every stage may
+    // replay a failed batch message by message, each up to its timeout.
+    let slowest: Duration = pipeline.stages.iter().map(|s| s.limits.timeout * s.batch_size.min(64) as u32).sum();
+    let max_attempts = pipeline.stages.iter().map(|s| s.max_attempts).max().unwrap_or(5);
+    // Per-batch costs (an fsync, a round trip to NATS) are shared by more
+    // messages when batches are large; stages still take `batch_size` per call.
+    let fetch_size = pipeline.stages.first().map_or(MIN_FETCH, |s| s.batch_size * s.concurrency).max(MIN_FETCH);
+    let nats = Nats::for_pipeline(pipeline)?;
+    let feed = match &pipeline.source {
+        Source::Queue { topic, group, start, max_ack_pending } => {
+            let consumer_options = ConsumerOptions {
+                start: *start,
+                max_ack_pending: *max_ack_pending,
+                ack_wait: slowest.max(Duration::from_secs(60)),
+                max_attempts,
+                retry_backoff: pipeline.stages.iter().map(|s| s.retry_backoff).max().unwrap_or(Duration::from_secs(1)),
+                // Dead letters to NATS are written by the pipeline; the
+                // queue's own backstop keeps them in a topic.
+                dead_letter: Some(match &pipeline.dead_letter {
+                    DeadLetterTo::Topic(t) => t.clone(),
+                    DeadLetterTo::Nats { .. } => weir_queue::dead_letter_topic(&pipeline.name),
+                }),
+            };
+            Feed::Queue(queue.consumer(topic, group, consumer_options)?)
+        }
+        Source::Nats(NatsSource::JetStream(js)) => {
+            let nats = nats.as_ref().expect("a NATS source has a connection");
+            Feed::JetStream(Box::new(nats.jetstream_feed(js, js.max_attempts.unwrap_or(max_attempts), fetch_size)?))
+        }
+        other => {
+            if options.drain && matches!(other, Source::Nats(_)) {
+                return Err(Error::Source(format!(
+                    "{}: a core NATS subject has no end to drain to; use a JetStream source (`stream`) or stop with Ctrl-C",
+                    other.name()
+                )));
+            }
+            let dead_letter = match &pipeline.dead_letter {
+                DeadLetterTo::Topic(t) => Some((queue.clone(), t.clone())),
+                DeadLetterTo::Nats { .. } => None,
+            };
+            let max_in_flight = crate::config::defaults::MAX_ACK_PENDING as usize;
+            Feed::ephemeral(other, max_in_flight, dead_letter, nats.as_ref())?
+        }
+    };
+    let durable_ids = feed.has_durable_ids();
+    let files = open_file_sinks(pipeline)?;
+    let stats = options.stats.clone().unwrap_or_else(|| PipelineStats::for_pipeline(pipeline));
+    let fill_wait = pipeline.stages.first().map_or(Duration::ZERO, |s| s.batch_timeout);
+
+    let floor = Mutex::new(None);
+    std::thread::scope(|scope| -> Result<()> {
+        let (settle_tx, settle_rx) = mpsc::channel::<Settlement>();
+        let (first_tx, mut rx) = sync_channel::<Batch>(CHANNEL_DEPTH);
+        let mut handles = Vec::new();
+        for (i, (spec, component, ctx, instances)) in prepared.stages.into_iter().enumerate() {
+            let (tx, next_rx) = sync_channel::<Batch>(CHANNEL_DEPTH);
+            let stage_stats = stats.stage(i);
+            stage_stats.custom.set(ctx.shared_counters()).ok();
+            stage_stats.limited.set(ctx.limited()).ok();
+            stage_stats.set_instances(instances.len());
+            let worker = StageWorker { index: i, spec, component, ctx, instances, stats: stage_stats, warnings: guest_driven_log() };
+            let input = std::mem::replace(&mut rx, next_rx);
+            handles.push(scope.spawn(move || worker.run(input, tx)));
+        }
+        let applied = if durable_ids { prepared.state.applied().clone() } else { HashSet::new() };
+        let source_name = pipeline.source.name();
+        let id_prefix = durable_ids.then(|| format!("{}/{}", prepared.owner.0, prepared.owner.1));
+        let mut routes: HashMap<String, Vec<usize>> = HashMap::new();
+        for (i, s) in pipeline.sinks.iter().enumerate() {
+            if let Some(topic) = &s.from {
+                routes.entry(topic.clone()).or_default().push(i);
+            }
+        }
+        let main_sinks = (0..pipeline.sinks.len()).filter(|&i| pipeline.sinks[i].from.is_none()).collect();
+        let sink = SinkWorker {
+            pipeline,
+            queue: queue.clone(),
+            state: prepared.state,
+            durable_ids,
+            source_name,
+            id_prefix,
+            main_sinks,
+            routes,
+            files,
+            nats: nats.clone(),
+            stop: &options.stop,
+            stats: &stats,
+            settle: settle_tx,
+            dead_letter_log: guest_driven_log(),
+            floor: &floor,
+        };
+        let sink_handle = scope.spawn(move || sink.run(rx));
+        let source = SourceWorker {
+            feed,
+            applied,
+            options,
+            stats: &stats,
+            fetch_size,
+            fill_wait,
+            in_pipeline: 0,
+            queue,
+            checked: Instant::now(),
+            floor: &floor,
+        };
+        let source_result = source.run(first_tx, settle_rx);
+        let sink_result = sink_handle.join().expect("sink thread panicked");
+        for h in handles {
+            h.join().expect("stage thread panicked");
+        }
+        source_result.and(sink_result)
+    })?;
+    Ok(stats)
+}

@@ -1,0 +1,416 @@
+//! The sink worker: routes outputs to sinks, writes them and dead letters durably, commits state, then settles.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::Write;
+use std::sync::atomic::AtomicBool;
+use std::sync::mpsc::{Receiver, Sender};
+use std::sync::{Arc, Mutex};
+
+use weir_host::{LogBucket, Message, Output};
+use weir_queue::{DeliveryId, Queue, Record, StateStore, StateWrite, dlq_headers};
+
+use super::stage::summarise_suppressed;
+use crate::batch::{Batch, DeadLetter, Fate, Origin, Settlement, StateDelta};
+use crate::config::{DeadLetterTo, Pipeline, Sink};
+use crate::nats::{IdRecords, Nats};
+use crate::stats::{PipelineStats, now_ms, since};
+use crate::{Error, Result};
+
+pub(super) struct SinkWorker<'a> {
+    pub(super) pipeline: &'a Pipeline,
+    pub(super) queue: Queue,
+    pub(super) state: StateStore,
+    /// Source ids survive restarts: use the applied set and dead-letter ids.
+    pub(super) durable_ids: bool,
+    /// What dead letters name as their source.
+    pub(super) source_name: String,
+    /// `GROUP/SOURCE`, which starts the ids of dead letters (`dlq/GROUP/SOURCE/..`,
+    /// as the queue's consumer makes them too) and NATS outputs; `None` when
+    /// source ids do not survive restarts.
+    pub(super) id_prefix: Option<String>,
+    /// Sinks taking the last stage's outputs.
+    pub(super) main_sinks: Vec<usize>,
+    /// Routed topic → the sinks taking it (`from`).
+    pub(super) routes: HashMap<String, Vec<usize>>,
+    /// One per sink; `Some` for file sinks.
+    pub(super) files: Vec<Option<std::fs::File>>,
+    /// The connection, when a sink or the dead letters go to NATS.
+    pub(super) nats: Option<Arc<Nats>>,
+    /// Set to stop: a NATS publish stops retrying (nothing is acknowledged).
+    pub(super) stop: &'a AtomicBool,
+    pub(super) stats: &'a PipelineStats,
+    pub(super) settle: Sender<Settlement>,
+    /// Rate limit for lines about dead letters.
+    pub(super) dead_letter_log: LogBucket,
+    /// The source's floor (see [`StateStore::set_floor`]), when it has one.
+    pub(super) floor: &'a Mutex<Option<Vec<u64>>>,
+}
+
+/// Open (appending, creating) every file sink, so a bad path fails the run
+/// before it pulls a message.
+pub(super) fn open_file_sinks(pipeline: &Pipeline) -> Result<Vec<Option<std::fs::File>>> {
+    pipeline
+        .sinks
+        .iter()
+        .map(|s| match &s.kind {
+            Sink::File { path, .. } => std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .map(Some)
+                .map_err(|e| Error::Sink(format!("{}: {}: {e}", s.name, path.display()))),
+            _ => Ok(None),
+        })
+        .collect()
+}
+
+/// A message as one output line: its payload's bytes, or a JSON object.
+pub(super) fn line(json: bool, msg: &Message, out: &mut Vec<u8>) {
+    if json {
+        out.extend_from_slice(crate::json_line(msg).as_bytes());
+    } else {
+        out.extend_from_slice(&msg.payload);
+    }
+    out.push(b'\n');
+}
+
+/// Give `msg` to each sink in `to`: a copy to all but the last, which takes it.
+fn fan_out(per_sink: &mut [Vec<Message>], to: &[usize], msg: Message) {
+    if let Some((&last, rest)) = to.split_last() {
+        for &i in rest {
+            per_sink[i].push(msg.clone());
+        }
+        per_sink[last].push(msg);
+    }
+}
+
+/// A routed output as a message, placed at its origin.
+fn routed_message(o: &Origin, topic: String, out: Output) -> Message {
+    Message {
+        topic,
+        partition: o.id.partition,
+        offset: o.id.offset,
+        key: out.key,
+        payload: out.payload,
+        headers: out.headers,
+        timestamp_ms: 0,
+        attempt: o.attempt,
+    }
+}
+
+pub(super) fn record(msg: Message) -> Record {
+    Record { key: msg.key, headers: msg.headers, payload: msg.payload, timestamp_ms: Some(msg.timestamp_ms), id: None }
+}
+
+impl SinkWorker<'_> {
+    pub(super) fn run(mut self, input: Receiver<Batch>) -> Result<()> {
+        let stdout = std::io::stdout();
+        let mut result = Ok(());
+        while let Ok(batch) = input.recv() {
+            match self.write(batch, &mut stdout.lock()) {
+                Ok(settlement) => {
+                    if self.settle.send(settlement).is_err() {
+                        break;
+                    }
+                }
+                Err(e) => {
+                    result = Err(e);
+                    break;
+                }
+            }
+        }
+        summarise_suppressed("dead letters", self.dead_letter_log.take_suppressed());
+        result
+    }
+
+    /// Why sink `i` cannot take a message of these parts, if it cannot. The
+    /// queue refuses records over its size and header limits, NATS messages
+    /// over the server's `max_payload`.
+    fn refusal(&self, i: usize, key: Option<&[u8]>, headers: &[(String, Vec<u8>)], payload: usize) -> Option<String> {
+        let spec = &self.pipeline.sinks[i];
+        match &spec.kind {
+            Sink::Queue { .. } => weir_queue::check_parts(key, headers, payload).err().map(|e| format!("sink {}: {e}", spec.name)),
+            Sink::Nats { .. } => {
+                let (size, max) = (crate::nats::wire_len(key, headers, payload), self.nats.as_ref()?.max_payload());
+                (size > max).then(|| format!("sink {}: a message of {size} bytes exceeds the NATS server's max_payload ({max})", spec.name))
+            }
+            Sink::Stdout { .. } | Sink::File { .. } => None,
+        }
+    }
+
+    /// Fail, alone, each origin one of whose outputs a sink or a routed topic
+    /// could not store, before anything is written: no value a guest
+    /// controls may fail a whole batch's write. (Outputs within the stage's
+    /// limits fit the queue; this catches what the queue or NATS refuses.)
+    fn vet(&self, batch: &mut Batch) {
+        let Batch { origins, items, routed, .. } = batch;
+        let fail = |origins: &mut Vec<Origin>, origin: usize, reason: String, msg: Message| {
+            let o = &mut origins[origin];
+            if matches!(o.fate, Fate::Ok) {
+                o.fate = Fate::Dead { stage: "sink".into(), kind: "output", reason, msg };
+            }
+        };
+        for item in items.iter() {
+            let m = &item.msg;
+            if let Some(reason) = self.main_sinks.iter().find_map(|&i| self.refusal(i, m.key.as_deref(), &m.headers, m.payload.len())) {
+                fail(origins, item.origin, reason, m.clone());
+            }
+        }
+        for (origin, topic, out) in routed.iter() {
+            let (key, headers, payload) = (out.key.as_deref(), &out.headers, out.payload.len());
+            let to_topic = self.pipeline.topics.contains_key(topic).then(|| weir_queue::check_parts(key, headers, payload).err()).flatten();
+            let refused = to_topic
+                .map(|e| format!("topic {topic}: {e}"))
+                .or_else(|| self.routes.get(topic).and_then(|takers| takers.iter().find_map(|&i| self.refusal(i, key, headers, payload))));
+            if let Some(reason) = refused {
+                let msg = routed_message(&origins[*origin], topic.clone(), out.clone());
+                fail(origins, *origin, reason, msg);
+            }
+        }
+    }
+
+    /// Make a dead letter fit where it goes: without its payload if it is
+    /// too large (header `weir.payload-dropped` says how large it was), and
+    /// without its own key and headers if even that is not enough.
+    fn fit_dead_letter(&self, rec: &mut Record) {
+        let fits = |r: &Record| match &self.pipeline.dead_letter {
+            DeadLetterTo::Topic(_) => r.validate().is_ok(),
+            DeadLetterTo::Nats { .. } => {
+                self.nats.as_ref().is_none_or(|n| crate::nats::wire_len(r.key.as_deref(), &r.headers, r.payload.len()) <= n.max_payload())
+            }
+        };
+        if fits(rec) {
+            return;
+        }
+        let dropped = std::mem::take(&mut rec.payload).len();
+        rec.headers.push((dlq_headers::PAYLOAD_DROPPED.into(), dropped.to_string().into_bytes()));
+        if !fits(rec) {
+            rec.key = None;
+            rec.headers.retain(|(k, _)| k.starts_with("weir."));
+        }
+    }
+
+    /// Decide which of the batch's state writes can be committed. A write set
+    /// stands only if every message it handled is settled for good; if not,
+    /// it is aborted (with every later one of its stage) and its other
+    /// messages are released to be redone. Repeats until nothing changes.
+    fn resolve_state(&self, batch: &mut Batch) {
+        if batch.writes.is_empty() {
+            return;
+        }
+        if self.durable_ids {
+            let applied = self.state.applied();
+            for o in &mut batch.origins {
+                if o.fate.is_final() && applied.contains(&(o.id.partition, o.id.offset)) {
+                    o.fate = Fate::Applied;
+                }
+            }
+        }
+        loop {
+            let mut changed = false;
+            for d in &batch.writes {
+                if !d.writes.is_aborted()
+                    && d.origins.iter().all(|&i| batch.origins[i].fate.is_final() && !matches!(batch.origins[i].fate, Fate::Applied))
+                {
+                    continue;
+                }
+                if !d.writes.is_aborted() {
+                    // Also aborts later write sets, maybe ones already passed over.
+                    d.writes.abort();
+                    changed = true;
+                }
+                for &i in &d.origins {
+                    let fate = &mut batch.origins[i].fate;
+                    if matches!(fate, Fate::Ok | Fate::Dead { .. }) {
+                        *fate = Fate::Release;
+                        changed = true;
+                    }
+                }
+            }
+            if !changed {
+                break;
+            }
+        }
+    }
+
+    /// Make the surviving state writes durable with the ids of the messages
+    /// acknowledged, then let the stages read them as committed.
+    fn commit_state(&mut self, batch: &mut Batch, acks: &[DeliveryId]) -> Result<()> {
+        let mut live: Vec<StateDelta> = std::mem::take(&mut batch.writes).into_iter().filter(|d| !d.writes.is_aborted()).collect();
+        live.sort_by_key(|d| (d.stage, d.writes.seq()));
+        let ops: Vec<StateWrite> = live
+            .iter()
+            .flat_map(|d| {
+                let stage = &self.pipeline.stages[d.stage].name;
+                d.writes.writes().iter().map(|(k, v)| StateWrite { stage: stage.clone(), key: k.clone(), value: v.clone() })
+            })
+            .collect();
+        if !ops.is_empty() {
+            if let Some(floor) = self.floor.lock().unwrap().take() {
+                self.state.set_floor(floor);
+            }
+            let ids: Vec<(u32, u64)> =
+                if self.durable_ids { acks.iter().map(|id| (id.partition, id.offset)).collect() } else { Vec::new() };
+            self.state.commit(&ops, &ids)?;
+        }
+        for d in live {
+            d.writes.committed();
+        }
+        Ok(())
+    }
+
+    pub(super) fn write(&mut self, mut batch: Batch, out: &mut impl Write) -> Result<Settlement> {
+        let sinks = &self.pipeline.sinks;
+        // An output to a topic that is neither declared nor taken by a sink
+        // makes its origin a dead letter, carrying that output.
+        for (origin, topic, out) in std::mem::take(&mut batch.routed) {
+            if self.pipeline.topics.contains_key(&topic) || self.routes.contains_key(&topic) {
+                batch.routed.push((origin, topic, out));
+                continue;
+            }
+            let o = &mut batch.origins[origin];
+            if matches!(o.fate, Fate::Ok) {
+                let reason = format!("output names topic {topic:?}, which the pipeline neither declares nor sends to a sink");
+                let msg = routed_message(o, topic, out);
+                o.fate = Fate::Dead { stage: "routing".into(), kind: "routing", reason, msg };
+            }
+        }
+        self.vet(&mut batch);
+        // Before any output is taken: it may release messages.
+        self.resolve_state(&mut batch);
+
+        // What each sink gets, in order.
+        let mut per_sink: Vec<Vec<Message>> = vec![Vec::new(); sinks.len()];
+        for item in std::mem::take(&mut batch.items) {
+            if matches!(batch.origins[item.origin].fate, Fate::Ok) {
+                fan_out(&mut per_sink, &self.main_sinks, item.msg);
+            }
+        }
+        let mut by_topic: BTreeMap<&str, Vec<Record>> = BTreeMap::new();
+        for (origin, topic, out) in std::mem::take(&mut batch.routed) {
+            let o = &batch.origins[origin];
+            if !matches!(o.fate, Fate::Ok) {
+                continue;
+            }
+            let takers = self.routes.get(&topic).map_or(&[][..], Vec::as_slice);
+            let declared = self.pipeline.topics.get_key_value(&topic).map(|(name, _)| name.as_str());
+            // The output itself goes to the topic unless sinks need it too.
+            let (rec, msg) = if takers.is_empty() {
+                (Record { key: out.key, headers: out.headers, payload: out.payload, timestamp_ms: None, id: None }, None)
+            } else {
+                let rec = Record {
+                    key: out.key.clone(),
+                    headers: out.headers.clone(),
+                    payload: out.payload.clone(),
+                    timestamp_ms: None,
+                    id: None,
+                };
+                (rec, Some(routed_message(o, topic, out)))
+            };
+            if let Some(name) = declared {
+                by_topic.entry(name).or_default().push(rec);
+            }
+            if let Some(msg) = msg {
+                fan_out(&mut per_sink, takers, msg);
+            }
+        }
+
+        let mut acks = Vec::new();
+        let mut naks = Vec::new();
+        let mut releases = Vec::new();
+        let mut dead = Vec::new();
+        let mut dead_ids = Vec::new();
+        for o in &mut batch.origins {
+            match std::mem::replace(&mut o.fate, Fate::Ok) {
+                Fate::Ok | Fate::Applied => acks.push(o.id),
+                Fate::Retry { delay } => naks.push((o.id, delay)),
+                Fate::Release => releases.push(o.id),
+                Fate::Dead { stage, kind, reason, msg } => {
+                    if let Some(suppressed) = self.dead_letter_log.take() {
+                        tracing::warn!(%stage, kind, %reason, partition = o.id.partition, offset = o.id.offset, "message dead-lettered");
+                        summarise_suppressed("dead letters", suppressed);
+                    }
+                    let mut rec = record(msg);
+                    let why = DeadLetter { stage: &stage, kind, reason, source: &self.source_name, id: o.id, attempt: o.attempt };
+                    why.add_headers(&mut rec);
+                    // Same id as the queue's own dead letters: a replay after a
+                    // crash between this write and the ack does not duplicate it.
+                    if let Some(prefix) = &self.id_prefix {
+                        rec.id = Some(format!("dlq/{prefix}/{}/{}", o.id.partition, o.id.offset));
+                    }
+                    self.fit_dead_letter(&mut rec);
+                    dead.push(rec);
+                    dead_ids.push(o.id);
+                }
+            }
+        }
+        let dead_count = dead.len() as u64;
+        let outputs: u64 = per_sink.iter().map(|m| m.len() as u64).sum::<u64>() + by_topic.values().map(|r| r.len() as u64).sum::<u64>();
+        let mut to_nats: Vec<(&str, bool, IdRecords)> = Vec::new();
+        if !dead.is_empty() {
+            match &self.pipeline.dead_letter {
+                DeadLetterTo::Topic(t) => by_topic.entry(t).or_default().extend(dead),
+                DeadLetterTo::Nats { subject, .. } => to_nats.push((subject, false, dead.into_iter().map(|r| (r.id.clone(), r)).collect())),
+            }
+        }
+        let written_at: Vec<u64> = per_sink.iter().flatten().map(|m| m.timestamp_ms).collect();
+        let mut printed = Vec::new();
+        let mut buf = Vec::new();
+        for ((spec, msgs), file) in sinks.iter().zip(per_sink).zip(&mut self.files) {
+            if msgs.is_empty() {
+                continue;
+            }
+            match &spec.kind {
+                Sink::Nats { subject, core, .. } => to_nats.push((subject, *core, output_ids(self.id_prefix.as_deref(), &spec.name, msgs))),
+                Sink::Queue { topic } => by_topic.entry(topic).or_default().extend(msgs.into_iter().map(record)),
+                Sink::Stdout { json } => msgs.iter().for_each(|m| line(*json, m, &mut printed)),
+                Sink::File { path, json } => {
+                    buf.clear();
+                    msgs.iter().for_each(|m| line(*json, m, &mut buf));
+                    let file = file.as_mut().expect("file sinks are opened at start");
+                    file.write_all(&buf)
+                        .and_then(|()| file.sync_data())
+                        .map_err(|e| Error::Sink(format!("{}: {}: {e}", spec.name, path.display())))?;
+                }
+            }
+        }
+        // Durable before anything is acknowledged.
+        for (topic, records) in &by_topic {
+            self.queue.publish(topic, records)?;
+        }
+        for (subject, core, records) in to_nats {
+            self.nats.as_ref().expect("NATS sinks have a connection").publish(subject, records, core, self.stop)?;
+        }
+        if !printed.is_empty() {
+            let written = out.write_all(&printed).and_then(|()| out.flush());
+            if let Err(e) = written
+                && e.kind() != std::io::ErrorKind::BrokenPipe
+            {
+                return Err(Error::Sink(format!("stdout: {e}")));
+            }
+        }
+        self.commit_state(&mut batch, &acks)?;
+        self.stats.sink_written(outputs, dead_count);
+        self.stats.sink_end_to_end.record_all(written_at.into_iter().filter_map(|t| since(now_ms(), t)));
+        self.stats.settled(acks.len() + dead_ids.len(), naks.len(), releases.len());
+        Ok(Settlement { acks, dead: dead_ids, naks, releases })
+    }
+}
+
+/// Outputs as records, each with an id made of where it comes from
+/// (`GROUP/SOURCE/PARTITION/OFFSET/SINK/N`, the N-th output of that
+/// source message to that sink), so that NATS stores an output once even
+/// when its input is redelivered. No ids when source ids do not survive
+/// a restart.
+fn output_ids(prefix: Option<&str>, sink: &str, msgs: Vec<Message>) -> IdRecords {
+    let Some(prefix) = prefix else { return msgs.into_iter().map(|m| (None, record(m))).collect() };
+    let mut seen: HashMap<(u32, u64), u32> = HashMap::new();
+    msgs.into_iter()
+        .map(|m| {
+            let n = seen.entry((m.partition, m.offset)).or_default();
+            let id = format!("{prefix}/{}/{}/{sink}/{n}", m.partition, m.offset);
+            *n += 1;
+            (Some(id), record(m))
+        })
+        .collect()
+}

@@ -1,0 +1,139 @@
+//! The source worker: pulls batches from the feed, hands them down, applies settlements, commits.
+
+use std::collections::HashSet;
+use std::sync::Mutex;
+use std::sync::atomic::Ordering;
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender};
+use std::time::{Duration, Instant};
+
+use weir_queue::Queue;
+
+use super::RunOptions;
+use crate::Result;
+use crate::batch::{Batch, Fate, Item, Origin, Settlement};
+use crate::feed::Feed;
+use crate::stats::{PipelineStats, now_ms, since};
+
+pub(super) struct SourceWorker<'a> {
+    pub(super) feed: Feed,
+    /// Ids whose state writes an earlier run committed (see [`StateStore::applied`]).
+    pub(super) applied: HashSet<(u32, u64)>,
+    pub(super) options: &'a RunOptions,
+    pub(super) stats: &'a PipelineStats,
+    pub(super) fetch_size: usize,
+    pub(super) fill_wait: Duration,
+    /// Batches sent down the pipeline and not yet settled.
+    pub(super) in_pipeline: usize,
+    pub(super) queue: &'a Queue,
+    /// When the data directory was last seen to be there.
+    pub(super) checked: Instant,
+    /// Told to the sink's state store: below it, ids are never delivered again.
+    pub(super) floor: &'a Mutex<Option<Vec<u64>>>,
+}
+
+impl SourceWorker<'_> {
+    pub(super) fn run(mut self, tx: SyncSender<Batch>, settlements: Receiver<Settlement>) -> Result<()> {
+        let result = self.pull(&tx, &settlements);
+        // Stop feeding; the stages and the sink finish what they hold, and
+        // every settlement they send is applied before the final commit.
+        drop(tx);
+        while let Ok(s) = settlements.recv() {
+            self.apply(s);
+        }
+        let committed = self.feed.commit();
+        self.feed.close();
+        result.and(committed)
+    }
+
+    fn apply(&mut self, s: Settlement) {
+        for id in s.acks {
+            self.feed.ack(id);
+        }
+        for id in s.dead {
+            self.feed.term(id);
+        }
+        for (id, delay) in s.naks {
+            self.feed.nak(id, delay);
+        }
+        for id in s.releases {
+            self.feed.release(id);
+        }
+        self.in_pipeline -= 1;
+    }
+
+    fn pull(&mut self, tx: &SyncSender<Batch>, settlements: &Receiver<Settlement>) -> Result<()> {
+        loop {
+            let mut settled = false;
+            while let Ok(s) = settlements.try_recv() {
+                self.apply(s);
+                settled = true;
+            }
+            if settled {
+                self.feed.commit()?;
+            }
+            self.stats.set_source_state(self.feed.lag(), self.feed.in_flight());
+            if self.checked.elapsed() >= Duration::from_secs(1) {
+                self.queue.check_present()?;
+                *self.floor.lock().unwrap() = self.feed.floor();
+                self.checked = Instant::now();
+            }
+            if self.options.stop.load(Ordering::Relaxed) {
+                return Ok(());
+            }
+            if self.options.drain && self.in_pipeline == 0 && self.feed.is_settled() {
+                return Ok(());
+            }
+            let wait = if self.in_pipeline > 0 { Duration::ZERO } else { Duration::from_millis(50) };
+            let mut deliveries = self.feed.fetch(self.fetch_size, wait)?;
+            if deliveries.is_empty() {
+                if self.in_pipeline > 0 {
+                    // Nothing new (or max_ack_pending reached): wait for batches to settle.
+                    match settlements.recv_timeout(Duration::from_millis(50)) {
+                        Ok(s) => {
+                            self.apply(s);
+                            self.feed.commit()?;
+                        }
+                        Err(RecvTimeoutError::Timeout) => {}
+                        // The sink stopped (its error is reported by the join):
+                        // what is in flight will never settle.
+                        Err(RecvTimeoutError::Disconnected) => return Ok(()),
+                    }
+                }
+                continue;
+            }
+            if deliveries.len() < self.fetch_size && !self.fill_wait.is_zero() {
+                let more = self.feed.fetch(self.fetch_size - deliveries.len(), self.fill_wait)?;
+                deliveries.extend(more);
+            }
+            if !self.applied.is_empty() {
+                // Processed by an earlier run whose acknowledgement was lost with it.
+                deliveries.retain(|d| {
+                    let done = self.applied.contains(&(d.id.partition, d.id.offset));
+                    if done {
+                        self.feed.ack(d.id);
+                    }
+                    !done
+                });
+                if deliveries.is_empty() {
+                    continue;
+                }
+            }
+            let redelivered = deliveries.iter().filter(|d| d.attempt > 1).count();
+            self.stats.source_received(deliveries.len() as u64, redelivered as u64);
+            let now = now_ms();
+            self.stats.source_wait.record_all(deliveries.iter().filter_map(|d| since(now, d.appended_ms)));
+            let mut origins = Vec::with_capacity(deliveries.len());
+            let mut items = Vec::with_capacity(deliveries.len());
+            for (i, d) in deliveries.into_iter().enumerate() {
+                origins.push(Origin { id: d.id, attempt: d.attempt, fate: Fate::Ok });
+                items.push(Item { origin: i, msg: d.msg });
+            }
+            self.in_pipeline += 1;
+            if tx.send(Batch { origins, items, routed: Vec::new(), writes: Vec::new(), sent: Instant::now() }).is_err() {
+                // A downstream thread stopped (its error is reported by the join).
+                self.in_pipeline -= 1;
+                return Ok(());
+            }
+        }
+    }
+}

@@ -1,0 +1,325 @@
+//! A stage worker and its caller: calls a stage's instances with a batch, replays failures one by one, classifies them.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc::{Receiver, SyncSender};
+use std::time::Instant;
+
+use weir_host::{Failure, Instance, LogBucket, Message, MessageError, MessageResult, Output, PendingWrites, StageContext};
+
+use crate::Result;
+use crate::batch::{Batch, Fate, Item, StateDelta};
+use crate::config::StageSpec;
+use crate::stats::{StageStats, now_ms, since};
+
+pub(super) struct StageWorker {
+    /// Position in the pipeline.
+    pub(super) index: usize,
+    pub(super) spec: StageSpec,
+    pub(super) component: weir_host::Stage,
+    pub(super) ctx: StageContext,
+    /// One per unit of concurrency; a poisoned one is replaced before its next call.
+    pub(super) instances: Vec<Instance>,
+    pub(super) stats: Arc<StageStats>,
+    /// Rate limit for lines about failed calls.
+    pub(super) warnings: LogBucket,
+}
+
+impl StageWorker {
+    pub(super) fn run(mut self, input: Receiver<Batch>, output: SyncSender<Batch>) {
+        while let Ok(batch) = input.recv() {
+            let mut batch = self.process(batch);
+            batch.sent = Instant::now();
+            if output.send(batch).is_err() {
+                break;
+            }
+        }
+        self.ctx.flush_log_summary();
+        summarise_suppressed("failed calls", self.warnings.take_suppressed());
+    }
+
+    fn process(&mut self, mut batch: Batch) -> Batch {
+        let started = Instant::now();
+        // Descendants of origins that already failed upstream are dropped.
+        let (owners, msgs): (Vec<usize>, Vec<Message>) = std::mem::take(&mut batch.items)
+            .into_iter()
+            .filter(|it| matches!(batch.origins[it.origin].fate, Fate::Ok))
+            .map(|it| (it.origin, it.msg))
+            .unzip();
+        self.stats.queue_wait.record_n(started.duration_since(batch.sent), msgs.len() as u64);
+        let now = now_ms();
+        self.stats.end_to_end.record_all(msgs.iter().filter_map(|m| since(now, m.timestamp_ms)));
+        self.stats.add_received(msgs.len() as u64, msgs.iter().map(|m| m.payload.len() as u64).sum());
+        let (results, writes) = self.call_all(&msgs);
+        for (w, idxs) in writes {
+            let origins = idxs.into_iter().map(|i| owners[i]).collect();
+            batch.writes.push(StateDelta { stage: self.index, writes: w, origins });
+        }
+        let mut next = Vec::with_capacity(msgs.len());
+        for ((owner, msg), result) in owners.into_iter().zip(msgs).zip(results) {
+            let item = Item { origin: owner, msg };
+            let origin = &mut batch.origins[item.origin];
+            if !matches!(origin.fate, Fate::Ok) {
+                self.stats.add_abandoned(); // a sibling already failed this origin
+                continue;
+            }
+            match result {
+                Err(CallFailure { kind: DEFERRED, .. }) => {
+                    self.stats.add_deferred();
+                    origin.fate = Fate::Release;
+                }
+                Ok(outputs) => {
+                    self.stats.add_ok(outputs.len() as u64, outputs.iter().map(|o| o.payload.len() as u64).sum());
+                    for out in outputs {
+                        match out.topic.clone() {
+                            Some(topic) => batch.routed.push((item.origin, topic, out)),
+                            None => next.push(Item { origin: item.origin, msg: message_from(&item.msg, out) }),
+                        }
+                    }
+                }
+                Err(CallFailure { failure: Failure::Retry(reason), kind }) if origin.attempt < self.spec.max_attempts => {
+                    self.stats.add_retried();
+                    let reason = bounded(&reason);
+                    tracing::debug!(stage = %self.spec.name, %reason, kind, attempt = origin.attempt, "message will be retried");
+                    origin.fate = Fate::Retry { delay: self.spec.retry_backoff };
+                }
+                Err(CallFailure { failure, kind }) => {
+                    let reason = match &failure {
+                        Failure::Retry(r) => {
+                            format!("{} (gave up after {} attempts)", bounded(r), origin.attempt)
+                        }
+                        Failure::Reject(r) => bounded(r),
+                    };
+                    self.stats.add_dead(matches!(failure, Failure::Reject(_)));
+                    origin.fate = Fate::Dead { stage: self.spec.name.clone(), kind, reason, msg: item.msg };
+                }
+            }
+        }
+        batch.items = next;
+        self.stats.add_busy(started.elapsed());
+        batch
+    }
+
+    /// Handle `msgs` in batches of `batch_size`, spread over the instances.
+    /// Returns a result per message and the state writes of the calls, each
+    /// with the indexes (into `msgs`) of the messages it handled.
+    fn call_all(&mut self, msgs: &[Message]) -> (Vec<CallResult>, Vec<CallWrites>) {
+        let per_instance = msgs.len().div_ceil(self.instances.len().max(1)).max(1);
+        let chunks: Vec<&[Message]> = msgs.chunks(per_instance).collect();
+        let budget = AtomicUsize::new(self.spec.max_batch_output_bytes);
+        let caller = Caller {
+            spec: &self.spec,
+            component: &self.component,
+            ctx: &self.ctx,
+            stats: &self.stats,
+            warnings: &self.warnings,
+            budget: &budget,
+        };
+        let mut results = Vec::with_capacity(msgs.len());
+        let mut writes = Vec::new();
+        if chunks.len() <= 1 {
+            if let Some(chunk) = chunks.first() {
+                caller.call_chunked(&mut self.instances[0], chunk, 0, &mut results, &mut writes);
+            }
+        } else {
+            std::thread::scope(|s| {
+                let handles: Vec<_> = self
+                    .instances
+                    .iter_mut()
+                    .zip(chunks)
+                    .enumerate()
+                    .map(|(i, (inst, chunk))| {
+                        let caller = &caller;
+                        s.spawn(move || {
+                            let (mut r, mut w) = (Vec::with_capacity(chunk.len()), Vec::new());
+                            caller.call_chunked(inst, chunk, i * per_instance, &mut r, &mut w);
+                            (r, w)
+                        })
+                    })
+                    .collect();
+                for h in handles {
+                    let (r, w) = h.join().expect("stage instance thread panicked");
+                    results.extend(r);
+                    writes.extend(w);
+                }
+            });
+        }
+        (results, writes)
+    }
+}
+
+/// Longest reason a dead letter carries: a guest's reason can be as long as
+/// its memory, and the dead letter must still fit a record and a log line.
+const MAX_REASON_BYTES: usize = 1024;
+
+/// `reason`, cut to [`MAX_REASON_BYTES`] (saying how long it was).
+pub(super) fn bounded(reason: &str) -> String {
+    if reason.len() <= MAX_REASON_BYTES {
+        return reason.to_owned();
+    }
+    format!("{}… (cut from {} bytes)", &reason[..reason.floor_char_boundary(MAX_REASON_BYTES)], reason.len())
+}
+
+type CallResult = Result<Vec<Output>, CallFailure>;
+
+/// A call's state writes and the indexes of the messages it handled.
+type CallWrites = (Arc<PendingWrites>, Vec<usize>);
+
+struct CallFailure {
+    failure: Failure,
+    /// `guest` for a failure the stage returned, else the host's error kind.
+    kind: &'static str,
+}
+
+/// What calling a stage's instances needs.
+struct Caller<'a> {
+    spec: &'a StageSpec,
+    component: &'a weir_host::Stage,
+    ctx: &'a StageContext,
+    stats: &'a StageStats,
+    warnings: &'a LogBucket,
+    /// Output bytes the stage may still return for this source batch.
+    budget: &'a AtomicUsize,
+}
+
+/// The kind of a message not called because its batch's outputs filled
+/// `max_batch_output_bytes`: released, to come back in a later batch.
+const DEFERRED: &str = "deferred";
+
+/// Lines that guests cause (a failed call, a dead letter) are logged at most
+/// this often, after a burst; the rest are counted and summarised.
+pub(super) fn guest_driven_log() -> LogBucket {
+    LogBucket::new(10, 20)
+}
+
+pub(super) fn summarise_suppressed(what: &str, n: u64) {
+    if n > 0 {
+        tracing::warn!(suppressed = n, "{n} more log lines about {what} suppressed (at most 10 a second are written)");
+    }
+}
+
+fn is_retry(r: &MessageResult) -> bool {
+    matches!(r, Err(MessageError::Guest(Failure::Retry(_))))
+}
+
+impl Caller<'_> {
+    /// One call, timed.
+    pub(super) fn call(&self, inst: &mut Instance, batch: &[Message]) -> Result<Vec<MessageResult>, weir_host::Error> {
+        let started = Instant::now();
+        if inst.is_poisoned() {
+            *inst = self.component.instantiate(self.ctx)?;
+            self.stats.add_replaced();
+        }
+        let result = inst.handle_batch(batch);
+        if let Err(e) = &result
+            && let Some(suppressed) = self.warnings.take()
+        {
+            tracing::warn!(stage = %self.ctx.stage, error = %e, messages = batch.len(), "stage call failed; replacing the instance");
+            summarise_suppressed("failed calls", suppressed);
+        }
+        let took = started.elapsed();
+        self.stats.per_call.record_n(took, 1);
+        self.stats.per_message.record_n(took / batch.len().max(1) as u32, batch.len() as u64);
+        result
+    }
+
+    /// One message's result, with the failure's kind; an output over the
+    /// limit is counted as an `output` error and dead-lettered.
+    pub(super) fn settle(&self, r: MessageResult) -> CallResult {
+        r.map_err(|e| match e {
+            MessageError::Guest(failure) => CallFailure { failure, kind: "guest" },
+            MessageError::OutputLimit { .. } => {
+                self.stats.add_error("output");
+                CallFailure { failure: Failure::Reject(e.to_string()), kind: "output" }
+            }
+        })
+    }
+
+    /// Call one instance on `msgs` (indexes from `base`), `batch_size` at a
+    /// time. When a call fails as a whole (trap, timeout, memory), the
+    /// instance is replaced and the batch's messages are retried one by one,
+    /// so only the culprit is charged. So are they when a stateful call asks
+    /// to retry one of them, so the others' state writes can stand.
+    ///
+    /// Once the stage's outputs for this source batch pass
+    /// `max_batch_output_bytes`, the rest of its messages are not called but
+    /// deferred: released to come back in a later batch.
+    fn call_chunked(&self, inst: &mut Instance, msgs: &[Message], base: usize, out: &mut Vec<CallResult>, writes: &mut Vec<CallWrites>) {
+        for (n, batch) in msgs.chunks(self.spec.batch_size).enumerate() {
+            let first = base + n * self.spec.batch_size;
+            if self.budget.load(Ordering::Relaxed) == 0 {
+                out.extend(batch.iter().map(|_| Err(CallFailure { failure: Failure::Retry("deferred".into()), kind: DEFERRED })));
+                continue;
+            }
+            let before = out.len();
+            self.call_one(inst, batch, first, out, writes);
+            let used: usize = out[before..].iter().filter_map(|r| r.as_ref().ok()).flatten().map(weir_host::output_bytes).sum();
+            let _ = self.budget.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |left| Some(left.saturating_sub(used)));
+        }
+    }
+
+    /// One call of `batch_size` messages, replayed one by one if it fails.
+    fn call_one(&self, inst: &mut Instance, batch: &[Message], first: usize, out: &mut Vec<CallResult>, writes: &mut Vec<CallWrites>) {
+        match self.call(inst, batch) {
+            Ok(results) => match inst.take_writes() {
+                Some(w) if results.iter().any(is_retry) => {
+                    w.abort();
+                    if batch.len() > 1 {
+                        self.one_by_one(inst, batch, first, out, writes);
+                    } else {
+                        out.extend(results.into_iter().map(|r| self.settle(r)));
+                    }
+                }
+                w => {
+                    if let Some(w) = w {
+                        writes.push((w, (first..first + batch.len()).collect()));
+                    }
+                    out.extend(results.into_iter().map(|r| self.settle(r)));
+                }
+            },
+            Err(_) if batch.len() > 1 => self.one_by_one(inst, batch, first, out, writes),
+            Err(e) => out.push(Err(host_failure(self.stats, e))),
+        }
+    }
+
+    fn one_by_one(&self, inst: &mut Instance, msgs: &[Message], first: usize, out: &mut Vec<CallResult>, writes: &mut Vec<CallWrites>) {
+        for (i, msg) in msgs.iter().enumerate() {
+            match self.call(inst, std::slice::from_ref(msg)) {
+                Ok(mut r) => {
+                    let r = r.pop().expect("one result");
+                    if let Some(w) = inst.take_writes() {
+                        if is_retry(&r) {
+                            w.abort();
+                        } else {
+                            writes.push((w, vec![first + i]));
+                        }
+                    }
+                    out.push(self.settle(r));
+                }
+                Err(e) => out.push(Err(host_failure(self.stats, e))),
+            }
+        }
+    }
+}
+
+fn host_failure(stats: &StageStats, e: weir_host::Error) -> CallFailure {
+    let kind = match &e {
+        weir_host::Error::Call { kind, .. } => kind.as_str(),
+        _ => "instantiate",
+    };
+    stats.add_error(kind);
+    CallFailure { failure: Failure::Retry(e.to_string()), kind }
+}
+
+fn message_from(origin_msg: &Message, out: Output) -> Message {
+    Message {
+        topic: origin_msg.topic.clone(),
+        partition: origin_msg.partition,
+        offset: origin_msg.offset,
+        key: out.key,
+        payload: out.payload,
+        headers: out.headers,
+        timestamp_ms: origin_msg.timestamp_ms,
+        attempt: origin_msg.attempt,
+    }
+}
