@@ -42,14 +42,55 @@ pub enum Error {
     #[error(transparent)]
     Host(#[from] weir_host::Error),
     /// A sink could not write.
-    #[error("sink: {0}")]
-    Sink(String),
-    /// A source could not be opened.
-    #[error("source: {0}")]
-    Source(String),
+    #[error("sink {sink}")]
+    Sink {
+        /// Which sink (its name, file or subject).
+        sink: String,
+        /// Why.
+        #[source]
+        cause: BoxError,
+    },
+    /// A source could not be opened, or cannot run as asked.
+    #[error("source {name}")]
+    Source {
+        /// The source.
+        name: String,
+        /// Why.
+        #[source]
+        cause: BoxError,
+    },
     /// NATS could not be reached or refused a request.
-    #[error("NATS: {0}")]
-    Nats(String),
+    #[error("NATS: {context}")]
+    Nats {
+        /// What weir was doing.
+        context: String,
+        /// The client's error, if the failure came from one.
+        #[source]
+        cause: Option<BoxError>,
+    },
+}
+
+/// The cause of an [`Error`]: kept, so that callers see the whole chain.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+impl Error {
+    pub(crate) fn sink(sink: impl Into<String>, cause: impl Into<BoxError>) -> Self {
+        Error::Sink { sink: sink.into(), cause: cause.into() }
+    }
+
+    pub(crate) fn source(name: impl Into<String>, cause: impl Into<BoxError>) -> Self {
+        Error::Source { name: name.into(), cause: cause.into() }
+    }
+
+    /// NATS failed doing `context`, with the client's error.
+    pub(crate) fn nats(context: impl Into<String>, cause: impl Into<BoxError>) -> Self {
+        Error::Nats { context: context.into(), cause: Some(cause.into()) }
+    }
+
+    /// NATS cannot be used as asked; `context` says why.
+    pub(crate) fn nats_refused(context: impl Into<String>) -> Self {
+        Error::Nats { context: context.into(), cause: None }
+    }
 }
 
 /// Result alias for this crate.

@@ -27,7 +27,7 @@ use weir_queue::{DeliveryId, Record, StartFrom};
 
 use crate::batch::Fetched;
 use crate::config::{DeadLetterTo, JetStreamSource, NatsConnection, Pipeline, Sink, StreamSpec};
-use crate::{Error, Result};
+use crate::{BoxError, Error, Result};
 
 /// The header that carries a message's key (NATS messages have none of their own).
 pub const KEY_HEADER: &str = "Weir-Key";
@@ -66,13 +66,13 @@ const REFUSALS_TO_GIVE_UP: u32 = 3;
 /// connection (authorization violations) since it was last connected.
 async fn connect_watched(conn: &NatsConnection, refusals: Arc<std::sync::atomic::AtomicU32>) -> Result<Client> {
     let urls = conn.urls.join(", ");
-    let fail = |e: &dyn std::fmt::Display| Error::Nats(format!("connecting to {urls}: {e}"));
+    let reading = |path: &std::path::Path, e: std::io::Error| Error::nats(format!("connecting to {urls}: {}", path.display()), e);
     let mut opts = match &conn.creds_file {
-        Some(path) => ConnectOptions::with_credentials_file(path).await.map_err(|e| fail(&format!("{}: {e}", path.display())))?,
+        Some(path) => ConnectOptions::with_credentials_file(path).await.map_err(|e| reading(path, e))?,
         None => ConnectOptions::new(),
     };
     if let Some(path) = &conn.nkey_seed_file {
-        let seed = std::fs::read_to_string(path).map_err(|e| fail(&format!("{}: {e}", path.display())))?;
+        let seed = std::fs::read_to_string(path).map_err(|e| reading(path, e))?;
         opts = opts.nkey(seed.trim().to_owned());
     }
     if let Some(token) = &conn.token {
@@ -91,7 +91,12 @@ async fn connect_watched(conn: &NatsConnection, refusals: Arc<std::sync::atomic:
         opts = opts.name(name);
     }
     let lost = Arc::new(AtomicBool::new(false));
-    let addrs = conn.urls.iter().map(|u| u.parse::<ServerAddr>()).collect::<Result<Vec<_>, _>>().map_err(|e| fail(&e))?;
+    let addrs = conn
+        .urls
+        .iter()
+        .map(|u| u.parse::<ServerAddr>())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| Error::nats(format!("connecting to {urls}"), e))?;
     opts.require_tls(conn.tls_required)
         .connection_timeout(conn.connect_timeout)
         .reconnect_delay_callback(|attempts| Duration::from_millis((attempts as u64 * 250).min(2_000)))
@@ -118,7 +123,7 @@ async fn connect_watched(conn: &NatsConnection, refusals: Arc<std::sync::atomic:
         })
         .connect(addrs)
         .await
-        .map_err(|e| fail(&e))
+        .map_err(|e| Error::nats(format!("connecting to {urls}"), e))
 }
 
 /// A connection to NATS and the runtime that drives it.
@@ -137,7 +142,7 @@ impl Nats {
             .thread_name("weir-nats")
             .enable_all()
             .build()
-            .map_err(|e| Error::Nats(format!("starting the NATS runtime: {e}")))?;
+            .map_err(|e| Error::nats("starting the NATS runtime", e))?;
         let refusals = Arc::default();
         let client = rt.block_on(connect_watched(conn, Arc::clone(&refusals)))?;
         let js = rt.block_on(async { jetstream::context::ContextBuilder::new().ack_timeout(PUBLISH_ACK_TIMEOUT).build(client.clone()) });
@@ -149,7 +154,7 @@ impl Nats {
     pub(crate) fn check_refused(&self) -> Result<()> {
         let n = self.refusals.load(Ordering::Relaxed);
         if n >= REFUSALS_TO_GIVE_UP {
-            return Err(Error::Nats(format!(
+            return Err(Error::nats_refused(format!(
                 "the NATS server refused the connection {n} times in a row (authorization violation); check the credentials in [nats]"
             )));
         }
@@ -196,12 +201,12 @@ impl Nats {
             let stream = match self.js.get_stream(&src.stream).await {
                 Ok(s) => s,
                 Err(e) if src.subjects.is_empty() => {
-                    return Err(Error::Nats(format!("stream {}: {e} (set source.subjects to have weir create it)", src.stream)));
+                    return Err(Error::nats(format!("stream {} (set source.subjects to have weir create it)", src.stream), e));
                 }
                 Err(_) => {
                     let config =
                         jetstream::stream::Config { name: src.stream.clone(), subjects: src.subjects.clone(), ..Default::default() };
-                    self.js.create_stream(config).await.map_err(|e| Error::Nats(format!("creating stream {}: {e}", src.stream)))?
+                    self.js.create_stream(config).await.map_err(|e| Error::nats(format!("creating stream {}", src.stream), e))?
                 }
             };
             let mut config = pull::Config {
@@ -228,7 +233,7 @@ impl Nats {
             stream
                 .create_consumer(config)
                 .await
-                .map_err(|e| Error::Nats(format!("creating consumer {} on stream {}: {e}", src.consumer, src.stream)))
+                .map_err(|e| Error::nats(format!("creating consumer {} on stream {}", src.consumer, src.stream), e))
         })?;
         let in_flight: Arc<Mutex<HashMap<u64, Pending>>> = Arc::default();
         let keep_alive = self.rt.spawn(keep_alive(self.js.clone(), in_flight.clone(), src.ack_wait));
@@ -253,7 +258,7 @@ impl Nats {
                 None => self.client.subscribe(subject.to_owned()).await,
             }
         })
-        .map_err(|e| Error::Nats(format!("subscribing to {subject:?}: {e}")))
+        .map_err(|e| Error::nats(format!("subscribing to {subject:?}"), e))
     }
 
     /// The next message of a core subscription; `None` when it ends.
@@ -267,14 +272,14 @@ impl Nats {
     /// once; give up only when `stop` is set. A core publish is flushed, not
     /// acknowledged.
     pub(crate) fn publish(&self, subject: &str, records: IdRecords, core: bool, stop: &AtomicBool) -> Result<()> {
-        let failed = |e: &dyn std::fmt::Display| Error::Sink(format!("NATS subject {subject}: {e}"));
+        let failed = |e: BoxError| Error::sink(format!("NATS subject {subject}"), e);
         self.block_on(async {
             if core {
                 for (_, r) in records {
                     let (headers, payload) = to_nats(r);
-                    self.client.publish_with_headers(subject.to_owned(), headers, payload).await.map_err(|e| failed(&e))?;
+                    self.client.publish_with_headers(subject.to_owned(), headers, payload).await.map_err(|e| failed(e.into()))?;
                 }
-                return self.client.flush().await.map_err(|e| failed(&e));
+                return self.client.flush().await.map_err(|e| failed(e.into()));
             }
             let mut pending: Vec<PublishMessage> = records
                 .into_iter()
@@ -297,7 +302,7 @@ impl Nats {
                         Ok(ack) => acks.push((m, ack)),
                         // Sizes are checked before a batch is written
                         // ([`Nats::max_payload`]); retrying cannot help.
-                        Err(e) if e.kind() == jetstream::context::PublishErrorKind::MaxPayloadExceeded => return Err(failed(&e)),
+                        Err(e) if e.kind() == jetstream::context::PublishErrorKind::MaxPayloadExceeded => return Err(failed(e.into())),
                         Err(e) => {
                             last_error = e.to_string();
                             retry.push(m);
@@ -317,7 +322,7 @@ impl Nats {
                     return Ok(());
                 }
                 if stop.load(Ordering::Relaxed) {
-                    return Err(failed(&format!("{} messages unpublished at stop: {last_error}", retry.len())));
+                    return Err(failed(format!("{} messages unpublished at stop: {last_error}", retry.len()).into()));
                 }
                 self.check_refused()?;
                 tracing::warn!(%subject, unpublished = retry.len(), error = %last_error, "NATS publish failed; retrying");
@@ -427,7 +432,7 @@ pub async fn ensure_stream(js: &jetstream::Context, subject: &str, create: Optio
         return Ok(());
     }
     let Some(spec) = create else {
-        return Err(Error::Nats(format!(
+        return Err(Error::nats_refused(format!(
             "no JetStream stream captures subject {subject:?}: create one, or name a stream for weir to create"
         )));
     };
@@ -435,10 +440,10 @@ pub async fn ensure_stream(js: &jetstream::Context, subject: &str, create: Optio
     let stream = js
         .get_or_create_stream(config)
         .await
-        .map_err(|e| Error::Nats(format!("creating stream {} for subject {subject:?}: {e}", spec.name)))?;
+        .map_err(|e| Error::nats(format!("creating stream {} for subject {subject:?}", spec.name), e))?;
     let subjects = &stream.cached_info().config.subjects;
     if !subjects.iter().any(|p| crate::config::subject_matches(p, subject)) {
-        return Err(Error::Nats(format!("stream {} exists but captures {subjects:?}, not subject {subject:?}", spec.name)));
+        return Err(Error::nats_refused(format!("stream {} exists but captures {subjects:?}, not subject {subject:?}", spec.name)));
     }
     Ok(())
 }
@@ -534,7 +539,7 @@ impl JetStreamFeed {
                     Ok(Some(Ok(m))) => got.push(m),
                     Ok(Some(Err(e))) => {
                         if e.kind() == pull::MessagesErrorKind::ConsumerDeleted {
-                            return Err(Error::Nats(format!("consumer {} was deleted", self.consumer.cached_info().name)));
+                            return Err(Error::nats_refused(format!("consumer {} was deleted", self.consumer.cached_info().name)));
                         }
                         self.warn(&e);
                         self.messages = None;

@@ -139,10 +139,10 @@ pub(crate) fn run(pipeline: &Pipeline, queue: &Queue, prepared: Prepared, option
         }
         other => {
             if options.drain && matches!(other, Source::Nats(_)) {
-                return Err(Error::Source(format!(
-                    "{}: a core NATS subject has no end to drain to; use a JetStream source (`stream`) or stop with Ctrl-C",
-                    other.name()
-                )));
+                return Err(Error::source(
+                    other.name(),
+                    "a core NATS subject has no end to drain to; use a JetStream source (`stream`) or stop with Ctrl-C",
+                ));
             }
             let dead_letter = match &pipeline.dead_letter {
                 DeadLetterTo::Topic(t) => Some((queue.clone(), t.clone())),
