@@ -1,5 +1,6 @@
-//! What weir-queue's fuzz targets run. Each takes arbitrary bytes as one
-//! kind of file the queue reads from disk, opens the queue over it and uses
+//! What weir-queue's fuzz targets run: each takes arbitrary bytes as one
+//! kind of file the queue reads from disk (or, `http_body`, as the body of an
+//! HTTP publish), opens the queue over it and uses
 //! it. Errors are expected; a panic, a hang or an unbounded allocation is a
 //! finding. Where the queue accepts the files, it must then work: a publish
 //! after a successful open is read back, a state commit after a successful
@@ -190,7 +191,28 @@ pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
         ("metadata", with_mode(0, &[&read(dir.path().join("topics/t/topic.json"))])),
         ("metadata", with_mode(1, &[&read(dir.path().join("groups/g").join(format!("{key}.json")))])),
         ("metadata", with_mode(2, &[&read(dir.path().join("topics/t/topic.id"))])),
+        (
+            "http_body",
+            [&[0][..], br#"{"payload": "hello", "key": "k", "headers": {"h": [1, 2, 255]}, "timestamp_ms": 7, "id": "x"}"#].concat(),
+        ),
+        ("http_body", [&[0][..], br#"[{"payload": [104, 105]}, {"payload": "two", "key": null}]"#].concat()),
+        ("http_body", [&[1][..], b"{\"payload\": \"a\"}\n\n{\"payload\": \"b\", \"id\": \"2\"}\n"].concat()),
+        ("http_body", [&[2][..], b"raw bytes"].concat()),
     ]
+}
+
+/// An HTTP publish body (`weir_queue::json::records_from_body`). The first
+/// byte picks the content type; what decodes must be records the queue can
+/// be asked to store.
+pub fn http_body(data: &[u8]) {
+    let Some((&mode, body)) = data.split_first() else { return };
+    let content_type = ["application/json", "application/x-ndjson", "application/octet-stream"][mode as usize % 3];
+    let headers = [("weir-key", &b"k"[..]), ("weir-header-h", &b"v"[..])];
+    if let Ok(records) = weir_queue::json::records_from_body(content_type, headers, body) {
+        for r in records {
+            let _ = r.validate();
+        }
+    }
 }
 
 /// Run `target` on `input`.
@@ -199,6 +221,7 @@ pub fn run(target: &str, input: &[u8]) {
         "segment" => segment(input),
         "state" => state(input),
         "metadata" => metadata(input),
+        "http_body" => http_body(input),
         other => panic!("no fuzz target {other}"),
     }
 }

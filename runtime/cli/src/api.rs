@@ -415,11 +415,11 @@ async fn read_body(s: &ApiState, request: Request) -> Result<axum::body::Bytes, 
     })
 }
 
-/// The records of a publish body ([`weir_engine::records_from_body`]).
+/// The records of a publish body ([`weir_queue::json::records_from_body`]).
 fn records(headers: &HeaderMap, body: &[u8]) -> Result<Vec<Record>, ApiError> {
     let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
     let headers = headers.iter().map(|(name, value)| (name.as_str(), value.as_bytes()));
-    weir_engine::records_from_body(content_type, headers, body).map_err(bad)
+    weir_queue::json::records_from_body(content_type, headers, body).map_err(bad)
 }
 
 async fn publish(State(s): State<Arc<ApiState>>, Path(topic): Path<String>, request: Request) -> Result<Json<Value>, ApiError> {

@@ -90,7 +90,7 @@ pub(crate) fn consume(args: ConsumeArgs, dir: PathBuf) -> anyhow::Result<()> {
                 ids.push(serde_json::json!({ "partition": m["partition"], "offset": m["offset"] }));
                 match args.format {
                     Format::Text => {
-                        let r = weir_engine::record_from_json(&m).map_err(|e| anyhow::anyhow!("a message from the server: {e}"))?;
+                        let r = weir_queue::json::record_from_json(&m).map_err(|e| anyhow::anyhow!("a message from the server: {e}"))?;
                         out.write_all(&r.payload)?;
                         out.write_all(b"\n")?;
                     }

@@ -83,7 +83,7 @@ fn produce_http(args: &ProduceArgs, api: &crate::api::Client) -> anyhow::Result<
     let published = publish_lines(|batch| {
         let mut body = Vec::new();
         for line in batch {
-            body.extend_from_slice(weir_engine::record_json(&args.record(line)).to_string().as_bytes());
+            body.extend_from_slice(weir_queue::json::record_json(&args.record(line)).to_string().as_bytes());
             body.push(b'\n');
         }
         let answer = api.call("POST", &path, "application/x-ndjson", body)?;

@@ -323,9 +323,9 @@ fn read_lines(mut input: impl BufRead, json: bool, tx: &SyncSender<Read>) {
 }
 
 /// A JSON line in the form `weir consume --format json` writes (see
-/// [`crate::record_from_json`]).
+/// [`weir_queue::json::record_from_json`]).
 fn parse_json(line: &[u8]) -> Read {
-    let parsed = serde_json::from_slice(line).map_err(|e| format!("not JSON: {e}")).and_then(|v| crate::record_from_json(&v));
+    let parsed = serde_json::from_slice(line).map_err(|e| format!("not JSON: {e}")).and_then(|v| weir_queue::json::record_from_json(&v));
     match parsed {
         Ok(r) => Read::Record(Record { timestamp_ms: r.timestamp_ms.or(Some(now_ms())), ..r }),
         Err(reason) => Read::Bad { line: line.to_vec(), reason },

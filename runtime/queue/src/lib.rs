@@ -29,6 +29,7 @@
 
 mod consumer;
 mod faults;
+pub mod json;
 mod log;
 mod offsets;
 mod partition;

@@ -22,7 +22,7 @@ fn the_fuzz_seeds_and_corpus_run_clean() {
     }
     let corpus = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/queue/corpus");
     let mut replayed = 0;
-    for target in ["segment", "state", "metadata"] {
+    for target in ["segment", "state", "metadata", "http_body"] {
         for entry in std::fs::read_dir(corpus.join(target)).into_iter().flatten() {
             let path = entry.unwrap().path();
             fuzz::run(target, &std::fs::read(&path).unwrap());
