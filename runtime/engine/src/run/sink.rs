@@ -261,20 +261,7 @@ impl SinkWorker<'_> {
 
     pub(super) fn write(&mut self, mut batch: Batch, out: &mut impl Write) -> Result<Settlement> {
         let sinks = &self.pipeline.sinks;
-        // An output to a topic that is neither declared nor taken by a sink
-        // makes its origin a dead letter, carrying that output.
-        for (origin, topic, out) in std::mem::take(&mut batch.routed) {
-            if self.pipeline.topics.contains_key(&topic) || self.routes.contains_key(&topic) {
-                batch.routed.push((origin, topic, out));
-                continue;
-            }
-            let o = &mut batch.origins[origin];
-            if matches!(o.fate, Fate::Ok) {
-                let reason = format!("output names topic {topic:?}, which the pipeline neither declares nor sends to a sink");
-                let msg = routed_message(o, topic, out);
-                o.fate = Fate::Dead { stage: "routing".into(), kind: "routing", reason, msg };
-            }
-        }
+        self.refuse_unknown_topics(&mut batch);
         self.vet(&mut batch);
         // Before any output is taken: it may release messages.
         self.resolve_state(&mut batch);
@@ -315,35 +302,7 @@ impl SinkWorker<'_> {
             }
         }
 
-        let mut acks = Vec::new();
-        let mut naks = Vec::new();
-        let mut releases = Vec::new();
-        let mut dead = Vec::new();
-        let mut dead_ids = Vec::new();
-        for o in &mut batch.origins {
-            match std::mem::replace(&mut o.fate, Fate::Ok) {
-                Fate::Ok | Fate::Applied => acks.push(o.id),
-                Fate::Retry { delay } => naks.push((o.id, delay)),
-                Fate::Release => releases.push(o.id),
-                Fate::Dead { stage, kind, reason, msg } => {
-                    if let Some(suppressed) = self.dead_letter_log.take() {
-                        tracing::warn!(%stage, kind, %reason, partition = o.id.partition, offset = o.id.offset, "message dead-lettered");
-                        summarise_suppressed("dead letters", suppressed);
-                    }
-                    let mut rec = record(msg);
-                    let why = DeadLetter { stage: &stage, kind, reason, source: &self.source_name, id: o.id, attempt: o.attempt };
-                    why.add_headers(&mut rec);
-                    // Same id as the queue's own dead letters: a replay after a
-                    // crash between this write and the ack does not duplicate it.
-                    if let Some(prefix) = &self.id_prefix {
-                        rec.id = Some(format!("dlq/{prefix}/{}/{}", o.id.partition, o.id.offset));
-                    }
-                    self.fit_dead_letter(&mut rec);
-                    dead.push(rec);
-                    dead_ids.push(o.id);
-                }
-            }
-        }
+        let (settlement, dead) = self.settle(&mut batch);
         let dead_count = dead.len() as u64;
         let outputs: u64 = per_sink.iter().map(|m| m.len() as u64).sum::<u64>() + by_topic.values().map(|r| r.len() as u64).sum::<u64>();
         let mut to_nats: Vec<(&str, bool, IdRecords)> = Vec::new();
@@ -389,11 +348,60 @@ impl SinkWorker<'_> {
                 return Err(Error::sink("stdout", e));
             }
         }
-        self.commit_state(&mut batch, &acks)?;
+        self.commit_state(&mut batch, &settlement.acks)?;
         self.stats.sink_written(outputs, dead_count);
         self.stats.sink_end_to_end.record_all(written_at.into_iter().filter_map(|t| since(now_ms(), t)));
-        self.stats.settled(acks.len() + dead_ids.len(), naks.len(), releases.len());
-        Ok(Settlement { acks, dead: dead_ids, naks, releases })
+        self.stats.settled(settlement.acks.len() + settlement.dead.len(), settlement.naks.len(), settlement.releases.len());
+        Ok(settlement)
+    }
+
+    /// An output to a topic that is neither declared nor taken by a sink
+    /// makes its origin a dead letter, carrying that output.
+    fn refuse_unknown_topics(&self, batch: &mut Batch) {
+        for (origin, topic, out) in std::mem::take(&mut batch.routed) {
+            if self.pipeline.topics.contains_key(&topic) || self.routes.contains_key(&topic) {
+                batch.routed.push((origin, topic, out));
+                continue;
+            }
+            let o = &mut batch.origins[origin];
+            if matches!(o.fate, Fate::Ok) {
+                let reason = format!("output names topic {topic:?}, which the pipeline neither declares nor sends to a sink");
+                let msg = routed_message(o, topic, out);
+                o.fate = Fate::Dead { stage: "routing".into(), kind: "routing", reason, msg };
+            }
+        }
+    }
+
+    /// Each origin's settlement by its fate, and the dead letters to write
+    /// (with their headers and ids) before any of it is handed back.
+    fn settle(&mut self, batch: &mut Batch) -> (Settlement, Vec<Record>) {
+        let mut settlement = Settlement { acks: Vec::new(), dead: Vec::new(), naks: Vec::new(), releases: Vec::new() };
+        let mut dead = Vec::new();
+        for o in &mut batch.origins {
+            match std::mem::replace(&mut o.fate, Fate::Ok) {
+                Fate::Ok | Fate::Applied => settlement.acks.push(o.id),
+                Fate::Retry { delay } => settlement.naks.push((o.id, delay)),
+                Fate::Release => settlement.releases.push(o.id),
+                Fate::Dead { stage, kind, reason, msg } => {
+                    if let Some(suppressed) = self.dead_letter_log.take() {
+                        tracing::warn!(%stage, kind, %reason, partition = o.id.partition, offset = o.id.offset, "message dead-lettered");
+                        summarise_suppressed("dead letters", suppressed);
+                    }
+                    let mut rec = record(msg);
+                    let why = DeadLetter { stage: &stage, kind, reason, source: &self.source_name, id: o.id, attempt: o.attempt };
+                    why.add_headers(&mut rec);
+                    // Same id as the queue's own dead letters: a replay after a
+                    // crash between this write and the ack does not duplicate it.
+                    if let Some(prefix) = &self.id_prefix {
+                        rec.id = Some(format!("dlq/{prefix}/{}/{}", o.id.partition, o.id.offset));
+                    }
+                    self.fit_dead_letter(&mut rec);
+                    dead.push(rec);
+                    settlement.dead.push(o.id);
+                }
+            }
+        }
+        (settlement, dead)
     }
 }
 
