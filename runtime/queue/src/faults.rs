@@ -172,20 +172,24 @@ impl Faults {
             }
             if let Some(power) = &f.power {
                 return match target {
-                    Target::File { file, path, data_only } => power.sync_file(path, file, || run(file, data_only)),
-                    Target::Dir(dir) => power.sync_dir(dir, || run(&File::open(dir)?, false)),
+                    Target::File { file, path, .. } => power.sync_file(path, file, || target.run()),
+                    Target::Dir(dir) => power.sync_dir(dir, || target.run()),
                 };
             }
         }
         #[cfg(not(feature = "fault-injection"))]
         let _ = site;
-        match target {
-            Target::File { file, data_only, .. } => run(file, data_only),
-            Target::Dir(dir) => run(&File::open(dir)?, false),
-        }
+        target.run()
     }
 }
 
-fn run(file: &File, data_only: bool) -> std::io::Result<()> {
-    if data_only { file.sync_data() } else { file.sync_all() }
+impl Target<'_> {
+    /// The fsync itself.
+    fn run(&self) -> std::io::Result<()> {
+        match *self {
+            Target::File { file, data_only: true, .. } => file.sync_data(),
+            Target::File { file, data_only: false, .. } => file.sync_all(),
+            Target::Dir(dir) => File::open(dir)?.sync_all(),
+        }
+    }
 }

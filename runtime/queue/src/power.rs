@@ -68,21 +68,41 @@ impl PowerModel {
 
     /// Record the tree under `dir` as durable as it is.
     fn settle(&self, st: &mut State, dir: &Path) -> io::Result<()> {
+        let entries = self.list(st, dir)?;
+        for (name, entry, len) in &entries {
+            match *entry {
+                Entry::Dir(_) => self.settle(st, &dir.join(name))?,
+                Entry::File(ino) => {
+                    st.synced.insert(ino, *len);
+                }
+            }
+        }
+        st.dirs.insert(dir_key(&fs::metadata(dir)?), entries.into_iter().map(|(name, entry, _)| (name, entry)).collect());
+        Ok(())
+    }
+
+    /// The entries of `dir` (files with their lengths), each file pinned.
+    /// An entry removed while listing is left out.
+    fn list(&self, st: &mut State, dir: &Path) -> io::Result<Vec<(OsString, Entry, u64)>> {
+        let gone = |e: &io::Error| e.kind() == io::ErrorKind::NotFound;
         let mut entries = Vec::new();
         for entry in fs::read_dir(dir)? {
             let entry = entry?;
-            let meta = fs::symlink_metadata(entry.path())?;
+            let meta = match fs::symlink_metadata(entry.path()) {
+                Err(e) if gone(&e) => continue,
+                meta => meta?,
+            };
             if meta.is_dir() {
-                self.settle(st, &entry.path())?;
-                entries.push((entry.file_name(), Entry::Dir(dir_key(&meta))));
+                entries.push((entry.file_name(), Entry::Dir(dir_key(&meta)), 0));
             } else if meta.is_file() {
-                self.pin(st, &entry.path(), meta.ino())?;
-                st.synced.insert(meta.ino(), meta.len());
-                entries.push((entry.file_name(), Entry::File(meta.ino())));
+                match self.pin(st, &entry.path(), meta.ino()) {
+                    Err(e) if gone(&e) => continue,
+                    pinned => pinned?,
+                }
+                entries.push((entry.file_name(), Entry::File(meta.ino()), meta.len()));
             }
         }
-        st.dirs.insert(dir_key(&fs::metadata(dir)?), entries);
-        Ok(())
+        Ok(entries)
     }
 
     pub(crate) fn cut(&self) {
@@ -103,48 +123,50 @@ impl PowerModel {
     /// the file held when it started is durable.
     pub(crate) fn sync_file(&self, path: &Path, file: &File, sync: impl FnOnce() -> io::Result<()>) -> io::Result<()> {
         let meta = file.metadata()?;
-        {
-            let mut st = self.state.lock().unwrap();
-            if st.cut {
-                return Err(power_is_off());
-            }
-            self.pin(&mut st, path, meta.ino())?;
-        }
-        sync()?;
-        let mut st = self.state.lock().unwrap();
-        if st.cut {
-            return Err(power_is_off());
-        }
-        st.synced.insert(meta.ino(), meta.len());
-        Ok(())
+        self.completed(
+            |st| self.pin(st, path, meta.ino()),
+            sync,
+            |st, ()| {
+                st.synced.insert(meta.ino(), meta.len());
+            },
+        )
     }
 
     /// Run `sync` on the directory `dir`; if it completes before the power
     /// is cut, the entries it held when it started are durable.
     pub(crate) fn sync_dir(&self, dir: &Path, sync: impl FnOnce() -> io::Result<()>) -> io::Result<()> {
         let key = dir_key(&fs::metadata(dir)?);
-        let mut entries = Vec::new();
-        {
+        self.completed(
+            |st| self.list(st, dir),
+            sync,
+            |st, entries| {
+                st.dirs.insert(key, entries.into_iter().map(|(name, entry, _)| (name, entry)).collect());
+            },
+        )
+    }
+
+    /// With the power on: note what is about to be synced (`before`), run
+    /// `sync` outside the lock, and, if the power is still on when it
+    /// completes, record it as durable (`after`); a cut before or during it fails the sync.
+    fn completed<T>(
+        &self,
+        before: impl FnOnce(&mut State) -> io::Result<T>,
+        sync: impl FnOnce() -> io::Result<()>,
+        after: impl FnOnce(&mut State, T),
+    ) -> io::Result<()> {
+        let noted = {
             let mut st = self.state.lock().unwrap();
             if st.cut {
                 return Err(power_is_off());
             }
-            for entry in fs::read_dir(dir)? {
-                let entry = entry?;
-                let Ok(meta) = fs::symlink_metadata(entry.path()) else { continue }; // removed meanwhile
-                if meta.is_dir() {
-                    entries.push((entry.file_name(), Entry::Dir(dir_key(&meta))));
-                } else if meta.is_file() && self.pin(&mut st, &entry.path(), meta.ino()).is_ok() {
-                    entries.push((entry.file_name(), Entry::File(meta.ino())));
-                }
-            }
-        }
+            before(&mut st)?
+        };
         sync()?;
         let mut st = self.state.lock().unwrap();
         if st.cut {
             return Err(power_is_off());
         }
-        st.dirs.insert(key, entries);
+        after(&mut st, noted);
         Ok(())
     }
 
