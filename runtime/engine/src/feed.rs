@@ -48,7 +48,7 @@ impl Feed {
     ) -> Result<Feed> {
         let (tx, rx) = sync_channel(READ_AHEAD);
         let name = source.name();
-        let opened = |e: std::io::Error| crate::Error::source(name.clone(), e);
+        let opened = |e: std::io::Error| crate::Error::source_failed(name.clone(), e);
         match source {
             Source::Queue { .. } | Source::Nats(NatsSource::JetStream(_)) => unreachable!("durable sources have a consumer"),
             Source::Nats(NatsSource::Core { subject, queue_group }) => {

@@ -74,11 +74,14 @@ pub enum Error {
 pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 
 impl Error {
-    pub(crate) fn sink(sink: impl Into<String>, cause: impl Into<BoxError>) -> Self {
+    /// A sink failed to write.
+    pub(crate) fn sink_failed(sink: impl Into<String>, cause: impl Into<BoxError>) -> Self {
         Error::Sink { sink: sink.into(), cause: cause.into() }
     }
 
-    pub(crate) fn source(name: impl Into<String>, cause: impl Into<BoxError>) -> Self {
+    /// A source failed to open or cannot run as asked (not named `source`:
+    /// that is `std::error::Error::source`, the cause).
+    pub(crate) fn source_failed(name: impl Into<String>, cause: impl Into<BoxError>) -> Self {
         Error::Source { name: name.into(), cause: cause.into() }
     }
 

@@ -41,7 +41,6 @@ impl Rng {
 }
 
 /// What the workload was told succeeded: the truth a restored queue must match.
-#[derive(Default)]
 struct Oracle {
     /// Per partition, offset → payload of every acknowledged publish.
     acked: Vec<BTreeMap<u64, Vec<u8>>>,

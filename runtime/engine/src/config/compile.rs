@@ -52,7 +52,9 @@ impl Compiler<'_> {
                 RawFsync::Interval => "interval",
                 RawFsync::Never => "never",
             });
-            let fsync = match Fsync::parse(policy, t.fsync_interval_ms.map(|_| 0)) {
+            // Only whether an interval is given matters to the parse; its
+            // value is checked below, against the bounds, at its line.
+            let fsync = match Fsync::parse(policy, t.fsync_interval_ms.map(|_| Fsync::DEFAULT_INTERVAL_MS)) {
                 Ok(Fsync::Interval { .. }) => Fsync::Interval {
                     ms: self.bounded(
                         &tp.key("fsync_interval_ms"),

@@ -210,7 +210,7 @@ impl Nats {
     /// once; give up only when `stop` is set. A core publish is flushed, not
     /// acknowledged.
     pub(crate) fn publish(&self, subject: &str, records: IdRecords, core: bool, stop: &AtomicBool) -> Result<()> {
-        let failed = |e: BoxError| Error::sink(format!("NATS subject {subject}"), e);
+        let failed = |e: BoxError| Error::sink_failed(format!("NATS subject {subject}"), e);
         self.block_on(async {
             if core {
                 for (_, r) in records {

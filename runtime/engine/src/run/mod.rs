@@ -139,7 +139,7 @@ pub(crate) fn run(pipeline: &Pipeline, queue: &Queue, prepared: Prepared, option
         }
         other => {
             if options.drain && matches!(other, Source::Nats(_)) {
-                return Err(Error::source(
+                return Err(Error::source_failed(
                     other.name(),
                     "a core NATS subject has no end to drain to; use a JetStream source (`stream`) or stop with Ctrl-C",
                 ));

@@ -58,7 +58,7 @@ pub(super) fn open_file_sinks(pipeline: &Pipeline) -> Result<Vec<Option<std::fs:
                 .append(true)
                 .open(path)
                 .map(Some)
-                .map_err(|e| Error::sink(format!("{}: {}", s.name, path.display()), e)),
+                .map_err(|e| Error::sink_failed(format!("{}: {}", s.name, path.display()), e)),
             _ => Ok(None),
         })
         .collect()
@@ -329,7 +329,7 @@ impl SinkWorker<'_> {
                     let file = file.as_mut().expect("file sinks are opened at start");
                     file.write_all(&buf)
                         .and_then(|()| file.sync_data())
-                        .map_err(|e| Error::sink(format!("{}: {}", spec.name, path.display()), e))?;
+                        .map_err(|e| Error::sink_failed(format!("{}: {}", spec.name, path.display()), e))?;
                 }
             }
         }
@@ -345,7 +345,7 @@ impl SinkWorker<'_> {
             if let Err(e) = written
                 && e.kind() != std::io::ErrorKind::BrokenPipe
             {
-                return Err(Error::sink("stdout", e));
+                return Err(Error::sink_failed("stdout", e));
             }
         }
         self.commit_state(&mut batch, &settlement.acks)?;
