@@ -17,9 +17,10 @@
 
 mod batch;
 pub mod config;
-mod feed;
 pub mod nats;
 mod run;
+mod sink;
+mod source;
 mod stats;
 
 pub use config::{ConfigError, ConfigErrors, Pipeline};

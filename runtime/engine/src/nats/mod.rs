@@ -25,11 +25,9 @@ use crate::config::{DeadLetterTo, NatsConnection, Pipeline, Sink, StreamSpec};
 use crate::{BoxError, Error, Result};
 
 mod codec;
-mod feed;
 
 pub use codec::{Headers, KEY_HEADER, from_nats_headers, jetstream_message, to_nats};
 pub(crate) use codec::{IdRecords, wire_len};
-pub(crate) use feed::JetStreamFeed;
 
 /// Longest wait for a publish acknowledgement before it is retried.
 const PUBLISH_ACK_TIMEOUT: Duration = Duration::from_secs(5);
@@ -123,9 +121,9 @@ async fn connect_watched(conn: &NatsConnection, refusals: Arc<std::sync::atomic:
 
 /// A connection to NATS and the runtime that drives it.
 pub(crate) struct Nats {
-    rt: tokio::runtime::Runtime,
+    pub(crate) rt: tokio::runtime::Runtime,
     client: Client,
-    js: jetstream::Context,
+    pub(crate) js: jetstream::Context,
     /// The server's refusals of the connection since it was last up.
     refusals: Arc<std::sync::atomic::AtomicU32>,
 }
@@ -180,7 +178,7 @@ impl Nats {
         Ok(Some(nats))
     }
 
-    fn block_on<F: Future>(&self, f: F) -> F::Output {
+    pub(crate) fn block_on<F: Future>(&self, f: F) -> F::Output {
         self.rt.block_on(f)
     }
 

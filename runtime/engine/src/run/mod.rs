@@ -26,20 +26,20 @@ use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
 use weir_host::{Instance, Runtime, StageContext};
-use weir_queue::{ConsumerOptions, Queue, StateStore};
+use weir_queue::{Queue, StateStore};
 
+use crate::Result;
 use crate::batch::{Batch, Settlement};
-use crate::config::{DeadLetterTo, NatsSource, Pipeline, Source, StageSpec};
-use crate::feed::Feed;
+use crate::config::{NatsSource, Pipeline, Source, StageSpec};
 use crate::nats::Nats;
+use crate::source::OpenOptions;
 use crate::stats::PipelineStats;
-use crate::{Error, Result};
 
 mod sink;
 mod source;
 mod stage;
 
-use sink::{SinkWorker, open_file_sinks};
+use sink::SinkWorker;
 use source::SourceWorker;
 use stage::{StageWorker, guest_driven_log};
 
@@ -107,53 +107,15 @@ fn state_owner(pipeline: &Pipeline, queue: &Queue) -> Result<(String, String)> {
 
 /// Run `pipeline` on `queue` until stopped (or drained, with `drain`).
 pub(crate) fn run(pipeline: &Pipeline, queue: &Queue, prepared: Prepared, options: &RunOptions) -> Result<Arc<PipelineStats>> {
-    // Retries and dead letters are decided per stage; the queue's own limit only
-    // backs them up. A lease must outlive the slowest batch: every stage may
-    // replay a failed batch message by message, each up to its timeout.
-    let slowest: Duration = pipeline.stages.iter().map(|s| s.limits.timeout * s.batch_size.min(64) as u32).sum();
-    let max_attempts = pipeline.stages.iter().map(|s| s.max_attempts).max().unwrap_or(5);
     // Per-batch costs (an fsync, a round trip to NATS) are shared by more
     // messages when batches are large; stages still take `batch_size` per call.
     let fetch_size = pipeline.stages.first().map_or(MIN_FETCH, |s| s.batch_size * s.concurrency).max(MIN_FETCH);
     let nats = Nats::for_pipeline(pipeline)?;
-    let feed = match &pipeline.source {
-        Source::Queue { topic, group, start, max_ack_pending } => {
-            let consumer_options = ConsumerOptions {
-                start: *start,
-                max_ack_pending: *max_ack_pending,
-                ack_wait: slowest.max(Duration::from_secs(60)),
-                max_attempts,
-                retry_backoff: pipeline.stages.iter().map(|s| s.retry_backoff).max().unwrap_or(Duration::from_secs(1)),
-                // Dead letters to NATS are written by the pipeline; the
-                // queue's own backstop keeps them in a topic.
-                dead_letter: Some(match &pipeline.dead_letter {
-                    DeadLetterTo::Topic(t) => t.clone(),
-                    DeadLetterTo::Nats { .. } => weir_queue::dead_letter_topic(&pipeline.name),
-                }),
-            };
-            Feed::Queue(queue.consumer(topic, group, consumer_options)?)
-        }
-        Source::Nats(NatsSource::JetStream(js)) => {
-            let nats = nats.as_ref().expect("a NATS source has a connection");
-            Feed::JetStream(Box::new(nats.jetstream_feed(js, js.max_attempts.unwrap_or(max_attempts), fetch_size)?))
-        }
-        other => {
-            if options.drain && matches!(other, Source::Nats(_)) {
-                return Err(Error::source_failed(
-                    other.name(),
-                    "a core NATS subject has no end to drain to; use a JetStream source (`stream`) or stop with Ctrl-C",
-                ));
-            }
-            let dead_letter = match &pipeline.dead_letter {
-                DeadLetterTo::Topic(t) => Some((queue.clone(), t.clone())),
-                DeadLetterTo::Nats { .. } => None,
-            };
-            let max_in_flight = crate::config::defaults::MAX_ACK_PENDING as usize;
-            Feed::ephemeral(other, max_in_flight, dead_letter, nats.as_ref())?
-        }
-    };
+    let feed = crate::source::open(pipeline, OpenOptions { queue, nats: nats.as_ref(), drain: options.drain, fetch_size })?;
     let durable_ids = feed.has_durable_ids();
-    let files = open_file_sinks(pipeline)?;
+    // Source ids that survive restarts name dead letters and NATS outputs.
+    let id_prefix = durable_ids.then(|| format!("{}/{}", prepared.owner.0, prepared.owner.1));
+    let sinks = crate::sink::open(pipeline, nats.as_ref(), id_prefix.as_deref())?;
     let stats = options.stats.clone().unwrap_or_else(|| PipelineStats::for_pipeline(pipeline));
     let fill_wait = pipeline.stages.first().map_or(Duration::ZERO, |s| s.batch_timeout);
 
@@ -174,7 +136,6 @@ pub(crate) fn run(pipeline: &Pipeline, queue: &Queue, prepared: Prepared, option
         }
         let applied = if durable_ids { prepared.state.applied().clone() } else { HashSet::new() };
         let source_name = pipeline.source.name();
-        let id_prefix = durable_ids.then(|| format!("{}/{}", prepared.owner.0, prepared.owner.1));
         let mut routes: HashMap<String, Vec<usize>> = HashMap::new();
         for (i, s) in pipeline.sinks.iter().enumerate() {
             if let Some(topic) = &s.from {
@@ -191,7 +152,7 @@ pub(crate) fn run(pipeline: &Pipeline, queue: &Queue, prepared: Prepared, option
             id_prefix,
             main_sinks,
             routes,
-            files,
+            sinks,
             nats: nats.clone(),
             stop: &options.stop,
             stats: &stats,

@@ -1,6 +1,6 @@
 //! The sink worker: routes outputs to sinks, writes them and dead letters durably, commits state, then settles.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::io::Write;
 use std::sync::atomic::AtomicBool;
 use std::sync::mpsc::{Receiver, Sender};
@@ -10,11 +10,12 @@ use weir_host::{LogBucket, Message, Output};
 use weir_queue::{DeliveryId, Queue, Record, StateStore, StateWrite, dlq_headers};
 
 use super::stage::summarise_suppressed;
+use crate::Result;
 use crate::batch::{Batch, DeadLetter, Fate, Origin, Settlement, StateDelta};
-use crate::config::{DeadLetterTo, Pipeline, Sink};
-use crate::nats::{IdRecords, Nats};
+use crate::config::{DeadLetterTo, Pipeline};
+use crate::nats::Nats;
+use crate::sink::{SinkWriter, Writes, record};
 use crate::stats::{PipelineStats, now_ms, since};
-use crate::{Error, Result};
 
 pub(super) struct SinkWorker<'a> {
     pub(super) pipeline: &'a Pipeline,
@@ -25,15 +26,15 @@ pub(super) struct SinkWorker<'a> {
     /// What dead letters name as their source.
     pub(super) source_name: String,
     /// `GROUP/SOURCE`, which starts the ids of dead letters (`dlq/GROUP/SOURCE/..`,
-    /// as the queue's consumer makes them too) and NATS outputs; `None` when
-    /// source ids do not survive restarts.
+    /// as the queue's consumer makes them too); `None` when source ids do
+    /// not survive restarts.
     pub(super) id_prefix: Option<String>,
     /// Sinks taking the last stage's outputs.
     pub(super) main_sinks: Vec<usize>,
     /// Routed topic → the sinks taking it (`from`).
     pub(super) routes: HashMap<String, Vec<usize>>,
-    /// One per sink; `Some` for file sinks.
-    pub(super) files: Vec<Option<std::fs::File>>,
+    /// One per sink of the pipeline, in order.
+    pub(super) sinks: Vec<Box<dyn SinkWriter>>,
     /// The connection, when a sink or the dead letters go to NATS.
     pub(super) nats: Option<Arc<Nats>>,
     /// Set to stop: a NATS publish stops retrying (nothing is acknowledged).
@@ -44,34 +45,6 @@ pub(super) struct SinkWorker<'a> {
     pub(super) dead_letter_log: LogBucket,
     /// The source's floor (see [`StateStore::set_floor`]), when it has one.
     pub(super) floor: &'a Mutex<Option<Vec<u64>>>,
-}
-
-/// Open (appending, creating) every file sink, so a bad path fails the run
-/// before it pulls a message.
-pub(super) fn open_file_sinks(pipeline: &Pipeline) -> Result<Vec<Option<std::fs::File>>> {
-    pipeline
-        .sinks
-        .iter()
-        .map(|s| match &s.kind {
-            Sink::File { path, .. } => std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(path)
-                .map(Some)
-                .map_err(|e| Error::sink_failed(format!("{}: {}", s.name, path.display()), e)),
-            _ => Ok(None),
-        })
-        .collect()
-}
-
-/// A message as one output line: its payload's bytes, or a JSON object.
-pub(super) fn line(json: bool, msg: &Message, out: &mut Vec<u8>) {
-    if json {
-        out.extend_from_slice(crate::json_line(msg).as_bytes());
-    } else {
-        out.extend_from_slice(&msg.payload);
-    }
-    out.push(b'\n');
 }
 
 /// Give `msg` to each sink in `to`: a copy to all but the last, which takes it.
@@ -98,10 +71,6 @@ fn routed_message(o: &Origin, topic: String, out: Output) -> Message {
     }
 }
 
-pub(super) fn record(msg: Message) -> Record {
-    Record { key: msg.key, headers: msg.headers, payload: msg.payload, timestamp_ms: Some(msg.timestamp_ms), id: None }
-}
-
 impl SinkWorker<'_> {
     pub(super) fn run(mut self, input: Receiver<Batch>) -> Result<()> {
         let stdout = std::io::stdout();
@@ -123,21 +92,6 @@ impl SinkWorker<'_> {
         result
     }
 
-    /// Why sink `i` cannot take a message of these parts, if it cannot. The
-    /// queue refuses records over its size and header limits, NATS messages
-    /// over the server's `max_payload`.
-    fn refusal(&self, i: usize, key: Option<&[u8]>, headers: &[(String, Vec<u8>)], payload: usize) -> Option<String> {
-        let spec = &self.pipeline.sinks[i];
-        match &spec.kind {
-            Sink::Queue { .. } => weir_queue::check_parts(key, headers, payload).err().map(|e| format!("sink {}: {e}", spec.name)),
-            Sink::Nats { .. } => {
-                let (size, max) = (crate::nats::wire_len(key, headers, payload), self.nats.as_ref()?.max_payload());
-                (size > max).then(|| format!("sink {}: a message of {size} bytes exceeds the NATS server's max_payload ({max})", spec.name))
-            }
-            Sink::Stdout { .. } | Sink::File { .. } => None,
-        }
-    }
-
     /// Fail, alone, each origin one of whose outputs a sink or a routed topic
     /// could not store, before anything is written: no value a guest
     /// controls may fail a whole batch's write. (Outputs within the stage's
@@ -152,16 +106,17 @@ impl SinkWorker<'_> {
         };
         for item in items.iter() {
             let m = &item.msg;
-            if let Some(reason) = self.main_sinks.iter().find_map(|&i| self.refusal(i, m.key.as_deref(), &m.headers, m.payload.len())) {
+            if let Some(reason) = self.main_sinks.iter().find_map(|&i| self.sinks[i].refusal(m.key.as_deref(), &m.headers, m.payload.len()))
+            {
                 fail(origins, item.origin, reason, m.clone());
             }
         }
         for (origin, topic, out) in routed.iter() {
             let (key, headers, payload) = (out.key.as_deref(), &out.headers, out.payload.len());
             let to_topic = self.pipeline.topics.contains_key(topic).then(|| weir_queue::check_parts(key, headers, payload).err()).flatten();
-            let refused = to_topic
-                .map(|e| format!("topic {topic}: {e}"))
-                .or_else(|| self.routes.get(topic).and_then(|takers| takers.iter().find_map(|&i| self.refusal(i, key, headers, payload))));
+            let refused = to_topic.map(|e| format!("topic {topic}: {e}")).or_else(|| {
+                self.routes.get(topic).and_then(|takers| takers.iter().find_map(|&i| self.sinks[i].refusal(key, headers, payload)))
+            });
             if let Some(reason) = refused {
                 let msg = routed_message(&origins[*origin], topic.clone(), out.clone());
                 fail(origins, *origin, reason, msg);
@@ -260,94 +215,67 @@ impl SinkWorker<'_> {
     }
 
     pub(super) fn write(&mut self, mut batch: Batch, out: &mut impl Write) -> Result<Settlement> {
-        let sinks = &self.pipeline.sinks;
         self.refuse_unknown_topics(&mut batch);
         self.vet(&mut batch);
         // Before any output is taken: it may release messages.
         self.resolve_state(&mut batch);
 
-        // What each sink gets, in order.
-        let mut per_sink: Vec<Vec<Message>> = vec![Vec::new(); sinks.len()];
+        // What each sink gets, in order; routed outputs go to their topic too.
+        let mut per_sink: Vec<Vec<Message>> = vec![Vec::new(); self.sinks.len()];
         for item in std::mem::take(&mut batch.items) {
             if matches!(batch.origins[item.origin].fate, Fate::Ok) {
                 fan_out(&mut per_sink, &self.main_sinks, item.msg);
             }
         }
-        let mut by_topic: BTreeMap<&str, Vec<Record>> = BTreeMap::new();
+        let mut writes = Writes::default();
+        let mut to_topics = 0;
         for (origin, topic, out) in std::mem::take(&mut batch.routed) {
             let o = &batch.origins[origin];
             if !matches!(o.fate, Fate::Ok) {
                 continue;
             }
             let takers = self.routes.get(&topic).map_or(&[][..], Vec::as_slice);
-            let declared = self.pipeline.topics.get_key_value(&topic).map(|(name, _)| name.as_str());
-            // The output itself goes to the topic unless sinks need it too.
-            let (rec, msg) = if takers.is_empty() {
-                (Record { key: out.key, headers: out.headers, payload: out.payload, timestamp_ms: None, id: None }, None)
-            } else {
-                let rec = Record {
+            let declared = self.pipeline.topics.contains_key(&topic);
+            if declared {
+                to_topics += 1;
+                if takers.is_empty() {
+                    writes.publish(
+                        &topic,
+                        [Record { key: out.key, headers: out.headers, payload: out.payload, timestamp_ms: None, id: None }],
+                    );
+                    continue;
+                }
+                let copy = Record {
                     key: out.key.clone(),
                     headers: out.headers.clone(),
                     payload: out.payload.clone(),
                     timestamp_ms: None,
                     id: None,
                 };
-                (rec, Some(routed_message(o, topic, out)))
-            };
-            if let Some(name) = declared {
-                by_topic.entry(name).or_default().push(rec);
+                writes.publish(&topic, [copy]);
             }
-            if let Some(msg) = msg {
-                fan_out(&mut per_sink, takers, msg);
-            }
+            fan_out(&mut per_sink, takers, routed_message(o, topic, out));
         }
 
         let (settlement, dead) = self.settle(&mut batch);
         let dead_count = dead.len() as u64;
-        let outputs: u64 = per_sink.iter().map(|m| m.len() as u64).sum::<u64>() + by_topic.values().map(|r| r.len() as u64).sum::<u64>();
-        let mut to_nats: Vec<(&str, bool, IdRecords)> = Vec::new();
         if !dead.is_empty() {
             match &self.pipeline.dead_letter {
-                DeadLetterTo::Topic(t) => by_topic.entry(t).or_default().extend(dead),
-                DeadLetterTo::Nats { subject, .. } => to_nats.push((subject, false, dead.into_iter().map(|r| (r.id.clone(), r)).collect())),
-            }
-        }
-        let written_at: Vec<u64> = per_sink.iter().flatten().map(|m| m.timestamp_ms).collect();
-        let mut printed = Vec::new();
-        let mut buf = Vec::new();
-        for ((spec, msgs), file) in sinks.iter().zip(per_sink).zip(&mut self.files) {
-            if msgs.is_empty() {
-                continue;
-            }
-            match &spec.kind {
-                Sink::Nats { subject, core, .. } => to_nats.push((subject, *core, output_ids(self.id_prefix.as_deref(), &spec.name, msgs))),
-                Sink::Queue { topic } => by_topic.entry(topic).or_default().extend(msgs.into_iter().map(record)),
-                Sink::Stdout { json } => msgs.iter().for_each(|m| line(*json, m, &mut printed)),
-                Sink::File { path, json } => {
-                    buf.clear();
-                    msgs.iter().for_each(|m| line(*json, m, &mut buf));
-                    let file = file.as_mut().expect("file sinks are opened at start");
-                    file.write_all(&buf)
-                        .and_then(|()| file.sync_data())
-                        .map_err(|e| Error::sink_failed(format!("{}: {}", spec.name, path.display()), e))?;
+                DeadLetterTo::Topic(t) => writes.publish(t, dead),
+                DeadLetterTo::Nats { subject, .. } => {
+                    writes.subjects.push((subject.clone(), false, dead.into_iter().map(|r| (r.id.clone(), r)).collect()))
                 }
             }
         }
-        // Durable before anything is acknowledged.
-        for (topic, records) in &by_topic {
-            self.queue.publish(topic, records)?;
-        }
-        for (subject, core, records) in to_nats {
-            self.nats.as_ref().expect("NATS sinks have a connection").publish(subject, records, core, self.stop)?;
-        }
-        if !printed.is_empty() {
-            let written = out.write_all(&printed).and_then(|()| out.flush());
-            if let Err(e) = written
-                && e.kind() != std::io::ErrorKind::BrokenPipe
-            {
-                return Err(Error::sink_failed("stdout", e));
+        let written_at: Vec<u64> = per_sink.iter().flatten().map(|m| m.timestamp_ms).collect();
+        let outputs = per_sink.iter().map(|m| m.len() as u64).sum::<u64>() + to_topics;
+        for (sink, msgs) in self.sinks.iter_mut().zip(per_sink) {
+            if !msgs.is_empty() {
+                sink.take(msgs, &mut writes)?;
             }
         }
+        // Durable before anything is acknowledged.
+        writes.flush(&self.queue, self.nats.as_ref(), self.stop, out)?;
         self.commit_state(&mut batch, &settlement.acks)?;
         self.stats.sink_written(outputs, dead_count);
         self.stats.sink_end_to_end.record_all(written_at.into_iter().filter_map(|t| since(now_ms(), t)));
@@ -403,22 +331,4 @@ impl SinkWorker<'_> {
         }
         (settlement, dead)
     }
-}
-
-/// Outputs as records, each with an id made of where it comes from
-/// (`GROUP/SOURCE/PARTITION/OFFSET/SINK/N`, the N-th output of that
-/// source message to that sink), so that NATS stores an output once even
-/// when its input is redelivered. No ids when source ids do not survive
-/// a restart.
-fn output_ids(prefix: Option<&str>, sink: &str, msgs: Vec<Message>) -> IdRecords {
-    let Some(prefix) = prefix else { return msgs.into_iter().map(|m| (None, record(m))).collect() };
-    let mut seen: HashMap<(u32, u64), u32> = HashMap::new();
-    msgs.into_iter()
-        .map(|m| {
-            let n = seen.entry((m.partition, m.offset)).or_default();
-            let id = format!("{prefix}/{}/{}/{sink}/{n}", m.partition, m.offset);
-            *n += 1;
-            (Some(id), record(m))
-        })
-        .collect()
 }

@@ -11,11 +11,11 @@ use weir_queue::Queue;
 use super::RunOptions;
 use crate::Result;
 use crate::batch::{Batch, Fate, Item, Origin, Settlement};
-use crate::feed::Feed;
+use crate::source::Feed;
 use crate::stats::{PipelineStats, now_ms, since};
 
 pub(super) struct SourceWorker<'a> {
-    pub(super) feed: Feed,
+    pub(super) feed: Box<dyn Feed>,
     /// Ids whose state writes an earlier run committed (see [`StateStore::applied`]).
     pub(super) applied: HashSet<(u32, u64)>,
     pub(super) options: &'a RunOptions,

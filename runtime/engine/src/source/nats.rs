@@ -1,8 +1,11 @@
-//! The JetStream source: a durable pull consumer shared by every process of
-//! the pipeline; fetches, acknowledgements, and the keep-alive that holds
-//! leases on long batches.
+//! NATS sources. A JetStream stream is read through a durable pull consumer
+//! shared by every process of the pipeline: fetches, acknowledgements at
+//! each commit, and the keep-alive that holds leases on long batches. A
+//! core subject (fire and forget, shared by a queue group) is read like
+//! any ephemeral source.
 
 use std::collections::HashMap;
+use std::sync::mpsc::SyncSender;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -11,28 +14,30 @@ use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, PullConsumer, pu
 use async_nats::jetstream::message::Acker;
 use async_nats::jetstream::{self, AckKind};
 use futures_util::StreamExt;
-use weir_queue::{DeliveryId, StartFrom};
+use weir_queue::{DeliveryId, Record, StartFrom};
 
-use super::Nats;
-use super::codec::jetstream_message;
+use super::Feed;
+use super::memory::{Read, spawn_reader};
 use crate::batch::Fetched;
 use crate::config::JetStreamSource;
+use crate::nats::{Nats, from_nats_headers, jetstream_message};
+use crate::stats::now_ms;
 use crate::{Error, Result};
 
 /// Messages asked for per pull request, at least: the server streams them
 /// ahead while the pipeline works on the previous ones.
-pub(super) const MIN_PULL_BATCH: usize = 512;
+const MIN_PULL_BATCH: usize = 512;
 
 /// A message delivered and not yet settled: where to ack it, and when it was
 /// last kept alive.
-pub(super) struct Pending {
+struct Pending {
     reply: Subject,
     touched: Instant,
 }
 
 /// Tell the server, every third of `ack_wait`, that messages still in the
 /// pipeline are being worked on, so a long batch is not redelivered.
-pub(super) async fn keep_alive(js: jetstream::Context, in_flight: Arc<Mutex<HashMap<u64, Pending>>>, ack_wait: Duration) {
+async fn keep_alive(js: jetstream::Context, in_flight: Arc<Mutex<HashMap<u64, Pending>>>, ack_wait: Duration) {
     let every = (ack_wait / 3).max(Duration::from_millis(50));
     loop {
         tokio::time::sleep(every).await;
@@ -66,7 +71,6 @@ pub(crate) struct JetStreamFeed {
     in_flight: Arc<Mutex<HashMap<u64, Pending>>>,
     /// Acks, naks and terms to send at the next commit.
     ops: Vec<(Subject, AckKind)>,
-    /// When the consumer's counts were read: (at, pending, ack pending).
     /// When the consumer's info was read, and its pending, ack-pending and
     /// acknowledgement floor (a stream sequence).
     info: Option<(Instant, u64, usize, u64)>,
@@ -82,7 +86,91 @@ impl Drop for JetStreamFeed {
 }
 
 impl JetStreamFeed {
-    pub(crate) fn fetch(&mut self, max: usize, wait: Duration) -> Result<Vec<Fetched>> {
+    /// Open the durable pull consumer of a JetStream source, creating the
+    /// stream and the consumer if absent and applying the TOML settings to an
+    /// existing consumer (all but where it starts, which is fixed at creation).
+    pub(super) fn open(nats: &Arc<Nats>, src: &JetStreamSource, max_attempts: u32, batch: usize) -> Result<JetStreamFeed> {
+        let consumer = nats.block_on(async {
+            let stream = match nats.js.get_stream(&src.stream).await {
+                Ok(s) => s,
+                Err(e) if src.subjects.is_empty() => {
+                    return Err(Error::nats(format!("stream {} (set source.subjects to have weir create it)", src.stream), e));
+                }
+                Err(_) => {
+                    let config =
+                        jetstream::stream::Config { name: src.stream.clone(), subjects: src.subjects.clone(), ..Default::default() };
+                    nats.js.create_stream(config).await.map_err(|e| Error::nats(format!("creating stream {}", src.stream), e))?
+                }
+            };
+            let mut config = pull::Config {
+                durable_name: Some(src.consumer.clone()),
+                ack_policy: AckPolicy::Explicit,
+                ack_wait: src.ack_wait,
+                max_deliver: i64::from(max_attempts),
+                backoff: src.backoff.clone(),
+                max_ack_pending: src.max_ack_pending as i64,
+                deliver_policy: match src.start {
+                    StartFrom::Earliest => DeliverPolicy::All,
+                    StartFrom::Latest => DeliverPolicy::New,
+                },
+                ..Default::default()
+            };
+            match src.subjects.as_slice() {
+                [] => {}
+                [one] => config.filter_subject = one.clone(),
+                many => config.filter_subjects = many.to_vec(),
+            }
+            if let Ok(existing) = stream.consumer_info(&src.consumer).await {
+                config.deliver_policy = existing.config.deliver_policy;
+            }
+            stream
+                .create_consumer(config)
+                .await
+                .map_err(|e| Error::nats(format!("creating consumer {} on stream {}", src.consumer, src.stream), e))
+        })?;
+        let in_flight: Arc<Mutex<HashMap<u64, Pending>>> = Arc::default();
+        let keep_alive = nats.rt.spawn(keep_alive(nats.js.clone(), in_flight.clone(), src.ack_wait));
+        Ok(JetStreamFeed {
+            nats: nats.clone(),
+            consumer,
+            messages: None,
+            batch,
+            in_flight,
+            ops: Vec::new(),
+            info: None,
+            keep_alive,
+            warned: None,
+        })
+    }
+
+    fn warn(&mut self, e: &dyn std::fmt::Display) {
+        if self.warned.is_none_or(|t| t.elapsed() > Duration::from_secs(5)) {
+            tracing::warn!(error = %e, "pulling from NATS failed; retrying");
+            self.warned = Some(Instant::now());
+        }
+    }
+
+    /// The consumer's counts, read again if older than `max_age`.
+    fn counts(&mut self, max_age: Duration) -> Option<(u64, usize)> {
+        if self.info.is_none_or(|(at, ..)| at.elapsed() >= max_age) {
+            let consumer = &self.consumer;
+            if let Ok(Ok(info)) = self.nats.block_on(async { tokio::time::timeout(Duration::from_secs(1), consumer.get_info()).await }) {
+                self.info = Some((Instant::now(), info.num_pending, info.num_ack_pending, info.ack_floor.stream_sequence));
+            }
+        }
+        self.info.map(|(_, pending, ack_pending, _)| (pending, ack_pending))
+    }
+
+    /// Queue `kind` for the delivery `id`, sent at the next commit.
+    fn settle(&mut self, id: DeliveryId, kind: AckKind) {
+        if let Some(p) = self.in_flight.lock().expect("in-flight map poisoned").remove(&id.offset) {
+            self.ops.push((p.reply, kind));
+        }
+    }
+}
+
+impl Feed for JetStreamFeed {
+    fn fetch(&mut self, max: usize, wait: Duration) -> Result<Vec<Fetched>> {
         self.nats.check_refused()?;
         let deadline = Instant::now() + wait;
         let mut got = Vec::new();
@@ -145,26 +233,29 @@ impl JetStreamFeed {
         Ok(out)
     }
 
-    fn warn(&mut self, e: &dyn std::fmt::Display) {
-        if self.warned.is_none_or(|t| t.elapsed() > Duration::from_secs(5)) {
-            tracing::warn!(error = %e, "pulling from NATS failed; retrying");
-            self.warned = Some(Instant::now());
-        }
+    fn ack(&mut self, id: DeliveryId) {
+        self.settle(id, AckKind::Ack);
     }
 
-    /// Queue `kind` for the delivery `id`, sent at the next commit.
-    pub(crate) fn settle(&mut self, id: DeliveryId, kind: AckKind) {
-        if let Some(p) = self.in_flight.lock().expect("in-flight map poisoned").remove(&id.offset) {
-            self.ops.push((p.reply, kind));
-        }
+    fn term(&mut self, id: DeliveryId) {
+        self.settle(id, AckKind::Term);
+    }
+
+    fn nak(&mut self, id: DeliveryId, delay: Duration) {
+        self.settle(id, AckKind::Nak((!delay.is_zero()).then_some(delay)));
+    }
+
+    /// JetStream counts an attempt anyway.
+    fn release(&mut self, id: DeliveryId) {
+        self.settle(id, AckKind::Nak(None));
     }
 
     /// Send the queued settlements (the client writes them out in the
     /// background). An ack lost with the connection means a redelivery,
     /// never a loss.
-    pub(crate) fn commit(&mut self) {
+    fn commit(&mut self) -> Result<()> {
         if self.ops.is_empty() {
-            return;
+            return Ok(());
         }
         let ops = std::mem::take(&mut self.ops);
         let js = &self.nats.js;
@@ -175,10 +266,11 @@ impl JetStreamFeed {
                 }
             }
         });
+        Ok(())
     }
 
     /// Wait (a little) until the server has every settlement sent, before the run ends.
-    pub(crate) fn flush(&mut self) {
+    fn close(&mut self) {
         let client = self.nats.js.client();
         let flushed = self.nats.block_on(async { tokio::time::timeout(Duration::from_secs(5), client.flush()).await });
         if !matches!(flushed, Ok(Ok(()))) {
@@ -186,97 +278,47 @@ impl JetStreamFeed {
         }
     }
 
-    /// The consumer's counts, read again if older than `max_age`.
-    fn counts(&mut self, max_age: Duration) -> Option<(u64, usize)> {
-        if self.info.is_none_or(|(at, ..)| at.elapsed() >= max_age) {
-            let consumer = &self.consumer;
-            if let Ok(Ok(info)) = self.nats.block_on(async { tokio::time::timeout(Duration::from_secs(1), consumer.get_info()).await }) {
-                self.info = Some((Instant::now(), info.num_pending, info.num_ack_pending, info.ack_floor.stream_sequence));
-            }
-        }
-        self.info.map(|(_, pending, ack_pending, _)| (pending, ack_pending))
+    /// Messages in the stream not yet delivered to the consumer.
+    fn lag(&mut self) -> Option<Vec<u64>> {
+        self.counts(Duration::from_secs(1)).map(|(pending, _)| vec![pending])
     }
 
     /// The stream sequence below which this consumer delivers nothing
     /// again: every message up to its acknowledgement floor is acknowledged,
     /// by this process or another.
-    pub(crate) fn floor(&mut self) -> Option<Vec<u64>> {
+    fn floor(&mut self) -> Option<Vec<u64>> {
         self.counts(Duration::from_secs(1))?;
         self.info.map(|(.., ack_floor)| vec![ack_floor + 1])
     }
 
-    /// Messages in the stream not yet delivered to the consumer.
-    pub(crate) fn lag(&mut self) -> Option<Vec<u64>> {
-        self.counts(Duration::from_secs(1)).map(|(pending, _)| vec![pending])
-    }
-
-    pub(crate) fn in_flight(&self) -> usize {
+    fn in_flight(&self) -> usize {
         self.in_flight.lock().expect("in-flight map poisoned").len()
     }
 
     /// Nothing left for the consumer, here or in any other process.
-    pub(crate) fn is_settled(&mut self) -> bool {
+    fn is_settled(&mut self) -> bool {
         self.ops.is_empty()
             && self.in_flight() == 0
             && self.counts(Duration::from_millis(200)).is_some_and(|(pending, ack_pending)| pending == 0 && ack_pending == 0)
     }
+
+    fn has_durable_ids(&self) -> bool {
+        true
+    }
 }
 
-impl Nats {
-    /// Open the durable pull consumer of a JetStream source, creating the
-    /// stream and the consumer if absent and applying the TOML settings to an
-    /// existing consumer (all but where it starts, which is fixed at creation).
-    pub(crate) fn jetstream_feed(self: &Arc<Self>, src: &JetStreamSource, max_attempts: u32, batch: usize) -> Result<JetStreamFeed> {
-        let consumer = self.block_on(async {
-            let stream = match self.js.get_stream(&src.stream).await {
-                Ok(s) => s,
-                Err(e) if src.subjects.is_empty() => {
-                    return Err(Error::nats(format!("stream {} (set source.subjects to have weir create it)", src.stream), e));
-                }
-                Err(_) => {
-                    let config =
-                        jetstream::stream::Config { name: src.stream.clone(), subjects: src.subjects.clone(), ..Default::default() };
-                    self.js.create_stream(config).await.map_err(|e| Error::nats(format!("creating stream {}", src.stream), e))?
-                }
-            };
-            let mut config = pull::Config {
-                durable_name: Some(src.consumer.clone()),
-                ack_policy: AckPolicy::Explicit,
-                ack_wait: src.ack_wait,
-                max_deliver: i64::from(max_attempts),
-                backoff: src.backoff.clone(),
-                max_ack_pending: src.max_ack_pending as i64,
-                deliver_policy: match src.start {
-                    StartFrom::Earliest => DeliverPolicy::All,
-                    StartFrom::Latest => DeliverPolicy::New,
-                },
-                ..Default::default()
-            };
-            match src.subjects.as_slice() {
-                [] => {}
-                [one] => config.filter_subject = one.clone(),
-                many => config.filter_subjects = many.to_vec(),
+/// Read a core subject (in `queue_group` if given) on a thread of its own.
+pub(super) fn read_core(nats: &Arc<Nats>, subject: &str, queue_group: Option<&str>, tx: SyncSender<Read>) -> Result<()> {
+    let nats = nats.clone();
+    let mut sub = nats.subscribe(subject, queue_group)?;
+    spawn_reader("weir-nats-sub", move || {
+        while let Some(m) = nats.next(&mut sub) {
+            let (key, headers) = from_nats_headers(m.headers.as_ref());
+            let record = Record { key, headers, payload: m.payload.to_vec(), timestamp_ms: Some(now_ms()), id: None };
+            if tx.send(Read::Record(record)).is_err() {
+                return;
             }
-            if let Ok(existing) = stream.consumer_info(&src.consumer).await {
-                config.deliver_policy = existing.config.deliver_policy;
-            }
-            stream
-                .create_consumer(config)
-                .await
-                .map_err(|e| Error::nats(format!("creating consumer {} on stream {}", src.consumer, src.stream), e))
-        })?;
-        let in_flight: Arc<Mutex<HashMap<u64, Pending>>> = Arc::default();
-        let keep_alive = self.rt.spawn(keep_alive(self.js.clone(), in_flight.clone(), src.ack_wait));
-        Ok(JetStreamFeed {
-            nats: self.clone(),
-            consumer,
-            messages: None,
-            batch,
-            in_flight,
-            ops: Vec::new(),
-            info: None,
-            keep_alive,
-            warned: None,
-        })
-    }
+        }
+    });
+    Ok(())
 }
