@@ -11,6 +11,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::dead_letter::{dead_letter_topic, dlq_headers};
 use crate::offsets::{group_file, read_committed, write_committed};
 use crate::record::{Record, StoredRecord};
 use crate::topic::Topic;
@@ -42,17 +43,9 @@ pub struct ConsumerOptions {
     /// Delay before a delivery whose lease ran out is delivered again
     /// ([`Consumer::nak`] gives its own delay).
     pub retry_backoff: Duration,
-    /// The dead-letter topic; `None` means [`dead_letter_topic`] of the
+    /// The dead-letter topic; `None` means [`crate::dead_letter_topic`] of the
     /// topic read. Created when first needed.
     pub dead_letter: Option<String>,
-}
-
-/// weir's one rule for default dead-letter topics: `OWNER.dlq`, where the
-/// owner is what reads — a pipeline (its name), or a consumer group outside
-/// a pipeline (the topic it reads). On NATS, a pipeline's dead letters go to
-/// the subject `weir.dlq.PIPELINE` instead (subjects nest by dots).
-pub fn dead_letter_topic(owner: &str) -> String {
-    format!("{owner}.dlq")
 }
 
 impl Default for ConsumerOptions {
@@ -79,27 +72,6 @@ pub enum Seek {
     First,
     /// The end: only records published from now on.
     Last,
-}
-
-/// Header names on dead-lettered records.
-pub mod dlq_headers {
-    /// Why the message was dead-lettered.
-    pub const REASON: &str = "weir.reason";
-    /// The topic it was read from.
-    pub const SOURCE_TOPIC: &str = "weir.source.topic";
-    /// Its partition there.
-    pub const SOURCE_PARTITION: &str = "weir.source.partition";
-    /// Its offset there.
-    pub const SOURCE_OFFSET: &str = "weir.source.offset";
-    /// How many times it was delivered.
-    pub const ATTEMPTS: &str = "weir.attempts";
-    /// The kind of failure (set by the engine: guest, trap, timeout, ...).
-    pub const ERROR_KIND: &str = "weir.error-kind";
-    /// Where it failed (set by the engine: a stage name, `routing`, `source`).
-    pub const STAGE: &str = "weir.stage";
-    /// Set when the dead letter was too large to store whole: the payload
-    /// length that was dropped.
-    pub const PAYLOAD_DROPPED: &str = "weir.payload-dropped";
 }
 
 /// Identifies a delivered message for acknowledgement.

@@ -28,6 +28,7 @@
 #![forbid(unsafe_code)]
 
 mod consumer;
+mod dead_letter;
 mod faults;
 pub mod json;
 mod log;
@@ -47,7 +48,8 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-pub use consumer::{Consumer, ConsumerOptions, Delivery, DeliveryId, Seek, StartFrom, dead_letter_topic, dlq_headers};
+pub use consumer::{Consumer, ConsumerOptions, Delivery, DeliveryId, Seek, StartFrom};
+pub use dead_letter::{dead_letter_topic, dlq_headers};
 #[cfg(feature = "fault-injection")]
 pub use faults::FaultInjector;
 use faults::Faults;
