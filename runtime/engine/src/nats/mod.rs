@@ -121,7 +121,7 @@ async fn connect_watched(conn: &NatsConnection, refusals: Arc<std::sync::atomic:
 
 /// A connection to NATS and the runtime that drives it.
 pub(crate) struct Nats {
-    pub(crate) rt: tokio::runtime::Runtime,
+    rt: tokio::runtime::Runtime,
     client: Client,
     pub(crate) js: jetstream::Context,
     /// The server's refusals of the connection since it was last up.
@@ -180,6 +180,11 @@ impl Nats {
 
     pub(crate) fn block_on<F: Future>(&self, f: F) -> F::Output {
         self.rt.block_on(f)
+    }
+
+    /// Run `f` in the background on the connection's runtime.
+    pub(crate) fn spawn<F: Future<Output = ()> + Send + 'static>(&self, f: F) -> tokio::task::JoinHandle<()> {
+        self.rt.spawn(f)
     }
 
     pub(crate) fn ensure_stream(&self, subject: &str, create: Option<&StreamSpec>) -> Result<()> {

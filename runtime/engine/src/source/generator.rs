@@ -1,7 +1,7 @@
 //! The generator: `count` messages (or endless) of `size` bytes over `keys`
 //! keys, at `rate` per second (or as fast as the pipeline takes them).
 
-use std::sync::mpsc::SyncSender;
+use std::sync::mpsc::{Receiver, SyncSender};
 use std::time::{Duration, Instant};
 
 use weir_queue::Record;
@@ -10,8 +10,8 @@ use super::memory::{Read, spawn_reader};
 use crate::config::Generator;
 use crate::stats::now_ms;
 
-pub(super) fn spawn(g: Generator, tx: SyncSender<Read>) {
-    spawn_reader("weir-generator", move || generate(&g, &tx));
+pub(super) fn spawn(g: Generator) -> Receiver<Read> {
+    spawn_reader("weir-generator", move |tx| generate(&g, &tx))
 }
 
 fn generate(g: &Generator, tx: &SyncSender<Read>) {

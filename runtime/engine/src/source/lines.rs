@@ -4,22 +4,21 @@
 
 use std::io::BufRead;
 use std::path::Path;
-use std::sync::mpsc::SyncSender;
+use std::sync::mpsc::{Receiver, SyncSender};
 
 use weir_queue::Record;
 
 use super::memory::{Read, spawn_reader};
 use crate::stats::now_ms;
 
-pub(super) fn read_stdin(json: bool, tx: SyncSender<Read>) {
-    spawn_reader("weir-stdin", move || read_lines(std::io::stdin().lock(), json, &tx));
+pub(super) fn read_stdin(json: bool) -> Receiver<Read> {
+    spawn_reader("weir-stdin", move |tx| read_lines(std::io::stdin().lock(), json, &tx))
 }
 
 /// Open `path` now, so a missing file fails the run before it starts.
-pub(super) fn read_file(path: &Path, json: bool, tx: SyncSender<Read>) -> std::io::Result<()> {
+pub(super) fn read_file(path: &Path, json: bool) -> std::io::Result<Receiver<Read>> {
     let file = std::io::BufReader::with_capacity(1 << 16, std::fs::File::open(path)?);
-    spawn_reader("weir-file", move || read_lines(file, json, &tx));
-    Ok(())
+    Ok(spawn_reader("weir-file", move |tx| read_lines(file, json, &tx)))
 }
 
 fn read_lines(mut input: impl BufRead, json: bool, tx: &SyncSender<Read>) {

@@ -16,15 +16,13 @@ use crate::batch::{DeadLetter, Fetched};
 /// Messages buffered between a reader thread and the pipeline.
 const READ_AHEAD: usize = 4096;
 
-/// The channel a reader thread fills.
-pub(super) fn channel() -> (SyncSender<Read>, Receiver<Read>) {
-    sync_channel(READ_AHEAD)
-}
-
-/// Run a reader on a thread of its own. Detached: a reader blocked on
-/// standard input must not hold up exit.
-pub(super) fn spawn_reader(name: &str, f: impl FnOnce() + Send + 'static) {
-    std::thread::Builder::new().name(name.into()).spawn(f).expect("spawn a reader thread");
+/// Run a reader on a thread of its own, sending into a bounded channel;
+/// the receiving end is what [`MemoryFeed`] takes from. Detached: a reader
+/// blocked on standard input must not hold up exit.
+pub(super) fn spawn_reader(name: &str, f: impl FnOnce(SyncSender<Read>) + Send + 'static) -> Receiver<Read> {
+    let (tx, rx) = sync_channel(READ_AHEAD);
+    std::thread::Builder::new().name(name.into()).spawn(move || f(tx)).expect("spawn a reader thread");
+    rx
 }
 
 /// What a reader thread sends: a message, or a line it could not parse.

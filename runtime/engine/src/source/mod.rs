@@ -100,30 +100,25 @@ pub(crate) struct OpenOptions<'a> {
 pub(crate) fn open(pipeline: &Pipeline, o: OpenOptions<'_>) -> Result<Box<dyn Feed>> {
     let max_attempts = pipeline.stages.iter().map(|s| s.max_attempts).max().unwrap_or(5);
     let source = &pipeline.source;
-    if let Source::Queue { .. } = source {
-        return Ok(Box::new(queue::open(pipeline, o.queue, max_attempts)?));
-    }
-    if let Source::Nats(NatsSource::JetStream(js)) = source {
-        let nats = o.nats.expect("a NATS source has a connection");
-        return Ok(Box::new(nats::JetStreamFeed::open(nats, js, js.max_attempts.unwrap_or(max_attempts), o.fetch_size)?));
-    }
-    // Ephemeral: a reader thread feeding memory.
-    if o.drain && matches!(source, Source::Nats(_)) {
-        return Err(Error::source_failed(
-            source.name(),
-            "a core NATS subject has no end to drain to; use a JetStream source (`stream`) or stop with Ctrl-C",
-        ));
-    }
-    let (tx, rx) = memory::channel();
-    match source {
-        Source::Queue { .. } | Source::Nats(NatsSource::JetStream(_)) => unreachable!("durable sources are opened above"),
-        Source::Nats(NatsSource::Core { subject, queue_group }) => {
-            nats::read_core(o.nats.expect("a NATS source has a connection"), subject, queue_group.as_deref(), tx)?
+    let connection = || o.nats.expect("a NATS source has a connection");
+    // Ephemeral kinds: a reader thread feeding memory.
+    let rx = match source {
+        Source::Queue { .. } => return Ok(Box::new(queue::open(pipeline, o.queue, max_attempts)?)),
+        Source::Nats(NatsSource::JetStream(js)) => {
+            let attempts = js.max_attempts.unwrap_or(max_attempts);
+            return Ok(Box::new(nats::JetStreamFeed::open(connection(), js, attempts, o.fetch_size)?));
         }
-        Source::Stdin { json } => lines::read_stdin(*json, tx),
-        Source::File { path, json } => lines::read_file(path, *json, tx).map_err(|e| Error::source_failed(source.name(), e))?,
-        Source::Generator(g) => generator::spawn(g.clone(), tx),
-    }
+        Source::Nats(NatsSource::Core { .. }) if o.drain => {
+            return Err(Error::source_failed(
+                source.name(),
+                "a core NATS subject has no end to drain to; use a JetStream source (`stream`) or stop with Ctrl-C",
+            ));
+        }
+        Source::Nats(NatsSource::Core { subject, queue_group }) => nats::read_core(connection(), subject, queue_group.as_deref())?,
+        Source::Stdin { json } => lines::read_stdin(*json),
+        Source::File { path, json } => lines::read_file(path, *json).map_err(|e| Error::source_failed(source.name(), e))?,
+        Source::Generator(g) => generator::spawn(g.clone()),
+    };
     // Lines that are not messages go to the dead-letter topic at once.
     let dead_letter = match &pipeline.dead_letter {
         DeadLetterTo::Topic(t) => Some((o.queue.clone(), t.clone())),

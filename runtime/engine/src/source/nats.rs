@@ -5,7 +5,7 @@
 //! any ephemeral source.
 
 use std::collections::HashMap;
-use std::sync::mpsc::SyncSender;
+use std::sync::mpsc::Receiver;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -129,7 +129,7 @@ impl JetStreamFeed {
                 .map_err(|e| Error::nats(format!("creating consumer {} on stream {}", src.consumer, src.stream), e))
         })?;
         let in_flight: Arc<Mutex<HashMap<u64, Pending>>> = Arc::default();
-        let keep_alive = nats.rt.spawn(keep_alive(nats.js.clone(), in_flight.clone(), src.ack_wait));
+        let keep_alive = nats.spawn(keep_alive(nats.js.clone(), in_flight.clone(), src.ack_wait));
         Ok(JetStreamFeed {
             nats: nats.clone(),
             consumer,
@@ -308,10 +308,10 @@ impl Feed for JetStreamFeed {
 }
 
 /// Read a core subject (in `queue_group` if given) on a thread of its own.
-pub(super) fn read_core(nats: &Arc<Nats>, subject: &str, queue_group: Option<&str>, tx: SyncSender<Read>) -> Result<()> {
+pub(super) fn read_core(nats: &Arc<Nats>, subject: &str, queue_group: Option<&str>) -> Result<Receiver<Read>> {
     let nats = nats.clone();
     let mut sub = nats.subscribe(subject, queue_group)?;
-    spawn_reader("weir-nats-sub", move || {
+    Ok(spawn_reader("weir-nats-sub", move |tx| {
         while let Some(m) = nats.next(&mut sub) {
             let (key, headers) = from_nats_headers(m.headers.as_ref());
             let record = Record { key, headers, payload: m.payload.to_vec(), timestamp_ms: Some(now_ms()), id: None };
@@ -319,6 +319,5 @@ pub(super) fn read_core(nats: &Arc<Nats>, subject: &str, queue_group: Option<&st
                 return;
             }
         }
-    });
-    Ok(())
+    }))
 }
