@@ -374,3 +374,40 @@ from = "alerts"
     assert_eq!(weir.consume_all("out"), ["plain", "route:alerts"]);
     assert_eq!(weir.consume_json("route.dlq")[0]["headers"]["weir.error-kind"], "routing");
 }
+
+#[test]
+fn a_routed_topic_that_is_declared_and_taken_by_a_sink_gets_each_output_in_both() {
+    let weir = Weir::new();
+    let dir = tempfile::tempdir().unwrap();
+    let p = pipeline_file(
+        dir.path(),
+        "both.toml",
+        r#"[pipeline]
+name = "both"
+
+[source]
+type = "stdin"
+
+[[stage]]
+name = "hostile"
+module = "{component:hostile}"
+
+[[sink]]
+type = "queue"
+topic = "out"
+
+[[sink]]
+name = "alerts"
+type = "file"
+path = "alerts.txt"
+from = "alerts"
+
+[[topic]]
+name = "alerts"
+"#,
+    );
+    weir.ok(&["run", p.to_str().unwrap(), "--drain"], b"plain\nroute:alerts\n");
+    assert_eq!(std::fs::read_to_string(dir.path().join("alerts.txt")).unwrap(), "route:alerts\n", "the sink that takes the topic");
+    assert_eq!(weir.consume_all("alerts"), ["route:alerts"], "the declared topic itself");
+    assert_eq!(weir.consume_all("out"), ["plain", "route:alerts"]);
+}

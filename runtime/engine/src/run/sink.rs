@@ -71,6 +71,11 @@ fn routed_message(o: &Origin, topic: String, out: Output) -> Message {
     }
 }
 
+/// A routed output as the record its topic stores (stamped when appended).
+fn routed_record(out: Output) -> Record {
+    Record { key: out.key, headers: out.headers, payload: out.payload, timestamp_ms: None, id: None }
+}
+
 impl SinkWorker<'_> {
     pub(super) fn run(mut self, input: Receiver<Batch>) -> Result<()> {
         let stdout = std::io::stdout();
@@ -238,21 +243,12 @@ impl SinkWorker<'_> {
             let declared = self.pipeline.topics.contains_key(&topic);
             if declared {
                 to_topics += 1;
+                // The output itself goes to the topic unless sinks need it too.
                 if takers.is_empty() {
-                    writes.publish(
-                        &topic,
-                        [Record { key: out.key, headers: out.headers, payload: out.payload, timestamp_ms: None, id: None }],
-                    );
+                    writes.publish(&topic, [routed_record(out)]);
                     continue;
                 }
-                let copy = Record {
-                    key: out.key.clone(),
-                    headers: out.headers.clone(),
-                    payload: out.payload.clone(),
-                    timestamp_ms: None,
-                    id: None,
-                };
-                writes.publish(&topic, [copy]);
+                writes.publish(&topic, [routed_record(out.clone())]);
             }
             fan_out(&mut per_sink, takers, routed_message(o, topic, out));
         }
