@@ -30,8 +30,10 @@
 mod consumer;
 mod dead_letter;
 mod faults;
+mod files;
 pub mod json;
 mod log;
+mod message;
 mod offsets;
 mod partition;
 #[cfg(feature = "fault-injection")]
@@ -42,8 +44,7 @@ mod state;
 mod topic;
 
 use std::collections::HashMap;
-use std::fs::{self, File, OpenOptions};
-use std::io::Write;
+use std::fs::{self, File};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -52,9 +53,11 @@ pub use consumer::{Consumer, ConsumerOptions, Delivery, DeliveryId, Seek, StartF
 pub use dead_letter::{dead_letter_topic, dlq_headers};
 #[cfg(feature = "fault-injection")]
 pub use faults::FaultInjector;
-use faults::Faults;
 pub use faults::SyncSite;
+use files::lock_dir;
+pub(crate) use files::{create_dir_durable, sync_dir, write_atomic};
 pub use log::Truncation;
+pub use message::Message;
 pub use record::{MAX_RECORD_BYTES, MSG_ID_HEADER, Record, StoredRecord, check_parts};
 pub use state::{StageMap, StateStore, StateWrite};
 pub use topic::{Fsync, FsyncError, TopicConfig, TopicInfo, bounds};
@@ -176,36 +179,6 @@ pub(crate) fn now_ms() -> u64 {
 /// the parsing behind it: a crafted file can carry valid CRCs.
 pub(crate) fn crc_matches(bytes: &[u8], crc: u32) -> bool {
     cfg!(fuzzing) || crc32c::crc32c(bytes) == crc
-}
-
-/// fsync a directory so that created, renamed or deleted entries are durable.
-pub(crate) fn sync_dir(dir: &Path, faults: &Faults) -> Result<()> {
-    faults.sync_dir(dir).map_err(|e| Error::io(dir, e))
-}
-
-/// Create the directory `dir` and any missing parents durably: after each
-/// one is made, its parent is synced, so a power cut cannot lose it (and with
-/// it everything later written below it).
-pub(crate) fn create_dir_durable(dir: &Path, faults: &Faults) -> Result<()> {
-    if dir.is_dir() {
-        return Ok(());
-    }
-    let parent = dir.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    create_dir_durable(parent, faults)?;
-    match fs::create_dir(dir) {
-        Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => Err(Error::io(dir, e)),
-        _ => sync_dir(parent, faults),
-    }
-}
-
-/// Write `bytes` to `path` atomically and durably (temp file, fsync at
-/// `site`, rename, fsync dir).
-pub(crate) fn write_atomic(path: &Path, bytes: &[u8], site: SyncSite, faults: &Faults) -> Result<()> {
-    let tmp = path.with_extension("tmp");
-    let mut f = File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
-    f.write_all(bytes).and_then(|()| faults.sync_file(site, &tmp, &f, false)).map_err(|e| Error::io(&tmp, e))?;
-    fs::rename(&tmp, path).map_err(|e| Error::io(path, e))?;
-    sync_dir(path.parent().unwrap_or(Path::new(".")), faults)
 }
 
 /// Check a topic or group name: 1–200 of `[A-Za-z0-9._-]`, not starting with `.`.
@@ -598,20 +571,4 @@ fn spawn_flusher(inner: std::sync::Weak<Inner>) {
     if let Err(e) = spawned {
         tracing::error!(error = %e, "cannot start the fsync interval thread; interval topics sync on publish only");
     }
-}
-
-fn lock_dir(dir: &Path) -> Result<File> {
-    let path = dir.join("LOCK");
-    let mut file = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&path).map_err(|e| Error::io(&path, e))?;
-    match file.try_lock() {
-        Ok(()) => {}
-        Err(fs::TryLockError::WouldBlock) => {
-            let owner = fs::read_to_string(&path).ok().map(|s| s.trim().to_owned()).filter(|s| !s.is_empty());
-            return Err(Error::Locked { dir: dir.to_owned(), owner });
-        }
-        Err(fs::TryLockError::Error(e)) => return Err(Error::io(&path, e)),
-    }
-    file.set_len(0).map_err(|e| Error::io(&path, e))?;
-    write!(file, "pid {}", std::process::id()).map_err(|e| Error::io(&path, e))?;
-    Ok(file)
 }
