@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, ValueEnum};
-use weir_queue::{ConsumerOptions, Queue, StartFrom, StoredRecord};
+use weir_queue::{ConsumerOptions, Message, Queue, StartFrom, StoredRecord};
 
 #[derive(Args)]
 pub(crate) struct ConsumeArgs {
@@ -66,8 +66,7 @@ pub(crate) fn consume(args: ConsumeArgs, dir: PathBuf) -> anyhow::Result<()> {
                 out.write_all(b"\n")?;
             }
             Format::Json => {
-                let msg = weir_engine::message_from_record(topic, r, 1);
-                writeln!(out, "{}", weir_engine::json_line(&msg))?;
+                writeln!(out, "{}", weir_queue::json::message(&Message::from_stored(topic.into(), r, 1)))?;
             }
         }
         Ok(())
@@ -207,7 +206,7 @@ async fn consume_nats(args: &ConsumeArgs, url: &str) -> anyhow::Result<()> {
                     out.write_all(&msg.payload)?;
                     out.write_all(b"\n")?;
                 }
-                Format::Json => writeln!(out, "{}", weir_engine::json_line(&msg))?,
+                Format::Json => writeln!(out, "{}", weir_queue::json::message(&msg))?,
             }
             out.flush()?;
         }

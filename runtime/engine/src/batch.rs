@@ -8,8 +8,8 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use weir_host::{Message, Output, PendingWrites};
-use weir_queue::{Delivery, DeliveryId, Record, dlq_headers};
+use weir_host::{Output, PendingWrites};
+use weir_queue::{Delivery, DeliveryId, Message, Record, dlq_headers};
 
 /// What happened to a source message.
 pub(crate) enum Fate {
@@ -104,6 +104,7 @@ impl DeadLetter<'_> {
 }
 
 /// A delivery as the pipeline takes it.
+#[derive(Clone)]
 pub(crate) struct Fetched {
     pub(crate) id: DeliveryId,
     pub(crate) attempt: u32,
@@ -113,12 +114,12 @@ pub(crate) struct Fetched {
 }
 
 impl Fetched {
-    pub(crate) fn from_delivery(topic: &str, d: Delivery) -> Fetched {
+    pub(crate) fn from_delivery(topic: &Arc<str>, d: Delivery) -> Fetched {
         Fetched {
             id: d.id(),
             attempt: d.attempt,
             appended_ms: d.record.append_timestamp_ms,
-            msg: crate::message_from_record(topic, d.record, d.attempt),
+            msg: Message::from_stored(topic.clone(), d.record, d.attempt),
         }
     }
 }

@@ -27,7 +27,7 @@ pub use config::{ConfigError, ConfigErrors, Pipeline};
 pub use run::RunOptions;
 pub use stats::{Latency, LatencySummary, PipelineStats, Report, SinkReport, SourceReport, StageReport, StageStats, resident_memory};
 
-use weir_host::{Message, Runtime};
+use weir_host::Runtime;
 
 /// Errors from the engine.
 #[derive(Debug, thiserror::Error)]
@@ -176,37 +176,4 @@ impl Engine {
         let prepared = run::prepare(pipeline, queue, &self.runtime)?;
         run::run(pipeline, queue, prepared, options)
     }
-}
-
-/// The message a stage sees for a stored record of `topic`.
-pub fn message_from_record(topic: &str, r: weir_queue::StoredRecord, attempt: u32) -> Message {
-    Message {
-        topic: topic.to_owned(),
-        partition: r.partition,
-        offset: r.offset,
-        key: r.key,
-        payload: r.payload,
-        headers: r.headers,
-        timestamp_ms: r.timestamp_ms,
-        attempt,
-    }
-}
-
-/// One JSON object for a message: topic, partition, offset, timestamp, key,
-/// headers and payload (text when UTF-8, else base64-free byte array).
-pub fn json_line(msg: &Message) -> String {
-    json_value(msg).to_string()
-}
-
-/// [`json_line`]'s object, to add to before writing.
-pub fn json_value(msg: &Message) -> serde_json::Value {
-    serde_json::json!({
-        "topic": msg.topic,
-        "partition": msg.partition,
-        "offset": msg.offset,
-        "timestamp_ms": msg.timestamp_ms,
-        "key": msg.key.as_deref().map(weir_queue::json::bytes),
-        "headers": weir_queue::json::headers(&msg.headers),
-        "payload": weir_queue::json::bytes(&msg.payload),
-    })
 }

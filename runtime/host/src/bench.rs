@@ -9,6 +9,7 @@ use wasmtime::{Config, Engine, Store};
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 use crate::bindings::weir::pipeline::host::{self, Level};
+use crate::lower::HandleBatch;
 use crate::{Limits, Message, Result, Runtime, StageContext, describe};
 
 /// Figures of one `weir bench host` run.
@@ -40,7 +41,7 @@ pub fn messages(count: usize, size: usize) -> Vec<Message> {
             partition: 0,
             offset: i as u64,
             key: None,
-            payload: (0..size).map(|j| b'a' + ((i + j) % 26) as u8).collect(),
+            payload: (0..size).map(|j| b'a' + ((i + j) % 26) as u8).collect::<Vec<u8>>().into(),
             headers: Vec::new(),
             timestamp_ms: 0,
             attempt: 1,
@@ -84,10 +85,11 @@ fn engine_err(e: wasmtime::Error) -> crate::Error {
 }
 
 /// The baseline: a stage component instantiated in a plain wasmtime engine
-/// (default config: no limits, no deadline, no pooling), called directly.
+/// (default config: no limits, no deadline, no pooling), called directly
+/// with the same lowering of messages as the host.
 pub struct BareStage {
     store: Store<Bare>,
-    stage: crate::bindings::Stage,
+    handle_batch: HandleBatch,
 }
 
 impl BareStage {
@@ -102,9 +104,12 @@ impl BareStage {
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(engine_err)?;
         crate::bindings::Stage::add_to_linker::<_, wasmtime::component::HasSelf<_>>(&mut linker, |s| s).map_err(engine_err)?;
         let mut store = Store::new(&engine, Bare { wasi: WasiCtxBuilder::new().build(), table: ResourceTable::new() });
-        let stage = crate::bindings::Stage::instantiate(&mut store, &component, &linker).map_err(engine_err)?;
+        let instance = linker.instantiate(&mut store, &component).map_err(engine_err)?;
+        let stage = crate::bindings::Stage::new(&mut store, &instance).map_err(engine_err)?;
         stage.weir_pipeline_consumer().call_init(&mut store, &[]).map_err(engine_err)?.map_err(crate::Error::Engine)?;
-        Ok(BareStage { store, stage })
+        let index = crate::lower::export_index(&component).map_err(engine_err)?;
+        let handle_batch = HandleBatch::find(&mut store, &instance, &index).map_err(engine_err)?;
+        Ok(BareStage { store, handle_batch })
     }
 
     /// Call `handle-batch`, discarding the results.
@@ -112,7 +117,7 @@ impl BareStage {
     /// # Errors
     /// If the call traps.
     pub fn handle_batch(&mut self, batch: &[Message]) -> Result<()> {
-        self.stage.weir_pipeline_consumer().call_handle_batch(&mut self.store, batch).map(drop).map_err(engine_err)
+        self.handle_batch.call(&mut self.store, batch).map(drop).map_err(engine_err)
     }
 }
 
@@ -140,7 +145,7 @@ impl HostileNeighbour {
         let thread = std::thread::spawn(move || {
             let limits = Limits { timeout: Duration::from_millis(10), ..Limits::default() };
             let ctx = StageContext::new("bench", "hostile", Vec::new(), limits);
-            let spin = messages(1, 0).into_iter().map(|m| Message { payload: b"loop".to_vec(), ..m }).collect::<Vec<_>>();
+            let spin = messages(1, 0).into_iter().map(|m| Message { payload: "loop".into(), ..m }).collect::<Vec<_>>();
             let mut stopped = 0;
             while !flag.load(Ordering::Relaxed) {
                 if let Ok(mut inst) = stage.instantiate(&ctx) {

@@ -15,6 +15,8 @@ pub struct Stage {
     pub(crate) runtime: Runtime,
     pub(crate) pre: StagePre<crate::instance::HostState>,
     pub(crate) path: PathBuf,
+    /// Where the component exports `handle-batch`.
+    pub(crate) handle_batch: wasmtime::component::ComponentExportIndex,
     /// Whether it imports `state-put` or `state-delete`.
     writes_state: bool,
 }
@@ -61,8 +63,9 @@ impl Runtime {
                 describe(&e)
             ))
         })?;
+        let handle_batch = crate::lower::export_index(&component).map_err(|e| not_a_stage(describe(&e)))?;
         let writes_state = imports_state_writes(self.engine_ref(), &component);
-        Ok(Stage { runtime: self.clone(), pre, path: path.to_owned(), writes_state })
+        Ok(Stage { runtime: self.clone(), pre, path: path.to_owned(), handle_batch, writes_state })
     }
 }
 

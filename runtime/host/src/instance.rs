@@ -12,6 +12,7 @@ use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 use crate::bindings::weir::pipeline::host::{self, Level};
 use crate::component::Stage;
 use crate::limits::{Limited, LogBucket, StateLimitError};
+use crate::lower::HandleBatch;
 use crate::state::{PendingWrites, StageState, StateMap, WriteSet};
 use crate::{EPOCH_TICK, Error, Limits, Message, MessageError, MessageResult, Result, describe};
 
@@ -358,7 +359,7 @@ impl crate::bindings::weir::pipeline::types::Host for HostState {}
 /// poisoned and must be replaced; [`Instance::is_poisoned`] says so.
 pub struct Instance {
     store: Store<HostState>,
-    bindings: crate::bindings::Stage,
+    handle_batch: HandleBatch,
     poisoned: bool,
     last_writes: Option<Arc<PendingWrites>>,
 }
@@ -374,7 +375,7 @@ impl Stage {
     /// [`Error::Instantiate`] if instantiation fails; [`Error::Init`] if `init`
     /// returns an error, traps or times out.
     pub fn instantiate(&self, ctx: &StageContext) -> Result<Instance> {
-        let (mut store, bindings) = self.instantiate_uninit(ctx)?;
+        let (mut store, bindings, handle_batch) = self.instantiate_uninit(ctx)?;
         let init_err = |reason: String| Error::Init { stage: ctx.stage.clone(), reason };
         let init = bindings.weir_pipeline_consumer().call_init(&mut store, &ctx.config);
         if store.data_mut().end_call(false).1 {
@@ -388,11 +389,11 @@ impl Stage {
                 return Err(init_err(format!("{kind}: {}", describe(&e))));
             }
         }
-        Ok(Instance { store, bindings, poisoned: false, last_writes: None })
+        Ok(Instance { store, handle_batch, poisoned: false, last_writes: None })
     }
 
     /// A new store with the stage's limits and an instance in it, before `init`.
-    pub(crate) fn instantiate_uninit(&self, ctx: &StageContext) -> Result<(Store<HostState>, crate::bindings::Stage)> {
+    pub(crate) fn instantiate_uninit(&self, ctx: &StageContext) -> Result<(Store<HostState>, crate::bindings::Stage, HandleBatch)> {
         let refuse = |e: wasmtime::Error| Error::Instantiate { stage: ctx.stage.clone(), reason: describe(&e) };
         let wasi = wasi_ctx(&ctx.grants).map_err(refuse)?;
         let state = HostState {
@@ -409,8 +410,10 @@ impl Stage {
         store.limiter(|s| &mut s.limiter);
         store.set_epoch_deadline(deadline_ticks(ctx.limits.timeout));
         set_fuel(&mut store, &ctx.limits).map_err(refuse)?;
-        let bindings = self.pre.instantiate(&mut store).map_err(refuse)?;
-        Ok((store, bindings))
+        let instance = self.pre.instance_pre().instantiate(&mut store).map_err(refuse)?;
+        let bindings = crate::bindings::Stage::new(&mut store, &instance).map_err(refuse)?;
+        let handle_batch = HandleBatch::find(&mut store, &instance, &self.handle_batch).map_err(refuse)?;
+        Ok((store, bindings, handle_batch))
     }
 }
 
@@ -493,7 +496,7 @@ impl Instance {
         if let Some(fuel) = limits.max_fuel {
             self.store.set_fuel(fuel).expect("the runtime meters fuel: checked at instantiation");
         }
-        let call = self.bindings.weir_pipeline_consumer().call_handle_batch(&mut self.store, batch);
+        let call = self.handle_batch.call(&mut self.store, batch);
         // Writes of a failed call are dropped.
         let keep = matches!(&call, Ok(r) if r.len() == batch.len());
         self.last_writes = self.store.data_mut().end_call(keep).0;

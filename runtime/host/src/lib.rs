@@ -28,6 +28,7 @@ mod cache;
 mod component;
 mod instance;
 mod limits;
+mod lower;
 mod state;
 
 use std::path::PathBuf;
@@ -57,10 +58,11 @@ mod bindings {
 pub use bindings::weir::pipeline::host::Level;
 /// A stage's reason for not handling a message (the WIT `failure` variant).
 pub use bindings::weir::pipeline::types::Failure;
-/// A message delivered to a stage (the WIT `message` record).
-pub use bindings::weir::pipeline::types::Message;
 /// A message emitted by a stage (the WIT `output` record).
 pub use bindings::weir::pipeline::types::Output;
+/// A message delivered to a stage: weir's own message type, lowered into
+/// the guest as the WIT `message` record.
+pub use weir_queue::Message;
 
 /// The result of one message: its outputs, or why there are none.
 pub type MessageResult = Result<Vec<Output>, MessageError>;

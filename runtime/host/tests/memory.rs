@@ -24,7 +24,7 @@ fn memory_returns_to_baseline_after_memory_bombs() {
         partition: 0,
         offset: 0,
         key: None,
-        payload: b"alloc".to_vec(),
+        payload: "alloc".into(),
         headers: Vec::new(),
         timestamp_ms: 0,
         attempt: 1,

@@ -10,8 +10,8 @@ fn msg(payload: &str) -> Message {
         topic: "t".into(),
         partition: 0,
         offset: 7,
-        key: Some(b"k".to_vec()),
-        payload: payload.as_bytes().to_vec(),
+        key: Some("k".into()),
+        payload: payload.as_bytes().to_vec().into(),
         headers: vec![("h".into(), b"v".to_vec())],
         timestamp_ms: 1,
         attempt: 1,
@@ -37,8 +37,34 @@ fn uppercase_handles_a_batch_in_order() {
         assert_eq!(o.key.as_deref(), Some(&b"k"[..]), "key kept");
         assert_eq!(o.headers, vec![("h".to_string(), b"v".to_vec())], "headers kept");
     }
-    let bad = inst.handle_batch(&[Message { payload: vec![0xff], ..msg("") }]).unwrap();
+    let bad = inst.handle_batch(&[Message { payload: vec![0xff].into(), ..msg("") }]).unwrap();
     assert!(matches!(&bad[0], Err(MessageError::Guest(Failure::Reject(r))) if r.contains("UTF-8")));
+}
+
+#[test]
+fn the_guest_sees_every_field_of_a_message_as_sent() {
+    let rt = Runtime::new().unwrap();
+    let stage = rt.load(&component("hostile")).unwrap();
+    let mut inst = stage.instantiate(&ctx(&[], Limits::default())).unwrap();
+    let shared = bytes::Bytes::from_static(b"describe");
+    let sent = Message {
+        topic: "orders".into(),
+        partition: 3,
+        offset: 1 << 40,
+        key: Some(shared.slice(0..3)),
+        payload: shared,
+        headers: vec![("h1".into(), b"v1".to_vec()), ("h2".into(), vec![])],
+        timestamp_ms: 1_700_000_000_123,
+        attempt: 5,
+    };
+    let out = inst.handle_batch(&[sent.clone(), Message { key: None, headers: vec![], ..sent }]).unwrap();
+    assert_eq!(
+        texts(out),
+        [
+            r#"topic=orders partition=3 offset=1099511627776 key=Some("des") headers=["h1:v1", "h2:"] timestamp_ms=1700000000123 attempt=5"#,
+            r#"topic=orders partition=3 offset=1099511627776 key=None headers=[] timestamp_ms=1700000000123 attempt=5"#,
+        ]
+    );
 }
 
 #[test]

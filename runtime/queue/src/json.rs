@@ -1,9 +1,10 @@
 //! Records as JSON, the one form weir's command line, files and HTTP API
 //! use: `payload` (a string when UTF-8, else an array of bytes), optional
 //! `key` (the same), `headers` (an object of the same), `timestamp_ms` and
-//! `id`.
+//! `id`. A message read from a topic (see [`message`]) adds where it was
+//! read: `topic`, `partition` and `offset`.
 
-use crate::Record;
+use crate::{Message, Record};
 
 /// Bytes as JSON: a string when UTF-8, else an array of bytes.
 pub fn bytes(b: &[u8]) -> serde_json::Value {
@@ -31,6 +32,21 @@ pub fn record_json(r: &Record) -> serde_json::Value {
         v["id"] = id.clone().into();
     }
     v
+}
+
+/// A message as one JSON object: `topic`, `partition`, `offset`,
+/// `timestamp_ms`, `key` (null when none), `headers` and `payload`, bytes
+/// as [`bytes`] writes them. [`record_from_json`] reads it back as a record.
+pub fn message(msg: &Message) -> serde_json::Value {
+    serde_json::json!({
+        "topic": &*msg.topic,
+        "partition": msg.partition,
+        "offset": msg.offset,
+        "timestamp_ms": msg.timestamp_ms,
+        "key": msg.key.as_deref().map(bytes),
+        "headers": headers(&msg.headers),
+        "payload": bytes(&msg.payload),
+    })
 }
 
 /// A message written as JSON, in the form weir writes messages as JSON lines: `payload` (a

@@ -12,7 +12,7 @@ use axum::http::StatusCode;
 use axum::routing::{MethodRouter, post};
 use serde::Deserialize;
 use serde_json::{Value, json};
-use weir_queue::{Consumer, ConsumerOptions, DeliveryId, StartFrom};
+use weir_queue::{Consumer, ConsumerOptions, DeliveryId, Message, StartFrom};
 
 use super::{ApiError, ApiState, bad, blocking, read_body, too_many};
 
@@ -124,6 +124,7 @@ pub(super) async fn fetch(
         move || s.consumer(&topic, &group, q.start.as_deref())
     })
     .await?;
+    let topic: Arc<str> = topic.into();
     let deadline = tokio::time::Instant::now() + Duration::from_millis(q.wait_ms);
     let _permit = if q.wait_ms > 0 {
         let permit = s.long_polls.clone().try_acquire_owned().map_err(|_| {
@@ -149,7 +150,7 @@ pub(super) async fn fetch(
                 .into_iter()
                 .map(|d| {
                     let attempt = d.attempt;
-                    let mut v = weir_engine::json_value(&weir_engine::message_from_record(&topic, d.record, attempt));
+                    let mut v = weir_queue::json::message(&Message::from_stored(topic.clone(), d.record, attempt));
                     v["attempt"] = json!(attempt);
                     v
                 })

@@ -4,7 +4,7 @@
 
 use async_nats::jetstream;
 use async_nats::{HeaderMap, Subject};
-use weir_host::Message;
+use weir_queue::Message;
 use weir_queue::Record;
 
 /// The header that carries a message's key (NATS messages have none of their own).
@@ -85,11 +85,11 @@ pub fn jetstream_message(m: jetstream::Message) -> Option<(Message, Subject)> {
     let msg = m.message;
     let (key, headers) = from_nats_headers(msg.headers.as_ref());
     let message = Message {
-        topic: msg.subject.to_string(),
+        topic: msg.subject.as_str().into(),
         partition: 0,
         offset,
-        key,
-        payload: msg.payload.to_vec(),
+        key: key.map(Into::into),
+        payload: msg.payload,
         headers,
         timestamp_ms: published_ms,
         attempt,

@@ -6,15 +6,15 @@ use std::sync::atomic::AtomicBool;
 use std::sync::mpsc::{Receiver, Sender};
 use std::sync::{Arc, Mutex};
 
-use weir_host::{LogBucket, Message, Output};
-use weir_queue::{DeliveryId, Queue, Record, StateStore, StateWrite, dlq_headers};
+use weir_host::{LogBucket, Output};
+use weir_queue::{DeliveryId, Message, Queue, Record, StateStore, StateWrite, dlq_headers};
 
 use super::stage::summarise_suppressed;
 use crate::Result;
 use crate::batch::{Batch, DeadLetter, Fate, Origin, Settlement, StateDelta};
 use crate::config::{DeadLetterTo, Pipeline};
 use crate::nats::Nats;
-use crate::sink::{SinkWriter, Writes, record};
+use crate::sink::{SinkWriter, Writes};
 use crate::stats::{PipelineStats, now_ms, since};
 
 pub(super) struct SinkWorker<'a> {
@@ -60,11 +60,11 @@ fn fan_out(per_sink: &mut [Vec<Message>], to: &[usize], msg: Message) {
 /// A routed output as a message, placed at its origin.
 fn routed_message(o: &Origin, topic: String, out: Output) -> Message {
     Message {
-        topic,
+        topic: topic.into(),
         partition: o.id.partition,
         offset: o.id.offset,
-        key: out.key,
-        payload: out.payload,
+        key: out.key.map(Into::into),
+        payload: out.payload.into(),
         headers: out.headers,
         timestamp_ms: 0,
         attempt: o.attempt,
@@ -311,7 +311,7 @@ impl SinkWorker<'_> {
                         tracing::warn!(%stage, kind, %reason, partition = o.id.partition, offset = o.id.offset, "message dead-lettered");
                         summarise_suppressed("dead letters", suppressed);
                     }
-                    let mut rec = record(msg);
+                    let mut rec = msg.into_record();
                     let why = DeadLetter { stage: &stage, kind, reason, source: &self.source_name, id: o.id, attempt: o.attempt };
                     why.add_headers(&mut rec);
                     // Same id as the queue's own dead letters: a replay after a

@@ -5,7 +5,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender};
 use std::time::Instant;
 
-use weir_host::{Failure, Instance, LogBucket, Message, MessageError, MessageResult, Output, PendingWrites, StageContext};
+use weir_host::{Failure, Instance, LogBucket, MessageError, MessageResult, Output, PendingWrites, StageContext};
+use weir_queue::Message;
 
 use crate::Result;
 use crate::batch::{Batch, Fate, Item, StateDelta};
@@ -316,8 +317,8 @@ fn message_from(origin_msg: &Message, out: Output) -> Message {
         topic: origin_msg.topic.clone(),
         partition: origin_msg.partition,
         offset: origin_msg.offset,
-        key: out.key,
-        payload: out.payload,
+        key: out.key.map(Into::into),
+        payload: out.payload.into(),
         headers: out.headers,
         timestamp_ms: origin_msg.timestamp_ms,
         attempt: origin_msg.attempt,

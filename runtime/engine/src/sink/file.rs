@@ -4,7 +4,7 @@
 use std::io::Write;
 use std::path::Path;
 
-use weir_host::Message;
+use weir_queue::Message;
 
 use super::{SinkWriter, Writes, line};
 use crate::{Error, Result};

@@ -17,8 +17,7 @@ use std::io::Write;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 
-use weir_host::Message;
-use weir_queue::{Queue, Record};
+use weir_queue::{Message, Queue, Record};
 
 use crate::config::{Pipeline, Sink};
 use crate::nats::{IdRecords, Nats};
@@ -114,14 +113,9 @@ impl Writes {
 /// A message as one output line: its payload's bytes, or a JSON object.
 fn line(json: bool, msg: &Message, out: &mut Vec<u8>) {
     if json {
-        out.extend_from_slice(crate::json_line(msg).as_bytes());
+        out.extend_from_slice(weir_queue::json::message(msg).to_string().as_bytes());
     } else {
         out.extend_from_slice(&msg.payload);
     }
     out.push(b'\n');
-}
-
-/// A message as the record a topic or subject stores.
-pub(crate) fn record(msg: Message) -> Record {
-    Record { key: msg.key, headers: msg.headers, payload: msg.payload, timestamp_ms: Some(msg.timestamp_ms), id: None }
 }

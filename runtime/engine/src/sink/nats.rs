@@ -5,9 +5,9 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use weir_host::Message;
+use weir_queue::Message;
 
-use super::{SinkWriter, Writes, record};
+use super::{SinkWriter, Writes};
 use crate::Result;
 use crate::nats::{IdRecords, Nats, wire_len};
 
@@ -39,14 +39,14 @@ impl SinkWriter for NatsSink {
 /// when its input is redelivered. No ids when source ids do not survive
 /// a restart.
 fn output_ids(prefix: Option<&str>, sink: &str, msgs: Vec<Message>) -> IdRecords {
-    let Some(prefix) = prefix else { return msgs.into_iter().map(|m| (None, record(m))).collect() };
+    let Some(prefix) = prefix else { return msgs.into_iter().map(|m| (None, m.into_record())).collect() };
     let mut seen: HashMap<(u32, u64), u32> = HashMap::new();
     msgs.into_iter()
         .map(|m| {
             let n = seen.entry((m.partition, m.offset)).or_default();
             let id = format!("{prefix}/{}/{}/{sink}/{n}", m.partition, m.offset);
             *n += 1;
-            (Some(id), record(m))
+            (Some(id), m.into_record())
         })
         .collect()
 }

@@ -1,8 +1,8 @@
 //! A topic of the embedded queue.
 
-use weir_host::Message;
+use weir_queue::Message;
 
-use super::{SinkWriter, Writes, record};
+use super::{SinkWriter, Writes};
 use crate::Result;
 
 pub(super) struct QueueSink {
@@ -17,7 +17,7 @@ impl SinkWriter for QueueSink {
     }
 
     fn take(&mut self, msgs: Vec<Message>, writes: &mut Writes) -> Result<()> {
-        writes.publish(&self.topic, msgs.into_iter().map(record));
+        writes.publish(&self.topic, msgs.into_iter().map(Message::into_record));
         Ok(())
     }
 }

@@ -1,7 +1,7 @@
 //! Standard output: one line per message, printed once the batch's other
 //! writes are durable. A closed pipe (`weir run … | head`) is not an error.
 
-use weir_host::Message;
+use weir_queue::Message;
 
 use super::{SinkWriter, Writes, line};
 use crate::Result;

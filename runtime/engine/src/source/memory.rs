@@ -4,10 +4,11 @@
 //! until they are settled, and redelivers retried and released ones.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TryRecvError, sync_channel};
 use std::time::{Duration, Instant};
 
-use weir_queue::{Delivery, DeliveryId, Queue, Record, StoredRecord};
+use weir_queue::{DeliveryId, Message, Queue, Record};
 
 use super::Feed;
 use crate::Result;
@@ -32,14 +33,16 @@ pub(super) enum Read {
 }
 
 pub(crate) struct MemoryFeed {
-    name: String,
+    name: Arc<str>,
     rx: Receiver<Read>,
     exhausted: bool,
     /// Offset of the next new message (its line number from 0).
     next: u64,
-    in_flight: HashMap<u64, (u32, StoredRecord)>,
-    /// offset → (due, attempt, record).
-    redeliver: BTreeMap<u64, (Instant, u32, StoredRecord)>,
+    /// Delivered, not yet settled: offset → the message (a cheap clone of
+    /// what was handed out: shared payload and key).
+    in_flight: HashMap<u64, Fetched>,
+    /// offset → (due, the message to deliver again).
+    redeliver: BTreeMap<u64, (Instant, Fetched)>,
     max_in_flight: usize,
     dead_letter: Option<(Queue, String)>,
 }
@@ -48,7 +51,7 @@ impl MemoryFeed {
     /// Take what `rx` reads; lines that are not messages go to `dead_letter`.
     pub(super) fn new(name: String, rx: Receiver<Read>, max_in_flight: usize, dead_letter: Option<(Queue, String)>) -> MemoryFeed {
         MemoryFeed {
-            name,
+            name: name.into(),
             rx,
             exhausted: false,
             next: 0,
@@ -60,19 +63,26 @@ impl MemoryFeed {
     }
 
     fn again(&mut self, id: DeliveryId, delay: Duration, extra_attempt: u32) {
-        if let Some((attempt, record)) = self.in_flight.remove(&id.offset) {
-            self.redeliver.insert(id.offset, (Instant::now() + delay, attempt + extra_attempt, record));
+        if let Some(mut f) = self.in_flight.remove(&id.offset) {
+            f.attempt += extra_attempt;
+            f.msg.attempt = f.attempt;
+            self.redeliver.insert(id.offset, (Instant::now() + delay, f));
         }
     }
 
-    fn take(&mut self, max: usize, wait: Duration) -> Result<Vec<Delivery>> {
+    /// Hand out `f`, keeping a copy until it is settled.
+    fn deliver(&mut self, f: Fetched, out: &mut Vec<Fetched>) {
+        self.in_flight.insert(f.id.offset, f.clone());
+        out.push(f);
+    }
+
+    fn take(&mut self, max: usize, wait: Duration) -> Result<Vec<Fetched>> {
         let now = Instant::now();
         let mut out = Vec::new();
-        let due: Vec<u64> = self.redeliver.iter().filter(|(_, (t, ..))| *t <= now).map(|(o, _)| *o).take(max).collect();
+        let due: Vec<u64> = self.redeliver.iter().filter(|(_, (t, _))| *t <= now).map(|(o, _)| *o).take(max).collect();
         for offset in due {
-            let (_, attempt, record) = self.redeliver.remove(&offset).expect("listed above");
-            self.in_flight.insert(offset, (attempt, record.clone()));
-            out.push(Delivery { record, attempt });
+            let (_, f) = self.redeliver.remove(&offset).expect("listed above");
+            self.deliver(f, &mut out);
         }
         let deadline = now + wait;
         while out.len() < max && self.in_flight.len() < self.max_in_flight && !self.exhausted {
@@ -99,17 +109,19 @@ impl MemoryFeed {
             self.next += 1;
             match read {
                 Read::Record(r) => {
-                    let record = StoredRecord {
+                    let timestamp_ms = r.timestamp_ms.unwrap_or(0);
+                    let msg = Message {
+                        topic: self.name.clone(),
                         partition: 0,
                         offset,
-                        append_timestamp_ms: r.timestamp_ms.unwrap_or(0),
-                        timestamp_ms: r.timestamp_ms.unwrap_or(0),
-                        key: r.key,
+                        key: r.key.map(Into::into),
+                        payload: r.payload.into(),
                         headers: r.headers,
-                        payload: r.payload,
+                        timestamp_ms,
+                        attempt: 1,
                     };
-                    self.in_flight.insert(offset, (1, record.clone()));
-                    out.push(Delivery { record, attempt: 1 });
+                    let f = Fetched { id: DeliveryId { partition: 0, offset }, attempt: 1, appended_ms: timestamp_ms, msg };
+                    self.deliver(f, &mut out);
                 }
                 Read::Bad { line, reason } => self.dead_letter_line(offset, line, reason)?,
             }
@@ -131,7 +143,7 @@ impl MemoryFeed {
 
 impl Feed for MemoryFeed {
     fn fetch(&mut self, max: usize, wait: Duration) -> Result<Vec<Fetched>> {
-        Ok(self.take(max, wait)?.into_iter().map(|d| Fetched::from_delivery(&self.name, d)).collect())
+        self.take(max, wait)
     }
 
     fn ack(&mut self, id: DeliveryId) {

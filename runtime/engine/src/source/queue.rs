@@ -2,6 +2,7 @@
 //! redelivery with backoff and the queue's own dead-letter backstop come
 //! from [`weir_queue::Consumer`]; progress is the group's committed offsets.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use weir_queue::{Consumer, ConsumerOptions, DeliveryId, Queue};
@@ -37,8 +38,8 @@ pub(super) fn open(pipeline: &Pipeline, queue: &Queue, max_attempts: u32) -> Res
 impl Feed for Consumer {
     fn fetch(&mut self, max: usize, wait: Duration) -> Result<Vec<Fetched>> {
         let deliveries = Consumer::fetch(self, max, wait)?;
-        let topic = self.topic();
-        Ok(deliveries.into_iter().map(|d| Fetched::from_delivery(topic, d)).collect())
+        let topic: Arc<str> = self.topic().into();
+        Ok(deliveries.into_iter().map(|d| Fetched::from_delivery(&topic, d)).collect())
     }
 
     fn ack(&mut self, id: DeliveryId) {
