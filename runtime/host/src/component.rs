@@ -2,7 +2,7 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::bindings::StagePre;
+use crate::bindings::{StageIndices, StagePre};
 use crate::{Error, Result, Runtime, describe};
 
 const WASM_MAGIC: &[u8; 4] = b"\0asm";
@@ -15,7 +15,9 @@ pub struct Stage {
     pub(crate) runtime: Runtime,
     pub(crate) pre: StagePre<crate::instance::HostState>,
     pub(crate) path: PathBuf,
-    /// Where the component exports `handle-batch`.
+    /// Where the component exports its functions: `init` through the
+    /// bindings, `handle-batch` for weir's own lowering.
+    pub(crate) indices: StageIndices,
     pub(crate) handle_batch: wasmtime::component::ComponentExportIndex,
     /// Whether it imports `state-put` or `state-delete`.
     writes_state: bool,
@@ -63,9 +65,10 @@ impl Runtime {
                 describe(&e)
             ))
         })?;
+        let indices = StageIndices::new(pre.instance_pre()).map_err(|e| not_a_stage(describe(&e)))?;
         let handle_batch = crate::lower::export_index(&component).map_err(|e| not_a_stage(describe(&e)))?;
         let writes_state = imports_state_writes(self.engine_ref(), &component);
-        Ok(Stage { runtime: self.clone(), pre, path: path.to_owned(), handle_batch, writes_state })
+        Ok(Stage { runtime: self.clone(), pre, path: path.to_owned(), indices, handle_batch, writes_state })
     }
 }
 

@@ -411,7 +411,7 @@ impl Stage {
         store.set_epoch_deadline(deadline_ticks(ctx.limits.timeout));
         set_fuel(&mut store, &ctx.limits).map_err(refuse)?;
         let instance = self.pre.instance_pre().instantiate(&mut store).map_err(refuse)?;
-        let bindings = crate::bindings::Stage::new(&mut store, &instance).map_err(refuse)?;
+        let bindings = self.indices.load(&mut store, &instance).map_err(refuse)?;
         let handle_batch = HandleBatch::find(&mut store, &instance, &self.handle_batch).map_err(refuse)?;
         Ok((store, bindings, handle_batch))
     }
