@@ -129,6 +129,12 @@ pub enum Error {
         /// The topic.
         topic: String,
     },
+    /// The topic cannot be deleted while a consumer of this process reads it.
+    #[error("topic `{name}` is being consumed; stop its consumers first")]
+    TopicInUse {
+        /// The topic.
+        name: String,
+    },
     /// A topic of that name already exists.
     #[error("topic `{name}` already exists (with {partitions} partition(s))")]
     TopicExists {
@@ -347,11 +353,7 @@ impl Queue {
         let topic = topics.get(name).ok_or_else(|| Error::UnknownTopic(name.to_owned()))?;
         // Only the map holds it, unless a consumer does too.
         if Arc::strong_count(topic) > 1 {
-            return Err(Error::Invalid {
-                what: "topic",
-                value: name.to_owned(),
-                reason: "is being consumed; stop its consumers first".into(),
-            });
+            return Err(Error::TopicInUse { name: name.to_owned() });
         }
         // Offsets and state first: a crash after them leaves the topic, read
         // again from the start. (A topic made again gets another key, so

@@ -183,6 +183,7 @@ fn a_deleted_topic_is_gone_with_its_offsets_but_not_while_consumed() {
     }
     c.commit().unwrap();
     let refused = q.delete_topic("t").expect_err("a consumed topic is not deleted");
+    assert!(matches!(&refused, weir_queue::Error::TopicInUse { name } if name == "t"), "{refused}");
     assert!(refused.to_string().contains("being consumed"), "{refused}");
     drop(c);
     q.delete_topic("t").unwrap();

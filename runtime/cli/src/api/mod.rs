@@ -286,7 +286,9 @@ impl From<weir_queue::Error> for ApiError {
     fn from(e: weir_queue::Error) -> Self {
         let status = match &e {
             weir_queue::Error::UnknownTopic(_) => StatusCode::NOT_FOUND,
-            weir_queue::Error::TopicExists { .. } | weir_queue::Error::GroupInUse { .. } => StatusCode::CONFLICT,
+            weir_queue::Error::TopicExists { .. } | weir_queue::Error::TopicInUse { .. } | weir_queue::Error::GroupInUse { .. } => {
+                StatusCode::CONFLICT
+            }
             weir_queue::Error::Invalid { .. } => StatusCode::BAD_REQUEST,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
@@ -348,13 +350,7 @@ async fn delete_topic(State(s): State<Arc<ApiState>>, Path(topic): Path<String>)
     }
     s.consumers.lock().expect("consumer map poisoned").retain(|(t, _), _| *t != topic);
     let name = topic.clone();
-    blocking(move || {
-        s.queue.delete_topic(&name).map_err(|e| match e {
-            weir_queue::Error::Invalid { .. } => ApiError(StatusCode::CONFLICT, e.to_string()),
-            e => e.into(),
-        })
-    })
-    .await?;
+    blocking(move || s.queue.delete_topic(&name).map_err(ApiError::from)).await?;
     Ok(Json(json!({ "deleted": topic })))
 }
 
