@@ -411,3 +411,51 @@ name = "alerts"
     assert_eq!(weir.consume_all("alerts"), ["route:alerts"], "the declared topic itself");
     assert_eq!(weir.consume_all("out"), ["plain", "route:alerts"]);
 }
+
+/// Lines typed into a terminal (or sent down a pipe that stays open) are
+/// processed as they come: no source waits to fill a batch or a chunk while
+/// a message is waiting.
+#[test]
+fn a_line_on_an_open_stdin_is_processed_before_the_next_one_comes() {
+    let weir = Weir::new();
+    let dir = tempfile::tempdir().unwrap();
+    let p = pipeline_file(
+        dir.path(),
+        "live.toml",
+        r#"[pipeline]
+name = "live"
+
+[source]
+type = "stdin"
+
+[[stage]]
+name = "shout"
+module = "{component:uppercase}"
+
+[[sink]]
+type = "stdout"
+"#,
+    );
+    let mut child = weir
+        .cmd(&["run", p.to_str().unwrap(), "--drain"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut input = child.stdin.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stdout = child.stdout.take().unwrap();
+    std::thread::spawn(move || BufReader::new(stdout).lines().map_while(Result::ok).try_for_each(|l| tx.send(l)));
+    for word in ["first", "second"] {
+        use std::io::Write;
+        writeln!(input, "{word}").unwrap();
+        input.flush().unwrap();
+        // Generous: under load a line takes milliseconds; one held back
+        // until end of input would never come.
+        let got = rx.recv_timeout(Duration::from_secs(60)).expect("the line is processed while stdin stays open");
+        assert_eq!(got, word.to_uppercase());
+    }
+    drop(input);
+    assert!(child.wait().unwrap().success(), "ends at the end of its input");
+}

@@ -1,31 +1,34 @@
 //! The generator: `count` messages (or endless) of `size` bytes over `keys`
 //! keys, at `rate` per second (or as fast as the pipeline takes them).
 
-use std::sync::mpsc::{Receiver, SyncSender};
+use std::sync::mpsc::Receiver;
 use std::time::{Duration, Instant};
 
 use weir_queue::Record;
 
-use super::memory::{Read, spawn_reader};
+use super::memory::{Read, Reads, spawn_reader};
 use crate::config::Generator;
 use crate::stats::now_ms;
 
-pub(super) fn spawn(g: Generator) -> Receiver<Read> {
-    spawn_reader("weir-generator", move |tx| generate(&g, &tx))
+pub(super) fn spawn(g: Generator) -> Receiver<Vec<Read>> {
+    spawn_reader("weir-generator", move |tx| generate(&g, tx))
 }
 
-fn generate(g: &Generator, tx: &SyncSender<Read>) {
+fn generate(g: &Generator, tx: &mut Reads) {
     let started = Instant::now();
     let mut i = 0u64;
     while g.count.is_none_or(|n| i < n) {
         if let Some(rate) = g.rate {
             let due = started + Duration::from_secs_f64(i as f64 / rate as f64);
             if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                if !tx.flush() {
+                    return;
+                }
                 std::thread::sleep(wait);
             }
         }
         let read = Read::Record(Record { timestamp_ms: Some(now_ms()), ..g.record(i) });
-        if tx.send(read).is_err() {
+        if !tx.send(read) {
             return;
         }
         i += 1;
@@ -34,19 +37,15 @@ fn generate(g: &Generator, tx: &SyncSender<Read>) {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::mpsc::sync_channel;
-
     use super::*;
 
     #[test]
     fn the_generator_makes_distinct_sized_keyed_messages() {
-        let (tx, rx) = sync_channel(100);
-        generate(&Generator { count: Some(30), size: 20, rate: None, keys: 3 }, &tx);
-        drop(tx);
-        let recs: Vec<Record> = rx.iter().map(|r| if let Read::Record(r) = r { r } else { panic!() }).collect();
-        assert_eq!(recs.len(), 30);
+        let rx = spawn(Generator { count: Some(100), size: 20, rate: None, keys: 3 });
+        let recs: Vec<Record> = rx.iter().flatten().map(|r| if let Read::Record(r) = r { r } else { panic!() }).collect();
+        assert_eq!(recs.len(), 100, "every message, the last chunk not full");
         assert!(recs.iter().all(|r| r.payload.len() == 20));
-        assert_eq!(recs.iter().map(|r| &r.payload).collect::<std::collections::HashSet<_>>().len(), 30);
+        assert_eq!(recs.iter().map(|r| &r.payload).collect::<std::collections::HashSet<_>>().len(), 100);
         assert_eq!(recs[4].key.as_deref(), Some(&b"k1"[..]));
     }
 }

@@ -2,28 +2,32 @@
 //! payload, or (with `json = true`) a JSON object as `weir consume --format
 //! json` writes it. A line that is not such an object is dead-lettered.
 
-use std::io::BufRead;
+use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::sync::mpsc::{Receiver, SyncSender};
+use std::sync::mpsc::Receiver;
 
 use weir_queue::Record;
 
-use super::memory::{Read, spawn_reader};
+use super::memory::{Read, Reads, spawn_reader};
 use crate::stats::now_ms;
 
-pub(super) fn read_stdin(json: bool) -> Receiver<Read> {
-    spawn_reader("weir-stdin", move |tx| read_lines(std::io::stdin().lock(), json, &tx))
+pub(super) fn read_stdin(json: bool) -> Receiver<Vec<Read>> {
+    spawn_reader("weir-stdin", move |tx| read_lines(BufReader::with_capacity(1 << 16, std::io::stdin()), json, tx))
 }
 
 /// Open `path` now, so a missing file fails the run before it starts.
-pub(super) fn read_file(path: &Path, json: bool) -> std::io::Result<Receiver<Read>> {
-    let file = std::io::BufReader::with_capacity(1 << 16, std::fs::File::open(path)?);
-    Ok(spawn_reader("weir-file", move |tx| read_lines(file, json, &tx)))
+pub(super) fn read_file(path: &Path, json: bool) -> std::io::Result<Receiver<Vec<Read>>> {
+    let file = BufReader::with_capacity(1 << 16, std::fs::File::open(path)?);
+    Ok(spawn_reader("weir-file", move |tx| read_lines(file, json, tx)))
 }
 
-fn read_lines(mut input: impl BufRead, json: bool, tx: &SyncSender<Read>) {
+fn read_lines(mut input: BufReader<impl std::io::Read>, json: bool, tx: &mut Reads) {
     let mut line = Vec::new();
     loop {
+        // The next read may block (a terminal, a pipe): send what is read first.
+        if input.buffer().is_empty() && !tx.flush() {
+            return;
+        }
         line.clear();
         match input.read_until(b'\n', &mut line) {
             Ok(0) => return,
@@ -41,7 +45,7 @@ fn read_lines(mut input: impl BufRead, json: bool, tx: &SyncSender<Read>) {
         }
         let read =
             if json { parse_json(&line) } else { Read::Record(Record { timestamp_ms: Some(now_ms()), ..Record::new(line.clone()) }) };
-        if tx.send(read).is_err() {
+        if !tx.send(read) {
             return;
         }
     }

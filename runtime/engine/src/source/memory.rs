@@ -1,12 +1,15 @@
 //! The feed behind every ephemeral source: a reader thread (standard input,
 //! a file, the generator, a core NATS subject) sends what it reads into a
-//! bounded channel; this side numbers the messages, keeps those delivered
-//! until they are settled, and redelivers retried and released ones.
+//! bounded channel, in chunks; this side numbers the messages, keeps those
+//! delivered until they are settled, and redelivers retried and released
+//! ones.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TryRecvError, sync_channel};
 use std::time::{Duration, Instant};
+
+use rustc_hash::FxHashMap;
 
 use weir_queue::{DeliveryId, Message, Queue, Record};
 
@@ -14,16 +17,50 @@ use super::Feed;
 use crate::Result;
 use crate::batch::{DeadLetter, Fetched};
 
-/// Messages buffered between a reader thread and the pipeline.
+/// Messages buffered between a reader thread and the pipeline, at most.
 const READ_AHEAD: usize = 4096;
+/// Reads per chunk: one channel operation (and at most one wake-up of the
+/// other side) per this many messages, not per message.
+const CHUNK: usize = 64;
 
 /// Run a reader on a thread of its own, sending into a bounded channel;
 /// the receiving end is what [`MemoryFeed`] takes from. Detached: a reader
 /// blocked on standard input must not hold up exit.
-pub(super) fn spawn_reader(name: &str, f: impl FnOnce(SyncSender<Read>) + Send + 'static) -> Receiver<Read> {
-    let (tx, rx) = sync_channel(READ_AHEAD);
-    std::thread::Builder::new().name(name.into()).spawn(move || f(tx)).expect("spawn a reader thread");
+pub(super) fn spawn_reader(name: &str, f: impl FnOnce(&mut Reads) + Send + 'static) -> Receiver<Vec<Read>> {
+    let (tx, rx) = sync_channel(READ_AHEAD / CHUNK);
+    let run = move || {
+        let mut reads = Reads { tx, chunk: Vec::with_capacity(CHUNK) };
+        f(&mut reads);
+        reads.flush();
+    };
+    std::thread::Builder::new().name(name.into()).spawn(run).expect("spawn a reader thread");
     rx
+}
+
+/// A reader thread's sending end. Reads are gathered into chunks; a reader
+/// calls [`Reads::flush`] before it may block (waiting for input or for its
+/// rate), so nothing it has read waits for a chunk to fill.
+pub(super) struct Reads {
+    tx: SyncSender<Vec<Read>>,
+    chunk: Vec<Read>,
+}
+
+impl Reads {
+    /// Add `read`, sending the chunk when it is full. False once the
+    /// pipeline has stopped taking reads: the reader should end.
+    pub(super) fn send(&mut self, read: Read) -> bool {
+        self.chunk.push(read);
+        self.chunk.len() < CHUNK || self.flush()
+    }
+
+    /// Send what is gathered. False once the pipeline has stopped taking reads.
+    pub(super) fn flush(&mut self) -> bool {
+        if self.chunk.is_empty() {
+            return true;
+        }
+        let chunk = std::mem::replace(&mut self.chunk, Vec::with_capacity(CHUNK));
+        self.tx.send(chunk).is_ok()
+    }
 }
 
 /// What a reader thread sends: a message, or a line it could not parse.
@@ -34,13 +71,15 @@ pub(super) enum Read {
 
 pub(crate) struct MemoryFeed {
     name: Arc<str>,
-    rx: Receiver<Read>,
+    rx: Receiver<Vec<Read>>,
+    /// Received, not yet delivered (the rest of a chunk).
+    ahead: VecDeque<Read>,
     exhausted: bool,
     /// Offset of the next new message (its line number from 0).
     next: u64,
     /// Delivered, not yet settled: offset → the message (a cheap clone of
     /// what was handed out: shared payload and key).
-    in_flight: HashMap<u64, Fetched>,
+    in_flight: FxHashMap<u64, Fetched>,
     /// offset → (due, the message to deliver again).
     redeliver: BTreeMap<u64, (Instant, Fetched)>,
     max_in_flight: usize,
@@ -49,13 +88,14 @@ pub(crate) struct MemoryFeed {
 
 impl MemoryFeed {
     /// Take what `rx` reads; lines that are not messages go to `dead_letter`.
-    pub(super) fn new(name: String, rx: Receiver<Read>, max_in_flight: usize, dead_letter: Option<(Queue, String)>) -> MemoryFeed {
+    pub(super) fn new(name: String, rx: Receiver<Vec<Read>>, max_in_flight: usize, dead_letter: Option<(Queue, String)>) -> MemoryFeed {
         MemoryFeed {
             name: name.into(),
             rx,
+            ahead: VecDeque::new(),
             exhausted: false,
             next: 0,
-            in_flight: HashMap::new(),
+            in_flight: FxHashMap::default(),
             redeliver: BTreeMap::new(),
             max_in_flight,
             dead_letter,
@@ -85,25 +125,34 @@ impl MemoryFeed {
             self.deliver(f, &mut out);
         }
         let deadline = now + wait;
-        while out.len() < max && self.in_flight.len() < self.max_in_flight && !self.exhausted {
-            let read = if out.is_empty() {
-                match self.rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
-                    Ok(r) => r,
-                    Err(RecvTimeoutError::Timeout) => break,
-                    Err(RecvTimeoutError::Disconnected) => {
-                        self.exhausted = true;
-                        break;
-                    }
+        while out.len() < max && self.in_flight.len() < self.max_in_flight {
+            let Some(read) = self.ahead.pop_front() else {
+                if self.exhausted {
+                    break;
                 }
-            } else {
-                match self.rx.try_recv() {
-                    Ok(r) => r,
-                    Err(TryRecvError::Empty) => break,
-                    Err(TryRecvError::Disconnected) => {
-                        self.exhausted = true;
-                        break;
+                // Wait only while nothing is taken yet: a batch is never
+                // held back to fill up.
+                let chunk = if out.is_empty() {
+                    match self.rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+                        Ok(c) => c,
+                        Err(RecvTimeoutError::Timeout) => break,
+                        Err(RecvTimeoutError::Disconnected) => {
+                            self.exhausted = true;
+                            break;
+                        }
                     }
-                }
+                } else {
+                    match self.rx.try_recv() {
+                        Ok(c) => c,
+                        Err(TryRecvError::Empty) => break,
+                        Err(TryRecvError::Disconnected) => {
+                            self.exhausted = true;
+                            break;
+                        }
+                    }
+                };
+                self.ahead.extend(chunk);
+                continue;
             };
             let offset = self.next;
             self.next += 1;
@@ -163,6 +212,6 @@ impl Feed for MemoryFeed {
     }
 
     fn is_settled(&mut self) -> bool {
-        self.exhausted && self.in_flight.is_empty() && self.redeliver.is_empty()
+        self.exhausted && self.ahead.is_empty() && self.in_flight.is_empty() && self.redeliver.is_empty()
     }
 }

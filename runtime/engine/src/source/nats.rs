@@ -308,14 +308,15 @@ impl Feed for JetStreamFeed {
 }
 
 /// Read a core subject (in `queue_group` if given) on a thread of its own.
-pub(super) fn read_core(nats: &Arc<Nats>, subject: &str, queue_group: Option<&str>) -> Result<Receiver<Read>> {
+pub(super) fn read_core(nats: &Arc<Nats>, subject: &str, queue_group: Option<&str>) -> Result<Receiver<Vec<Read>>> {
     let nats = nats.clone();
     let mut sub = nats.subscribe(subject, queue_group)?;
     Ok(spawn_reader("weir-nats-sub", move |tx| {
         while let Some(m) = nats.next(&mut sub) {
             let (key, headers) = from_nats_headers(m.headers.as_ref());
             let record = Record { key, headers, payload: m.payload.to_vec(), timestamp_ms: Some(now_ms()), id: None };
-            if tx.send(Read::Record(record)).is_err() {
+            // Each as it comes: the next may be long in coming.
+            if !(tx.send(Read::Record(record)) && tx.flush()) {
                 return;
             }
         }
