@@ -47,5 +47,9 @@ mod tests {
         assert!(recs.iter().all(|r| r.payload.len() == 20));
         assert_eq!(recs.iter().map(|r| &r.payload).collect::<std::collections::HashSet<_>>().len(), 100);
         assert_eq!(recs[4].key.as_deref(), Some(&b"k1"[..]));
+        assert_eq!(recs[3].payload, b"000000000003pqrstuvw", "the index, then letter (i + j) % 26 at byte j");
+        let long = Generator { count: None, size: 80, rate: None, keys: 0 }.record(25).payload;
+        assert!(long[12..].iter().enumerate().all(|(k, &b)| b == b'a' + ((25 + 12 + k) % 26) as u8), "{}", String::from_utf8_lossy(&long));
+        assert_eq!(Generator { count: None, size: 5, rate: None, keys: 0 }.record(7).payload, b"00000", "cut to size");
     }
 }
