@@ -140,7 +140,12 @@ impl Collector for StatsCollector {
         let hist = |f: &dyn Fn(&weir_engine::StageStats) -> &Latency| -> Vec<(Labels, &Latency)> {
             stages.iter().map(|s| (stage(&s.name), f(s))).collect()
         };
-        histogram(&mut e, "weir_stage_message_seconds", "Call time per message.", &hist(&|s| &s.per_message))?;
+        histogram(
+            &mut e,
+            "weir_stage_message_seconds",
+            "Time per message: each call's time divided by its batch size, once per message of the call.",
+            &hist(&|s| &s.per_message),
+        )?;
         histogram(&mut e, "weir_stage_call_seconds", "Time of one handle-batch call.", &hist(&|s| &s.per_call))?;
         histogram(&mut e, "weir_stage_queue_wait_seconds", "Time a batch waited before the stage took it.", &hist(&|s| &s.queue_wait))?;
         histogram(&mut e, "weir_stage_end_to_end_seconds", "Producer timestamp to the stage (ms resolution).", &hist(&|s| &s.end_to_end))?;

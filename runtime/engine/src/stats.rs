@@ -489,7 +489,10 @@ pub struct StageReport {
     pub instances_replaced: u64,
     /// Share of the run's wall time spent handling batches (can exceed 1 with concurrency).
     pub busy_share: f64,
-    /// Call time per message.
+    /// Time per message, as each call's time divided by its batch size,
+    /// recorded once for each message of the call: what a message costs in
+    /// a batch, not how long any one message waited for its result (that is
+    /// `per_call`).
     pub per_message: LatencySummary,
     /// Time per `handle-batch` call.
     pub per_call: LatencySummary,
