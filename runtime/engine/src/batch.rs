@@ -103,11 +103,10 @@ impl DeadLetter<'_> {
     }
 }
 
-/// A delivery as the pipeline takes it.
+/// A delivery as the pipeline takes it (its attempt is `msg.attempt`).
 #[derive(Clone)]
 pub(crate) struct Fetched {
     pub(crate) id: DeliveryId,
-    pub(crate) attempt: u32,
     /// When the source stored it (for the source-wait histogram).
     pub(crate) appended_ms: u64,
     pub(crate) msg: Message,
@@ -115,11 +114,6 @@ pub(crate) struct Fetched {
 
 impl Fetched {
     pub(crate) fn from_delivery(topic: &Arc<str>, d: Delivery) -> Fetched {
-        Fetched {
-            id: d.id(),
-            attempt: d.attempt,
-            appended_ms: d.record.append_timestamp_ms,
-            msg: Message::from_stored(topic.clone(), d.record, d.attempt),
-        }
+        Fetched { id: d.id(), appended_ms: d.record.append_timestamp_ms, msg: Message::from_stored(topic.clone(), d.record, d.attempt) }
     }
 }

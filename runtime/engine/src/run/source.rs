@@ -118,14 +118,14 @@ impl SourceWorker<'_> {
                     continue;
                 }
             }
-            let redelivered = deliveries.iter().filter(|d| d.attempt > 1).count();
+            let redelivered = deliveries.iter().filter(|d| d.msg.attempt > 1).count();
             self.stats.source_received(deliveries.len() as u64, redelivered as u64);
             let now = now_ms();
             self.stats.source_wait.record_all(deliveries.iter().filter_map(|d| since(now, d.appended_ms)));
             let mut origins = Vec::with_capacity(deliveries.len());
             let mut items = Vec::with_capacity(deliveries.len());
             for (i, d) in deliveries.into_iter().enumerate() {
-                origins.push(Origin { id: d.id, attempt: d.attempt, fate: Fate::Ok });
+                origins.push(Origin { id: d.id, attempt: d.msg.attempt, fate: Fate::Ok });
                 items.push(Item { origin: i, msg: d.msg });
             }
             self.in_pipeline += 1;

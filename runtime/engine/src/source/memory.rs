@@ -104,8 +104,7 @@ impl MemoryFeed {
 
     fn again(&mut self, id: DeliveryId, delay: Duration, extra_attempt: u32) {
         if let Some(mut f) = self.in_flight.remove(&id.offset) {
-            f.attempt += extra_attempt;
-            f.msg.attempt = f.attempt;
+            f.msg.attempt += extra_attempt;
             self.redeliver.insert(id.offset, (Instant::now() + delay, f));
         }
     }
@@ -116,7 +115,20 @@ impl MemoryFeed {
         out.push(f);
     }
 
-    fn take(&mut self, max: usize, wait: Duration) -> Result<Vec<Fetched>> {
+    /// A line that is not a message goes straight to the dead-letter topic.
+    fn dead_letter_line(&self, offset: u64, line: Vec<u8>, reason: String) -> Result<()> {
+        tracing::warn!(source = %self.name, line = offset + 1, %reason, "input line dead-lettered");
+        let mut rec = Record::new(line);
+        let id = DeliveryId { partition: 0, offset };
+        DeadLetter { stage: "source", kind: "source", reason, source: &self.name, id, attempt: 1 }.add_headers(&mut rec);
+        let (queue, topic) = self.dead_letter.as_ref().expect("sources that parse lines have a dead-letter topic");
+        queue.publish(topic, &[rec])?;
+        Ok(())
+    }
+}
+
+impl Feed for MemoryFeed {
+    fn fetch(&mut self, max: usize, wait: Duration) -> Result<Vec<Fetched>> {
         let now = Instant::now();
         let mut out = Vec::new();
         let due: Vec<u64> = self.redeliver.iter().filter(|(_, (t, _))| *t <= now).map(|(o, _)| *o).take(max).collect();
@@ -169,30 +181,13 @@ impl MemoryFeed {
                         timestamp_ms,
                         attempt: 1,
                     };
-                    let f = Fetched { id: DeliveryId { partition: 0, offset }, attempt: 1, appended_ms: timestamp_ms, msg };
+                    let f = Fetched { id: DeliveryId { partition: 0, offset }, appended_ms: timestamp_ms, msg };
                     self.deliver(f, &mut out);
                 }
                 Read::Bad { line, reason } => self.dead_letter_line(offset, line, reason)?,
             }
         }
         Ok(out)
-    }
-
-    /// A line that is not a message goes straight to the dead-letter topic.
-    fn dead_letter_line(&self, offset: u64, line: Vec<u8>, reason: String) -> Result<()> {
-        tracing::warn!(source = %self.name, line = offset + 1, %reason, "input line dead-lettered");
-        let mut rec = Record::new(line);
-        let id = DeliveryId { partition: 0, offset };
-        DeadLetter { stage: "source", kind: "source", reason, source: &self.name, id, attempt: 1 }.add_headers(&mut rec);
-        let (queue, topic) = self.dead_letter.as_ref().expect("sources that parse lines have a dead-letter topic");
-        queue.publish(topic, &[rec])?;
-        Ok(())
-    }
-}
-
-impl Feed for MemoryFeed {
-    fn fetch(&mut self, max: usize, wait: Duration) -> Result<Vec<Fetched>> {
-        self.take(max, wait)
     }
 
     fn ack(&mut self, id: DeliveryId) {

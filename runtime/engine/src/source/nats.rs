@@ -223,12 +223,7 @@ impl Feed for JetStreamFeed {
         for m in got {
             let Some((msg, reply)) = jetstream_message(m) else { continue };
             in_flight.insert(msg.offset, Pending { reply, touched: now });
-            out.push(Fetched {
-                id: DeliveryId { partition: 0, offset: msg.offset },
-                attempt: msg.attempt,
-                appended_ms: msg.timestamp_ms,
-                msg,
-            });
+            out.push(Fetched { id: DeliveryId { partition: 0, offset: msg.offset }, appended_ms: msg.timestamp_ms, msg });
         }
         Ok(out)
     }
