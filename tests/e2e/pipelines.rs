@@ -345,52 +345,27 @@ format = "json"
     assert_eq!(lines[5]["topic"], "generator");
     assert!(lines.iter().enumerate().all(|(i, l)| l["payload"].as_str().unwrap().starts_with(&format!("{i:012}"))), "in order");
 
-    let p = pipeline_file(
-        dir.path(),
-        "route.toml",
-        r#"[pipeline]
-name = "route"
-
-[source]
-type = "stdin"
-
-[[stage]]
-name = "hostile"
-module = "{component:hostile}"
-
-[[sink]]
-type = "queue"
-topic = "out"
-
-[[sink]]
-name = "alerts"
-type = "file"
-path = "alerts.txt"
-from = "alerts"
-"#,
-    );
+    let p = routing_pipeline(dir.path(), "route", "");
     weir.ok(&["run", p.to_str().unwrap(), "--drain"], b"plain\nroute:alerts\nroute:nowhere\n");
     assert_eq!(std::fs::read_to_string(dir.path().join("alerts.txt")).unwrap(), "route:alerts\n", "the routed output only");
     assert_eq!(weir.consume_all("out"), ["plain", "route:alerts"]);
     assert_eq!(weir.consume_json("route.dlq")[0]["headers"]["weir.error-kind"], "routing");
 }
 
-#[test]
-fn a_routed_topic_that_is_declared_and_taken_by_a_sink_gets_each_output_in_both() {
-    let weir = Weir::new();
-    let dir = tempfile::tempdir().unwrap();
-    let p = pipeline_file(
-        dir.path(),
-        "both.toml",
+/// Pipeline `name` in `dir/NAME.toml`: stdin through the hostile fixture
+/// (`route:T` sends its payload to topic T) to topic `out`, and a file sink
+/// `alerts.txt` fed by what is routed to `alerts`; then `extra`.
+fn routing_pipeline(dir: &std::path::Path, name: &str, extra: &str) -> std::path::PathBuf {
+    let toml = format!(
         r#"[pipeline]
-name = "both"
+name = "{name}"
 
 [source]
 type = "stdin"
 
 [[stage]]
 name = "hostile"
-module = "{component:hostile}"
+module = "{{component:hostile}}"
 
 [[sink]]
 type = "queue"
@@ -401,11 +376,16 @@ name = "alerts"
 type = "file"
 path = "alerts.txt"
 from = "alerts"
-
-[[topic]]
-name = "alerts"
-"#,
+{extra}"#
     );
+    pipeline_file(dir, &format!("{name}.toml"), &toml)
+}
+
+#[test]
+fn a_routed_topic_that_is_declared_and_taken_by_a_sink_gets_each_output_in_both() {
+    let weir = Weir::new();
+    let dir = tempfile::tempdir().unwrap();
+    let p = routing_pipeline(dir.path(), "both", "\n[[topic]]\nname = \"alerts\"\n");
     weir.ok(&["run", p.to_str().unwrap(), "--drain"], b"plain\nroute:alerts\n");
     assert_eq!(std::fs::read_to_string(dir.path().join("alerts.txt")).unwrap(), "route:alerts\n", "the sink that takes the topic");
     assert_eq!(weir.consume_all("alerts"), ["route:alerts"], "the declared topic itself");
