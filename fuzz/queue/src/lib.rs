@@ -143,7 +143,7 @@ pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
             .with_key(format!("key {}", i % 3))
             .with_header("h", vec![i as u8]);
         r.id = (i % 2 == 0).then(|| format!("id-{i}"));
-        r.timestamp_ms = Some(1_700_000_000_000 + u64::from(i));
+        r.timestamp_us = Some(1_700_000_000_000_000 + u64::from(i));
         q.publish("t", &[r]).unwrap();
     }
     let mut c = q.consumer("t", "g", ConsumerOptions::default()).unwrap();

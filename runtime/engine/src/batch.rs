@@ -108,12 +108,16 @@ impl DeadLetter<'_> {
 pub(crate) struct Fetched {
     pub(crate) id: DeliveryId,
     /// When the source stored it (for the source-wait histogram).
-    pub(crate) appended_ms: u64,
+    pub(crate) appended_us: u64,
     pub(crate) msg: Message,
 }
 
 impl Fetched {
     pub(crate) fn from_delivery(topic: &Arc<str>, d: Delivery) -> Fetched {
-        Fetched { id: d.id(), appended_ms: d.record.append_timestamp_ms, msg: Message::from_stored(topic.clone(), d.record, d.attempt) }
+        Fetched {
+            id: d.id(),
+            appended_us: d.record.append_timestamp_ms.saturating_mul(1000),
+            msg: Message::from_stored(topic.clone(), d.record, d.attempt),
+        }
     }
 }

@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 use serde::Serialize;
@@ -28,6 +28,11 @@ impl Latency {
     /// `d` in µs, within the histogram's bounds.
     fn micros(d: Duration) -> u64 {
         (d.as_micros() as u64).clamp(1, MAX_US)
+    }
+
+    /// Record one sample.
+    pub fn record(&self, d: Duration) {
+        self.record_n(d, 1);
     }
 
     /// Record `n` samples of `d`.
@@ -95,15 +100,12 @@ pub struct LatencySummary {
     pub max_us: u64,
 }
 
-/// Milliseconds since the Unix epoch.
-pub(crate) fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
-}
+pub(crate) use weir_queue::now_us;
 
-/// Time from `timestamp_ms` (ms since the Unix epoch) to `now_ms`; `None`
+/// Time from `timestamp_us` (µs since the Unix epoch) to `now_us`; `None`
 /// when the timestamp is unset (0), zero when it is ahead of this clock.
-pub(crate) fn since(now_ms: u64, timestamp_ms: u64) -> Option<Duration> {
-    (timestamp_ms > 0).then(|| Duration::from_millis(now_ms.saturating_sub(timestamp_ms)))
+pub(crate) fn since(now_us: u64, timestamp_us: u64) -> Option<Duration> {
+    (timestamp_us > 0).then(|| Duration::from_micros(now_us.saturating_sub(timestamp_us)))
 }
 
 /// Counters and latencies of one stage.
@@ -373,10 +375,12 @@ impl PipelineStats {
                     bytes_in: s.bytes_in.load(Relaxed),
                     bytes_out: s.bytes_out.load(Relaxed),
                     msgs_per_s: rate(s.received()),
+                    busy_msgs_per_s: if s.busy().is_zero() { 0.0 } else { s.received() as f64 / s.busy().as_secs_f64() },
                     bytes_in_per_s: rate(s.bytes_in.load(Relaxed)),
                     bytes_out_per_s: rate(s.bytes_out.load(Relaxed)),
                     instances: s.instances(),
                     instances_replaced: s.replaced(),
+                    busy_s: s.busy().as_secs_f64(),
                     busy_share: s.busy().as_secs_f64() / secs,
                     per_message: s.per_message.summary(),
                     per_call: s.per_call.summary(),
@@ -477,8 +481,12 @@ pub struct StageReport {
     pub bytes_in: u64,
     /// Payload bytes out.
     pub bytes_out: u64,
-    /// Average messages per second over the run.
+    /// Average messages per second over the run (the rate the stage was
+    /// fed at; for every stage of a run limited by one, about the same).
     pub msgs_per_s: f64,
+    /// The stage's own rate: messages received per second of time spent
+    /// handling batches (per instance when the stage runs several).
+    pub busy_msgs_per_s: f64,
     /// Average payload bytes per second in.
     pub bytes_in_per_s: f64,
     /// Average payload bytes per second out.
@@ -487,6 +495,8 @@ pub struct StageReport {
     pub instances: u64,
     /// Instances replaced after a trap, timeout or limit.
     pub instances_replaced: u64,
+    /// Time spent handling batches, seconds (summed over instances).
+    pub busy_s: f64,
     /// Share of the run's wall time spent handling batches (can exceed 1 with concurrency).
     pub busy_share: f64,
     /// Time per message, as each call's time divided by its batch size,

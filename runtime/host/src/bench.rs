@@ -43,7 +43,7 @@ pub fn messages(count: usize, size: usize) -> Vec<Message> {
             key: None,
             payload: (0..size).map(|j| b'a' + ((i + j) % 26) as u8).collect::<Vec<u8>>().into(),
             headers: Vec::new(),
-            timestamp_ms: 0,
+            timestamp_us: 0,
             attempt: 1,
         })
         .collect()
@@ -98,6 +98,14 @@ impl BareStage {
     /// # Errors
     /// If it is not a stage component or `init` fails.
     pub fn new(wasm: &[u8]) -> Result<Self> {
+        Self::with_config(wasm, &[])
+    }
+
+    /// [`BareStage::new`] with the stage's `[stage.config]` pairs.
+    ///
+    /// # Errors
+    /// If it is not a stage component or `init` fails.
+    pub fn with_config(wasm: &[u8], config: &[(String, String)]) -> Result<Self> {
         let engine = Engine::new(&Config::new()).map_err(engine_err)?;
         let component = Component::new(&engine, wasm).map_err(engine_err)?;
         let mut linker = Linker::new(&engine);
@@ -106,7 +114,7 @@ impl BareStage {
         let mut store = Store::new(&engine, Bare { wasi: WasiCtxBuilder::new().build(), table: ResourceTable::new() });
         let instance = linker.instantiate(&mut store, &component).map_err(engine_err)?;
         let stage = crate::bindings::Stage::new(&mut store, &instance).map_err(engine_err)?;
-        stage.weir_pipeline_consumer().call_init(&mut store, &[]).map_err(engine_err)?.map_err(crate::Error::Engine)?;
+        stage.weir_pipeline_consumer().call_init(&mut store, config).map_err(engine_err)?.map_err(crate::Error::Engine)?;
         let index = crate::lower::export_index(&component).map_err(engine_err)?;
         let handle_batch = HandleBatch::find(&mut store, &instance, &index).map_err(engine_err)?;
         Ok(BareStage { store, handle_batch })
@@ -162,6 +170,17 @@ impl HostileNeighbour {
         self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
         self.thread.take().map_or(0, |t| t.join().unwrap_or(0))
     }
+}
+
+/// The bare call's time per message: the component at `path`, initialised
+/// with `config`, called on `batch` over and over for about `duration`.
+///
+/// # Errors
+/// If the component cannot be read, made or called.
+pub fn bare_ns_per_message(path: &Path, config: &[(String, String)], batch: &[Message], duration: Duration) -> Result<f64> {
+    let wasm = std::fs::read(path).map_err(|source| crate::Error::Read { path: path.to_owned(), source })?;
+    let mut bare = BareStage::with_config(&wasm, config)?;
+    timed(duration, batch.len(), || bare.handle_batch(batch))
 }
 
 /// Run `f` repeatedly for about `duration` after a warm-up; ns per message.

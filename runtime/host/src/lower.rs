@@ -38,7 +38,7 @@ impl<'a> MessageView<'a> {
             key: m.key.as_deref(),
             payload: &m.payload,
             headers: &m.headers,
-            timestamp_ms: m.timestamp_ms,
+            timestamp_ms: m.timestamp_us / 1000,
             attempt: m.attempt,
         }
     }

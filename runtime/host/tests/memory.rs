@@ -26,7 +26,7 @@ fn memory_returns_to_baseline_after_memory_bombs() {
         key: None,
         payload: "alloc".into(),
         headers: Vec::new(),
-        timestamp_ms: 0,
+        timestamp_us: 0,
         attempt: 1,
     };
     let explode = || {

@@ -13,7 +13,7 @@ fn msg(payload: &str) -> Message {
         key: Some("k".into()),
         payload: payload.as_bytes().to_vec().into(),
         headers: vec![("h".into(), b"v".to_vec())],
-        timestamp_ms: 1,
+        timestamp_us: 1,
         attempt: 1,
     }
 }
@@ -54,7 +54,7 @@ fn the_guest_sees_every_field_of_a_message_as_sent() {
         key: Some(shared.slice(0..3)),
         payload: shared,
         headers: vec![("h1".into(), b"v1".to_vec()), ("h2".into(), vec![])],
-        timestamp_ms: 1_700_000_000_123,
+        timestamp_us: 1_700_000_000_123_456,
         attempt: 5,
     };
     let out = inst.handle_batch(&[sent.clone(), Message { key: None, headers: vec![], ..sent }]).unwrap();

@@ -367,7 +367,7 @@ impl Consumer {
         // before the ack is committed, the redelivered message's dead letter
         // deduplicates against this one instead of landing twice.
         let id = format!("dlq/{}/{}/{}/{}", self.group, self.topic.key(), record.partition, record.offset);
-        let copy = Record { key: record.key, headers, payload: record.payload, timestamp_ms: Some(record.timestamp_ms), id: Some(id) };
+        let copy = Record { key: record.key, headers, payload: record.payload, timestamp_us: Some(record.timestamp_us), id: Some(id) };
         self.queue.publish(&topic, &[copy])?;
         tracing::warn!(
             topic = %self.topic.name, partition = record.partition, offset = record.offset,

@@ -1,7 +1,8 @@
 //! Records as JSON, the one form weir's command line, files and HTTP API
 //! use: `payload` (a string when UTF-8, else an array of bytes), optional
-//! `key` (the same), `headers` (an object of the same), `timestamp_ms` and
-//! `id`. A message read from a topic (see [`message`]) adds where it was
+//! `key` (the same), `headers` (an object of the same), the producer's
+//! time as `timestamp_ms` and `timestamp_us` (the same time, in ms and in
+//! µs since the Unix epoch; reading, `timestamp_us` wins) and `id`. A message read from a topic (see [`message`]) adds where it was
 //! read: `topic`, `partition` and `offset`.
 
 use crate::{Message, Record};
@@ -25,8 +26,9 @@ pub fn record_json(r: &Record) -> serde_json::Value {
     if let Some(key) = &r.key {
         v["key"] = bytes(key);
     }
-    if let Some(t) = r.timestamp_ms {
-        v["timestamp_ms"] = t.into();
+    if let Some(t) = r.timestamp_us {
+        v["timestamp_ms"] = (t / 1000).into();
+        v["timestamp_us"] = t.into();
     }
     if let Some(id) = &r.id {
         v["id"] = id.clone().into();
@@ -35,14 +37,15 @@ pub fn record_json(r: &Record) -> serde_json::Value {
 }
 
 /// A message as one JSON object: `topic`, `partition`, `offset`,
-/// `timestamp_ms`, `key` (null when none), `headers` and `payload`, bytes
+/// `timestamp_ms`, `timestamp_us`, `key` (null when none), `headers` and `payload`, bytes
 /// as [`bytes`] writes them. [`record_from_json`] reads it back as a record.
 pub fn message(msg: &Message) -> serde_json::Value {
     serde_json::json!({
         "topic": &*msg.topic,
         "partition": msg.partition,
         "offset": msg.offset,
-        "timestamp_ms": msg.timestamp_ms,
+        "timestamp_ms": msg.timestamp_us / 1000,
+        "timestamp_us": msg.timestamp_us,
         "key": msg.key.as_deref().map(bytes),
         "headers": headers(&msg.headers),
         "payload": bytes(&msg.payload),
@@ -51,7 +54,7 @@ pub fn message(msg: &Message) -> serde_json::Value {
 
 /// A message written as JSON, in the form weir writes messages as JSON lines: `payload` (a
 /// string or an array of bytes), optional `key` (the same) and `headers` (an
-/// object of the same), optional `timestamp_ms` (0 or absent: none) and `id`
+/// object of the same), optional `timestamp_us` or `timestamp_ms` (0 or absent: none) and `id`
 /// (a publish with an id seen in the topic's dedupe window is dropped); other
 /// fields are ignored.
 ///
@@ -80,13 +83,14 @@ pub fn record_from_json(v: &serde_json::Value) -> std::result::Result<Record, St
             headers.push((k.clone(), bytes(v).ok_or_else(|| format!("header {k:?} must be a string or an array of bytes"))?));
         }
     }
-    let timestamp_ms = obj.get("timestamp_ms").and_then(serde_json::Value::as_u64).filter(|&t| t > 0);
+    let time = |name: &str| obj.get(name).and_then(serde_json::Value::as_u64).filter(|&t| t > 0);
+    let timestamp_us = time("timestamp_us").or_else(|| time("timestamp_ms").map(|ms| ms.saturating_mul(1000)));
     let id = match obj.get("id") {
         None | Some(serde_json::Value::Null) => None,
         Some(serde_json::Value::String(s)) => Some(s.clone()),
         Some(_) => return Err("`id` must be a string".into()),
     };
-    Ok(Record { key, headers, payload, timestamp_ms, id })
+    Ok(Record { key, headers, payload, timestamp_us, id })
 }
 
 /// The records of an HTTP publish body, by its content type: a JSON message
@@ -148,10 +152,10 @@ mod tests {
             key: Some(b"k".to_vec()),
             headers: vec![("h".into(), vec![0xff, 1]), ("t".into(), b"text".to_vec())],
             payload: vec![0, 159, 146, 150],
-            timestamp_ms: Some(7),
+            timestamp_us: Some(7),
             id: Some("id-1".into()),
         };
         let back = super::record_from_json(&super::record_json(&r)).unwrap();
-        assert_eq!((back.key, back.headers, back.payload, back.timestamp_ms, back.id), (r.key, r.headers, r.payload, r.timestamp_ms, r.id));
+        assert_eq!((back.key, back.headers, back.payload, back.timestamp_us, back.id), (r.key, r.headers, r.payload, r.timestamp_us, r.id));
     }
 }

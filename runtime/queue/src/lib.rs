@@ -177,7 +177,12 @@ impl Error {
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 pub(crate) fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+    now_us() / 1000
+}
+
+/// Microseconds since the Unix epoch: the clock of producer timestamps.
+pub fn now_us() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_micros() as u64)
 }
 
 /// Whether `crc` is the CRC32C of `bytes`. Builds for fuzzing (`--cfg

@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use crate::faults::{Faults, SyncSite};
 use crate::record::{self, Invalid, Record, StoredRecord};
-use crate::{Error, Fsync, Result, now_ms, sync_dir, write_atomic};
+use crate::{Error, Fsync, Result, now_us, sync_dir, write_atomic};
 
 use crate::segment::{INDEX_INTERVAL, READ_CHUNK, Segment};
 
@@ -177,7 +177,8 @@ impl Log {
         if seg.len >= self.segment_bytes && seg.next > seg.base {
             self.roll()?;
         }
-        let now = now_ms().max(self.last_ts);
+        let now_us = now_us();
+        let now = (now_us / 1000).max(self.last_ts);
         let first = self.end_offset();
         if first.saturating_add(records.len() as u64) > record::MAX_OFFSET {
             return Err(Error::Failed { partition_dir: self.dir.clone(), reason: "offsets exhausted (2^63 - 1)".into() });
@@ -188,7 +189,7 @@ impl Log {
         let mut positions = Vec::with_capacity(records.len());
         for (i, rec) in records.iter().enumerate() {
             positions.push(start_len + self.buf.len() as u64);
-            rec.encode(first + i as u64, now, rec.timestamp_ms.unwrap_or(now), &mut self.buf);
+            rec.encode(first + i as u64, now, rec.timestamp_us.unwrap_or(now_us), &mut self.buf);
         }
         let mut writer: &File = self.writer.as_ref().unwrap();
         let written = if self.faults.disk_full() {

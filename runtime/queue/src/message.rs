@@ -27,8 +27,8 @@ pub struct Message {
     pub payload: Bytes,
     /// Ordered header (name, value) pairs.
     pub headers: Vec<(String, Vec<u8>)>,
-    /// When the producer created it, in ms since the Unix epoch.
-    pub timestamp_ms: u64,
+    /// When the producer created it, in µs since the Unix epoch.
+    pub timestamp_us: u64,
     /// Delivery attempt: 1 on first delivery, 2 on the first redelivery, ...
     pub attempt: u32,
 }
@@ -44,7 +44,7 @@ impl Message {
             key: r.key.map(Bytes::from),
             payload: Bytes::from(r.payload),
             headers: r.headers,
-            timestamp_ms: r.timestamp_ms,
+            timestamp_us: r.timestamp_us,
             attempt,
         }
     }
@@ -57,7 +57,7 @@ impl Message {
             key: self.key.map(Vec::from),
             headers: self.headers,
             payload: Vec::from(self.payload),
-            timestamp_ms: Some(self.timestamp_ms),
+            timestamp_us: Some(self.timestamp_us),
             id: None,
         }
     }
@@ -73,13 +73,13 @@ mod tests {
             partition: 2,
             offset: 9,
             append_timestamp_ms: 11,
-            timestamp_ms: 10,
+            timestamp_us: 10,
             key: Some(b"k".to_vec()),
             headers: vec![("h".into(), b"v".to_vec())],
             payload: b"body".to_vec(),
         };
         let msg = Message::from_stored("t".into(), stored, 3);
-        assert_eq!((&*msg.topic, msg.partition, msg.offset, msg.attempt, msg.timestamp_ms), ("t", 2, 9, 3, 10));
+        assert_eq!((&*msg.topic, msg.partition, msg.offset, msg.attempt, msg.timestamp_us), ("t", 2, 9, 3, 10));
         let r = msg.into_record();
         assert_eq!(
             r,
@@ -87,7 +87,7 @@ mod tests {
                 key: Some(b"k".to_vec()),
                 headers: vec![("h".into(), b"v".to_vec())],
                 payload: b"body".to_vec(),
-                timestamp_ms: Some(10),
+                timestamp_us: Some(10),
                 id: None
             }
         );

@@ -6,8 +6,10 @@
 //! body:
 //!   u64  offset
 //!   u64  append timestamp, ms since the Unix epoch (monotonic per partition)
-//!   u64  producer timestamp, ms since the Unix epoch
-//!   u8   flags: bit 0 = carries a message id header (for idempotent publish)
+//!   u64  producer timestamp since the Unix epoch: µs when flag bit 1 is
+//!        set (every record written since 2026-12), ms in older records
+//!   u8   flags: bit 0 = carries a message id header (for idempotent publish),
+//!        bit 1 = the producer timestamp is in µs
 //!   u32  key length, or u32::MAX for no key
 //!   ..   key
 //!   u16  header count
@@ -31,6 +33,8 @@ pub(crate) const MAX_OFFSET: u64 = i64::MAX as u64;
 const FLAGS_AT: usize = HEADER_LEN + 24;
 /// Flag: the record carries a [`MSG_ID_HEADER`].
 pub(crate) const FLAG_HAS_ID: u8 = 1;
+/// Flag: the producer timestamp is in µs (without it, in ms).
+const FLAG_MICROS: u8 = 2;
 /// Largest body we accept; guards recovery against a garbage length field.
 pub(crate) const MAX_BODY: usize = 64 * 1024 * 1024;
 /// The largest record the queue stores: key, headers and payload together,
@@ -47,8 +51,8 @@ pub struct Record {
     pub headers: Vec<(String, Vec<u8>)>,
     /// The body.
     pub payload: Vec<u8>,
-    /// When the producer created it (ms since the Unix epoch); `None` means now.
-    pub timestamp_ms: Option<u64>,
+    /// When the producer created it (µs since the Unix epoch); `None` means now.
+    pub timestamp_us: Option<u64>,
     /// Idempotency key: a publish of a record whose id was already published
     /// to the topic within its dedupe window writes nothing and returns the
     /// original position. Stored as the header [`MSG_ID_HEADER`].
@@ -121,13 +125,14 @@ pub fn check_parts(key: Option<&[u8]>, headers: &[(String, Vec<u8>)], payload_le
 
 impl Record {
     /// Append the encoding of this record at `offset` to `out`.
-    pub(crate) fn encode(&self, offset: u64, append_ts: u64, producer_ts: u64, out: &mut Vec<u8>) {
+    /// `append_ts` is in ms, `producer_us` in µs.
+    pub(crate) fn encode(&self, offset: u64, append_ts: u64, producer_us: u64, out: &mut Vec<u8>) {
         let start = out.len();
         out.extend_from_slice(&[0; HEADER_LEN]);
         out.extend_from_slice(&offset.to_le_bytes());
         out.extend_from_slice(&append_ts.to_le_bytes());
-        out.extend_from_slice(&producer_ts.to_le_bytes());
-        out.push(if self.id.is_some() { FLAG_HAS_ID } else { 0 });
+        out.extend_from_slice(&producer_us.to_le_bytes());
+        out.push(FLAG_MICROS | if self.id.is_some() { FLAG_HAS_ID } else { 0 });
         match &self.key {
             Some(k) => {
                 out.extend_from_slice(&(k.len() as u32).to_le_bytes());
@@ -163,8 +168,9 @@ pub struct StoredRecord {
     pub offset: u64,
     /// When the queue appended it (ms since the Unix epoch).
     pub append_timestamp_ms: u64,
-    /// When the producer created it (ms since the Unix epoch).
-    pub timestamp_ms: u64,
+    /// When the producer created it (µs since the Unix epoch; a record
+    /// written before weir kept µs has its ms times 1000).
+    pub timestamp_us: u64,
     /// Partitioning key.
     pub key: Option<Vec<u8>>,
     /// Header (name, value) pairs, in publish order.
@@ -235,8 +241,9 @@ pub(crate) fn decode(partition: u32, frame: &[u8]) -> Result<StoredRecord, Inval
     let mut r = Reader { buf: &frame[HEADER_LEN..] };
     let offset = r.u64()?;
     let append_timestamp_ms = r.u64()?;
-    let timestamp_ms = r.u64()?;
-    let _flags = r.bytes(1)?;
+    let producer_ts = r.u64()?;
+    let flags = r.bytes(1)?[0];
+    let timestamp_us = if flags & FLAG_MICROS != 0 { producer_ts } else { producer_ts.saturating_mul(1000) };
     let key_len = r.u32()?;
     let key = if key_len == NO_KEY { None } else { Some(r.bytes(key_len as usize)?.to_vec()) };
     let count = r.u16()?;
@@ -247,7 +254,7 @@ pub(crate) fn decode(partition: u32, frame: &[u8]) -> Result<StoredRecord, Inval
         let v = r.u32()? as usize;
         headers.push((name, r.bytes(v)?.to_vec()));
     }
-    Ok(StoredRecord { partition, offset, append_timestamp_ms, timestamp_ms, key, headers, payload: r.buf.to_vec() })
+    Ok(StoredRecord { partition, offset, append_timestamp_ms, timestamp_us, key, headers, payload: r.buf.to_vec() })
 }
 
 struct Reader<'a> {
@@ -293,10 +300,22 @@ mod tests {
         let got = decode(3, &buf).unwrap();
         assert_eq!(got.partition, 3);
         assert_eq!(got.offset, 42);
-        assert_eq!(got.timestamp_ms, 999);
+        assert_eq!(got.timestamp_us, 999);
         assert_eq!(got.key.as_deref(), Some(&b"k1"[..]));
         assert_eq!(got.headers, vec![("h".to_string(), b"v".to_vec())]);
         assert_eq!(got.payload, b"Hello World!");
+    }
+
+    #[test]
+    fn a_record_written_before_micros_reads_its_ms_as_us() {
+        let mut buf = Vec::new();
+        sample().encode(1, 1000, 999, &mut buf);
+        // As weir wrote records before µs: the flag clear, the time in ms.
+        buf[FLAGS_AT] &= !FLAG_MICROS;
+        let crc = crc32c::crc32c(&buf[HEADER_LEN..]);
+        buf[4..8].copy_from_slice(&crc.to_le_bytes());
+        let got = decode(0, &buf).unwrap();
+        assert_eq!((got.timestamp_us, got.payload.as_slice()), (999_000, &b"Hello World!"[..]));
     }
 
     #[test]

@@ -26,7 +26,7 @@ fn records_survive_reopen_with_keys_headers_and_timestamps() {
     {
         let q = Queue::open(dir.path()).unwrap();
         q.create_topic("t", &TopicConfig::default()).unwrap();
-        let rec = Record { timestamp_ms: Some(1234), ..Record::new("a").with_key("k").with_header("h", "v") };
+        let rec = Record { timestamp_us: Some(1234), ..Record::new("a").with_key("k").with_header("h", "v") };
         assert_eq!(q.publish("t", &[rec, Record::new("b")]).unwrap(), vec![(0, 0), (0, 1)]);
     }
     let q = Queue::open(dir.path()).unwrap();
@@ -34,7 +34,7 @@ fn records_survive_reopen_with_keys_headers_and_timestamps() {
     assert_eq!(recs.len(), 2);
     assert_eq!(recs[0].key.as_deref(), Some(&b"k"[..]));
     assert_eq!(recs[0].headers, vec![("h".to_string(), b"v".to_vec())]);
-    assert_eq!(recs[0].timestamp_ms, 1234);
+    assert_eq!(recs[0].timestamp_us, 1234);
     assert!(recs[1].append_timestamp_ms >= recs[0].append_timestamp_ms);
     assert_eq!(q.publish("t", &[Record::new("c")]).unwrap(), vec![(0, 2)], "offsets continue after reopen");
 }

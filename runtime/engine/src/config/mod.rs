@@ -278,7 +278,7 @@ impl Generator {
             payload.extend_from_slice(&LETTERS[from..from + n]);
         }
         let key = (self.keys > 0).then(|| format!("k{}", i % self.keys).into_bytes());
-        weir_queue::Record { key, headers: Vec::new(), payload, timestamp_ms: None, id: None }
+        weir_queue::Record { key, headers: Vec::new(), payload, timestamp_us: None, id: None }
     }
 }
 

@@ -81,7 +81,7 @@ pub fn jetstream_message(m: jetstream::Message) -> Option<(Message, Subject)> {
         return None;
     };
     let (offset, attempt) = (info.stream_sequence, info.delivered.clamp(1, i64::from(u32::MAX)) as u32);
-    let published_ms = (info.published.unix_timestamp_nanos() / 1_000_000).max(0) as u64;
+    let published_us = (info.published.unix_timestamp_nanos() / 1_000).max(0) as u64;
     let msg = m.message;
     let (key, headers) = from_nats_headers(msg.headers.as_ref());
     let message = Message {
@@ -91,7 +91,7 @@ pub fn jetstream_message(m: jetstream::Message) -> Option<(Message, Subject)> {
         key: key.map(Into::into),
         payload: msg.payload,
         headers,
-        timestamp_ms: published_ms,
+        timestamp_us: published_us,
         attempt,
     };
     Some((message, msg.reply?))

@@ -15,7 +15,7 @@ use crate::batch::{Batch, DeadLetter, Fate, Origin, Settlement, StateDelta};
 use crate::config::{DeadLetterTo, Pipeline};
 use crate::nats::Nats;
 use crate::sink::{SinkWriter, Writes};
-use crate::stats::{PipelineStats, now_ms, since};
+use crate::stats::{PipelineStats, now_us, since};
 
 pub(super) struct SinkWorker<'a> {
     pub(super) pipeline: &'a Pipeline,
@@ -66,24 +66,49 @@ fn routed_message(o: &Origin, topic: String, out: Output) -> Message {
         key: out.key.map(Into::into),
         payload: out.payload.into(),
         headers: out.headers,
-        timestamp_ms: 0,
+        timestamp_us: 0,
         attempt: o.attempt,
     }
 }
 
 /// A routed output as the record its topic stores (stamped when appended).
 fn routed_record(out: Output) -> Record {
-    Record { key: out.key, headers: out.headers, payload: out.payload, timestamp_ms: None, id: None }
+    Record { key: out.key, headers: out.headers, payload: out.payload, timestamp_us: None, id: None }
+}
+
+/// Most batches the sink writes together.
+const MAX_GROUP: usize = 16;
+
+/// A batch settled and its writes gathered, waiting for them to be durable.
+struct Prepared {
+    batch: Batch,
+    settlement: Settlement,
+    /// Outputs written, for the counters.
+    outputs: u64,
+    /// Dead letters written.
+    dead: u64,
+    /// The producer times of the outputs, µs since the Unix epoch.
+    written_at: Vec<u64>,
 }
 
 impl SinkWorker<'_> {
     pub(super) fn run(mut self, input: Receiver<Batch>) -> Result<()> {
         let stdout = std::io::stdout();
         let mut result = Ok(());
-        while let Ok(batch) = input.recv() {
-            match self.write(batch, &mut stdout.lock()) {
-                Ok(settlement) => {
-                    if self.settle.send(settlement).is_err() {
+        while let Ok(first) = input.recv() {
+            // The batches that arrived while the last ones were written go
+            // out together: one publish and one fsync per topic for all of
+            // them, so a sink that waits for its disk does not fall behind
+            // by a batch per fsync.
+            let mut group = vec![first];
+            while group.len() < MAX_GROUP
+                && let Ok(b) = input.try_recv()
+            {
+                group.push(b);
+            }
+            match self.write(group, &mut stdout.lock()) {
+                Ok(settlements) => {
+                    if settlements.into_iter().any(|s| self.settle.send(s).is_err()) {
                         break;
                     }
                 }
@@ -219,7 +244,31 @@ impl SinkWorker<'_> {
         Ok(())
     }
 
-    pub(super) fn write(&mut self, mut batch: Batch, out: &mut impl Write) -> Result<Settlement> {
+    /// Write the outputs and dead letters of `batches` durably, together,
+    /// then commit their state writes and count them, one by one, in order.
+    fn write(&mut self, batches: Vec<Batch>, out: &mut impl Write) -> Result<Vec<Settlement>> {
+        let mut writes = Writes::default();
+        let mut prepared = Vec::with_capacity(batches.len());
+        for batch in batches {
+            prepared.push(self.prepare(batch, &mut writes)?);
+        }
+        // Durable before anything is acknowledged.
+        writes.flush(&self.queue, self.nats.as_ref(), self.stop, out)?;
+        let mut settlements = Vec::with_capacity(prepared.len());
+        for Prepared { mut batch, settlement, outputs, dead, written_at } in prepared {
+            self.commit_state(&mut batch, &settlement.acks)?;
+            self.stats.sink_written(outputs, dead);
+            let now = now_us();
+            self.stats.sink_end_to_end.record_all(written_at.into_iter().filter_map(|t| since(now, t)));
+            self.stats.settled(settlement.acks.len() + settlement.dead.len(), settlement.naks.len(), settlement.releases.len());
+            settlements.push(settlement);
+        }
+        Ok(settlements)
+    }
+
+    /// Settle `batch` and add what it publishes to `writes`; file and
+    /// stdout sinks take their outputs now.
+    fn prepare(&mut self, mut batch: Batch, writes: &mut Writes) -> Result<Prepared> {
         self.refuse_unknown_topics(&mut batch);
         self.vet(&mut batch);
         // Before any output is taken: it may release messages.
@@ -232,7 +281,6 @@ impl SinkWorker<'_> {
                 fan_out(&mut per_sink, &self.main_sinks, item.msg);
             }
         }
-        let mut writes = Writes::default();
         let mut to_topics = 0;
         for (origin, topic, out) in std::mem::take(&mut batch.routed) {
             let o = &batch.origins[origin];
@@ -263,20 +311,14 @@ impl SinkWorker<'_> {
                 }
             }
         }
-        let written_at: Vec<u64> = per_sink.iter().flatten().map(|m| m.timestamp_ms).collect();
+        let written_at: Vec<u64> = per_sink.iter().flatten().map(|m| m.timestamp_us).collect();
         let outputs = per_sink.iter().map(|m| m.len() as u64).sum::<u64>() + to_topics;
         for (sink, msgs) in self.sinks.iter_mut().zip(per_sink) {
             if !msgs.is_empty() {
-                sink.take(msgs, &mut writes)?;
+                sink.take(msgs, writes)?;
             }
         }
-        // Durable before anything is acknowledged.
-        writes.flush(&self.queue, self.nats.as_ref(), self.stop, out)?;
-        self.commit_state(&mut batch, &settlement.acks)?;
-        self.stats.sink_written(outputs, dead_count);
-        self.stats.sink_end_to_end.record_all(written_at.into_iter().filter_map(|t| since(now_ms(), t)));
-        self.stats.settled(settlement.acks.len() + settlement.dead.len(), settlement.naks.len(), settlement.releases.len());
-        Ok(settlement)
+        Ok(Prepared { batch, settlement, outputs, dead: dead_count, written_at })
     }
 
     /// An output to a topic that is neither declared nor taken by a sink

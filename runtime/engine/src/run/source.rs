@@ -12,7 +12,7 @@ use super::RunOptions;
 use crate::Result;
 use crate::batch::{Batch, Fate, Item, Origin, Settlement};
 use crate::source::Feed;
-use crate::stats::{PipelineStats, now_ms, since};
+use crate::stats::{PipelineStats, now_us, since};
 
 pub(super) struct SourceWorker<'a> {
     pub(super) feed: Box<dyn Feed>,
@@ -83,12 +83,17 @@ impl SourceWorker<'_> {
             if self.options.drain && self.in_pipeline == 0 && self.feed.is_settled() {
                 return Ok(());
             }
-            let wait = if self.in_pipeline > 0 { Duration::ZERO } else { Duration::from_millis(50) };
+            // With batches in the pipeline, settlements are due too: the feed
+            // is waited on for at most a millisecond, so that neither a new
+            // message waits for a settlement nor a settlement for a message.
+            let wait = Duration::from_millis(if self.in_pipeline > 0 { 1 } else { 50 });
+            let fetch_started = Instant::now();
             let mut deliveries = self.feed.fetch(self.fetch_size, wait)?;
             if deliveries.is_empty() {
                 if self.in_pipeline > 0 {
-                    // Nothing new (or max_ack_pending reached): wait for batches to settle.
-                    match settlements.recv_timeout(Duration::from_millis(50)) {
+                    // Nothing new, or the feed is full (max_ack_pending) and
+                    // returned at once: the rest of the wait is for settlements.
+                    match settlements.recv_timeout(wait.saturating_sub(fetch_started.elapsed())) {
                         Ok(s) => {
                             self.apply(s);
                             self.feed.commit()?;
@@ -120,8 +125,8 @@ impl SourceWorker<'_> {
             }
             let redelivered = deliveries.iter().filter(|d| d.msg.attempt > 1).count();
             self.stats.source_received(deliveries.len() as u64, redelivered as u64);
-            let now = now_ms();
-            self.stats.source_wait.record_all(deliveries.iter().filter_map(|d| since(now, d.appended_ms)));
+            let now = now_us();
+            self.stats.source_wait.record_all(deliveries.iter().filter_map(|d| since(now, d.appended_us)));
             let mut origins = Vec::with_capacity(deliveries.len());
             let mut items = Vec::with_capacity(deliveries.len());
             for (i, d) in deliveries.into_iter().enumerate() {

@@ -11,7 +11,7 @@ use weir_queue::Message;
 use crate::Result;
 use crate::batch::{Batch, Fate, Item, StateDelta};
 use crate::config::StageSpec;
-use crate::stats::{StageStats, now_ms, since};
+use crate::stats::{StageStats, now_us, since};
 
 pub(super) struct StageWorker {
     /// Position in the pipeline.
@@ -48,8 +48,8 @@ impl StageWorker {
             .map(|it| (it.origin, it.msg))
             .unzip();
         self.stats.queue_wait.record_n(started.duration_since(batch.sent), msgs.len() as u64);
-        let now = now_ms();
-        self.stats.end_to_end.record_all(msgs.iter().filter_map(|m| since(now, m.timestamp_ms)));
+        let now = now_us();
+        self.stats.end_to_end.record_all(msgs.iter().filter_map(|m| since(now, m.timestamp_us)));
         self.stats.add_received(msgs.len() as u64, msgs.iter().map(|m| m.payload.len() as u64).sum());
         let (results, writes) = self.call_all(&msgs);
         for (w, idxs) in writes {
@@ -219,7 +219,7 @@ impl Caller<'_> {
             summarise_suppressed("failed calls", suppressed);
         }
         let took = started.elapsed();
-        self.stats.per_call.record_n(took, 1);
+        self.stats.per_call.record(took);
         self.stats.per_message.record_n(took / batch.len().max(1) as u32, batch.len() as u64);
         result
     }
@@ -320,7 +320,7 @@ fn message_from(origin_msg: &Message, out: Output) -> Message {
         key: out.key.map(Into::into),
         payload: out.payload.into(),
         headers: out.headers,
-        timestamp_ms: origin_msg.timestamp_ms,
+        timestamp_us: origin_msg.timestamp_us,
         attempt: origin_msg.attempt,
     }
 }

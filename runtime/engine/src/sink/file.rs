@@ -53,7 +53,7 @@ mod tests {
             key: None,
             payload: payload.into(),
             headers: Vec::new(),
-            timestamp_ms: 0,
+            timestamp_us: 0,
             attempt: 1,
         }
     }

@@ -8,7 +8,7 @@ use weir_queue::Record;
 
 use super::memory::{Read, Reads, spawn_reader};
 use crate::config::Generator;
-use crate::stats::now_ms;
+use crate::stats::now_us;
 
 pub(super) fn spawn(g: Generator) -> Receiver<Vec<Read>> {
     spawn_reader("weir-generator", move |tx| generate(&g, tx))
@@ -27,7 +27,7 @@ fn generate(g: &Generator, tx: &mut Reads) {
                 std::thread::sleep(wait);
             }
         }
-        let read = Read::Record(Record { timestamp_ms: Some(now_ms()), ..g.record(i) });
+        let read = Read::Record(Record { timestamp_us: Some(now_us()), ..g.record(i) });
         if !tx.send(read) {
             return;
         }

@@ -9,7 +9,7 @@ use std::sync::mpsc::Receiver;
 use weir_queue::Record;
 
 use super::memory::{Read, Reads, spawn_reader};
-use crate::stats::now_ms;
+use crate::stats::now_us;
 
 pub(super) fn read_stdin(json: bool) -> Receiver<Vec<Read>> {
     spawn_reader("weir-stdin", move |tx| read_lines(BufReader::with_capacity(1 << 16, std::io::stdin()), json, tx))
@@ -44,7 +44,7 @@ fn read_lines(mut input: BufReader<impl std::io::Read>, json: bool, tx: &mut Rea
             }
         }
         let read =
-            if json { parse_json(&line) } else { Read::Record(Record { timestamp_ms: Some(now_ms()), ..Record::new(line.clone()) }) };
+            if json { parse_json(&line) } else { Read::Record(Record { timestamp_us: Some(now_us()), ..Record::new(line.clone()) }) };
         if !tx.send(read) {
             return;
         }
@@ -56,7 +56,7 @@ fn read_lines(mut input: BufReader<impl std::io::Read>, json: bool, tx: &mut Rea
 fn parse_json(line: &[u8]) -> Read {
     let parsed = serde_json::from_slice(line).map_err(|e| format!("not JSON: {e}")).and_then(|v| weir_queue::json::record_from_json(&v));
     match parsed {
-        Ok(r) => Read::Record(Record { timestamp_ms: r.timestamp_ms.or(Some(now_ms())), ..r }),
+        Ok(r) => Read::Record(Record { timestamp_us: r.timestamp_us.or(Some(now_us())), ..r }),
         Err(reason) => Read::Bad { line: line.to_vec(), reason },
     }
 }
@@ -70,7 +70,7 @@ mod tests {
         let Read::Record(r) = parse_json(br#"{"payload":"hi","key":"k","headers":{"a":"b","c":[1,2]},"timestamp_ms":5}"#) else {
             panic!("should parse")
         };
-        assert_eq!((r.payload.as_slice(), r.key.as_deref(), r.timestamp_ms), (&b"hi"[..], Some(&b"k"[..]), Some(5)));
+        assert_eq!((r.payload.as_slice(), r.key.as_deref(), r.timestamp_us), (&b"hi"[..], Some(&b"k"[..]), Some(5000)));
         assert_eq!(r.headers, [("a".to_string(), b"b".to_vec()), ("c".to_string(), vec![1, 2])]);
         for (line, want) in [(&b"nope"[..], "not JSON"), (b"[1]", "not a JSON object"), (br#"{"key":"k"}"#, "needs a `payload`")] {
             match parse_json(line) {

@@ -170,7 +170,7 @@ impl Feed for MemoryFeed {
             self.next += 1;
             match read {
                 Read::Record(r) => {
-                    let timestamp_ms = r.timestamp_ms.unwrap_or(0);
+                    let timestamp_us = r.timestamp_us.unwrap_or(0);
                     let msg = Message {
                         topic: self.name.clone(),
                         partition: 0,
@@ -178,10 +178,10 @@ impl Feed for MemoryFeed {
                         key: r.key.map(Into::into),
                         payload: r.payload.into(),
                         headers: r.headers,
-                        timestamp_ms,
+                        timestamp_us,
                         attempt: 1,
                     };
-                    let f = Fetched { id: DeliveryId { partition: 0, offset }, appended_ms: timestamp_ms, msg };
+                    let f = Fetched { id: DeliveryId { partition: 0, offset }, appended_us: timestamp_us, msg };
                     self.deliver(f, &mut out);
                 }
                 Read::Bad { line, reason } => self.dead_letter_line(offset, line, reason)?,

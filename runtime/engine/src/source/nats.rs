@@ -21,7 +21,7 @@ use super::memory::{Read, spawn_reader};
 use crate::batch::Fetched;
 use crate::config::JetStreamSource;
 use crate::nats::{Nats, from_nats_headers, jetstream_message};
-use crate::stats::now_ms;
+use crate::stats::now_us;
 use crate::{Error, Result};
 
 /// Messages asked for per pull request, at least: the server streams them
@@ -223,7 +223,7 @@ impl Feed for JetStreamFeed {
         for m in got {
             let Some((msg, reply)) = jetstream_message(m) else { continue };
             in_flight.insert(msg.offset, Pending { reply, touched: now });
-            out.push(Fetched { id: DeliveryId { partition: 0, offset: msg.offset }, appended_ms: msg.timestamp_ms, msg });
+            out.push(Fetched { id: DeliveryId { partition: 0, offset: msg.offset }, appended_us: msg.timestamp_us, msg });
         }
         Ok(out)
     }
@@ -309,7 +309,7 @@ pub(super) fn read_core(nats: &Arc<Nats>, subject: &str, queue_group: Option<&st
     Ok(spawn_reader("weir-nats-sub", move |tx| {
         while let Some(m) = nats.next(&mut sub) {
             let (key, headers) = from_nats_headers(m.headers.as_ref());
-            let record = Record { key, headers, payload: m.payload.to_vec(), timestamp_ms: Some(now_ms()), id: None };
+            let record = Record { key, headers, payload: m.payload.to_vec(), timestamp_us: Some(now_us()), id: None };
             // Each as it comes: the next may be long in coming.
             if !(tx.send(Read::Record(record)) && tx.flush()) {
                 return;
