@@ -8,6 +8,7 @@ mod http;
 mod metrics;
 mod nats;
 mod pipelines;
+mod readme;
 mod state;
 mod ui;
 

@@ -150,7 +150,7 @@ pub(crate) fn print_summary(r: &Report) {
     }
     eprintln!(
         "{:<22} {:>10} {:>10} {:>8} {:>8} {:>7} {:>11} {:>9} {:>9} {:>6}",
-        "stage", "received", "ok", "retried", "dead", "errors", "msg/s", "p50 µs", "p99 µs", "busy"
+        "stage", "received", "ok", "retried", "dead", "errors", "busy msg/s", "p50 µs", "p99 µs", "busy"
     );
     for s in &r.stages {
         let errs: u64 = s.errors.values().sum();
@@ -163,7 +163,7 @@ pub(crate) fn print_summary(r: &Report) {
             s.retried,
             s.dead_lettered,
             errs,
-            s.msgs_per_s,
+            s.busy_msgs_per_s,
             s.per_message.p50_us,
             s.per_message.p99_us,
             s.busy_share * 100.0

@@ -17,7 +17,7 @@ use clap::{Args, ValueEnum};
 use plotters::prelude::*;
 use serde::Serialize;
 use weir_engine::config::{DeadLetterTo, Generator, JetStreamSource, NatsConnection, NatsSource, Sink, Source, StreamSpec};
-use weir_engine::{PipelineStats, Report, RunOptions};
+use weir_engine::{LatencySummary, PipelineStats, Report, RunOptions};
 
 #[derive(Args)]
 pub(crate) struct PipelineArgs {
@@ -38,6 +38,11 @@ pub(crate) struct PipelineArgs {
     /// Where the pipeline reads the generated messages from.
     #[arg(long, value_enum, default_value_t = BenchSource::Generator)]
     source: BenchSource,
+    /// The fsync policy of every topic the pipeline writes (its queue sinks
+    /// and dead-letter topic): `always`, `interval` (100 ms) or `never`
+    /// [default: as the pipeline file says].
+    #[arg(long, value_parser = ["always", "interval", "never"])]
+    fsync: Option<String>,
     /// NATS server for `--source nats`.
     #[arg(long, default_value = "nats://127.0.0.1:4222")]
     nats_url: String,
@@ -79,9 +84,70 @@ struct BenchReport {
     source: BenchSource,
     /// Seconds spent filling the topic or stream before the run.
     fill_s: f64,
+    /// The scratch directory's disk on its own, measured before the run:
+    /// appending 4 KiB and `fdatasync` (what a queue topic with `fsync =
+    /// "always"` waits for per batch), µs.
+    disk_fdatasync: LatencySummary,
     #[serde(flatten)]
     run: Report,
+    /// Per stage: what the engine adds to the bare call.
+    overhead: Vec<Overhead>,
     series: Vec<Point>,
+}
+
+/// One stage's time per message in the run against the bare wasmtime call
+/// of its component, measured right after the run on generated messages of
+/// the same size in calls of the run's average size.
+#[derive(Serialize)]
+struct Overhead {
+    stage: String,
+    /// Messages per call: the run's average.
+    batch: usize,
+    /// The stage's busy time per message in the run (taking a batch,
+    /// calling, sorting results and outputs, counting), ns.
+    busy_ns_per_message: f64,
+    /// The component called directly in a default wasmtime (no limits, no
+    /// engine around it), ns.
+    bare_ns_per_message: f64,
+    /// The difference: what weir adds per message at this stage, ns.
+    engine_ns_per_message: f64,
+}
+
+/// [`Overhead`] of every stage that received messages.
+fn overheads(pipeline: &weir_engine::Pipeline, run: &Report, g: &Generator) -> anyhow::Result<Vec<Overhead>> {
+    let mut out = Vec::new();
+    for (spec, s) in pipeline.stages.iter().zip(&run.stages) {
+        if s.received == 0 || s.per_call.count == 0 {
+            continue;
+        }
+        let batch = ((s.received as f64 / s.per_call.count as f64).round() as usize).clamp(1, spec.batch_size);
+        let msgs: Vec<weir_queue::Message> = (0..batch as u64)
+            .map(|i| {
+                let r = g.record(i);
+                weir_queue::Message {
+                    topic: FILL_TOPIC.into(),
+                    partition: 0,
+                    offset: i,
+                    key: r.key.map(Into::into),
+                    payload: r.payload.into(),
+                    headers: r.headers,
+                    timestamp_us: 1,
+                    attempt: 1,
+                }
+            })
+            .collect();
+        let bare = weir_host::bench::bare_ns_per_message(&spec.module, &spec.config, &msgs, Duration::from_millis(500))
+            .with_context(|| format!("stage `{}`: the bare call", spec.name))?;
+        let busy = s.busy_s * 1e9 / s.received as f64;
+        out.push(Overhead {
+            stage: s.name.clone(),
+            batch,
+            busy_ns_per_message: busy,
+            bare_ns_per_message: bare,
+            engine_ns_per_message: busy - bare,
+        });
+    }
+    Ok(out)
 }
 
 /// Sample every stage every `every` until `done`.
@@ -136,11 +202,26 @@ pub(crate) fn bench(args: &PipelineArgs) -> anyhow::Result<()> {
             sink.kind = Sink::File { path: dir.path().join(format!("sink-{i}.out")), json };
         }
     }
+    if let Some(policy) = &args.fsync {
+        let fsync = weir_queue::Fsync::parse(Some(policy), None)?;
+        let sinks = pipeline.sinks.iter().filter_map(|s| match &s.kind {
+            Sink::Queue { topic } => Some(topic.clone()),
+            _ => None,
+        });
+        let dead = match &pipeline.dead_letter {
+            DeadLetterTo::Topic(t) => Some(t.clone()),
+            DeadLetterTo::Nats { .. } => None,
+        };
+        for topic in sinks.chain(dead).collect::<Vec<_>>() {
+            pipeline.topics.entry(topic).or_default().fsync = fsync;
+        }
+    }
+    let disk_fdatasync = disk_fdatasync(dir.path(), 200)?;
     let queue = weir_queue::Queue::open(dir.path().join("data"))?;
     let fill_started = Instant::now();
     let _scratch = match args.source {
         BenchSource::Generator => {
-            pipeline.source = Source::Generator(generator);
+            pipeline.source = Source::Generator(generator.clone());
             None
         }
         BenchSource::Queue => {
@@ -176,8 +257,23 @@ pub(crate) fn bench(args: &PipelineArgs) -> anyhow::Result<()> {
 
     let run = stats.report(&pipeline.name);
     crate::run::print_summary(&run);
+    eprintln!(
+        "disk alone: append 4 KiB + fdatasync p50 {} µs, p99 {} µs ({} samples, before the run)",
+        disk_fdatasync.p50_us, disk_fdatasync.p99_us, disk_fdatasync.count
+    );
+    let overhead = overheads(&pipeline, &run, &generator)?;
+    if !overhead.is_empty() {
+        eprintln!("{:<22} {:>7} {:>12} {:>12} {:>12}", "stage", "batch", "busy ns/msg", "bare ns/msg", "engine ns/msg");
+        for o in &overhead {
+            eprintln!(
+                "{:<22} {:>7} {:>12.0} {:>12.0} {:>12.0}",
+                o.stage, o.batch, o.busy_ns_per_message, o.bare_ns_per_message, o.engine_ns_per_message
+            );
+        }
+    }
     draw(&args.chart, &pipeline.name, &series).with_context(|| format!("drawing {}", args.chart.display()))?;
-    let report = BenchReport { messages: args.messages, size: args.size, source: args.source, fill_s, run, series };
+    let report =
+        BenchReport { messages: args.messages, size: args.size, source: args.source, fill_s, disk_fdatasync, run, overhead, series };
     std::fs::write(&args.report, serde_json::to_string_pretty(&report)? + "\n")
         .with_context(|| format!("writing {}", args.report.display()))?;
     eprintln!("report: {}, chart: {}", args.report.display(), args.chart.display());
@@ -185,6 +281,25 @@ pub(crate) fn bench(args: &PipelineArgs) -> anyhow::Result<()> {
 }
 
 const FILL_TOPIC: &str = "bench-input";
+
+/// The time to append 4 KiB to a file in `dir` and `fdatasync` it, `n`
+/// times: the floor under the latency of a topic with `fsync = "always"`.
+fn disk_fdatasync(dir: &std::path::Path, n: u64) -> anyhow::Result<LatencySummary> {
+    use std::io::Write;
+    let path = dir.join("fdatasync-probe");
+    let mut file = std::fs::File::create(&path).with_context(|| format!("creating {}", path.display()))?;
+    let latency = weir_engine::Latency::default();
+    let block = [0x5a_u8; 4096];
+    for _ in 0..n {
+        let started = Instant::now();
+        file.write_all(&block)?;
+        file.sync_data()?;
+        latency.record(started.elapsed());
+    }
+    drop(file);
+    std::fs::remove_file(&path)?;
+    Ok(latency.summary())
+}
 
 /// Fill the scratch queue's input topic, a thousand messages per append.
 fn fill_queue(queue: &weir_queue::Queue, g: &Generator) -> anyhow::Result<()> {
