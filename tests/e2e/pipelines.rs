@@ -77,6 +77,53 @@ fn spawn_run(weir: &Weir, pipeline: &str) -> std::process::Child {
     weir.cmd(&["run", pipeline]).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap()
 }
 
+/// The group's committed offsets, as the data directory holds them
+/// (`groups/GROUP/TOPIC@ID.json`).
+fn committed(weir: &Weir, group: &str) -> Vec<u64> {
+    let dir = weir.data.path().join("groups").join(group);
+    let Some(file) = std::fs::read_dir(&dir).ok().and_then(|mut d| d.next()).map(|e| e.unwrap().path()) else { return Vec::new() };
+    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(file).unwrap()).unwrap_or_default();
+    v["committed"].as_array().map(|a| a.iter().map(|o| o.as_u64().unwrap()).collect()).unwrap_or_default()
+}
+
+#[test]
+fn an_idle_pipeline_commits_what_it_finished_so_kill_9_redoes_nothing() {
+    // Offsets are committed every `commit_interval_ms` while batches flow,
+    // and at once when the pipeline goes idle: a crash after that repeats
+    // nothing, however long the interval.
+    let weir = Weir::new();
+    let dir = tempfile::tempdir().unwrap();
+    let toml = r#"[pipeline]
+name = "hello"
+
+[source]
+type = "queue"
+topic = "hello"
+commit_interval_ms = 60000
+
+[[stage]]
+name = "uppercase"
+module = "{component:uppercase}"
+
+[[sink]]
+type = "stdout"
+"#;
+    let p = pipeline_file(dir.path(), "slow-commits.toml", toml);
+    weir.produce("hello", &["one", "two"]);
+    let mut run = spawn_run(&weir, p.to_str().unwrap());
+    let mut lines = BufReader::new(run.stdout.take().unwrap()).lines();
+    assert_eq!((lines.next().unwrap().unwrap(), lines.next().unwrap().unwrap()), ("ONE".into(), "TWO".into()));
+    let started = Instant::now();
+    while committed(&weir, "hello") != [2] {
+        assert!(started.elapsed() < Duration::from_secs(20), "not committed while idle: {:?}", committed(&weir, "hello"));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    run.kill().unwrap(); // SIGKILL
+    run.wait().unwrap();
+    weir.produce("hello", &["three"]);
+    assert_eq!(weir.ok(&["run", p.to_str().unwrap(), "--drain"], b""), "THREE\n");
+}
+
 #[test]
 fn a_running_pipeline_locks_writers_out_readers_follow_and_sigint_drains() {
     let weir = Weir::new();

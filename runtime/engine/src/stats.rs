@@ -102,6 +102,14 @@ pub struct LatencySummary {
 
 pub(crate) use weir_queue::now_us;
 
+/// CPU time this thread has used: what a stage's work costs whether or not
+/// the thread was waiting for a core meanwhile (on a machine with more busy
+/// threads than cores, wall time counts the waits too).
+pub(crate) fn thread_cpu() -> Duration {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::ThreadCPUTime);
+    Duration::new(t.tv_sec as u64, t.tv_nsec as u32)
+}
+
 /// Time from `timestamp_us` (µs since the Unix epoch) to `now_us`; `None`
 /// when the timestamp is unset (0), zero when it is ahead of this clock.
 pub(crate) fn since(now_us: u64, timestamp_us: u64) -> Option<Duration> {
@@ -124,6 +132,7 @@ pub struct StageStats {
     bytes_in: AtomicU64,
     bytes_out: AtomicU64,
     busy_ns: AtomicU64,
+    cpu_ns: AtomicU64,
     instances: AtomicU64,
     replaced: AtomicU64,
     errors: Mutex<BTreeMap<&'static str, u64>>,
@@ -172,6 +181,9 @@ impl StageStats {
     }
     pub(crate) fn add_busy(&self, d: Duration) {
         self.busy_ns.fetch_add(d.as_nanos() as u64, Relaxed);
+    }
+    pub(crate) fn add_cpu(&self, d: Duration) {
+        self.cpu_ns.fetch_add(d.as_nanos() as u64, Relaxed);
     }
     pub(crate) fn add_error(&self, kind: &'static str) {
         *self.errors.lock().unwrap().entry(kind).or_default() += 1;
@@ -222,6 +234,10 @@ impl StageStats {
     /// Time spent handling batches.
     pub fn busy(&self) -> Duration {
         Duration::from_nanos(self.busy_ns.load(Relaxed))
+    }
+    /// CPU time spent handling batches (the stage's thread and its instances' threads).
+    pub fn cpu(&self) -> Duration {
+        Duration::from_nanos(self.cpu_ns.load(Relaxed))
     }
     /// Whole-call failures and over-limit outputs, by kind.
     pub fn errors(&self) -> BTreeMap<&'static str, u64> {
@@ -381,6 +397,7 @@ impl PipelineStats {
                     instances: s.instances(),
                     instances_replaced: s.replaced(),
                     busy_s: s.busy().as_secs_f64(),
+                    cpu_s: s.cpu().as_secs_f64(),
                     busy_share: s.busy().as_secs_f64() / secs,
                     per_message: s.per_message.summary(),
                     per_call: s.per_call.summary(),
@@ -497,6 +514,9 @@ pub struct StageReport {
     pub instances_replaced: u64,
     /// Time spent handling batches, seconds (summed over instances).
     pub busy_s: f64,
+    /// CPU time spent handling batches, seconds: `busy_s` without the
+    /// time the stage's threads waited for a core.
+    pub cpu_s: f64,
     /// Share of the run's wall time spent handling batches (can exceed 1 with concurrency).
     pub busy_share: f64,
     /// Time per message, as each call's time divided by its batch size,

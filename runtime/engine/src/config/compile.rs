@@ -93,13 +93,15 @@ impl Compiler<'_> {
         let root = TomlPath::default();
         let s = root.key("source");
         match &raw.source {
-            RawSource::Queue { topic, group, start, max_ack_pending } => {
+            RawSource::Queue { topic, group, start, max_ack_pending, commit_interval_ms } => {
                 self.name(&s.key("topic"), "topic name", topic);
                 if let Some(g) = group {
                     self.name(&s.key("group"), "consumer group", g);
                 }
                 let group = group.clone().unwrap_or_else(|| raw.pipeline.name.clone());
                 let max_ack_pending = self.int(&s.key("max_ack_pending"), *max_ack_pending, defaults::MAX_ACK_PENDING, 1, 10_000_000, "");
+                let commit_interval =
+                    self.int(&s.key("commit_interval_ms"), *commit_interval_ms, defaults::COMMIT_INTERVAL_MS, 0, 60_000, " ms");
                 Source::Queue {
                     topic: topic.clone(),
                     group,
@@ -108,6 +110,7 @@ impl Compiler<'_> {
                         Some(RawStart::Earliest) | None => StartFrom::Earliest,
                     },
                     max_ack_pending: max_ack_pending as usize,
+                    commit_interval: Duration::from_millis(commit_interval as u64),
                 }
             }
             RawSource::Stdin { format } => Source::Stdin { json: matches!(format, Some(RawFormat::Json)) },

@@ -214,6 +214,9 @@ pub enum Source {
         start: StartFrom,
         /// Bound on delivered, unsettled messages.
         max_ack_pending: usize,
+        /// How long settlements may wait to be committed to the group's
+        /// offsets while batches are in flight.
+        commit_interval: Duration,
     },
     /// Lines from standard input, read until it closes.
     Stdin {
@@ -398,6 +401,8 @@ pub mod defaults {
     pub const BATCH_SIZE: i64 = 64;
     /// `stage.batch_timeout_ms`.
     pub const BATCH_TIMEOUT_MS: i64 = 5;
+    /// `source.commit_interval_ms` (queue sources).
+    pub const COMMIT_INTERVAL_MS: i64 = 100;
     /// `stage.timeout_ms`.
     pub const TIMEOUT_MS: i64 = 10_000;
     /// `stage.max_memory_bytes`.

@@ -77,7 +77,7 @@ pub(crate) struct RawPipeline {
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub(crate) enum RawSource {
     /// A topic of the embedded queue, read by a consumer group.
-    Queue { topic: String, group: Option<String>, start: Option<RawStart>, max_ack_pending: Option<i64> },
+    Queue { topic: String, group: Option<String>, start: Option<RawStart>, max_ack_pending: Option<i64>, commit_interval_ms: Option<i64> },
     /// Lines (or JSON lines) from standard input.
     Stdin { format: Option<RawFormat> },
     /// Lines (or JSON lines) from a file.

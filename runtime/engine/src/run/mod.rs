@@ -172,6 +172,7 @@ pub(crate) fn run(pipeline: &Pipeline, queue: &Queue, prepared: Prepared, option
             queue,
             checked: Instant::now(),
             floor: &floor,
+            uncommitted_since: None,
         };
         let source_result = source.run(first_tx, settle_rx);
         let sink_result = sink_handle.join().expect("sink thread panicked");

@@ -29,6 +29,8 @@ pub(super) struct SourceWorker<'a> {
     pub(super) checked: Instant,
     /// Told to the sink's state store: below it, ids are never delivered again.
     pub(super) floor: &'a Mutex<Option<Vec<u64>>>,
+    /// Settlements applied and not yet committed since this time.
+    pub(super) uncommitted_since: Option<Instant>,
 }
 
 impl SourceWorker<'_> {
@@ -45,7 +47,19 @@ impl SourceWorker<'_> {
         result.and(committed)
     }
 
+    /// Commit what was settled once the pipeline is idle or the feed's
+    /// commit interval has passed since the oldest settlement not committed.
+    fn commit_due(&mut self) -> Result<()> {
+        let Some(since) = self.uncommitted_since else { return Ok(()) };
+        if self.in_pipeline == 0 || since.elapsed() >= self.feed.commit_interval() {
+            self.feed.commit()?;
+            self.uncommitted_since = None;
+        }
+        Ok(())
+    }
+
     fn apply(&mut self, s: Settlement) {
+        self.uncommitted_since.get_or_insert_with(Instant::now);
         for id in s.acks {
             self.feed.ack(id);
         }
@@ -63,14 +77,10 @@ impl SourceWorker<'_> {
 
     fn pull(&mut self, tx: &SyncSender<Batch>, settlements: &Receiver<Settlement>) -> Result<()> {
         loop {
-            let mut settled = false;
             while let Ok(s) = settlements.try_recv() {
                 self.apply(s);
-                settled = true;
             }
-            if settled {
-                self.feed.commit()?;
-            }
+            self.commit_due()?;
             self.stats.set_source_state(self.feed.lag(), self.feed.in_flight());
             if self.checked.elapsed() >= Duration::from_secs(1) {
                 self.queue.check_present()?;
@@ -96,7 +106,7 @@ impl SourceWorker<'_> {
                     match settlements.recv_timeout(wait.saturating_sub(fetch_started.elapsed())) {
                         Ok(s) => {
                             self.apply(s);
-                            self.feed.commit()?;
+                            self.commit_due()?;
                         }
                         Err(RecvTimeoutError::Timeout) => {}
                         // The sink stopped (its error is reported by the join):

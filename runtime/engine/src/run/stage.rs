@@ -11,7 +11,7 @@ use weir_queue::Message;
 use crate::Result;
 use crate::batch::{Batch, Fate, Item, StateDelta};
 use crate::config::StageSpec;
-use crate::stats::{StageStats, now_us, since};
+use crate::stats::{StageStats, now_us, since, thread_cpu};
 
 pub(super) struct StageWorker {
     /// Position in the pipeline.
@@ -41,6 +41,7 @@ impl StageWorker {
 
     fn process(&mut self, mut batch: Batch) -> Batch {
         let started = Instant::now();
+        let cpu = thread_cpu();
         // Descendants of origins that already failed upstream are dropped.
         let (owners, msgs): (Vec<usize>, Vec<Message>) = std::mem::take(&mut batch.items)
             .into_iter()
@@ -71,10 +72,17 @@ impl StageWorker {
                 }
                 Ok(outputs) => {
                     self.stats.add_ok(outputs.len() as u64, outputs.iter().map(|o| o.payload.len() as u64).sum());
-                    for out in outputs {
-                        match out.topic.clone() {
-                            Some(topic) => batch.routed.push((item.origin, topic, out)),
-                            None => next.push(Item { origin: item.origin, msg: message_from(&item.msg, out) }),
+                    let Item { origin, msg } = item;
+                    let mut origin_msg = Some(msg);
+                    let last = outputs.len().saturating_sub(1);
+                    for (i, mut out) in outputs.into_iter().enumerate() {
+                        match out.topic.take() {
+                            Some(topic) => batch.routed.push((origin, topic, out)),
+                            // The last output takes the input's topic name
+                            // instead of a copy: one shared counter fewer to
+                            // touch per message, across threads.
+                            None if i == last => next.push(Item { origin, msg: into_output(origin_msg.take().expect("taken once"), out) }),
+                            None => next.push(Item { origin, msg: message_from(origin_msg.as_ref().expect("not taken yet"), out) }),
                         }
                     }
                 }
@@ -98,6 +106,7 @@ impl StageWorker {
         }
         batch.items = next;
         self.stats.add_busy(started.elapsed());
+        self.stats.add_cpu(thread_cpu().saturating_sub(cpu));
         batch
     }
 
@@ -132,8 +141,10 @@ impl StageWorker {
                     .map(|(i, (inst, chunk))| {
                         let caller = &caller;
                         s.spawn(move || {
+                            let cpu = thread_cpu();
                             let (mut r, mut w) = (Vec::with_capacity(chunk.len()), Vec::new());
                             caller.call_chunked(inst, chunk, i * per_instance, &mut r, &mut w);
+                            caller.stats.add_cpu(thread_cpu().saturating_sub(cpu));
                             (r, w)
                         })
                     })
@@ -312,6 +323,8 @@ fn host_failure(stats: &StageStats, e: weir_host::Error) -> CallFailure {
     CallFailure { failure: Failure::Retry(e.to_string()), kind }
 }
 
+/// `out` as a message descending from `origin_msg` (its topic, partition,
+/// offset, time and attempt).
 fn message_from(origin_msg: &Message, out: Output) -> Message {
     Message {
         topic: origin_msg.topic.clone(),
@@ -323,4 +336,13 @@ fn message_from(origin_msg: &Message, out: Output) -> Message {
         timestamp_us: origin_msg.timestamp_us,
         attempt: origin_msg.attempt,
     }
+}
+
+/// [`message_from`] reusing `origin_msg` itself, its key, payload and
+/// headers replaced by the output's: no copy of its topic's name to count.
+fn into_output(mut origin_msg: Message, out: Output) -> Message {
+    origin_msg.key = out.key.map(Into::into);
+    origin_msg.payload = out.payload.into();
+    origin_msg.headers = out.headers;
+    origin_msg
 }

@@ -58,6 +58,13 @@ pub(crate) trait Feed {
         Ok(())
     }
 
+    /// How long settlements may wait for [`Feed::commit`] while batches are
+    /// in flight (they are committed at once when the pipeline is idle, and
+    /// always before the run ends). Zero: after every settlement.
+    fn commit_interval(&self) -> Duration {
+        Duration::ZERO
+    }
+
     /// After the last commit: make sure what was committed reached the source.
     fn close(&mut self) {}
 

@@ -13,8 +13,8 @@ use crate::batch::Fetched;
 use crate::config::{DeadLetterTo, Pipeline, Source};
 
 /// Join the source's consumer group.
-pub(super) fn open(pipeline: &Pipeline, queue: &Queue, max_attempts: u32) -> Result<Consumer> {
-    let Source::Queue { topic, group, start, max_ack_pending } = &pipeline.source else { unreachable!("a queue source") };
+pub(super) fn open(pipeline: &Pipeline, queue: &Queue, max_attempts: u32) -> Result<QueueFeed> {
+    let Source::Queue { topic, group, start, max_ack_pending, commit_interval } = &pipeline.source else { unreachable!("a queue source") };
     // Retries and dead letters are decided per stage; the queue's own limit only
     // backs them up. A lease must outlive the slowest batch: every stage may
     // replay a failed batch message by message, each up to its timeout.
@@ -32,47 +32,62 @@ pub(super) fn open(pipeline: &Pipeline, queue: &Queue, max_attempts: u32) -> Res
             DeadLetterTo::Nats { .. } => weir_queue::dead_letter_topic(&pipeline.name),
         }),
     };
-    Ok(queue.consumer(topic, group, options)?)
+    Ok(QueueFeed { consumer: queue.consumer(topic, group, options)?, commit_interval: *commit_interval })
 }
 
-impl Feed for Consumer {
+/// A consumer group of the embedded queue, as a feed.
+pub(super) struct QueueFeed {
+    consumer: Consumer,
+    /// A commit replaces the group's offsets file durably (two fsyncs):
+    /// once per settlement, it cost more than the pipeline's own work. A
+    /// crash loses at most this much of committed progress; those messages
+    /// are delivered again (outputs are at-least-once; stage state knows
+    /// them by id and does not count them twice).
+    commit_interval: Duration,
+}
+
+impl Feed for QueueFeed {
     fn fetch(&mut self, max: usize, wait: Duration) -> Result<Vec<Fetched>> {
-        let deliveries = Consumer::fetch(self, max, wait)?;
-        let topic: Arc<str> = self.topic().into();
+        let deliveries = self.consumer.fetch(max, wait)?;
+        let topic: Arc<str> = self.consumer.topic().into();
         Ok(deliveries.into_iter().map(|d| Fetched::from_delivery(&topic, d)).collect())
     }
 
     fn ack(&mut self, id: DeliveryId) {
-        Consumer::ack(self, id);
+        self.consumer.ack(id);
     }
 
     fn nak(&mut self, id: DeliveryId, delay: Duration) {
-        Consumer::nak(self, id, delay);
+        self.consumer.nak(id, delay);
     }
 
     fn release(&mut self, id: DeliveryId) {
-        Consumer::release(self, id);
+        self.consumer.release(id);
     }
 
     fn commit(&mut self) -> Result<()> {
-        Ok(Consumer::commit(self)?)
+        Ok(self.consumer.commit()?)
+    }
+
+    fn commit_interval(&self) -> Duration {
+        self.commit_interval
     }
 
     fn lag(&mut self) -> Option<Vec<u64>> {
-        Some(self.committed_lag())
+        Some(self.consumer.committed_lag())
     }
 
     /// The group's committed offsets.
     fn floor(&mut self) -> Option<Vec<u64>> {
-        Some(self.committed())
+        Some(self.consumer.committed())
     }
 
     fn in_flight(&self) -> usize {
-        Consumer::in_flight(self)
+        self.consumer.in_flight()
     }
 
     fn is_settled(&mut self) -> bool {
-        Consumer::is_settled(self)
+        self.consumer.is_settled()
     }
 
     fn has_durable_ids(&self) -> bool {
