@@ -11,7 +11,7 @@ fn hello_world_is_uppercased_and_not_processed_twice() {
 
     let out = weir.ok(&["run", "examples/pipelines/hello.toml", "--drain"], b"");
     assert_eq!(out, "HELLO WORLD!\n", "the stdout sink prints the result");
-    let out = weir.ok(&["consume", "hello-out", "--from-beginning", "--count", "1"], b"");
+    let out = weir.ok(&["consume", "hello-out", "--count", "1"], b"");
     assert_eq!(out, "HELLO WORLD!\n");
 
     // A restart resumes from the committed offset: nothing is processed twice.
@@ -44,10 +44,45 @@ fn produce_reports_offsets_and_keeps_keys_and_headers() {
 fn consume_with_a_group_commits_and_resumes() {
     let weir = Weir::new();
     weir.produce("t", &["1", "2", "3", "4", "5"]);
-    assert_eq!(weir.ok(&["consume", "t", "--group", "g", "--from-beginning", "--count", "2"], b""), "1\n2\n");
-    assert_eq!(weir.ok(&["consume", "t", "--group", "g", "--from-beginning"], b""), "3\n4\n5\n");
+    assert_eq!(weir.ok(&["consume", "t", "--group", "g", "--start", "earliest", "--count", "2"], b""), "1\n2\n");
+    assert_eq!(weir.ok(&["consume", "t", "--group", "g", "--start", "earliest"], b""), "3\n4\n5\n");
     assert_eq!(weir.ok(&["consume", "t", "--group", "g"], b""), "", "the group is caught up");
-    assert_eq!(weir.ok(&["consume", "t", "--group", "other", "--from-beginning", "--count", "1"], b""), "1\n");
+    assert_eq!(weir.ok(&["consume", "t", "--group", "other", "--start", "earliest", "--count", "1"], b""), "1\n");
+}
+
+#[test]
+fn consume_shows_what_is_there_and_follow_tails_what_comes() {
+    let weir = Weir::new();
+    weir.produce("t", &["one", "two"]);
+    // Not following: from the oldest message, as kcat -C and rpk do.
+    assert_eq!(weir.ok(&["consume", "t"], b""), "one\ntwo\n");
+    assert_eq!(weir.ok(&["consume", "t", "--count", "1"], b""), "one\n");
+    assert_eq!(weir.ok(&["consume", "t", "--start", "latest"], b""), "");
+    // The old spelling still works, and says what it is now.
+    let out = weir.output(&["consume", "t", "--from-beginning"], b"");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "one\ntwo\n");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--start earliest"), "{}", String::from_utf8_lossy(&out.stderr));
+
+    // Following: from the end, waiting for --count messages.
+    let mut tail = weir.cmd(&["consume", "t", "--follow", "--count", "1"]).stdout(std::process::Stdio::piped()).spawn().unwrap();
+    let reader = std::thread::spawn({
+        let mut stdout = tail.stdout.take().unwrap();
+        move || {
+            use std::io::Read;
+            let mut s = String::new();
+            stdout.read_to_string(&mut s).unwrap();
+            s
+        }
+    });
+    // Publish until the tail has started and taken one (it starts at the end,
+    // so what was published before it started is not what it prints).
+    let started = std::time::Instant::now();
+    while tail.try_wait().unwrap().is_none() {
+        assert!(started.elapsed() < std::time::Duration::from_secs(30), "consume --follow --count 1 never ended");
+        weir.produce("t", &["three"]);
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert_eq!(reader.join().unwrap(), "three\n");
 }
 
 #[test]

@@ -322,7 +322,7 @@ fn produce_consume_and_topics_go_through_the_process_that_owns_the_directory() {
     cmd.env("WEIR_TOKEN", "s3cret");
     let refused = String::from_utf8(Weir::output_of(cmd, b"").stderr).unwrap();
     assert!(refused.contains("invalid partitions `0`: must be between 1 and 4096"), "{refused}");
-    assert_eq!(with_token(&["consume", "t", "--group", "g", "--from-beginning"], b""), "one\ntwo\nthree\n");
+    assert_eq!(with_token(&["consume", "t", "--group", "g", "--start", "earliest"], b""), "one\ntwo\nthree\n");
     assert_eq!(with_token(&["consume", "t", "--group", "g"], b""), "", "the group acknowledged them");
     let refused = weir.fails(&["produce", "t"], b"four\n");
     assert!(refused.contains("bearer token"), "without the token the server refuses: {refused}");

@@ -86,7 +86,7 @@ impl Weir {
 
     /// Every payload of `topic`, from the beginning.
     pub fn consume_all(&self, topic: &str) -> Vec<String> {
-        self.ok(&["consume", topic, "--from-beginning"], b"").lines().map(str::to_owned).collect()
+        self.ok(&["consume", topic], b"").lines().map(str::to_owned).collect()
     }
 
     /// Messages stored in `topic` over all partitions (0 until it exists),
@@ -98,10 +98,7 @@ impl Weir {
 
     /// Every message of `topic` as JSON.
     pub fn consume_json(&self, topic: &str) -> Vec<serde_json::Value> {
-        self.ok(&["consume", topic, "--from-beginning", "--format", "json"], b"")
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect()
+        self.ok(&["consume", topic, "--format", "json"], b"").lines().map(|l| serde_json::from_str(l).unwrap()).collect()
     }
 }
 

@@ -21,10 +21,16 @@ pub(crate) struct ConsumeArgs {
     /// With `--nats`: only messages whose subject matches.
     #[arg(long, value_name = "SUBJECT", requires = "nats")]
     subject: Option<String>,
-    /// Start at the oldest message rather than at the end.
-    #[arg(long)]
+    /// Where to start: `earliest` (the oldest message kept) or `latest`
+    /// (only messages published from now on) [default: earliest; with
+    /// `--follow`, latest]. A `--group` that exists resumes where it
+    /// committed; this is where a new one starts.
+    #[arg(long, value_enum, value_name = "WHERE")]
+    start: Option<Start>,
+    /// Old spelling of `--start earliest` (warns; goes away in the next release).
+    #[arg(long, hide = true)]
     from_beginning: bool,
-    /// Stop after this many messages.
+    /// Stop after this many messages (with `--follow`, wait for them).
     #[arg(long, value_name = "N")]
     count: Option<u64>,
     /// Keep waiting for new messages instead of exiting when caught up.
@@ -41,6 +47,30 @@ pub(crate) struct ConsumeArgs {
     format: Format,
 }
 
+/// `--start`: the words of a queue source's `start` and the HTTP API's `?start=`.
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Start {
+    /// The oldest message kept.
+    Earliest,
+    /// Only messages published from now on.
+    Latest,
+}
+
+impl ConsumeArgs {
+    /// Where to start: `--start`, else earliest, or latest when following.
+    fn start(&self) -> Start {
+        if self.from_beginning {
+            eprintln!("weir: --from-beginning is now spelled --start earliest (the default without --follow)");
+        }
+        match (self.start, self.from_beginning) {
+            (Some(s), _) => s,
+            (None, true) => Start::Earliest,
+            (None, false) if self.follow => Start::Latest,
+            (None, false) => Start::Earliest,
+        }
+    }
+}
+
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Format {
     /// The payload as text, one message per line.
@@ -52,8 +82,9 @@ enum Format {
 const POLL: Duration = Duration::from_millis(100);
 
 pub(crate) fn consume(args: ConsumeArgs, dir: PathBuf) -> anyhow::Result<()> {
+    let start = args.start();
     if let Some(url) = &args.nats {
-        return tokio::runtime::Runtime::new()?.block_on(consume_nats(&args, url));
+        return tokio::runtime::Runtime::new()?.block_on(consume_nats(&args, url, start));
     }
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
@@ -73,7 +104,10 @@ pub(crate) fn consume(args: ConsumeArgs, dir: PathBuf) -> anyhow::Result<()> {
     };
     if let (Some(group), Some(api)) = (&args.group, crate::api::running(&dir)) {
         // Another weir process owns the directory: consume through its API.
-        let start = if args.from_beginning { "earliest" } else { "latest" };
+        let start = match start {
+            Start::Earliest => "earliest",
+            Start::Latest => "latest",
+        };
         let base = format!("/v1/topics/{}/groups/{group}", args.topic);
         while printed < limit {
             let want = (limit - printed).min(1000);
@@ -109,7 +143,10 @@ pub(crate) fn consume(args: ConsumeArgs, dir: PathBuf) -> anyhow::Result<()> {
     }
     if let Some(group) = &args.group {
         let queue = Queue::open(&dir).with_context(|| format!("opening data directory {}", dir.display()))?;
-        let start = if args.from_beginning { StartFrom::Earliest } else { StartFrom::Latest };
+        let start = match start {
+            Start::Earliest => StartFrom::Earliest,
+            Start::Latest => StartFrom::Latest,
+        };
         let mut consumer = queue.consumer(&args.topic, group, ConsumerOptions { start, ..ConsumerOptions::default() })?;
         while printed < limit {
             let want = (limit - printed).min(1000) as usize;
@@ -131,7 +168,7 @@ pub(crate) fn consume(args: ConsumeArgs, dir: PathBuf) -> anyhow::Result<()> {
     let queue = Queue::open_read_only(&dir)
         .with_context(|| format!("opening data directory {} (has anything been produced there?)", dir.display()))?;
     let info = queue.topic_info(&args.topic)?;
-    let mut next: Vec<u64> = info.offsets.iter().map(|&(start, end)| if args.from_beginning { start } else { end }).collect();
+    let mut next: Vec<u64> = info.offsets.iter().map(|&(first, end)| if start == Start::Earliest { first } else { end }).collect();
     while printed < limit {
         let mut got = false;
         for (p, pos) in next.iter_mut().enumerate() {
@@ -160,7 +197,7 @@ pub(crate) fn consume(args: ConsumeArgs, dir: PathBuf) -> anyhow::Result<()> {
 /// `weir consume --nats URL STREAM`: print a JetStream stream's messages,
 /// through an ephemeral consumer (nothing is acknowledged) or, with `--group`, a
 /// durable one that acknowledges what was printed.
-async fn consume_nats(args: &ConsumeArgs, url: &str) -> anyhow::Result<()> {
+async fn consume_nats(args: &ConsumeArgs, url: &str, start: Start) -> anyhow::Result<()> {
     use async_nats::jetstream::{self, consumer};
     use futures::StreamExt;
 
@@ -168,7 +205,10 @@ async fn consume_nats(args: &ConsumeArgs, url: &str) -> anyhow::Result<()> {
     let client = weir_engine::nats::connect(&conn).await?;
     let js = jetstream::new(client.clone());
     let stream = js.get_stream(&args.topic).await.with_context(|| format!("stream {}", args.topic))?;
-    let deliver_policy = if args.from_beginning { consumer::DeliverPolicy::All } else { consumer::DeliverPolicy::New };
+    let deliver_policy = match start {
+        Start::Earliest => consumer::DeliverPolicy::All,
+        Start::Latest => consumer::DeliverPolicy::New,
+    };
     let filter_subject = args.subject.clone().unwrap_or_default();
     let consumer: consumer::PullConsumer = match &args.group {
         Some(group) => {
