@@ -31,11 +31,13 @@ ensure_nats() {
 }
 
 # Programs the end-to-end tests drive beside weir: python3 (the Python
-# producer example, an HTTPS client) and openssl (a test certificate).
+# producer example, an HTTPS client), openssl (a test certificate) and tmux
+# (a real terminal for the live view).
 ensure_test_tools() {
     local missing=()
     command -v python3 >/dev/null || missing+=(python3)
     command -v openssl >/dev/null || missing+=(openssl)
+    command -v tmux >/dev/null || missing+=(tmux)
     if [ ${#missing[@]} -gt 0 ]; then
         echo "==> installing ${missing[*]}"
         apt-get update -qq && apt-get install -y -qq "${missing[@]}"

@@ -10,6 +10,7 @@ mod nats;
 mod pipelines;
 mod readme;
 mod state;
+mod terminal;
 mod ui;
 
 use std::io::Write;

@@ -1,11 +1,12 @@
 //! The live per-stage view of `weir run`: on a terminal, a table redrawn
 //! every second on standard error (rate over the last second, cumulative
-//! counts, p50/p99 per message, busy share); otherwise a log line per stage
-//! every ten seconds.
+//! counts, p50/p99 per message, busy share), pinned below everything else
+//! weir writes there: log lines print above it ([`LogWriter`]); otherwise a
+//! log line per stage every ten seconds.
 
 use std::io::{IsTerminal, Write};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use weir_engine::PipelineStats;
@@ -28,7 +29,6 @@ impl LiveView {
                 let period = if terminal { Duration::from_secs(1) } else { Duration::from_secs(10) };
                 let mut last: Vec<u64> = Vec::new();
                 let mut last_at = Instant::now();
-                let mut drawn = 0;
                 while !sleep_until_done(&flag, period) {
                     let secs = last_at.elapsed().as_secs_f64();
                     last_at = Instant::now();
@@ -37,7 +37,7 @@ impl LiveView {
                         now.iter().enumerate().map(|(i, n)| (n - last.get(i).copied().unwrap_or(0)) as f64 / secs).collect();
                     last = now;
                     if terminal {
-                        drawn = draw(&stats, &rates, total, drawn);
+                        pin(table(&stats, &rates, total));
                     } else {
                         for (s, rate) in stats.stages().iter().zip(&rates) {
                             let p = s.per_message.summary();
@@ -45,7 +45,7 @@ impl LiveView {
                         }
                     }
                 }
-                if terminal && drawn > 0 {
+                if terminal && PINNED.lock().unwrap_or_else(|e| e.into_inner()).take().is_some() {
                     // Leave the last table; the summary follows it.
                     eprintln!();
                 }
@@ -76,12 +76,78 @@ fn sleep_until_done(done: &AtomicBool, period: Duration) -> bool {
     done.load(Ordering::Relaxed)
 }
 
-/// Redraw the table over the `drawn` lines of the last one; returns its height.
-fn draw(stats: &PipelineStats, rates: &[f64], total: Option<u64>, drawn: usize) -> usize {
-    let mut out = String::new();
-    if drawn > 0 {
-        out.push_str(&format!("\x1b[{drawn}F\x1b[J"));
+/// The table pinned at the bottom of the terminal, while the live view runs.
+static PINNED: Mutex<Option<String>> = Mutex::new(None);
+
+/// Move the cursor up over `table` and clear from there down.
+fn unpin(err: &mut impl Write, table: &str) {
+    let height = table.lines().count();
+    if height > 0 {
+        let _ = write!(err, "\x1b[{height}F\x1b[J");
     }
+}
+
+/// Draw `table` in place of the pinned one.
+fn pin(table: String) {
+    let mut pinned = PINNED.lock().unwrap_or_else(|e| e.into_inner());
+    let mut err = std::io::stderr().lock();
+    if let Some(old) = pinned.as_deref() {
+        unpin(&mut err, old);
+    }
+    let _ = err.write_all(table.as_bytes());
+    let _ = err.flush();
+    *pinned = Some(table);
+}
+
+/// Write whole lines to standard error above the pinned table, if one is
+/// there: take the table away, write, draw it again.
+pub(crate) fn print_above(lines: &[u8]) {
+    let pinned = PINNED.lock().unwrap_or_else(|e| e.into_inner());
+    let mut err = std::io::stderr().lock();
+    if let Some(table) = pinned.as_deref() {
+        unpin(&mut err, table);
+        let _ = err.write_all(lines);
+        let _ = err.write_all(table.as_bytes());
+    } else {
+        let _ = err.write_all(lines);
+    }
+    let _ = err.flush();
+}
+
+/// Where weir's log lines go: standard error, above the live table.
+pub(crate) struct LogWriter;
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for LogWriter {
+    type Writer = LogLine;
+    fn make_writer(&'a self) -> LogLine {
+        LogLine(Vec::new())
+    }
+}
+
+/// One log event, written out whole when the formatter is done with it.
+pub(crate) struct LogLine(Vec<u8>);
+
+impl Write for LogLine {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Drop for LogLine {
+    fn drop(&mut self) {
+        if !self.0.is_empty() {
+            print_above(&self.0);
+        }
+    }
+}
+
+/// The table: progress, then a line per stage.
+fn table(stats: &PipelineStats, rates: &[f64], total: Option<u64>) -> String {
+    let mut out = String::new();
     let secs = stats.elapsed().as_secs_f64();
     let received = stats.received();
     match total {
@@ -127,8 +193,5 @@ fn draw(stats: &PipelineStats, rates: &[f64], total: Option<u64>, drawn: usize) 
             s.busy().as_secs_f64() / secs.max(1e-9) * 100.0
         ));
     }
-    let mut err = std::io::stderr().lock();
-    err.write_all(out.as_bytes()).ok();
-    err.flush().ok();
-    2 + stats.stages().len()
+    out
 }

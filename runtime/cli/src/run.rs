@@ -135,7 +135,7 @@ fn install_signal_handlers(stop: Arc<AtomicBool>) {
                         eprintln!("weir: second signal, exiting now");
                         std::process::exit(130);
                     }
-                    eprintln!("weir: stopping: finishing in-flight batches (signal again to exit at once)");
+                    crate::live::print_above(b"weir: stopping: finishing in-flight batches (signal again to exit at once)\n");
                 }
             });
         })

@@ -229,19 +229,28 @@ pub struct LogBucket {
 struct Bucket {
     tokens: f64,
     at: Instant,
-    /// Lines suppressed since the last one let through.
+    /// Lines suppressed and not yet summarised.
     suppressed: u64,
+    /// When the last summary of suppressed lines was handed out.
+    summarised: Option<Instant>,
 }
+
+/// Suppressed lines are summarised at most this often (the first time at
+/// once), so that a stage over its rate adds one line per interval, not one
+/// per line let through.
+const SUMMARY_EVERY: Duration = Duration::from_secs(10);
 
 impl LogBucket {
     /// A full bucket: `burst_lines` at once, then `lines_per_second`.
     pub fn new(lines_per_second: u32, burst_lines: u32) -> Self {
-        let bucket = Bucket { tokens: f64::from(burst_lines), at: Instant::now(), suppressed: 0 };
+        let bucket = Bucket { tokens: f64::from(burst_lines), at: Instant::now(), suppressed: 0, summarised: None };
         LogBucket { inner: Mutex::new(bucket), rate: f64::from(lines_per_second), burst: f64::from(burst_lines.max(1)) }
     }
 
     /// Whether a line may be written now: `Some(n)` if so, `n` being the
-    /// lines suppressed before it (to summarise); `None` if it is suppressed.
+    /// lines suppressed before it to summarise now (0 until
+    /// [`SUMMARY_EVERY`] has passed since the last summary); `None` if it is
+    /// suppressed.
     pub fn take(&self) -> Option<u64> {
         let mut b = self.inner.lock().unwrap();
         let now = Instant::now();
@@ -249,7 +258,12 @@ impl LogBucket {
         b.at = now;
         if b.tokens >= 1.0 {
             b.tokens -= 1.0;
-            Some(std::mem::take(&mut b.suppressed))
+            let due = b.summarised.is_none_or(|t| now.duration_since(t) >= SUMMARY_EVERY);
+            if b.suppressed > 0 && due {
+                b.summarised = Some(now);
+                return Some(std::mem::take(&mut b.suppressed));
+            }
+            Some(0)
         } else {
             b.suppressed += 1;
             None
@@ -306,5 +320,10 @@ mod tests {
         std::thread::sleep(Duration::from_millis(1100));
         assert_eq!(bucket.take(), Some(2), "the next line carries the count to summarise");
         assert_eq!(bucket.take_suppressed(), 0);
+        // Over the rate again within the summary interval: the count waits.
+        assert_eq!(bucket.take(), None);
+        std::thread::sleep(Duration::from_millis(1100));
+        assert_eq!(bucket.take(), Some(0), "no second summary within {SUMMARY_EVERY:?}");
+        assert_eq!(bucket.take_suppressed(), 1, "what is left is summarised when the stage stops");
     }
 }
