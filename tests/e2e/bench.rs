@@ -74,3 +74,24 @@ fn bench_a_pipeline_writes_a_report_with_series_and_a_chart() {
     // The user's data directory is left alone: the run used a scratch one.
     assert!(weir.output(&["topics", "describe", "hello-out"], b"").stdout.is_empty());
 }
+
+#[test]
+fn bench_writes_nothing_into_the_current_directory_unasked() {
+    crate::component("uppercase");
+    let weir = Weir::new();
+    let cwd = tempfile::tempdir().unwrap();
+    let pipeline = crate::repo_root().join("examples/pipelines/hello.toml");
+    let mut cmd = weir.cmd(&["bench", pipeline.to_str().unwrap(), "--messages", "500"]);
+    cmd.current_dir(cwd.path());
+    let out = Weir::output_of(cmd, b"");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert_eq!(std::fs::read_dir(cwd.path()).unwrap().count(), 0, "files written into the current directory");
+    // The report and chart are in a directory of their own, named at the end.
+    let line = stderr.lines().find_map(|l| l.strip_prefix("report: ")).unwrap_or_else(|| panic!("{stderr}"));
+    let (report, chart) = line.split_once(", chart: ").unwrap();
+    let (report, chart) = (std::path::Path::new(report), std::path::Path::new(chart));
+    assert!(report.is_file() && chart.is_file() && report.parent() == chart.parent(), "{line}");
+    assert_ne!(report.parent(), Some(cwd.path()));
+    std::fs::remove_dir_all(report.parent().unwrap()).unwrap();
+}

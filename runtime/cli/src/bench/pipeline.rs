@@ -46,12 +46,14 @@ pub(crate) struct PipelineArgs {
     /// NATS server for `--source nats`.
     #[arg(long, default_value = "nats://127.0.0.1:4222")]
     nats_url: String,
-    /// Where to write the JSON report.
-    #[arg(long, default_value = "weir-bench.json")]
-    report: PathBuf,
+    /// Where to write the JSON report [default: weir-bench.json in a new
+    /// directory under the system's temporary directory, printed at the end].
+    #[arg(long)]
+    report: Option<PathBuf>,
     /// Where to draw the chart (SVG).
-    #[arg(long, default_value = "weir-bench.svg")]
-    chart: PathBuf,
+    /// [default: weir-bench.svg beside the report]
+    #[arg(long)]
+    chart: Option<PathBuf>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
@@ -280,13 +282,29 @@ pub(crate) fn bench(args: &PipelineArgs) -> anyhow::Result<()> {
             );
         }
     }
-    draw(&args.chart, &pipeline.name, &series).with_context(|| format!("drawing {}", args.chart.display()))?;
+    let (report_path, chart_path) = output_paths(args)?;
+    draw(&chart_path, &pipeline.name, &series).with_context(|| format!("drawing {}", chart_path.display()))?;
     let report =
         BenchReport { messages: args.messages, size: args.size, source: args.source, fill_s, disk_fdatasync, run, overhead, series };
-    std::fs::write(&args.report, serde_json::to_string_pretty(&report)? + "\n")
-        .with_context(|| format!("writing {}", args.report.display()))?;
-    eprintln!("report: {}, chart: {}", args.report.display(), args.chart.display());
+    std::fs::write(&report_path, serde_json::to_string_pretty(&report)? + "\n")
+        .with_context(|| format!("writing {}", report_path.display()))?;
+    eprintln!("report: {}, chart: {}", report_path.display(), chart_path.display());
     Ok(())
+}
+
+/// Where the report and the chart go: where `--report` and `--chart` say;
+/// what they do not say goes into a new directory of its own under the
+/// system's temporary directory (nothing is written into the current one
+/// unasked), the chart beside a given report.
+fn output_paths(args: &PipelineArgs) -> anyhow::Result<(PathBuf, PathBuf)> {
+    let dir = match (&args.report, &args.chart) {
+        (Some(r), None) => r.parent().map(std::path::Path::to_path_buf).unwrap_or_default(),
+        (None, _) => tempfile::Builder::new().prefix("weir-bench-").tempdir().context("making an output directory")?.keep(),
+        (Some(_), Some(_)) => PathBuf::new(),
+    };
+    let report = args.report.clone().unwrap_or_else(|| dir.join("weir-bench.json"));
+    let chart = args.chart.clone().unwrap_or_else(|| dir.join("weir-bench.svg"));
+    Ok((report, chart))
 }
 
 const FILL_TOPIC: &str = "bench-input";
