@@ -95,3 +95,40 @@ fn bench_writes_nothing_into_the_current_directory_unasked() {
     assert_ne!(report.parent(), Some(cwd.path()));
     std::fs::remove_dir_all(report.parent().unwrap()).unwrap();
 }
+
+#[test]
+fn bench_replays_an_input_file_and_says_when_it_measured_only_rejections() {
+    crate::component("json_parse");
+    let weir = Weir::new();
+    let dir = tempfile::tempdir().unwrap();
+    let report = dir.path().join("r.json");
+    let bench = |extra: &[&str]| {
+        let args =
+            [&["bench", "examples/pipelines/events.toml", "--messages", "4000", "--report", report.to_str().unwrap()], extra].concat();
+        let out = weir.output(&args, b"");
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(out.status.success(), "{stderr}");
+        (stderr, crate::read_json(&report))
+    };
+    // Made-up payloads are not JSON: every one is dead-lettered, and the
+    // bench says its rate is not the pipeline's.
+    let (stderr, r) = bench(&[]);
+    assert_eq!(r["sink"]["dead_lettered"], 4000);
+    assert!(stderr.contains("note: 4000 of 4000 messages (100%) were dead-lettered (the first: payload is not JSON"), "{stderr}");
+    assert!(stderr.contains("--input FILE"), "{stderr}");
+    // The sample events, cycled twice: 14 broken lines, 202 debug events dropped.
+    let (stderr, r) = bench(&["--input", "examples/data/events.jsonl"]);
+    assert_eq!(r["stages"][0]["received"], 4000);
+    assert_eq!(r["sink"]["dead_lettered"], 28);
+    assert_eq!(r["stages"][2]["received"], 3568);
+    assert!(!stderr.contains("note:"), "{stderr}");
+    // Messages in weir's JSON form keep their keys and headers.
+    let input = dir.path().join("in.jsonl");
+    std::fs::write(&input, "{\"payload\":\"{\\\"level\\\":\\\"info\\\"}\",\"key\":\"k\"}\n").unwrap();
+    let (_, r) = bench(&["--input", input.to_str().unwrap(), "--input-format", "json"]);
+    assert_eq!((r["sink"]["written"].as_u64(), r["sink"]["dead_lettered"].as_u64()), (Some(4000), Some(0)));
+    let bad = dir.path().join("bad.jsonl");
+    std::fs::write(&bad, "{\"payload\":\"a\"}\nnot json\n").unwrap();
+    let err = weir.fails(&["bench", "examples/pipelines/events.toml", "--input", bad.to_str().unwrap(), "--input-format", "json"], b"");
+    assert!(err.contains("bad.jsonl:2:"), "{err}");
+}

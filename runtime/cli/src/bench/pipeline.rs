@@ -35,6 +35,14 @@ pub(crate) struct PipelineArgs {
     /// Distinct message keys (0: no key).
     #[arg(long, default_value_t = 0)]
     keys: u64,
+    /// Replay the messages of this file, cycled to `--messages`, instead
+    /// of made-up ones (so a pipeline that parses JSON is measured on JSON).
+    #[arg(long, value_name = "FILE")]
+    input: Option<PathBuf>,
+    /// How `--input` holds messages: `text` (a line is a payload) or `json`
+    /// (a line is a message as `weir consume --format json` writes it).
+    #[arg(long, value_enum, default_value_t = InputFormat::Text, requires = "input")]
+    input_format: InputFormat,
     /// Where the pipeline reads the generated messages from.
     #[arg(long, value_enum, default_value_t = BenchSource::Generator)]
     source: BenchSource,
@@ -54,6 +62,35 @@ pub(crate) struct PipelineArgs {
     /// [default: weir-bench.svg beside the report]
     #[arg(long)]
     chart: Option<PathBuf>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum InputFormat {
+    /// A line is a payload.
+    Text,
+    /// A line is a message in weir's JSON form.
+    Json,
+}
+
+/// The messages of `--input`.
+fn read_input(path: &std::path::Path, format: InputFormat) -> anyhow::Result<Vec<weir_queue::Record>> {
+    let text = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    let mut records = Vec::new();
+    for (n, line) in text.split(|&b| b == b'\n').enumerate() {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        if line.is_empty() {
+            continue;
+        }
+        records.push(match format {
+            InputFormat::Text => weir_queue::Record::new(line.to_vec()),
+            InputFormat::Json => serde_json::from_slice(line)
+                .map_err(|e| e.to_string())
+                .and_then(|v| weir_queue::json::record_from_json(&v))
+                .map_err(|e| anyhow::anyhow!("{}:{}: {e}", path.display(), n + 1))?,
+        });
+    }
+    anyhow::ensure!(!records.is_empty(), "{} holds no messages", path.display());
+    Ok(records)
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
@@ -198,7 +235,8 @@ pub(crate) fn bench(args: &PipelineArgs) -> anyhow::Result<()> {
     };
     anyhow::ensure!(args.messages > 0, "--messages must be > 0");
     let (engine, mut pipeline) = crate::run::load(path)?;
-    let generator = Generator { count: Some(args.messages), size: args.size, rate: args.rate, keys: args.keys };
+    let input = args.input.as_deref().map(|p| read_input(p, args.input_format)).transpose()?.map(Arc::new);
+    let generator = Generator { count: Some(args.messages), size: args.size, rate: args.rate, keys: args.keys, input };
     anyhow::ensure!(args.rate.is_none() || args.source == BenchSource::Generator, "--rate needs --source generator");
     let dir = tempfile::tempdir()?;
     // Outputs stay in the scratch directory too: file and stdout sinks write
@@ -265,6 +303,9 @@ pub(crate) fn bench(args: &PipelineArgs) -> anyhow::Result<()> {
 
     let run = stats.report(&pipeline.name);
     crate::run::print_summary(&run);
+    if let Some(note) = unlike_real_work(&run, &queue, &pipeline) {
+        eprintln!("{note}");
+    }
     eprintln!(
         "disk alone: append 4 KiB + fdatasync p50 {} µs, p99 {} µs ({} samples, before the run)",
         disk_fdatasync.p50_us, disk_fdatasync.p99_us, disk_fdatasync.count
@@ -290,6 +331,37 @@ pub(crate) fn bench(args: &PipelineArgs) -> anyhow::Result<()> {
         .with_context(|| format!("writing {}", report_path.display()))?;
     eprintln!("report: {}, chart: {}", report_path.display(), chart_path.display());
     Ok(())
+}
+
+/// A note when the run measured something other than the pipeline at work:
+/// most messages dead-lettered, or none reaching a sink. Its rate is then
+/// how fast messages were turned away, which the summary must not pass
+/// off as the pipeline's speed.
+fn unlike_real_work(run: &Report, queue: &weir_queue::Queue, pipeline: &weir_engine::Pipeline) -> Option<String> {
+    let (n, dead) = (run.source.received, run.sink.dead_lettered);
+    let rate = n as f64 / run.elapsed_s.max(1e-9);
+    if n > 0 && dead * 2 >= n {
+        let reason = match &pipeline.dead_letter {
+            DeadLetterTo::Topic(t) => queue.read(t, 0, 0, 1).ok().and_then(|r| {
+                let h = r.into_iter().next()?.headers;
+                h.into_iter().find(|(k, _)| k == weir_queue::dlq_headers::REASON).map(|(_, v)| String::from_utf8_lossy(&v).into_owned())
+            }),
+            DeadLetterTo::Nats { .. } => None,
+        };
+        let reason = reason.map(|r| format!(" (the first: {r})")).unwrap_or_default();
+        return Some(format!(
+            "note: {dead} of {n} messages ({:.0}%) were dead-lettered{reason}. {rate:.0} msg/s is how fast they were \
+             processed, mostly turned away, not the pipeline's speed on its real input: give it that with --input FILE",
+            dead as f64 * 100.0 / n as f64
+        ));
+    }
+    if n > 0 && run.sink.written == 0 {
+        return Some(format!(
+            "note: no message reached a sink (the stages dropped all {n}). {rate:.0} msg/s is how fast they were \
+             processed, not the pipeline's speed on input it keeps: give it that with --input FILE"
+        ));
+    }
+    None
 }
 
 /// Where the report and the chart go: where `--report` and `--chart` say;

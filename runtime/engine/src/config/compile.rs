@@ -122,6 +122,7 @@ impl Compiler<'_> {
                 Source::File { path, json: matches!(format, Some(RawFormat::Json)) }
             }
             RawSource::Generator { count, size, rate, keys } => Source::Generator(Generator {
+                input: None,
                 count: count.map(|n| self.int(&s.key("count"), Some(n), 1, 1, i64::MAX, "") as u64),
                 size: self.int(&s.key("size"), *size, 100, 0, 64 << 20, " bytes") as usize,
                 rate: rate.map(|r| self.int(&s.key("rate"), Some(r), 1, 1, i64::MAX, " messages/s") as u64),

@@ -10,6 +10,7 @@ pub use compile::{compile, load};
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use weir_host::{Grants, Limits};
@@ -262,12 +263,19 @@ pub struct Generator {
     pub rate: Option<u64>,
     /// Distinct keys (`k0`, `k1`, ...) cycled through; 0 for no key.
     pub keys: u64,
+    /// Messages to replay, cycled, instead of made-up ones (`weir bench
+    /// --input`); `size` and `keys` do not apply to them.
+    pub input: Option<Arc<Vec<weir_queue::Record>>>,
 }
 
 impl Generator {
     /// The `i`-th message: its index, then filler letters, `size` bytes in
-    /// all (so payloads are distinct), keyed `k{i % keys}` if `keys` > 0.
+    /// all (so payloads are distinct), keyed `k{i % keys}` if `keys` > 0;
+    /// or, replaying an input, its `i % len`-th message.
     pub fn record(&self, i: u64) -> weir_queue::Record {
+        if let Some(input) = self.input.as_deref().filter(|v| !v.is_empty()) {
+            return input[(i % input.len() as u64) as usize].clone();
+        }
         // The letter at byte j is 'a' + (i + j) % 26: runs of a doubled
         // alphabet, copied rather than made byte by byte (the generator is
         // what benchmarks measure pipelines against).
