@@ -116,6 +116,9 @@ fn bench_replays_an_input_file_and_says_when_it_measured_only_rejections() {
     assert_eq!(r["sink"]["dead_lettered"], 4000);
     assert!(stderr.contains("note: 4000 of 4000 messages (100%) were dead-lettered (the first: payload is not JSON"), "{stderr}");
     assert!(stderr.contains("--input FILE"), "{stderr}");
+    // The log shows the first five dead letters in full, then counts them.
+    assert_eq!(stderr.matches("WARN message dead-lettered").count(), 5, "{stderr}");
+    assert!(stderr.contains("more messages dead-lettered, by stage/kind: parse/guest 3995 (e.g. payload is not JSON"), "{stderr}");
     // The sample events, cycled twice: 14 broken lines, 202 debug events dropped.
     let (stderr, r) = bench(&["--input", "examples/data/events.jsonl"]);
     assert_eq!(r["stages"][0]["received"], 4000);

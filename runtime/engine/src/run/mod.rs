@@ -35,10 +35,12 @@ use crate::nats::Nats;
 use crate::source::OpenOptions;
 use crate::stats::PipelineStats;
 
+mod dead_log;
 mod sink;
 mod source;
 mod stage;
 
+use dead_log::DeadLetterLog;
 use sink::SinkWorker;
 use source::SourceWorker;
 use stage::{StageWorker, guest_driven_log};
@@ -157,7 +159,7 @@ pub(crate) fn run(pipeline: &Pipeline, queue: &Queue, prepared: Prepared, option
             stop: &options.stop,
             stats: &stats,
             settle: settle_tx,
-            dead_letter_log: guest_driven_log(),
+            dead_letter_log: DeadLetterLog::new(),
             floor: &floor,
         };
         let sink_handle = scope.spawn(move || sink.run(rx));

@@ -6,10 +6,10 @@ use std::sync::atomic::AtomicBool;
 use std::sync::mpsc::{Receiver, Sender};
 use std::sync::{Arc, Mutex};
 
-use weir_host::{LogBucket, Output};
+use weir_host::Output;
 use weir_queue::{DeliveryId, Message, Queue, Record, StateStore, StateWrite, dlq_headers};
 
-use super::stage::summarise_suppressed;
+use super::dead_log::DeadLetterLog;
 use crate::Result;
 use crate::batch::{Batch, DeadLetter, Fate, Origin, Settlement, StateDelta};
 use crate::config::{DeadLetterTo, Pipeline};
@@ -42,7 +42,7 @@ pub(super) struct SinkWorker<'a> {
     pub(super) stats: &'a PipelineStats,
     pub(super) settle: Sender<Settlement>,
     /// Rate limit for lines about dead letters.
-    pub(super) dead_letter_log: LogBucket,
+    pub(super) dead_letter_log: DeadLetterLog,
     /// The source's floor (see [`StateStore::set_floor`]), when it has one.
     pub(super) floor: &'a Mutex<Option<Vec<u64>>>,
 }
@@ -118,7 +118,7 @@ impl SinkWorker<'_> {
                 }
             }
         }
-        summarise_suppressed("dead letters", self.dead_letter_log.take_suppressed());
+        self.dead_letter_log.tick(true);
         result
     }
 
@@ -263,6 +263,7 @@ impl SinkWorker<'_> {
             self.stats.settled(settlement.acks.len() + settlement.dead.len(), settlement.naks.len(), settlement.releases.len());
             settlements.push(settlement);
         }
+        self.dead_letter_log.tick(false);
         Ok(settlements)
     }
 
@@ -349,10 +350,7 @@ impl SinkWorker<'_> {
                 Fate::Retry { delay } => settlement.naks.push((o.id, delay)),
                 Fate::Release => settlement.releases.push(o.id),
                 Fate::Dead { stage, kind, reason, msg } => {
-                    if let Some(suppressed) = self.dead_letter_log.take() {
-                        tracing::warn!(%stage, kind, %reason, partition = o.id.partition, offset = o.id.offset, "message dead-lettered");
-                        summarise_suppressed("dead letters", suppressed);
-                    }
+                    self.dead_letter_log.record(&stage, kind, &reason, o.id.partition, o.id.offset);
                     let mut rec = msg.into_record();
                     let why = DeadLetter { stage: &stage, kind, reason, source: &self.source_name, id: o.id, attempt: o.attempt };
                     why.add_headers(&mut rec);
