@@ -570,3 +570,23 @@ fn a_stage_that_keeps_state_behind_a_shared_jetstream_consumer_is_refused() {
     weir.ok(&["validate", names.pipeline(dir.path(), &url, UPPERCASE, "").to_str().unwrap()], b"");
     weir.ok(&["validate", names.pipeline(dir.path(), &url, count, "single_process = true").to_str().unwrap()], b"");
 }
+
+#[test]
+fn consume_names_a_subject_as_produce_does() {
+    let url = server_url();
+    let mut js = Js::connect(&url);
+    let (stream, subject) = unique("words");
+    js.owns(&stream);
+    let weir = Weir::new();
+    let out = weir.ok(&["produce", "--nats", &url, &subject, "--stream", &stream], b"one\ntwo\n");
+    assert!(out.contains("published 2 messages"), "{out}");
+    // The subject, as for produce: the stream capturing it is found.
+    assert_eq!(weir.ok(&["consume", "--nats", &url, &subject], b""), "one\ntwo\n");
+    assert_eq!(weir.ok(&["consume", "--nats", &url, &subject, "--stream", &stream, "--count", "1"], b""), "one\n");
+    // The old form (the stream's name) still works and says what changed.
+    let old = weir.output(&["consume", "--nats", &url, &stream], b"");
+    assert_eq!(String::from_utf8_lossy(&old.stdout), "one\ntwo\n");
+    assert!(String::from_utf8_lossy(&old.stderr).contains("--stream NAME"), "{}", String::from_utf8_lossy(&old.stderr));
+    let err = weir.fails(&["consume", "--nats", &url, &format!("{subject}.nowhere")], b"");
+    assert!(err.contains("no JetStream stream captures subject"), "{err}");
+}

@@ -10,7 +10,8 @@ use weir_queue::{ConsumerOptions, Message, Queue, StartFrom, StoredRecord};
 
 #[derive(Args)]
 pub(crate) struct ConsumeArgs {
-    /// The topic; with `--nats`, the JetStream stream.
+    /// The topic; with `--nats`, the subject (as for `weir produce --nats`),
+    /// read from the stream that captures it.
     topic: String,
     /// Read a JetStream stream of NATS at URL instead of the embedded queue.
     #[arg(long, value_name = "URL")]
@@ -18,8 +19,12 @@ pub(crate) struct ConsumeArgs {
     /// With `--nats`: authenticate with this token.
     #[arg(long, env = "NATS_TOKEN", value_name = "TOKEN", requires = "nats", hide_env_values = true)]
     nats_token: Option<String>,
-    /// With `--nats`: only messages whose subject matches.
-    #[arg(long, value_name = "SUBJECT", requires = "nats")]
+    /// With `--nats`: the stream to read [default: the one capturing the subject].
+    #[arg(long, value_name = "NAME", requires = "nats")]
+    stream: Option<String>,
+    /// Old form: the positional argument named the stream and this the
+    /// subject (warns; goes away in the next release).
+    #[arg(long, value_name = "SUBJECT", requires = "nats", hide = true)]
     subject: Option<String>,
     /// Where to start: `earliest` (the oldest message kept) or `latest`
     /// (only messages published from now on) [default: earliest; with
@@ -194,7 +199,32 @@ pub(crate) fn consume(args: ConsumeArgs, dir: PathBuf) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `weir consume --nats URL STREAM`: print a JetStream stream's messages,
+/// The stream to read and the subject to read from it: the positional
+/// subject, in the stream `--stream` names or else the one capturing it.
+/// The old form (the positional a stream, `--subject` the filter) still
+/// works, with a notice.
+async fn nats_stream_and_subject(args: &ConsumeArgs, js: &async_nats::jetstream::Context) -> anyhow::Result<(String, String)> {
+    const OLD_FORM: &str = "weir: the argument of consume --nats is now a subject, as for produce --nats; name a stream with --stream NAME";
+    if let Some(stream) = &args.stream {
+        return Ok((stream.clone(), args.topic.clone()));
+    }
+    if let Some(subject) = &args.subject {
+        eprintln!("{OLD_FORM}");
+        return Ok((args.topic.clone(), subject.clone()));
+    }
+    match js.stream_by_subject(args.topic.as_str()).await {
+        Ok(stream) => Ok((stream, args.topic.clone())),
+        Err(e) => {
+            if js.get_stream(&args.topic).await.is_ok() {
+                eprintln!("{OLD_FORM}");
+                return Ok((args.topic.clone(), String::new()));
+            }
+            Err(anyhow::anyhow!("no JetStream stream captures subject {} ({e}); name one with --stream NAME", args.topic))
+        }
+    }
+}
+
+/// `weir consume --nats URL SUBJECT`: print a JetStream stream's messages,
 /// through an ephemeral consumer (nothing is acknowledged) or, with `--group`, a
 /// durable one that acknowledges what was printed.
 async fn consume_nats(args: &ConsumeArgs, url: &str, start: Start) -> anyhow::Result<()> {
@@ -204,12 +234,12 @@ async fn consume_nats(args: &ConsumeArgs, url: &str, start: Start) -> anyhow::Re
     let conn = weir_engine::config::NatsConnection { token: args.nats_token.clone(), ..weir_engine::config::NatsConnection::to(url) };
     let client = weir_engine::nats::connect(&conn).await?;
     let js = jetstream::new(client.clone());
-    let stream = js.get_stream(&args.topic).await.with_context(|| format!("stream {}", args.topic))?;
+    let (stream_name, filter_subject) = nats_stream_and_subject(args, &js).await?;
+    let stream = js.get_stream(&stream_name).await.with_context(|| format!("stream {stream_name}"))?;
     let deliver_policy = match start {
         Start::Earliest => consumer::DeliverPolicy::All,
         Start::Latest => consumer::DeliverPolicy::New,
     };
-    let filter_subject = args.subject.clone().unwrap_or_default();
     let consumer: consumer::PullConsumer = match &args.group {
         Some(group) => {
             let config = consumer::pull::Config { durable_name: Some(group.clone()), deliver_policy, filter_subject, ..Default::default() };
