@@ -130,6 +130,16 @@ fn bench_replays_an_input_file_and_says_when_it_measured_only_rejections() {
     std::fs::write(&input, "{\"payload\":\"{\\\"level\\\":\\\"info\\\"}\",\"key\":\"k\"}\n").unwrap();
     let (_, r) = bench(&["--input", input.to_str().unwrap(), "--input-format", "json"]);
     assert_eq!((r["sink"]["written"].as_u64(), r["sink"]["dead_lettered"].as_u64()), (Some(4000), Some(0)));
+    // Mostly what the filter drops: counted per stage, and said.
+    let logs = dir.path().join("logs.txt");
+    std::fs::write(&logs, "a debug line\nok line\nmore debug\ndebug\n").unwrap();
+    let args = ["bench", "examples/pipelines/filter.toml", "--messages", "400", "--input", logs.to_str().unwrap(), "--report"];
+    let out = weir.output(&[&args[..], &[report.to_str().unwrap()]].concat(), b"");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let r = crate::read_json(&report);
+    assert_eq!((r["stages"][1]["name"].as_str(), r["stages"][1]["filtered"].as_u64()), (Some("drop-debug"), Some(300)));
+    assert!(stderr.contains("note: the stages dropped 300 of 400 messages (returned no output) and dead-lettered 0"), "{stderr}");
     let bad = dir.path().join("bad.jsonl");
     std::fs::write(&bad, "{\"payload\":\"a\"}\nnot json\n").unwrap();
     let err = weir.fails(&["bench", "examples/pipelines/events.toml", "--input", bad.to_str().unwrap(), "--input-format", "json"], b"");

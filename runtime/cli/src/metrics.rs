@@ -95,6 +95,7 @@ impl Collector for StatsCollector {
         counter(&mut e, "weir_stage_retried", "Messages that failed at the stage and will be retried.", &per(&|s| s.retried))?;
         counter(&mut e, "weir_stage_rejected", "Messages the stage rejected.", &per(&|s| s.rejected))?;
         counter(&mut e, "weir_stage_dead_lettered", "Messages dead-lettered at the stage.", &per(&|s| s.dead_lettered))?;
+        counter(&mut e, "weir_stage_filtered", "Messages handled successfully with no output (a filter's drops).", &per(&|s| s.filtered))?;
         counter(
             &mut e,
             "weir_stage_abandoned",

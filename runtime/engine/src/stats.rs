@@ -128,6 +128,7 @@ pub struct StageStats {
     rejected: AtomicU64,
     dead_lettered: AtomicU64,
     abandoned: AtomicU64,
+    filtered: AtomicU64,
     deferred: AtomicU64,
     bytes_in: AtomicU64,
     bytes_out: AtomicU64,
@@ -155,6 +156,9 @@ impl StageStats {
     }
     pub(crate) fn add_ok(&self, outputs: u64, bytes: u64) {
         self.ok.fetch_add(1, Relaxed);
+        if outputs == 0 {
+            self.filtered.fetch_add(1, Relaxed);
+        }
         self.emitted.fetch_add(outputs, Relaxed);
         self.bytes_out.fetch_add(bytes, Relaxed);
     }
@@ -225,6 +229,10 @@ impl StageStats {
     /// message failed here first.
     pub fn abandoned(&self) -> u64 {
         self.abandoned.load(Relaxed)
+    }
+    /// Messages handled successfully with no output (a filter's drops).
+    pub fn filtered(&self) -> u64 {
+        self.filtered.load(Relaxed)
     }
     /// Messages not called because their source batch's outputs at this
     /// stage filled `max_batch_output_bytes`; they come back later.
@@ -386,6 +394,7 @@ impl PipelineStats {
                     rejected: s.rejected(),
                     dead_lettered: s.dead_lettered(),
                     abandoned: s.abandoned(),
+                    filtered: s.filtered(),
                     deferred: s.deferred(),
                     errors: s.errors().into_iter().map(|(k, v)| (k.to_owned(), v)).collect(),
                     bytes_in: s.bytes_in.load(Relaxed),
@@ -489,6 +498,8 @@ pub struct StageReport {
     pub dead_lettered: u64,
     /// Dropped: another message from the same source message failed here first.
     pub abandoned: u64,
+    /// Handled successfully with no output: what a filter drops (part of `ok`).
+    pub filtered: u64,
     /// Not called: the source batch's outputs here filled
     /// `max_batch_output_bytes`; released to come back in a later batch.
     pub deferred: u64,

@@ -41,7 +41,7 @@ pub(super) struct SinkWorker<'a> {
     pub(super) stop: &'a AtomicBool,
     pub(super) stats: &'a PipelineStats,
     pub(super) settle: Sender<Settlement>,
-    /// Rate limit for lines about dead letters.
+    /// What is logged about dead letters (the first few, then counts).
     pub(super) dead_letter_log: DeadLetterLog,
     /// The source's floor (see [`StateStore::set_floor`]), when it has one.
     pub(super) floor: &'a Mutex<Option<Vec<u64>>>,
