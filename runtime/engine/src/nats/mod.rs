@@ -291,10 +291,14 @@ pub async fn ensure_stream(js: &jetstream::Context, subject: &str, create: Optio
         )));
     };
     let config = jetstream::stream::Config { name: spec.name.clone(), subjects: spec.subjects.clone(), ..Default::default() };
-    let stream = js
-        .get_or_create_stream(config)
-        .await
-        .map_err(|e| Error::nats(format!("creating stream {} for subject {subject:?}", spec.name), e))?;
+    let stream = match js.get_or_create_stream(config).await {
+        Ok(stream) => stream,
+        // Processes started together race to create the stream, and the
+        // server can refuse the later create as overlapping the stream the
+        // first just made: what counts is that a stream captures the subject.
+        Err(_) if js.stream_by_subject(subject).await.is_ok() => return Ok(()),
+        Err(e) => return Err(Error::nats(format!("creating stream {} for subject {subject:?}", spec.name), e)),
+    };
     let subjects = &stream.cached_info().config.subjects;
     if !subjects.iter().any(|p| crate::config::subject_matches(p, subject)) {
         return Err(Error::nats_refused(format!("stream {} exists but captures {subjects:?}, not subject {subject:?}", spec.name)));
