@@ -170,12 +170,26 @@ async fn produce_nats(args: &ProduceArgs, url: &str) -> anyhow::Result<()> {
         let done = line.is_none();
         if let Some(line) = line {
             let (headers, payload) = weir_engine::nats::to_nats(args.record(line));
+            let publish = || jetstream::message::PublishMessage::build().payload(payload.clone()).headers(headers.clone());
             if args.core {
                 client.publish_with_headers(subject.clone(), headers, payload).await?;
+            } else if first.is_none() {
+                // The first alone, until the stream takes it: a stream that
+                // another process has just created can answer "no stream"
+                // for a moment (a retry cannot reorder anything yet).
+                let mut tries = 0;
+                let ack = loop {
+                    match js.send_publish(subject.clone(), publish()).await?.await {
+                        Err(e) if e.kind() == jetstream::context::PublishErrorKind::StreamNotFound && tries < 50 => {
+                            tries += 1;
+                            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                        }
+                        ack => break ack.context("waiting for the stream to acknowledge")?,
+                    }
+                };
+                (first, last) = (Some(ack.sequence), ack.sequence);
             } else {
-                acks.push(
-                    js.send_publish(subject.clone(), jetstream::message::PublishMessage::build().payload(payload).headers(headers)).await?,
-                );
+                acks.push(js.send_publish(subject.clone(), publish()).await?);
             }
             total += 1;
         }
