@@ -332,7 +332,14 @@ impl Topic {
     pub(crate) fn open(dir: &Path, read_only: bool, faults: &Faults) -> Result<Topic> {
         let meta_path = dir.join(META_FILE);
         let bytes = fs::read(&meta_path).map_err(|e| Error::io(&meta_path, e))?;
-        let config: TopicConfig = serde_json::from_slice(&bytes).map_err(|source| Error::Metadata { path: meta_path, source })?;
+        let config: TopicConfig = serde_json::from_slice(&bytes).map_err(|source| Error::Metadata { path: meta_path.clone(), source })?;
+        // A damaged file can parse and still be impossible (no partitions:
+        // every publish would divide by zero).
+        config.validate().map_err(|e| Error::Invalid {
+            what: "topic metadata",
+            value: meta_path.display().to_string(),
+            reason: e.to_string(),
+        })?;
         let name = dir.file_name().unwrap_or_default().to_string_lossy().into_owned();
         let id = match fs::read_to_string(dir.join(ID_FILE)) {
             Ok(id) => Some(id.trim().to_owned()),
