@@ -8,7 +8,7 @@ everysec.
 
     python redis_streams.py PORT
 
-Prints two lines: `publish N SECONDS` and `consume N SECONDS`.
+Prints two lines: `publish N SECONDS` and `consume+ack N SECONDS`.
 """
 
 import os
@@ -60,7 +60,7 @@ def main():
         ids = [i for i, _ in reply[0][1]]
         r.xack(STREAM, "g", *ids)
         got += len(ids)
-    print(f"consume {got} {time.perf_counter() - started}")
+    print(f"consume+ack {got} {time.perf_counter() - started}")
     r.delete(STREAM)
 
 
