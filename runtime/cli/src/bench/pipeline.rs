@@ -49,8 +49,8 @@ pub(crate) struct PipelineArgs {
     /// The fsync policy of every topic the pipeline writes (its queue sinks
     /// and dead-letter topic): `always`, `interval` (100 ms) or `never`
     /// [default: as the pipeline file says].
-    #[arg(long, value_parser = ["always", "interval", "never"])]
-    fsync: Option<String>,
+    #[arg(long, value_enum)]
+    fsync: Option<crate::topics::FsyncArg>,
     /// NATS server for `--source nats`.
     #[arg(long, default_value = "nats://127.0.0.1:4222")]
     nats_url: String,
@@ -247,8 +247,8 @@ pub(crate) fn bench(args: &PipelineArgs) -> anyhow::Result<()> {
             sink.kind = Sink::File { path: dir.path().join(format!("sink-{i}.out")), json };
         }
     }
-    if let Some(policy) = &args.fsync {
-        let fsync = weir_queue::Fsync::parse(Some(policy), None)?;
+    if let Some(policy) = args.fsync {
+        let fsync = policy.fsync(weir_queue::Fsync::DEFAULT_INTERVAL_MS);
         let sinks = pipeline.sinks.iter().filter_map(|s| match &s.kind {
             Sink::Queue { topic } => Some(topic.clone()),
             _ => None,
