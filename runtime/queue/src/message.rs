@@ -49,6 +49,23 @@ impl Message {
         }
     }
 
+    /// The first delivery of `r`, a record not stored in a topic (read from
+    /// a file, made by a generator), as message `offset` of partition 0 of
+    /// `topic`. Takes the record's buffers without copying them; its
+    /// producer time, if it has none, is 0 (unset).
+    pub fn from_record(topic: Arc<str>, offset: u64, r: Record) -> Message {
+        Message {
+            topic,
+            partition: 0,
+            offset,
+            key: r.key.map(Bytes::from),
+            payload: Bytes::from(r.payload),
+            headers: r.headers,
+            timestamp_us: r.timestamp_us.unwrap_or(0),
+            attempt: 1,
+        }
+    }
+
     /// The record a topic or subject stores for it, with its key, headers,
     /// payload and timestamp. Copies the key and payload only if they are
     /// still shared with another message.
@@ -66,6 +83,21 @@ impl Message {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_record_read_elsewhere_becomes_a_first_delivery() {
+        let r = Record {
+            key: Some(b"k".to_vec()),
+            headers: vec![("h".into(), b"v".to_vec())],
+            payload: b"body".to_vec(),
+            timestamp_us: Some(7),
+            id: None,
+        };
+        let msg = Message::from_record("lines".into(), 4, r);
+        assert_eq!((&*msg.topic, msg.partition, msg.offset, msg.attempt, msg.timestamp_us), ("lines", 0, 4, 1, 7));
+        assert_eq!((msg.key.as_deref(), &msg.payload[..], msg.headers.len()), (Some(&b"k"[..]), &b"body"[..], 1));
+        assert_eq!(Message::from_record("lines".into(), 0, Record::new("x")).timestamp_us, 0, "no producer time: unset");
+    }
 
     #[test]
     fn a_stored_record_becomes_a_message_and_back_without_losing_a_field() {

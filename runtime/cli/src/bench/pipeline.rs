@@ -135,8 +135,8 @@ struct BenchReport {
 }
 
 /// One stage's time per message in the run against the bare wasmtime call
-/// of its component, measured right after the run on generated messages of
-/// the same size in calls of the run's average size.
+/// of its component, measured right after the run on the bench's messages
+/// (generated, or `--input`'s) in calls of the run's average size.
 #[derive(Serialize)]
 struct Overhead {
     stage: String,
@@ -163,21 +163,9 @@ fn overheads(pipeline: &weir_engine::Pipeline, run: &Report, g: &Generator) -> a
             continue;
         }
         let batch = ((s.received as f64 / s.per_call.count as f64).round() as usize).clamp(1, spec.batch_size);
-        let msgs: Vec<weir_queue::Message> = (0..batch as u64)
-            .map(|i| {
-                let r = g.record(i);
-                weir_queue::Message {
-                    topic: FILL_TOPIC.into(),
-                    partition: 0,
-                    offset: i,
-                    key: r.key.map(Into::into),
-                    payload: r.payload.into(),
-                    headers: r.headers,
-                    timestamp_us: 1,
-                    attempt: 1,
-                }
-            })
-            .collect();
+        let topic: std::sync::Arc<str> = FILL_TOPIC.into();
+        let msgs: Vec<weir_queue::Message> =
+            (0..batch as u64).map(|i| weir_queue::Message::from_record(topic.clone(), i, g.record(i))).collect();
         let bare = weir_host::bench::bare_ns_per_message(&spec.module, &spec.config, &msgs, Duration::from_millis(500))
             .with_context(|| format!("stage `{}`: the bare call", spec.name))?;
         let per_message = |secs: f64| secs * 1e9 / s.received as f64;

@@ -170,18 +170,8 @@ impl Feed for MemoryFeed {
             self.next += 1;
             match read {
                 Read::Record(r) => {
-                    let timestamp_us = r.timestamp_us.unwrap_or(0);
-                    let msg = Message {
-                        topic: self.name.clone(),
-                        partition: 0,
-                        offset,
-                        key: r.key.map(Into::into),
-                        payload: r.payload.into(),
-                        headers: r.headers,
-                        timestamp_us,
-                        attempt: 1,
-                    };
-                    let f = Fetched { id: DeliveryId { partition: 0, offset }, appended_us: timestamp_us, msg };
+                    let msg = Message::from_record(self.name.clone(), offset, r);
+                    let f = Fetched { id: DeliveryId { partition: 0, offset }, appended_us: msg.timestamp_us, msg };
                     self.deliver(f, &mut out);
                 }
                 Read::Bad { line, reason } => self.dead_letter_line(offset, line, reason)?,
