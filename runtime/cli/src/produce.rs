@@ -170,7 +170,6 @@ async fn produce_nats(args: &ProduceArgs, url: &str) -> anyhow::Result<()> {
         let done = line.is_none();
         if let Some(line) = line {
             let (headers, payload) = weir_engine::nats::to_nats(args.record(line));
-            let publish = || jetstream::message::PublishMessage::build().payload(payload.clone()).headers(headers.clone());
             if args.core {
                 client.publish_with_headers(subject.clone(), headers, payload).await?;
             } else if first.is_none() {
@@ -178,6 +177,7 @@ async fn produce_nats(args: &ProduceArgs, url: &str) -> anyhow::Result<()> {
                 // another process has just created can answer "no stream"
                 // for a moment (a retry cannot reorder anything yet).
                 let mut tries = 0;
+                let publish = || jetstream::message::PublishMessage::build().payload(payload.clone()).headers(headers.clone());
                 let ack = loop {
                     match js.send_publish(subject.clone(), publish()).await?.await {
                         Err(e) if e.kind() == jetstream::context::PublishErrorKind::StreamNotFound && tries < 50 => {
@@ -189,7 +189,8 @@ async fn produce_nats(args: &ProduceArgs, url: &str) -> anyhow::Result<()> {
                 };
                 (first, last) = (Some(ack.sequence), ack.sequence);
             } else {
-                acks.push(js.send_publish(subject.clone(), publish()).await?);
+                let message = jetstream::message::PublishMessage::build().payload(payload).headers(headers);
+                acks.push(js.send_publish(subject.clone(), message).await?);
             }
             total += 1;
         }
