@@ -115,12 +115,18 @@ pub(crate) struct QueueArgs {
     /// HTTP API and the Python producer do.
     #[arg(long)]
     ids: bool,
-    /// Also run the same workload on NATS JetStream (file storage) and print the ratio.
+    /// Also run the same workload on NATS JetStream (file storage), or on a
+    /// weir broker process over its HTTP API (`weir serve`), and print the
+    /// ratios; may be given twice.
     #[arg(long, value_enum)]
-    compare: Option<Compare>,
+    compare: Vec<Compare>,
     /// NATS server for `--compare nats`.
     #[arg(long, default_value = "nats://127.0.0.1:4222")]
     nats_url: String,
+    /// The `weir serve` for `--compare http` (its topic `bench` is made
+    /// again with `--partitions` and `--fsync`).
+    #[arg(long, default_value = "http://127.0.0.1:7878")]
+    http_url: String,
     /// Print the results as JSON.
     #[arg(long)]
     json: bool,
@@ -129,6 +135,7 @@ pub(crate) struct QueueArgs {
 #[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
 pub(crate) enum Compare {
     Nats,
+    Http,
 }
 
 /// One system's figures for the workload.
@@ -243,8 +250,11 @@ fn bench_backlog(args: &BacklogArgs) -> anyhow::Result<()> {
 fn bench_queue(args: &QueueArgs) -> anyhow::Result<()> {
     anyhow::ensure!(args.messages > 0 && args.batch > 0 && args.producers > 0, "--messages, --batch and --producers must be > 0");
     let mut results = vec![embedded(args)?];
-    if args.compare == Some(Compare::Nats) {
-        results.push(nats::jetstream(args)?);
+    for compare in &args.compare {
+        results.push(match compare {
+            Compare::Nats => nats::jetstream(args)?,
+            Compare::Http => http::broker(args)?,
+        });
     }
     if args.json {
         println!("{}", serde_json::to_string_pretty(&results)?);
@@ -277,7 +287,8 @@ fn bench_queue(args: &QueueArgs) -> anyhow::Result<()> {
             r.messages_per_fsync.map_or("-".into(), |m| format!("{m:.0}"))
         );
     }
-    if let [weir, other] = &results[..] {
+    let (weir, others) = results.split_first().expect("weir's own figures come first");
+    for other in others {
         println!(
             "weir / {}: publish {:.1}x, consume+ack {:.1}x",
             other.system,
