@@ -43,8 +43,8 @@ mod host;
 pub mod testing;
 mod types;
 
-pub use host::{Level, counter_add, log, state};
-pub use types::{Config, Failure, Headers, Message, Output};
+pub use host::{Level, counter_add, log, state, timers};
+pub use types::{Config, Failure, Headers, Message, Output, TimeDomain, Timer};
 
 /// A pipeline stage.
 ///
@@ -73,6 +73,18 @@ pub trait Stage: Sized + 'static {
     fn handle_batch(&mut self, batch: Vec<Message>) -> Vec<Result<Vec<Output>, Failure>> {
         batch.into_iter().map(|m| self.handle(m)).collect()
     }
+
+    /// A timer set with [`timers::set`] fired (the host deleted it; set it
+    /// again to repeat). Its outputs go on like a message's, with the
+    /// timer's time as their event time. The default emits nothing.
+    ///
+    /// # Errors
+    /// [`Failure::Retry`] fires it again later (up to `max_attempts`),
+    /// [`Failure::Reject`] dead-letters a record of it.
+    fn on_timer(&mut self, timer: Timer) -> Result<Vec<Output>, Failure> {
+        let _ = timer;
+        Ok(Vec::new())
+    }
 }
 
 /// Export a [`Stage`] implementation as the component's `weir:pipeline/stage`
@@ -93,6 +105,11 @@ macro_rules! export {
                 ) -> ::std::vec::Vec<::std::result::Result<::std::vec::Vec<$crate::Output>, $crate::Failure>> {
                     $crate::__private::handle_batch::<$ty>(batch)
                 }
+                fn on_timers(
+                    timers: ::std::vec::Vec<$crate::Timer>,
+                ) -> ::std::vec::Vec<::std::result::Result<::std::vec::Vec<$crate::Output>, $crate::Failure>> {
+                    $crate::__private::on_timers::<$ty>(timers)
+                }
             }
             $crate::__private::bindings::__export_stage!(
                 __WeirStageExport with_types_in $crate::__private::bindings
@@ -105,7 +122,7 @@ macro_rules! export {
 pub mod __private {
     use std::cell::RefCell;
 
-    use super::{Config, Failure, Message, Output, Stage};
+    use super::{Config, Failure, Message, Output, Stage, Timer};
 
     pub use wit_bindgen;
 
@@ -138,6 +155,16 @@ pub mod __private {
             match slot.as_mut().and_then(|s| s.downcast_mut::<S>()) {
                 Some(stage) => stage.handle_batch(batch),
                 None => batch.iter().map(|_| Err(Failure::Reject("stage used before init".into()))).collect(),
+            }
+        })
+    }
+
+    pub fn on_timers<S: Stage>(timers: Vec<Timer>) -> Vec<Result<Vec<Output>, Failure>> {
+        INSTANCE.with(|i| {
+            let mut slot = i.borrow_mut();
+            match slot.as_mut().and_then(|s| s.downcast_mut::<S>()) {
+                Some(stage) => timers.into_iter().map(|t| stage.on_timer(t)).collect(),
+                None => timers.iter().map(|_| Err(Failure::Reject("stage used before init".into()))).collect(),
             }
         })
     }

@@ -24,15 +24,24 @@
 //! ```
 
 use std::cell::RefCell;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
-use crate::{Config, Failure, Level, Message, Output, Stage};
+use crate::{Config, Failure, Level, Message, Output, Stage, TimeDomain, Timer};
 
-#[derive(Default)]
+/// A timer as the harness keeps it: ordered by domain, time, key.
+type TimerKey = (u8, u64, Vec<u8>);
+
+fn key_of(domain: TimeDomain, key: &[u8], at_ms: u64) -> TimerKey {
+    (domain as u8, at_ms, key.to_vec())
+}
+
+#[derive(Default, Clone)]
 struct Recorded {
     logs: Vec<(Level, String)>,
     counters: BTreeMap<String, u64>,
     state: BTreeMap<Vec<u8>, Vec<u8>>,
+    timers: BTreeSet<TimerKey>,
+    watermark: Option<u64>,
 }
 
 thread_local! {
@@ -54,7 +63,11 @@ impl<S: Stage> Harness<S> {
         RECORDED.with(|r| *r.borrow_mut() = Recorded::default());
         let config: Vec<(String, String)> = config.iter().map(|(k, v)| ((*k).into(), (*v).into())).collect();
         let stage = S::init(&Config::from(config))?;
-        RECORDED.with(|r| r.borrow_mut().state.clear());
+        RECORDED.with(|r| {
+            let mut r = r.borrow_mut();
+            r.state.clear();
+            r.timers.clear();
+        });
         Ok(Harness { stage })
     }
 
@@ -76,16 +89,73 @@ impl<S: Stage> Harness<S> {
         batch.into_iter().flat_map(|m| self.call(vec![m])).collect()
     }
 
-    /// One call; its state writes are undone if it asks for a retry.
+    /// One call; its state and timer writes are undone if it asks for a retry.
     fn call(&mut self, batch: Vec<Message>) -> Vec<Result<Vec<Output>, Failure>> {
         let n = batch.len();
-        let before = RECORDED.with(|r| r.borrow().state.clone());
+        let before = RECORDED.with(|r| (r.borrow().state.clone(), r.borrow().timers.clone()));
         let out = self.stage.handle_batch(batch);
         assert_eq!(out.len(), n, "a stage must return exactly one result per input message");
         if out.iter().any(|r| matches!(r, Err(Failure::Retry(_)))) {
-            RECORDED.with(|r| r.borrow_mut().state = before);
+            RECORDED.with(|r| (r.borrow_mut().state, r.borrow_mut().timers) = before);
         }
         out
+    }
+
+    /// Move the watermark to `ms` (it never goes back) and fire every
+    /// event-time timer it reaches, earliest first, as the host does after
+    /// a batch; returns each fired timer with its result. `u64::MAX` is
+    /// the end of a finite source: every event-time timer fires.
+    pub fn advance_watermark(&mut self, ms: u64) -> Vec<(Timer, Result<Vec<Output>, Failure>)> {
+        RECORDED.with(|r| {
+            let mut r = r.borrow_mut();
+            r.watermark = Some(r.watermark.map_or(ms, |w| w.max(ms)));
+        });
+        self.fire(TimeDomain::EventTime, ms)
+    }
+
+    /// Fire every processing-time timer due at `now_ms`, earliest first.
+    pub fn advance_clock(&mut self, now_ms: u64) -> Vec<(Timer, Result<Vec<Output>, Failure>)> {
+        self.fire(TimeDomain::ProcessingTime, now_ms)
+    }
+
+    fn fire(&mut self, domain: TimeDomain, until: u64) -> Vec<(Timer, Result<Vec<Output>, Failure>)> {
+        let mut fired = Vec::new();
+        loop {
+            let due = RECORDED.with(|r| {
+                let mut r = r.borrow_mut();
+                let next = r.timers.iter().find(|(d, at, _)| *d == domain as u8 && *at <= until).cloned();
+                next.inspect(|t| {
+                    r.timers.remove(t);
+                })
+            });
+            let Some((_, at_ms, key)) = due else { return fired };
+            let timer = Timer { domain, key, at_ms };
+            let before = RECORDED.with(|r| r.borrow().clone());
+            let result = self.stage.on_timer(timer.clone());
+            if matches!(result, Err(Failure::Retry(_))) {
+                // Undone, as the host does; it would fire again later.
+                let (logs, counters) = RECORDED.with(|r| (r.borrow().logs.clone(), r.borrow().counters.clone()));
+                RECORDED.with(|r| *r.borrow_mut() = Recorded { logs, counters, ..before });
+                fired.push((timer, result));
+                return fired;
+            }
+            fired.push((timer, result));
+        }
+    }
+
+    /// The timers set and not yet fired, earliest first per domain.
+    pub fn timers(&self) -> Vec<Timer> {
+        RECORDED.with(|r| {
+            r.borrow()
+                .timers
+                .iter()
+                .map(|(d, at_ms, key)| Timer {
+                    domain: if *d == TimeDomain::EventTime as u8 { TimeDomain::EventTime } else { TimeDomain::ProcessingTime },
+                    key: key.clone(),
+                    at_ms: *at_ms,
+                })
+                .collect()
+        })
     }
 
     /// The lines logged so far.
@@ -122,5 +192,14 @@ pub(crate) mod native {
     }
     pub(crate) fn state_delete(key: &[u8]) {
         RECORDED.with(|r| r.borrow_mut().state.remove(key));
+    }
+    pub(crate) fn set_timer(domain: crate::TimeDomain, key: &[u8], at_ms: u64) {
+        RECORDED.with(|r| r.borrow_mut().timers.insert(super::key_of(domain, key, at_ms)));
+    }
+    pub(crate) fn delete_timer(domain: crate::TimeDomain, key: &[u8], at_ms: u64) {
+        RECORDED.with(|r| r.borrow_mut().timers.remove(&super::key_of(domain, key, at_ms)));
+    }
+    pub(crate) fn watermark_ms() -> Option<u64> {
+        RECORDED.with(|r| r.borrow().watermark)
     }
 }

@@ -16,6 +16,11 @@ pub use types::Failure;
 pub use types::Message;
 /// A message a stage emits. See `wit/weir.wit` for each field.
 pub use types::Output;
+/// The clock a timer follows: event time (the watermark) or processing
+/// time (the host's clock).
+pub use types::TimeDomain;
+/// A timer that fired: its domain, the key it was set for, its time.
+pub use types::Timer;
 
 impl Message {
     /// A message with only a payload, for tests: topic `test`, partition 0,
@@ -29,8 +34,16 @@ impl Message {
             payload: payload.into(),
             headers: Vec::new(),
             timestamp_ms: 0,
+            event_time_ms: 0,
             attempt: 1,
         }
+    }
+
+    /// Set the event time (builder style, for tests).
+    #[must_use]
+    pub fn at(mut self, event_time_ms: u64) -> Self {
+        self.event_time_ms = event_time_ms;
+        self
     }
 
     /// The payload as UTF-8 text.

@@ -12,6 +12,7 @@ mod readme;
 mod state;
 mod terminal;
 mod ui;
+mod windows;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};

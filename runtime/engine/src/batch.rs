@@ -41,6 +41,17 @@ pub(crate) struct Origin {
     pub(crate) id: DeliveryId,
     pub(crate) attempt: u32,
     pub(crate) fate: Fate,
+    /// Not a source delivery but a timer that fired in a stage: nothing to
+    /// settle at the source; its fate decides only whether the firing's
+    /// state writes (the timer's delete among them) stand.
+    pub(crate) timer: bool,
+}
+
+impl Origin {
+    /// A delivery from the source.
+    pub(crate) fn delivery(id: DeliveryId, attempt: u32) -> Origin {
+        Origin { id, attempt, fate: Fate::Ok, timer: false }
+    }
 }
 
 pub(crate) struct Item {
@@ -56,6 +67,9 @@ pub(crate) struct Batch {
     pub(crate) routed: Vec<(usize, String, Output)>,
     /// State writes of the stateful calls made for this batch.
     pub(crate) writes: Vec<StateDelta>,
+    /// The source's event-time watermark when it sent the batch, ms
+    /// (`u64::MAX` once a finite source has ended).
+    pub(crate) watermark: Option<u64>,
     /// When it was last handed to a channel (for queue-wait times).
     pub(crate) sent: Instant,
 }

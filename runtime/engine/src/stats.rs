@@ -136,6 +136,7 @@ pub struct StageStats {
     cpu_ns: AtomicU64,
     instances: AtomicU64,
     replaced: AtomicU64,
+    timers_fired: AtomicU64,
     errors: Mutex<BTreeMap<&'static str, u64>>,
     pub(crate) custom: OnceLock<Arc<Counters>>,
     pub(crate) limited: OnceLock<Arc<Limited>>,
@@ -176,6 +177,9 @@ impl StageStats {
     }
     pub(crate) fn add_replaced(&self) {
         self.replaced.fetch_add(1, Relaxed);
+    }
+    pub(crate) fn add_timers_fired(&self, n: u64) {
+        self.timers_fired.fetch_add(n, Relaxed);
     }
     pub(crate) fn add_abandoned(&self) {
         self.abandoned.fetch_add(1, Relaxed);
@@ -221,6 +225,12 @@ impl StageStats {
     pub fn instances(&self) -> u64 {
         self.instances.load(Relaxed)
     }
+    /// Timers of the stage that fired (a timer fired again after a retry
+    /// counts again).
+    pub fn timers_fired(&self) -> u64 {
+        self.timers_fired.load(Relaxed)
+    }
+
     /// Instances discarded after a trap, timeout or limit and replaced.
     pub fn replaced(&self) -> u64 {
         self.replaced.load(Relaxed)
@@ -405,6 +415,7 @@ impl PipelineStats {
                     bytes_out_per_s: rate(s.bytes_out.load(Relaxed)),
                     instances: s.instances(),
                     instances_replaced: s.replaced(),
+                    timers_fired: s.timers_fired(),
                     busy_s: s.busy().as_secs_f64(),
                     cpu_s: s.cpu().as_secs_f64(),
                     busy_share: s.busy().as_secs_f64() / secs,
@@ -523,6 +534,8 @@ pub struct StageReport {
     pub instances: u64,
     /// Instances replaced after a trap, timeout or limit.
     pub instances_replaced: u64,
+    /// Timers of the stage that fired.
+    pub timers_fired: u64,
     /// Time spent handling batches, seconds (summed over instances).
     pub busy_s: f64,
     /// CPU time spent handling batches, seconds: `busy_s` without the

@@ -9,7 +9,9 @@ use wasmtime::{Config, Engine, Store};
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 use crate::bindings::weir::pipeline::host::{self, Level};
-use crate::lower::HandleBatch;
+use crate::bindings::weir::pipeline::types::TimeDomain;
+use crate::bindings_v1::weir::pipeline::host as host_v1;
+use crate::lower::{Consumer, Exports};
 use crate::{Limits, Message, Result, Runtime, StageContext, describe};
 
 /// Figures of one `weir bench host` run.
@@ -44,6 +46,7 @@ pub fn messages(count: usize, size: usize) -> Vec<Message> {
             payload: (0..size).map(|j| b'a' + ((i + j) % 26) as u8).collect::<Vec<u8>>().into(),
             headers: Vec::new(),
             timestamp_us: 0,
+            event_time_ms: 0,
             attempt: 1,
         })
         .collect()
@@ -76,9 +79,37 @@ impl host::Host for Bare {
     fn state_delete(&mut self, _: Vec<u8>) -> wasmtime::Result<()> {
         Ok(())
     }
+    fn set_timer(&mut self, _: TimeDomain, _: Vec<u8>, _: u64) -> wasmtime::Result<()> {
+        Ok(())
+    }
+    fn delete_timer(&mut self, _: TimeDomain, _: Vec<u8>, _: u64) -> wasmtime::Result<()> {
+        Ok(())
+    }
+    fn watermark_ms(&mut self) -> wasmtime::Result<Option<u64>> {
+        Ok(None)
+    }
+}
+
+impl host_v1::Host for Bare {
+    fn log(&mut self, _: host_v1::Level, _: String) -> wasmtime::Result<()> {
+        Ok(())
+    }
+    fn counter_add(&mut self, _: String, _: u64) -> wasmtime::Result<()> {
+        Ok(())
+    }
+    fn state_get(&mut self, _: Vec<u8>) -> wasmtime::Result<Option<Vec<u8>>> {
+        Ok(None)
+    }
+    fn state_put(&mut self, _: Vec<u8>, _: Vec<u8>) -> wasmtime::Result<()> {
+        Ok(())
+    }
+    fn state_delete(&mut self, _: Vec<u8>) -> wasmtime::Result<()> {
+        Ok(())
+    }
 }
 
 impl crate::bindings::weir::pipeline::types::Host for Bare {}
+impl crate::bindings_v1::weir::pipeline::types::Host for Bare {}
 
 fn engine_err(e: wasmtime::Error) -> crate::Error {
     crate::Error::Engine(describe(&e))
@@ -89,7 +120,7 @@ fn engine_err(e: wasmtime::Error) -> crate::Error {
 /// with the same lowering of messages as the host.
 pub struct BareStage {
     store: Store<Bare>,
-    handle_batch: HandleBatch,
+    consumer: Consumer,
 }
 
 impl BareStage {
@@ -111,13 +142,13 @@ impl BareStage {
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(engine_err)?;
         crate::bindings::Stage::add_to_linker::<_, wasmtime::component::HasSelf<_>>(&mut linker, |s| s).map_err(engine_err)?;
+        crate::bindings_v1::Stage::add_to_linker::<_, wasmtime::component::HasSelf<_>>(&mut linker, |s| s).map_err(engine_err)?;
         let mut store = Store::new(&engine, Bare { wasi: WasiCtxBuilder::new().build(), table: ResourceTable::new() });
         let instance = linker.instantiate(&mut store, &component).map_err(engine_err)?;
-        let stage = crate::bindings::Stage::new(&mut store, &instance).map_err(engine_err)?;
-        stage.weir_pipeline_consumer().call_init(&mut store, config).map_err(engine_err)?.map_err(crate::Error::Engine)?;
-        let index = crate::lower::export_index(&component).map_err(engine_err)?;
-        let handle_batch = HandleBatch::find(&mut store, &instance, &index).map_err(engine_err)?;
-        Ok(BareStage { store, handle_batch })
+        let exports = Exports::find(&component).map_err(engine_err)?;
+        let consumer = Consumer::find(&mut store, &instance, &exports).map_err(engine_err)?;
+        consumer.init(&mut store, config).map_err(engine_err)?.map_err(crate::Error::Engine)?;
+        Ok(BareStage { store, consumer })
     }
 
     /// Call `handle-batch`, discarding the results.
@@ -125,7 +156,7 @@ impl BareStage {
     /// # Errors
     /// If the call traps.
     pub fn handle_batch(&mut self, batch: &[Message]) -> Result<()> {
-        self.handle_batch.call(&mut self.store, batch).map(drop).map_err(engine_err)
+        self.consumer.handle_batch(&mut self.store, batch).map(drop).map_err(engine_err)
     }
 }
 

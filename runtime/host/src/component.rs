@@ -2,7 +2,9 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::bindings::{StageIndices, StagePre};
+use wasmtime::component::InstancePre;
+
+use crate::lower::{Exports, Version};
 use crate::{Error, Result, Runtime, describe};
 
 const WASM_MAGIC: &[u8; 4] = b"\0asm";
@@ -13,14 +15,15 @@ const CORE_MODULE: [u8; 4] = [1, 0, 0, 0];
 #[derive(Clone)]
 pub struct Stage {
     pub(crate) runtime: Runtime,
-    pub(crate) pre: StagePre<crate::instance::HostState>,
+    pub(crate) pre: InstancePre<crate::instance::HostState>,
     pub(crate) path: PathBuf,
-    /// Where the component exports its functions: `init` through the
-    /// bindings, `handle-batch` for weir's own lowering.
-    pub(crate) indices: StageIndices,
-    pub(crate) handle_batch: wasmtime::component::ComponentExportIndex,
-    /// Whether it imports `state-put` or `state-delete`.
+    /// Where the component exports the consumer's functions, and which
+    /// version of `weir:pipeline` it was built against.
+    pub(crate) exports: Exports,
+    /// Whether it imports `state-put`, `state-delete` or `set-timer`.
     writes_state: bool,
+    /// Whether it imports `set-timer`.
+    uses_timers: bool,
 }
 
 impl std::fmt::Debug for Stage {
@@ -58,30 +61,49 @@ impl Runtime {
                 describe(&e)
             ))
         })?;
-        let pre = StagePre::new(instance_pre).map_err(|e| {
+        let exports = Exports::find(&component).and_then(|exports| {
+            // The bindings check the exports' types.
+            match exports.version {
+                Version::V0_2 => drop(crate::bindings::StagePre::new(instance_pre.clone())?),
+                Version::V0_1 => drop(crate::bindings_v1::StagePre::new(instance_pre.clone())?),
+            }
+            Ok(exports)
+        });
+        let exports = exports.map_err(|e| {
             not_a_stage(format!(
                 "does not implement weir:pipeline/stage: {} (it must export \
-                 weir:pipeline/consumer@0.1.0 with `init` and `handle-batch`)",
+                 weir:pipeline/consumer@0.2.0 with `init`, `handle-batch` and `on-timers`, \
+                 or weir:pipeline/consumer@0.1.0 with `init` and `handle-batch`)",
                 describe(&e)
             ))
         })?;
-        let indices = StageIndices::new(pre.instance_pre()).map_err(|e| not_a_stage(describe(&e)))?;
-        let handle_batch = crate::lower::export_index(&component).map_err(|e| not_a_stage(describe(&e)))?;
-        let writes_state = imports_state_writes(self.engine_ref(), &component);
-        Ok(Stage { runtime: self.clone(), pre, path: path.to_owned(), indices, handle_batch, writes_state })
+        let imports = host_imports(self.engine_ref(), &component);
+        let imports_any = |names: &[&str]| imports.iter().any(|f| names.contains(&f.as_str()));
+        Ok(Stage {
+            runtime: self.clone(),
+            pre: instance_pre,
+            path: path.to_owned(),
+            exports,
+            writes_state: imports_any(&["state-put", "state-delete", "set-timer"]),
+            uses_timers: imports_any(&["set-timer"]),
+        })
     }
 }
 
-/// Whether `component` imports `state-put` or `state-delete`: a component
+/// The `weir:pipeline/host` functions `component` imports: a component
 /// imports only the host functions it calls, so this says whether it can
-/// write state at all.
-fn imports_state_writes(engine: &wasmtime::Engine, component: &wasmtime::component::Component) -> bool {
+/// write state or set timers at all.
+fn host_imports(engine: &wasmtime::Engine, component: &wasmtime::component::Component) -> Vec<String> {
     use wasmtime::component::types::ComponentItem;
-    component.component_type().imports(engine).any(|(name, item)| {
-        name.starts_with("weir:pipeline/host")
-            && matches!(&item.ty, ComponentItem::ComponentInstance(host)
-                if host.exports(engine).any(|(f, _)| f == "state-put" || f == "state-delete"))
-    })
+    let mut names = Vec::new();
+    for (name, item) in component.component_type().imports(engine) {
+        if name.starts_with("weir:pipeline/host")
+            && let ComponentItem::ComponentInstance(host) = &item.ty
+        {
+            names.extend(host.exports(engine).map(|(f, _)| f.to_owned()));
+        }
+    }
+    names
 }
 
 impl Stage {
@@ -90,9 +112,21 @@ impl Stage {
         &self.path
     }
 
-    /// Whether the component can write state: it imports `state-put` or
-    /// `state-delete` (a component imports only the functions it calls).
+    /// Whether the component can write state: it imports `state-put`,
+    /// `state-delete` or `set-timer` (a component imports only the
+    /// functions it calls; timers are state).
     pub fn writes_state(&self) -> bool {
         self.writes_state
+    }
+
+    /// Whether the component can set timers: it imports `set-timer`.
+    pub fn uses_timers(&self) -> bool {
+        self.uses_timers
+    }
+
+    /// The version of `weir:pipeline` the component was built against
+    /// (`0.1.0` or `0.2.0`).
+    pub fn wit_version(&self) -> &'static str {
+        self.exports.version.as_str()
     }
 }

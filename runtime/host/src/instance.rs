@@ -10,10 +10,11 @@ use wasmtime::{ResourceLimiter, Store, Trap};
 use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 use crate::bindings::weir::pipeline::host::{self, Level};
+use crate::bindings::weir::pipeline::types::TimeDomain as WitDomain;
 use crate::component::Stage;
 use crate::limits::{Limited, LogBucket, StateLimitError};
-use crate::lower::HandleBatch;
-use crate::state::{PendingWrites, StageState, StateMap, WriteSet};
+use crate::lower::Consumer;
+use crate::state::{PendingWrites, StageState, StateMap, TimeDomain, Timer, TimerSet, TimerWrites, WriteSet};
 use crate::{EPOCH_TICK, Error, Limits, Message, MessageError, MessageResult, Result, describe};
 
 /// What a stage may reach beyond the empty sandbox (clocks and random only).
@@ -105,6 +106,8 @@ pub struct StageContext {
     state: Arc<StageState>,
     limited: Arc<Limited>,
     log: Arc<LogBucket>,
+    /// The stage's event-time watermark, ms; `None` before the first.
+    watermark: Arc<Mutex<Option<u64>>>,
 }
 
 impl StageContext {
@@ -116,19 +119,31 @@ impl StageContext {
             config,
             grants: Grants::default(),
             counters: Arc::default(),
-            state: StageState::new(stage, StateMap::new()),
+            state: StageState::new(stage, StateMap::new(), TimerSet::new()),
             limited: Arc::default(),
+            watermark: Arc::default(),
             log: Arc::new(LogBucket::new(limits.log.lines_per_second, limits.log.burst_lines)),
             limits,
         }
     }
 
-    /// Start the stage's state from `committed` (what was made durable by
-    /// earlier runs) instead of empty.
+    /// Start the stage's state and timers from `committed` and `timers`
+    /// (what was made durable by earlier runs) instead of empty.
     #[must_use]
-    pub fn with_state(mut self, committed: StateMap) -> Self {
-        self.state = StageState::new(&self.stage, committed);
+    pub fn with_state(mut self, committed: StateMap, timers: TimerSet) -> Self {
+        self.state = StageState::new(&self.stage, committed, timers);
         self
+    }
+
+    /// Move the stage's event-time watermark to `ms`; it never goes back.
+    pub fn advance_watermark(&self, ms: u64) {
+        let mut w = self.watermark.lock().unwrap();
+        *w = Some(w.map_or(ms, |w| w.max(ms)));
+    }
+
+    /// The stage's event-time watermark, ms; `None` before the first.
+    pub fn watermark(&self) -> Option<u64> {
+        *self.watermark.lock().unwrap()
     }
 
     /// Grant the stage's instances `grants`.
@@ -201,10 +216,14 @@ pub(crate) struct HostState {
     gate: Option<u64>,
     /// The current call's state writes.
     writes: WriteSet,
+    /// The current call's timer writes.
+    timers: TimerWrites,
     /// Key and value bytes the current call wrote or deleted.
     written: usize,
     /// How much the current call's writes grow (or shrink) the stage's state.
     grown: isize,
+    /// How many timers the current call's writes add (or remove).
+    timers_grown: isize,
 }
 
 impl HostState {
@@ -220,11 +239,13 @@ impl HostState {
     /// aborted, so is the call. Also says whether it wrote anything.
     fn end_call(&mut self, keep: bool) -> (Option<Arc<PendingWrites>>, bool) {
         let writes = std::mem::take(&mut self.writes);
+        let timers = std::mem::take(&mut self.timers);
         let grown = std::mem::take(&mut self.grown);
+        let timers_grown = std::mem::take(&mut self.timers_grown);
         self.written = 0;
-        let wrote = !writes.is_empty();
+        let wrote = !writes.is_empty() || !timers.is_empty();
         let pending = self.gate.take().and_then(|generation| {
-            let pending = keep.then(|| self.ctx.state.register(writes, generation, grown));
+            let pending = keep.then(|| self.ctx.state.register(writes, timers, generation, grown, timers_grown));
             self.ctx.state.leave();
             pending
         });
@@ -243,7 +264,7 @@ impl HostState {
     /// it: the call then traps, and its writes are discarded.
     fn admit_write(&mut self, key: &[u8], value: Option<&[u8]>) -> wasmtime::Result<()> {
         let limits = &self.ctx.limits.state;
-        let refuse = |what, value, limit, max| Err(StateLimitError { what, value, limit, max }.into());
+        let refuse = |what, value, limit, max| Err(StateLimitError { what, value, unit: "bytes", limit, max }.into());
         if key.len() > limits.max_key_bytes {
             return refuse("key", key.len(), "max_state_key_bytes", limits.max_key_bytes);
         }
@@ -268,6 +289,40 @@ impl HostState {
         }
         Ok(())
     }
+
+    /// Set (`set`) or delete `timer` in the current call, or refuse it as
+    /// [`HostState::admit_write`] does: timers are state.
+    fn write_timer(&mut self, timer: Timer, set: bool) -> wasmtime::Result<()> {
+        self.enter_state();
+        let limits = &self.ctx.limits.state;
+        let refuse = |what, value, unit, limit, max| Err(StateLimitError { what, value, unit, limit, max }.into());
+        if timer.key.len() > limits.max_key_bytes {
+            return refuse("timer key", timer.key.len(), "bytes", "max_state_key_bytes", limits.max_key_bytes);
+        }
+        self.written = self.written.saturating_add(timer.write_bytes());
+        if self.written > limits.max_write_bytes {
+            return refuse("written by one call", self.written, "bytes", "max_state_write_bytes", limits.max_write_bytes);
+        }
+        let was = match self.timers.get(&timer) {
+            Some(was) => *was,
+            None => self.ctx.state.has_timer(&timer),
+        };
+        self.timers_grown += isize::from(set) - isize::from(was);
+        let held = (self.ctx.state.timer_count() as isize + self.timers_grown).max(0) as usize;
+        if set && !was && held > limits.max_timers {
+            return refuse("timers held by the stage", held, "timers", "max_timers", limits.max_timers);
+        }
+        self.timers.insert(timer, set);
+        Ok(())
+    }
+}
+
+fn timer(domain: WitDomain, key: Vec<u8>, at_ms: u64) -> Timer {
+    let domain = match domain {
+        WitDomain::EventTime => TimeDomain::Event,
+        WitDomain::ProcessingTime => TimeDomain::Processing,
+    };
+    Timer { domain, at_ms, key }
 }
 
 impl host::Host for HostState {
@@ -349,9 +404,54 @@ impl host::Host for HostState {
         self.writes.insert(key, None);
         Ok(())
     }
+
+    fn set_timer(&mut self, domain: WitDomain, key: Vec<u8>, at_ms: u64) -> wasmtime::Result<()> {
+        self.write_timer(timer(domain, key, at_ms), true)
+    }
+
+    fn delete_timer(&mut self, domain: WitDomain, key: Vec<u8>, at_ms: u64) -> wasmtime::Result<()> {
+        self.write_timer(timer(domain, key, at_ms), false)
+    }
+
+    fn watermark_ms(&mut self) -> wasmtime::Result<Option<u64>> {
+        Ok(self.ctx.watermark())
+    }
 }
 
 impl crate::bindings::weir::pipeline::types::Host for HostState {}
+
+/// 0.1.0's host functions are 0.2.0's, less timers and the watermark.
+impl crate::bindings_v1::weir::pipeline::host::Host for HostState {
+    fn log(&mut self, level: crate::bindings_v1::weir::pipeline::host::Level, message: String) -> wasmtime::Result<()> {
+        use crate::bindings_v1::weir::pipeline::host::Level as V1;
+        let level = match level {
+            V1::Trace => Level::Trace,
+            V1::Debug => Level::Debug,
+            V1::Info => Level::Info,
+            V1::Warn => Level::Warn,
+            V1::Error => Level::Error,
+        };
+        host::Host::log(self, level, message)
+    }
+
+    fn counter_add(&mut self, name: String, delta: u64) -> wasmtime::Result<()> {
+        host::Host::counter_add(self, name, delta)
+    }
+
+    fn state_get(&mut self, key: Vec<u8>) -> wasmtime::Result<Option<Vec<u8>>> {
+        host::Host::state_get(self, key)
+    }
+
+    fn state_put(&mut self, key: Vec<u8>, value: Vec<u8>) -> wasmtime::Result<()> {
+        host::Host::state_put(self, key, value)
+    }
+
+    fn state_delete(&mut self, key: Vec<u8>) -> wasmtime::Result<()> {
+        host::Host::state_delete(self, key)
+    }
+}
+
+impl crate::bindings_v1::weir::pipeline::types::Host for HostState {}
 
 /// One instance of a stage: a store with its own memory, initialised.
 ///
@@ -359,7 +459,7 @@ impl crate::bindings::weir::pipeline::types::Host for HostState {}
 /// poisoned and must be replaced; [`Instance::is_poisoned`] says so.
 pub struct Instance {
     store: Store<HostState>,
-    handle_batch: HandleBatch,
+    consumer: Consumer,
     poisoned: bool,
     last_writes: Option<Arc<PendingWrites>>,
 }
@@ -375,9 +475,9 @@ impl Stage {
     /// [`Error::Instantiate`] if instantiation fails; [`Error::Init`] if `init`
     /// returns an error, traps or times out.
     pub fn instantiate(&self, ctx: &StageContext) -> Result<Instance> {
-        let (mut store, bindings, handle_batch) = self.instantiate_uninit(ctx)?;
+        let (mut store, consumer) = self.instantiate_uninit(ctx)?;
         let init_err = |reason: String| Error::Init { stage: ctx.stage.clone(), reason };
-        let init = bindings.weir_pipeline_consumer().call_init(&mut store, &ctx.config);
+        let init = consumer.init(&mut store, &ctx.config);
         if store.data_mut().end_call(false).1 {
             tracing::warn!(pipeline = %ctx.pipeline, stage = %ctx.stage, "state written during init is discarded");
         }
@@ -389,11 +489,11 @@ impl Stage {
                 return Err(init_err(format!("{kind}: {}", describe(&e))));
             }
         }
-        Ok(Instance { store, handle_batch, poisoned: false, last_writes: None })
+        Ok(Instance { store, consumer, poisoned: false, last_writes: None })
     }
 
     /// A new store with the stage's limits and an instance in it, before `init`.
-    pub(crate) fn instantiate_uninit(&self, ctx: &StageContext) -> Result<(Store<HostState>, crate::bindings::Stage, HandleBatch)> {
+    pub(crate) fn instantiate_uninit(&self, ctx: &StageContext) -> Result<(Store<HostState>, Consumer)> {
         let refuse = |e: wasmtime::Error| Error::Instantiate { stage: ctx.stage.clone(), reason: describe(&e) };
         let wasi = wasi_ctx(&ctx.grants).map_err(refuse)?;
         let state = HostState {
@@ -403,17 +503,18 @@ impl Stage {
             ctx: ctx.clone(),
             gate: None,
             writes: WriteSet::new(),
+            timers: TimerWrites::new(),
             written: 0,
             grown: 0,
+            timers_grown: 0,
         };
         let mut store = Store::new(self.runtime.engine_ref(), state);
         store.limiter(|s| &mut s.limiter);
         store.set_epoch_deadline(deadline_ticks(ctx.limits.timeout));
         set_fuel(&mut store, &ctx.limits).map_err(refuse)?;
-        let instance = self.pre.instance_pre().instantiate(&mut store).map_err(refuse)?;
-        let bindings = self.indices.load(&mut store, &instance).map_err(refuse)?;
-        let handle_batch = HandleBatch::find(&mut store, &instance, &self.handle_batch).map_err(refuse)?;
-        Ok((store, bindings, handle_batch))
+        let instance = self.pre.instantiate(&mut store).map_err(refuse)?;
+        let consumer = Consumer::find(&mut store, &instance, &self.exports).map_err(refuse)?;
+        Ok((store, consumer))
     }
 }
 
@@ -480,6 +581,41 @@ impl Instance {
     /// [`Error::Call`] with the [`ErrorKind`] when the call fails as a whole;
     /// the instance is then poisoned.
     pub fn handle_batch(&mut self, batch: &[Message]) -> Result<Vec<MessageResult>> {
+        let consumer = self.consumer;
+        self.call("handle-batch", "messages", batch.len(), |store| consumer.handle_batch(store, batch), |_| {})
+    }
+
+    /// Call `on-timers` with timers of the stage that fired: the call
+    /// deletes each first (in its own writes, committed or aborted with the
+    /// rest of them), then the guest may set it again. Returns one result per
+    /// timer, in order, as [`Instance::handle_batch`] does per message.
+    ///
+    /// # Errors
+    /// As [`Instance::handle_batch`]; a 0.1.0 component has no `on-timers`
+    /// (nor could it set a timer): the call fails.
+    pub fn on_timers(&mut self, timers: &[Timer]) -> Result<Vec<MessageResult>> {
+        let consumer = self.consumer;
+        let fire = |data: &mut HostState| {
+            data.enter_state();
+            for t in timers {
+                if data.ctx.state.has_timer(t) && data.timers.insert(t.clone(), false) != Some(false) {
+                    data.timers_grown -= 1;
+                }
+            }
+        };
+        self.call("on-timers", "timers", timers.len(), |store| consumer.on_timers(store, timers), fire)
+    }
+
+    /// One call of `export` with `n` items, its results checked: `before`
+    /// runs in the store's data first, inside the call's writes.
+    fn call(
+        &mut self,
+        export: &str,
+        items: &str,
+        n: usize,
+        guest: impl FnOnce(&mut Store<HostState>) -> wasmtime::Result<crate::lower::BatchResults>,
+        before: impl FnOnce(&mut HostState),
+    ) -> Result<Vec<MessageResult>> {
         let ctx = &self.store.data().ctx;
         let (stage, limits) = (ctx.stage.clone(), ctx.limits.clone());
         if self.poisoned {
@@ -491,14 +627,15 @@ impl Instance {
             // Wait for the gate before the deadline starts counting.
             data.enter_state();
         }
+        before(data);
         data.limiter.hit = false;
         self.store.set_epoch_deadline(deadline_ticks(limits.timeout));
         if let Some(fuel) = limits.max_fuel {
             self.store.set_fuel(fuel).expect("the runtime meters fuel: checked at instantiation");
         }
-        let call = self.handle_batch.call(&mut self.store, batch);
+        let call = guest(&mut self.store);
         // Writes of a failed call are dropped.
-        let keep = matches!(&call, Ok(r) if r.len() == batch.len());
+        let keep = matches!(&call, Ok(r) if r.len() == n);
         self.last_writes = self.store.data_mut().end_call(keep).0;
         let results = match call {
             Ok(results) => results,
@@ -519,12 +656,12 @@ impl Instance {
                 return Err(Error::Call { stage, kind, reason });
             }
         };
-        if results.len() != batch.len() {
+        if results.len() != n {
             self.poisoned = true;
             return Err(Error::Call {
                 stage,
                 kind: ErrorKind::Contract,
-                reason: format!("handle-batch returned {} results for {} messages", results.len(), batch.len()),
+                reason: format!("{export} returned {} results for {n} {items}", results.len()),
             });
         }
         Ok(results

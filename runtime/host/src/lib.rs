@@ -42,14 +42,25 @@ pub use cache::default_cache_dir;
 pub use component::Stage;
 pub use instance::{Counters, DirGrant, ErrorKind, Grants, Instance, StageContext};
 pub use limits::{CounterLimits, Limited, Limits, LogBucket, LogLimits, OutputLimits, StateLimits, output_bytes};
-pub use state::{PendingWrites, StageState, StateMap, WriteSet};
+pub use state::{PendingWrites, StageState, StateMap, TimeDomain, Timer, TimerSet, WriteSet};
 
-/// Generated bindings for the `weir:pipeline/stage` world.
+/// Generated bindings for the `weir:pipeline/stage` world, 0.2.0.
 mod bindings {
     wasmtime::component::bindgen!({
         path: "../../wit",
         world: "stage",
         // A host import may fail the call (a state write over its limit).
+        imports: { default: trappable },
+    });
+}
+
+/// The same for 0.1.0, whose components run unchanged: the host imports
+/// differ only by what 0.2.0 added, and the exports are called through
+/// weir's own lowering (`lower.rs`).
+mod bindings_v1 {
+    wasmtime::component::bindgen!({
+        path: "../../wit/v0.1.0",
+        world: "stage",
         imports: { default: trappable },
     });
 }
@@ -221,6 +232,8 @@ impl Runtime {
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(|e| Error::Engine(describe(&e)))?;
         bindings::Stage::add_to_linker::<_, wasmtime::component::HasSelf<_>>(&mut linker, |s| s)
+            .map_err(|e| Error::Engine(describe(&e)))?;
+        bindings_v1::Stage::add_to_linker::<_, wasmtime::component::HasSelf<_>>(&mut linker, |s| s)
             .map_err(|e| Error::Engine(describe(&e)))?;
         Ok(Runtime { inner: Arc::new(RuntimeInner { engine, linker, cache }) })
     }

@@ -126,21 +126,31 @@ pub struct StateLimits {
     pub max_write_bytes: usize,
     /// Keys and values held by the stage, committed and pending together.
     pub max_bytes: usize,
+    /// Timers held by the stage, committed and pending together.
+    pub max_timers: usize,
 }
 
 impl Default for StateLimits {
     fn default() -> Self {
-        StateLimits { max_key_bytes: 4 << 10, max_value_bytes: 1 << 20, max_write_bytes: 8 << 20, max_bytes: 64 << 20 }
+        StateLimits {
+            max_key_bytes: 4 << 10,
+            max_value_bytes: 1 << 20,
+            max_write_bytes: 8 << 20,
+            max_bytes: 64 << 20,
+            max_timers: 1_000_000,
+        }
     }
 }
 
 /// A state write over a [`StateLimits`] limit: raised as a trap in the
 /// guest, classified as [`crate::ErrorKind::State`].
 #[derive(Debug, thiserror::Error)]
-#[error("state {what} of {value} bytes exceeds {limit} ({max})")]
+#[error("state {what} of {value} {unit} exceeds {limit} ({max})")]
 pub(crate) struct StateLimitError {
     pub(crate) what: &'static str,
     pub(crate) value: usize,
+    /// `bytes`, or `timers`.
+    pub(crate) unit: &'static str,
     pub(crate) limit: &'static str,
     pub(crate) max: usize,
 }

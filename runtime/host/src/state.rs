@@ -12,7 +12,7 @@
 //! finishes. So committed state only ever reflects calls that read committed
 //! state: exactly-once, at the price of redoing the later work on an abort.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, Weak};
 
@@ -21,6 +21,64 @@ pub type StateMap = HashMap<Vec<u8>, Vec<u8>>;
 
 /// The net writes of one call: key → new value, or `None` for a delete.
 pub type WriteSet = HashMap<Vec<u8>, Option<Vec<u8>>>;
+
+/// The clock a timer follows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum TimeDomain {
+    /// Fires once the stage's watermark reaches it.
+    Event,
+    /// Fires once the host's clock reaches it.
+    Processing,
+}
+
+/// A timer of a stage: it fires for `key` at `at_ms` on the `domain`
+/// clock. Ordered by domain, then time: the order timers fire in.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Timer {
+    /// Its clock.
+    pub domain: TimeDomain,
+    /// When it fires, ms since the Unix epoch.
+    pub at_ms: u64,
+    /// The stage's key.
+    pub key: Vec<u8>,
+}
+
+impl Timer {
+    /// The timer as a state key: its domain (a byte), its time (8 bytes,
+    /// big-endian), its key; so stored timers sort as they fire.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(9 + self.key.len());
+        out.push(match self.domain {
+            TimeDomain::Event => 0,
+            TimeDomain::Processing => 1,
+        });
+        out.extend_from_slice(&self.at_ms.to_be_bytes());
+        out.extend_from_slice(&self.key);
+        out
+    }
+
+    /// A timer from [`Timer::encode`]'s bytes, or `None` if they are not one.
+    pub fn decode(bytes: &[u8]) -> Option<Timer> {
+        let domain = match bytes.first()? {
+            0 => TimeDomain::Event,
+            1 => TimeDomain::Processing,
+            _ => return None,
+        };
+        let at_ms = u64::from_be_bytes(bytes.get(1..9)?.try_into().ok()?);
+        Some(Timer { domain, at_ms, key: bytes[9..].to_vec() })
+    }
+
+    /// Bytes it counts for in a call's writes (`max_state_write_bytes`).
+    pub(crate) fn write_bytes(&self) -> usize {
+        9 + self.key.len()
+    }
+}
+
+/// A stage's committed timers.
+pub type TimerSet = BTreeSet<Timer>;
+
+/// The timer writes of one call: set (`true`) or deleted (`false`).
+pub type TimerWrites = BTreeMap<Timer, bool>;
 
 /// The shared state of one stage. See the module docs.
 #[derive(Debug)]
@@ -34,6 +92,7 @@ pub struct StageState {
 #[derive(Debug, Default)]
 struct Overlay {
     committed: StateMap,
+    timers: TimerSet,
     /// Key and value bytes of `committed`.
     committed_bytes: usize,
     /// Uncommitted write sets, oldest first.
@@ -48,8 +107,11 @@ struct Overlay {
 pub struct PendingWrites {
     seq: u64,
     writes: WriteSet,
+    timers: TimerWrites,
     /// How much it grows (or shrinks) the state it was written over.
     grown: isize,
+    /// How many timers it adds (or removes).
+    timers_grown: isize,
     aborted: AtomicBool,
     stage: Weak<StageState>,
 }
@@ -63,6 +125,16 @@ impl PendingWrites {
     /// The writes, net per key.
     pub fn writes(&self) -> &WriteSet {
         &self.writes
+    }
+
+    /// The timers set (`true`) and deleted (`false`).
+    pub fn timers(&self) -> &TimerWrites {
+        &self.timers
+    }
+
+    /// Whether it writes nothing at all (a call that only read).
+    pub fn is_empty(&self) -> bool {
+        self.writes.is_empty() && self.timers.is_empty()
     }
 
     /// Whether it was aborted (directly or because an earlier one was).
@@ -99,18 +171,26 @@ impl PendingWrites {
                 let size = |v: Option<usize>| v.map_or(0, |v| k.len() + v);
                 o.committed_bytes = (o.committed_bytes + size(v.as_ref().map(Vec::len))).saturating_sub(size(old.as_ref().map(Vec::len)));
             }
+            for (t, set) in &self.timers {
+                if *set {
+                    o.timers.insert(t.clone());
+                } else {
+                    o.timers.remove(t);
+                }
+            }
         }
     }
 }
 
 impl StageState {
-    /// The state of stage `name`, starting from `committed`.
-    pub fn new(name: &str, committed: StateMap) -> Arc<Self> {
+    /// The state of stage `name`, starting from `committed` and `timers`.
+    pub fn new(name: &str, committed: StateMap, timers: TimerSet) -> Arc<Self> {
         Arc::new(StageState {
             name: name.to_owned(),
             overlay: Mutex::new(Overlay {
                 committed_bytes: committed.iter().map(|(k, v)| k.len() + v.len()).sum(),
                 committed,
+                timers,
                 ..Overlay::default()
             }),
             gate: Gate::default(),
@@ -176,14 +256,74 @@ impl StageState {
         (o.committed_bytes as isize + pending).max(0) as usize
     }
 
+    /// Whether `timer` is set, read through the pending writes.
+    pub(crate) fn has_timer(&self, timer: &Timer) -> bool {
+        let o = self.overlay.lock().unwrap();
+        match o.pending.iter().rev().find_map(|w| w.timers.get(timer)) {
+            Some(set) => *set,
+            None => o.timers.contains(timer),
+        }
+    }
+
+    /// Timers the stage holds, committed and pending.
+    pub fn timer_count(&self) -> usize {
+        let o = self.overlay.lock().unwrap();
+        let pending: isize = o.pending.iter().map(|w| w.timers_grown).sum();
+        (o.timers.len() as isize + pending).max(0) as usize
+    }
+
+    /// The earliest (at most `max`) timers of `domain` due at `until_ms`
+    /// (their time ≤ it), read through the pending writes: a timer whose
+    /// firing is still pending (deleted by an uncommitted call) is not due
+    /// again unless that call is aborted.
+    pub fn due_timers(&self, domain: TimeDomain, until_ms: u64, max: usize) -> Vec<Timer> {
+        let o = self.overlay.lock().unwrap();
+        let lowest = Timer { domain, at_ms: 0, key: Vec::new() };
+        let due = |t: &&Timer| t.domain == domain && t.at_ms <= until_ms;
+        let pending: Vec<(&Timer, bool)> =
+            o.pending.iter().flat_map(|w| w.timers.range(&lowest..).take_while(|(t, _)| due(t)).map(|(t, set)| (t, *set))).collect();
+        // Enough committed ones to make up for those deleted meanwhile.
+        let deleted = pending.iter().filter(|(_, set)| !set).count();
+        let mut view: BTreeMap<&Timer, bool> = o.timers.range(&lowest..).take_while(due).take(max + deleted).map(|t| (t, true)).collect();
+        view.extend(pending);
+        view.into_iter().filter(|(_, set)| *set).map(|(t, _)| t.clone()).take(max).collect()
+    }
+
+    /// A write set that only deletes `timer`: a timer that failed for
+    /// good (dead-lettered) is gone once the dead letter is durable, even
+    /// though its call's own writes were discarded.
+    pub fn delete_timer(self: &Arc<Self>, timer: Timer) -> Arc<PendingWrites> {
+        let generation = self.enter();
+        let grown = -isize::from(self.has_timer(&timer));
+        let w = self.register(WriteSet::new(), TimerWrites::from([(timer, false)]), generation, 0, grown);
+        self.leave();
+        w
+    }
+
     /// Register the writes of a call that read generation `generation`;
-    /// `grown` is how much they grow the state they were written over.
-    pub(crate) fn register(self: &Arc<Self>, writes: WriteSet, generation: u64, grown: isize) -> Arc<PendingWrites> {
+    /// `grown` is how much they grow the state they were written over,
+    /// `timers_grown` how many timers they add.
+    pub(crate) fn register(
+        self: &Arc<Self>,
+        writes: WriteSet,
+        timers: TimerWrites,
+        generation: u64,
+        grown: isize,
+        timers_grown: isize,
+    ) -> Arc<PendingWrites> {
         let mut o = self.overlay.lock().unwrap();
         let seq = o.next_seq;
         o.next_seq += 1;
         let stale = o.generation != generation;
-        let w = Arc::new(PendingWrites { seq, writes, grown, aborted: AtomicBool::new(stale), stage: Arc::downgrade(self) });
+        let w = Arc::new(PendingWrites {
+            seq,
+            writes,
+            timers,
+            grown,
+            timers_grown,
+            aborted: AtomicBool::new(stale),
+            stage: Arc::downgrade(self),
+        });
         if !stale {
             o.pending.push_back(w.clone());
         }
@@ -223,30 +363,65 @@ mod tests {
 
     #[test]
     fn reads_see_pending_writes_and_an_abort_takes_the_later_ones_with_it() {
-        let s = StageState::new("s", StateMap::from([(b"k".to_vec(), b"0".to_vec())]));
+        let s = StageState::new("s", StateMap::from([(b"k".to_vec(), b"0".to_vec())]), TimerSet::new());
         assert_eq!(s.bytes(), 2);
         let g = s.enter();
-        let a = s.register(ws(&[("k", Some("1"))]), g, 0);
+        let a = s.register(ws(&[("k", Some("1"))]), TimerWrites::new(), g, 0, 0);
         s.leave();
         let g = s.enter();
         assert_eq!(s.read(b"k"), Some(b"1".to_vec()));
-        let b = s.register(ws(&[("k", Some("2")), ("j", None)]), g, 0);
+        let b = s.register(ws(&[("k", Some("2")), ("j", None)]), TimerWrites::new(), g, 0, 0);
         s.leave();
         assert_eq!(s.read(b"k"), Some(b"2".to_vec()));
         // A call that read before the abort cannot commit.
         let g = s.enter();
         a.abort();
         assert!(a.is_aborted() && b.is_aborted());
-        let c = s.register(ws(&[("k", Some("3"))]), g, 0);
+        let c = s.register(ws(&[("k", Some("3"))]), TimerWrites::new(), g, 0, 0);
         s.leave();
         assert!(c.is_aborted());
         assert_eq!(s.read(b"k"), Some(b"0".to_vec()), "back to the committed state");
         let g = s.enter();
-        let d = s.register(ws(&[("k", None)]), g, -2);
+        let d = s.register(ws(&[("k", None)]), TimerWrites::new(), g, -2, 0);
         s.leave();
         assert_eq!(s.bytes(), 0, "the pending delete shrinks the state");
         d.committed();
         assert_eq!(s.committed_value(b"k"), None);
         assert_eq!(s.bytes(), 0);
+    }
+
+    fn timer(domain: TimeDomain, at_ms: u64, key: &str) -> Timer {
+        Timer { domain, at_ms, key: key.as_bytes().to_vec() }
+    }
+
+    #[test]
+    fn due_timers_read_through_pending_sets_and_deletes_in_firing_order() {
+        use TimeDomain::{Event, Processing};
+        let committed = TimerSet::from([timer(Event, 10, "a"), timer(Event, 20, "b"), timer(Event, 30, "c"), timer(Processing, 5, "p")]);
+        let s = StageState::new("s", StateMap::new(), committed);
+        assert_eq!(s.due_timers(Event, 20, 10), vec![timer(Event, 10, "a"), timer(Event, 20, "b")]);
+        assert_eq!(s.due_timers(Event, 20, 1), vec![timer(Event, 10, "a")]);
+        assert_eq!(s.due_timers(Processing, u64::MAX, 10), vec![timer(Processing, 5, "p")]);
+        // A call fires "a" (deletes it) and sets "d" at 15.
+        let g = s.enter();
+        let fired =
+            s.register(WriteSet::new(), TimerWrites::from([(timer(Event, 10, "a"), false), (timer(Event, 15, "d"), true)]), g, 0, 0);
+        s.leave();
+        assert!(!s.has_timer(&timer(Event, 10, "a")) && s.has_timer(&timer(Event, 15, "d")));
+        assert_eq!(s.due_timers(Event, 20, 2), vec![timer(Event, 15, "d"), timer(Event, 20, "b")], "a pending delete is made up for");
+        fired.abort();
+        assert_eq!(s.due_timers(Event, 20, 10), vec![timer(Event, 10, "a"), timer(Event, 20, "b")], "aborted: a fires again");
+        let g = s.enter();
+        let fired = s.register(WriteSet::new(), TimerWrites::from([(timer(Event, 10, "a"), false)]), g, 0, -1);
+        s.leave();
+        assert_eq!(s.timer_count(), 3);
+        fired.committed();
+        assert_eq!(s.due_timers(Event, u64::MAX, 10), vec![timer(Event, 20, "b"), timer(Event, 30, "c")]);
+        assert_eq!(s.timer_count(), 3);
+        for t in [timer(Event, 0, ""), timer(Processing, u64::MAX, "k\0y")] {
+            assert_eq!(Timer::decode(&t.encode()), Some(t));
+        }
+        assert_eq!(Timer::decode(&[2; 9]), None);
+        assert_eq!(Timer::decode(&[0; 8]), None);
     }
 }

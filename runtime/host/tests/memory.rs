@@ -27,6 +27,7 @@ fn memory_returns_to_baseline_after_memory_bombs() {
         payload: "alloc".into(),
         headers: Vec::new(),
         timestamp_us: 0,
+        event_time_ms: 0,
         attempt: 1,
     };
     let explode = || {

@@ -14,6 +14,7 @@ fn msg(payload: &str) -> Message {
         payload: payload.as_bytes().to_vec().into(),
         headers: vec![("h".into(), b"v".to_vec())],
         timestamp_us: 1,
+        event_time_ms: 0,
         attempt: 1,
     }
 }
@@ -55,6 +56,7 @@ fn the_guest_sees_every_field_of_a_message_as_sent() {
         payload: shared,
         headers: vec![("h1".into(), b"v1".to_vec()), ("h2".into(), vec![])],
         timestamp_us: 1_700_000_000_123_456,
+        event_time_ms: 1_700_000_000_123,
         attempt: 5,
     };
     let out = inst.handle_batch(&[sent.clone(), Message { key: None, headers: vec![], ..sent }]).unwrap();
@@ -337,7 +339,7 @@ fn state_writes_over_a_limit_fail_the_call_as_state_and_write_nothing() {
     let rt = Runtime::new().unwrap();
     let stage = rt.load(&component("hostile")).unwrap();
     let limits = Limits {
-        state: weir_host::StateLimits { max_key_bytes: 100, max_value_bytes: 1000, max_write_bytes: 5000, max_bytes: 8000 },
+        state: weir_host::StateLimits { max_key_bytes: 100, max_value_bytes: 1000, max_write_bytes: 5000, max_bytes: 8000, max_timers: 10 },
         ..Limits::default()
     };
     let c = ctx(&[], limits);
@@ -409,4 +411,68 @@ fn the_pool_holds_as_many_instances_as_a_pipeline_may_run() {
     eprintln!("{} instances in {:?}", held.len(), started.elapsed());
     // They all work.
     assert!(held.last_mut().unwrap().handle_batch(&[msg("k")]).unwrap()[0].is_ok());
+}
+
+#[test]
+fn a_component_built_against_0_1_0_runs_unchanged_beside_0_2_0() {
+    let rt = Runtime::new().unwrap();
+    let old = rt.load(&component("uppercase_v0_1")).unwrap();
+    let new = rt.load(&component("uppercase")).unwrap();
+    assert_eq!((old.wit_version(), new.wit_version()), ("0.1.0", "0.2.0"));
+    assert!(old.writes_state() && !old.uses_timers());
+    let c = ctx(&[], Limits::default());
+    let mut inst = old.instantiate(&c).unwrap();
+    let out = inst.handle_batch(&[msg("old"), msg("guest")]).unwrap();
+    let payloads: Vec<_> = out.iter().map(|r| r.as_ref().unwrap()[0].payload.clone()).collect();
+    assert_eq!(payloads, [b"OLD".to_vec(), b"GUEST".to_vec()]);
+    let w = inst.take_writes().expect("it wrote state through the 0.1.0 import");
+    assert_eq!(w.writes().get(&b"n"[..]), Some(&Some(2u64.to_le_bytes().to_vec())));
+    assert_eq!(c.counters().snapshot().get("upper"), Some(&2));
+    assert!(matches!(inst.on_timers(&[]), Err(Error::Call { .. })), "0.1.0 has no on-timers");
+}
+
+#[test]
+fn timers_set_by_a_call_fire_through_on_timers_and_are_deleted_by_the_firing_call() {
+    use weir_host::{TimeDomain, Timer};
+    let rt = Runtime::new().unwrap();
+    let stage = rt.load(&component("window_count")).unwrap();
+    assert!(stage.uses_timers() && stage.writes_state());
+    let c = ctx(&[("window_ms", "1000")], Limits::default());
+    let mut inst = stage.instantiate(&c).unwrap();
+    let at = |ms| Message { event_time_ms: ms, ..msg("x") };
+    inst.handle_batch(&[at(100), at(900), at(1100)]).unwrap();
+    inst.take_writes().unwrap().committed();
+    let state = c.state();
+    assert_eq!(state.timer_count(), 2);
+    assert!(state.due_timers(TimeDomain::Event, 999, 10).is_empty());
+    let due = state.due_timers(TimeDomain::Event, 1000, 10);
+    assert_eq!(due, vec![Timer { domain: TimeDomain::Event, at_ms: 1000, key: [&0u64.to_be_bytes()[..], b"k"].concat() }]);
+    let out = inst.on_timers(&due).unwrap();
+    assert_eq!(out[0].as_ref().unwrap()[0].payload, b"k 0 2");
+    let fired = inst.take_writes().unwrap();
+    assert_eq!(fired.timers().get(&due[0]), Some(&false), "the firing call deletes the timer");
+    assert!(state.due_timers(TimeDomain::Event, 1000, 10).is_empty(), "not due again while its delete is pending");
+    fired.abort();
+    assert_eq!(state.due_timers(TimeDomain::Event, 1000, 10), due, "aborted: it fires again");
+    // The watermark the guest reads.
+    assert_eq!(c.watermark(), None);
+    c.advance_watermark(5000);
+    c.advance_watermark(10);
+    assert_eq!(c.watermark(), Some(5000), "never goes back");
+    inst.handle_batch(&[at(1200)]).unwrap();
+    assert_eq!(c.counters().snapshot().get("late"), Some(&1), "window [1000, 2000) closed at watermark 5000");
+}
+
+#[test]
+fn max_timers_refuses_a_call_that_would_hold_more() {
+    let rt = Runtime::new().unwrap();
+    let stage = rt.load(&component("window_count")).unwrap();
+    let limits = Limits { state: weir_host::StateLimits { max_timers: 1, ..Default::default() }, ..Limits::default() };
+    let mut inst = stage.instantiate(&ctx(&[("window_ms", "1000")], limits)).unwrap();
+    let at = |ms| Message { event_time_ms: ms, ..msg("x") };
+    inst.handle_batch(&[at(1)]).unwrap();
+    match inst.handle_batch(&[at(1), at(1001)]) {
+        Err(Error::Call { kind: ErrorKind::State, reason, .. }) => assert!(reason.contains("max_timers"), "{reason}"),
+        other => panic!("expected a state error, got {other:?}"),
+    }
 }

@@ -29,6 +29,10 @@ pub struct Message {
     pub headers: Vec<(String, Vec<u8>)>,
     /// When the producer created it, in µs since the Unix epoch.
     pub timestamp_us: u64,
+    /// When the event it records happened, in ms since the Unix epoch:
+    /// the producer's time unless the pipeline's source reads it from the
+    /// message. Watermarks and event-time timers follow it.
+    pub event_time_ms: u64,
     /// Delivery attempt: 1 on first delivery, 2 on the first redelivery, ...
     pub attempt: u32,
 }
@@ -45,6 +49,7 @@ impl Message {
             payload: Bytes::from(r.payload),
             headers: r.headers,
             timestamp_us: r.timestamp_us,
+            event_time_ms: r.timestamp_us / 1000,
             attempt,
         }
     }
@@ -62,6 +67,7 @@ impl Message {
             payload: Bytes::from(r.payload),
             headers: r.headers,
             timestamp_us: r.timestamp_us.unwrap_or(0),
+            event_time_ms: r.timestamp_us.unwrap_or(0) / 1000,
             attempt: 1,
         }
     }

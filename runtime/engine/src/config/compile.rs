@@ -13,7 +13,7 @@ use super::raw::{RawFile, RawFormat, RawFsync, RawGrants, RawSink, RawSource, Ra
 use super::span::{Locator, TomlPath};
 use super::{
     ConfigError, ConfigErrors, DeadLetterTo, Generator, JetStreamSource, NatsConnection, NatsSource, Pipeline, Sink, SinkSpec, Source,
-    StageSpec, StreamSpec, defaults, subject_matches,
+    StageSpec, StreamSpec, Watermark, defaults, subject_matches,
 };
 
 mod nats;
@@ -451,11 +451,14 @@ impl Compiler<'_> {
             max_value_bytes: bytes("max_state_value_bytes", st.max_state_value_bytes, d::MAX_STATE_VALUE_BYTES, 0, 64 << 20),
             max_write_bytes: bytes("max_state_write_bytes", st.max_state_write_bytes, d::MAX_STATE_WRITE_BYTES, 1, 1 << 30),
             max_bytes: bytes("max_state_bytes", st.max_state_bytes, d::MAX_STATE_BYTES, 1, 64 << 30),
+            max_timers: 0, // below
         };
         let max_line_bytes = bytes("max_log_line_bytes", st.max_log_line_bytes, d::MAX_LOG_LINE_BYTES, 16, 1 << 20);
         let max_name_bytes = bytes("max_counter_name_bytes", st.max_counter_name_bytes, d::MAX_COUNTER_NAME_BYTES, 1, 1024);
         let mut count = |key: &str, v, default, min, max, unit| self.int(&sp.key(key), v, default, min, max, unit);
         let max_headers = count("max_output_headers", st.max_output_headers, d::MAX_OUTPUT_HEADERS, 0, 65_000, "") as usize;
+        let max_timers = count("max_timers", st.max_timers, d::MAX_TIMERS, 0, 100_000_000, " timers") as usize;
+        let state = weir_host::StateLimits { max_timers, ..state };
         let lines_per_second =
             count("log_lines_per_second", st.log_lines_per_second, d::LOG_LINES_PER_SECOND, 0, 1_000_000, " lines/s") as u32;
         let burst_lines = count("log_burst_lines", st.log_burst_lines, d::LOG_BURST_LINES, 1, 1_000_000, " lines") as u32;
@@ -560,11 +563,36 @@ pub fn compile(file: &Path, text: &str) -> Result<Pipeline, ConfigErrors> {
         c.error(&dp.key("subject"), "JSON lines that are not messages are dead-lettered to a topic: set dead_letter.topic");
     }
     let nats = raw.nats.as_ref().map(|n| c.nats(&root.key("nats"), n, base));
+    let watermark = {
+        let w = raw.watermark.as_ref();
+        let wp = root.key("watermark");
+        let day = 86_400_000;
+        let ooo = c.int(
+            &wp.key("max_out_of_orderness_ms"),
+            w.and_then(|w| w.max_out_of_orderness_ms),
+            defaults::MAX_OUT_OF_ORDERNESS_MS,
+            0,
+            day,
+            " ms",
+        );
+        let idle = c.int(&wp.key("idle_timeout_ms"), w.and_then(|w| w.idle_timeout_ms), 0, 0, day, " ms");
+        Watermark { max_out_of_orderness_ms: ooo as u64, idle_timeout: (idle > 0).then(|| Duration::from_millis(idle as u64)) }
+    };
 
     c.errors.sort_by_key(|e| e.location);
     if c.errors.is_empty() {
-        let mut pipeline =
-            Pipeline { name: raw.pipeline.name, file: file.to_owned(), data_dir, source, stages, sinks, dead_letter, topics, nats };
+        let mut pipeline = Pipeline {
+            name: raw.pipeline.name,
+            file: file.to_owned(),
+            data_dir,
+            source,
+            stages,
+            sinks,
+            dead_letter,
+            topics,
+            nats,
+            watermark,
+        };
         if pipeline.nats.is_none() && pipeline.uses_nats() {
             pipeline.nats = Some(NatsConnection::to(defaults::NATS_URL));
         }

@@ -76,6 +76,22 @@ pub struct Pipeline {
     pub topics: BTreeMap<String, TopicConfig>,
     /// `[nats]`: set when a source, sink or the dead letters use NATS.
     pub nats: Option<NatsConnection>,
+    /// `[watermark]`: how event time advances.
+    pub watermark: Watermark,
+}
+
+/// How the source turns event times into a watermark: per partition, the
+/// latest event time seen minus `max_out_of_orderness`; the pipeline's is
+/// the least of its partitions', leaving out a partition quiet for
+/// `idle_timeout` (when set).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Watermark {
+    /// How far behind the latest event time a message may still arrive
+    /// without being late, ms.
+    pub max_out_of_orderness_ms: u64,
+    /// A partition without messages for this long no longer holds the
+    /// watermark back; `None`: never.
+    pub idle_timeout: Option<Duration>,
 }
 
 impl Pipeline {
@@ -385,6 +401,7 @@ impl StageSpec {
             ("max_state_value_bytes", n(l.state.max_value_bytes), d::MAX_STATE_VALUE_BYTES, "bytes"),
             ("max_state_write_bytes", n(l.state.max_write_bytes), d::MAX_STATE_WRITE_BYTES, "bytes per call"),
             ("max_state_bytes", n(l.state.max_bytes), d::MAX_STATE_BYTES, "bytes"),
+            ("max_timers", n(l.state.max_timers), d::MAX_TIMERS, "timers"),
             ("log_lines_per_second", u64::from(l.log.lines_per_second), d::LOG_LINES_PER_SECOND, "lines/s"),
             ("log_burst_lines", u64::from(l.log.burst_lines), d::LOG_BURST_LINES, "lines"),
             ("max_log_line_bytes", n(l.log.max_line_bytes), d::MAX_LOG_LINE_BYTES, "bytes"),
@@ -411,6 +428,8 @@ pub mod defaults {
     pub const BATCH_TIMEOUT_MS: i64 = 5;
     /// `source.commit_interval_ms` (queue sources).
     pub const COMMIT_INTERVAL_MS: i64 = 100;
+    /// `watermark.max_out_of_orderness_ms`.
+    pub const MAX_OUT_OF_ORDERNESS_MS: i64 = 0;
     /// `stage.timeout_ms`.
     pub const TIMEOUT_MS: i64 = 10_000;
     /// `stage.max_memory_bytes`.
@@ -433,6 +452,8 @@ pub mod defaults {
     pub const MAX_STATE_WRITE_BYTES: i64 = 8 << 20;
     /// `stage.max_state_bytes`.
     pub const MAX_STATE_BYTES: i64 = 64 << 20;
+    /// `stage.max_timers`.
+    pub const MAX_TIMERS: i64 = 1_000_000;
     /// `stage.log_lines_per_second`.
     pub const LOG_LINES_PER_SECOND: i64 = 100;
     /// `stage.log_burst_lines`.

@@ -18,6 +18,15 @@ pub(crate) struct RawFile {
     #[serde(default)]
     pub topic: Vec<RawTopic>,
     pub nats: Option<RawNats>,
+    pub watermark: Option<RawWatermark>,
+}
+
+/// `[watermark]`: how event time advances at the source.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawWatermark {
+    pub max_out_of_orderness_ms: Option<i64>,
+    pub idle_timeout_ms: Option<i64>,
 }
 
 /// `[[sink]]` tables, or a single `[sink]` table as the natural way to
@@ -127,6 +136,7 @@ pub(crate) struct RawStage {
     pub max_state_value_bytes: Option<i64>,
     pub max_state_write_bytes: Option<i64>,
     pub max_state_bytes: Option<i64>,
+    pub max_timers: Option<i64>,
     pub log_lines_per_second: Option<i64>,
     pub log_burst_lines: Option<i64>,
     pub max_log_line_bytes: Option<i64>,

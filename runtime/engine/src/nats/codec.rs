@@ -92,6 +92,7 @@ pub fn jetstream_message(m: jetstream::Message) -> Option<(Message, Subject)> {
         payload: msg.payload,
         headers,
         timestamp_us: published_us,
+        event_time_ms: published_us / 1000,
         attempt,
     };
     Some((message, msg.reply?))

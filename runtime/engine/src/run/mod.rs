@@ -42,7 +42,7 @@ mod stage;
 
 use dead_log::DeadLetterLog;
 use sink::SinkWorker;
-use source::SourceWorker;
+use source::{SourceWorker, Watermarks};
 use stage::{StageWorker, guest_driven_log};
 
 /// Batches buffered between two threads; bounds memory and applies backpressure.
@@ -84,12 +84,23 @@ pub(crate) fn prepare(pipeline: &Pipeline, queue: &Queue, runtime: &Runtime) -> 
     for spec in &pipeline.stages {
         let component = runtime.load(&spec.module)?;
         let ctx = StageContext::new(&pipeline.name, &spec.name, spec.config.clone(), spec.limits.clone())
-            .with_state(state.stage(&spec.name))
+            .with_state(state.stage(&spec.name), load_timers(&state, &spec.name))
             .with_grants(spec.grants.clone());
         let instances = (0..spec.concurrency).map(|_| component.instantiate(&ctx)).collect::<Result<Vec<_>, _>>()?;
         stages.push((spec.clone(), component, ctx, instances));
     }
     Ok(Prepared { stages, state, owner })
+}
+
+/// Where a stage's timers are kept in the state store: beside its state,
+/// under a name no stage can have (`@` is not allowed in names).
+pub(crate) fn timers_of(stage: &str) -> String {
+    format!("{stage}@timers")
+}
+
+/// The committed timers of `stage`.
+fn load_timers(state: &StateStore, stage: &str) -> weir_host::TimerSet {
+    state.stage(&timers_of(stage)).into_keys().filter_map(|k| weir_host::Timer::decode(&k)).collect()
 }
 
 /// Whose stage state it is: the consumer group and topic (by its key: a
@@ -126,13 +137,23 @@ pub(crate) fn run(pipeline: &Pipeline, queue: &Queue, prepared: Prepared, option
         let (settle_tx, settle_rx) = mpsc::channel::<Settlement>();
         let (first_tx, mut rx) = sync_channel::<Batch>(CHANNEL_DEPTH);
         let mut handles = Vec::new();
+        let uses_timers = prepared.stages.iter().any(|(_, component, ..)| component.uses_timers());
         for (i, (spec, component, ctx, instances)) in prepared.stages.into_iter().enumerate() {
             let (tx, next_rx) = sync_channel::<Batch>(CHANNEL_DEPTH);
             let stage_stats = stats.stage(i);
             stage_stats.custom.set(ctx.shared_counters()).ok();
             stage_stats.limited.set(ctx.limited()).ok();
             stage_stats.set_instances(instances.len());
-            let worker = StageWorker { index: i, spec, component, ctx, instances, stats: stage_stats, warnings: guest_driven_log() };
+            let worker = StageWorker {
+                index: i,
+                spec,
+                component,
+                ctx,
+                instances,
+                stats: stage_stats,
+                warnings: guest_driven_log(),
+                timer_attempts: HashMap::new(),
+            };
             let input = std::mem::replace(&mut rx, next_rx);
             handles.push(scope.spawn(move || worker.run(input, tx)));
         }
@@ -175,6 +196,10 @@ pub(crate) fn run(pipeline: &Pipeline, queue: &Queue, prepared: Prepared, option
             checked: Instant::now(),
             floor: &floor,
             uncommitted_since: None,
+            watermarks: Watermarks::new(pipeline.watermark.clone()),
+            uses_timers,
+            last_sent: Instant::now(),
+            ended: false,
         };
         let source_result = source.run(first_tx, settle_rx);
         let sink_result = sink_handle.join().expect("sink thread panicked");

@@ -67,6 +67,7 @@ fn routed_message(o: &Origin, topic: String, out: Output) -> Message {
         payload: out.payload.into(),
         headers: out.headers,
         timestamp_us: 0,
+        event_time_ms: 0,
         attempt: o.attempt,
     }
 }
@@ -186,7 +187,7 @@ impl SinkWorker<'_> {
         if self.durable_ids {
             let applied = self.state.applied();
             for o in &mut batch.origins {
-                if o.fate.is_final() && applied.contains(&(o.id.partition, o.id.offset)) {
+                if !o.timer && o.fate.is_final() && applied.contains(&(o.id.partition, o.id.offset)) {
                     o.fate = Fate::Applied;
                 }
             }
@@ -227,7 +228,14 @@ impl SinkWorker<'_> {
             .iter()
             .flat_map(|d| {
                 let stage = &self.pipeline.stages[d.stage].name;
-                d.writes.writes().iter().map(|(k, v)| StateWrite { stage: stage.clone(), key: k.clone(), value: v.clone() })
+                let timers = super::timers_of(stage);
+                let state = d.writes.writes().iter().map(|(k, v)| StateWrite { stage: stage.clone(), key: k.clone(), value: v.clone() });
+                let timers = d.writes.timers().iter().map(move |(t, set)| StateWrite {
+                    stage: timers.clone(),
+                    key: t.encode(),
+                    value: set.then(Vec::new),
+                });
+                state.chain(timers)
             })
             .collect();
         if !ops.is_empty() {
@@ -345,7 +353,11 @@ impl SinkWorker<'_> {
         let mut settlement = Settlement { acks: Vec::new(), dead: Vec::new(), naks: Vec::new(), releases: Vec::new() };
         let mut dead = Vec::new();
         for o in &mut batch.origins {
-            match std::mem::replace(&mut o.fate, Fate::Ok) {
+            let fate = std::mem::replace(&mut o.fate, Fate::Ok);
+            if o.timer && !matches!(fate, Fate::Dead { .. }) {
+                continue; // nothing to settle at the source
+            }
+            match fate {
                 Fate::Ok | Fate::Applied => settlement.acks.push(o.id),
                 Fate::Retry { delay } => settlement.naks.push((o.id, delay)),
                 Fate::Release => settlement.releases.push(o.id),
@@ -356,12 +368,16 @@ impl SinkWorker<'_> {
                     why.add_headers(&mut rec);
                     // Same id as the queue's own dead letters: a replay after a
                     // crash between this write and the ack does not duplicate it.
-                    if let Some(prefix) = &self.id_prefix {
+                    if let Some(prefix) = &self.id_prefix
+                        && !o.timer
+                    {
                         rec.id = Some(format!("dlq/{prefix}/{}/{}", o.id.partition, o.id.offset));
                     }
                     self.fit_dead_letter(&mut rec);
                     dead.push(rec);
-                    settlement.dead.push(o.id);
+                    if !o.timer {
+                        settlement.dead.push(o.id);
+                    }
                 }
             }
         }

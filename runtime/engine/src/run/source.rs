@@ -1,6 +1,6 @@
 //! The source worker: pulls batches from the feed, hands them down, applies settlements, commits.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender};
@@ -10,7 +10,8 @@ use weir_queue::Queue;
 
 use super::RunOptions;
 use crate::Result;
-use crate::batch::{Batch, Fate, Item, Origin, Settlement};
+use crate::batch::{Batch, Item, Origin, Settlement};
+use crate::config::Watermark;
 use crate::source::Feed;
 use crate::stats::{PipelineStats, now_us, since};
 
@@ -31,6 +32,62 @@ pub(super) struct SourceWorker<'a> {
     pub(super) floor: &'a Mutex<Option<Vec<u64>>>,
     /// Settlements applied and not yet committed since this time.
     pub(super) uncommitted_since: Option<Instant>,
+    /// The event-time watermark.
+    pub(super) watermarks: Watermarks,
+    /// Some stage sets timers: when no messages come, a batch without any
+    /// is sent every [`TICK`] so its timers still fire, and a finite
+    /// source's end is sent as a last batch at the end of time.
+    pub(super) uses_timers: bool,
+    /// When the last batch was sent.
+    pub(super) last_sent: Instant,
+    /// The end of time has been sent (a drained source).
+    pub(super) ended: bool,
+}
+
+/// How often a pipeline with timers gets a batch when no messages come.
+const TICK: Duration = Duration::from_millis(100);
+
+/// The source's event-time watermark (see [`Watermark`]).
+pub(super) struct Watermarks {
+    spec: Watermark,
+    /// Per partition: the latest event time seen, and when.
+    partitions: HashMap<u32, (u64, Instant)>,
+    current: Option<u64>,
+}
+
+impl Watermarks {
+    pub(super) fn new(spec: Watermark) -> Self {
+        Watermarks { spec, partitions: HashMap::new(), current: None }
+    }
+
+    fn observe(&mut self, partition: u32, event_time_ms: u64) {
+        let now = Instant::now();
+        let p = self.partitions.entry(partition).or_insert((event_time_ms, now));
+        p.0 = p.0.max(event_time_ms);
+        p.1 = now;
+    }
+
+    /// The least of the partitions' watermarks, leaving out idle ones; it
+    /// never goes back.
+    fn current(&mut self) -> Option<u64> {
+        let idle = self.spec.idle_timeout;
+        let ooo = self.spec.max_out_of_orderness_ms;
+        let least = self
+            .partitions
+            .values()
+            .filter(|(_, seen)| idle.is_none_or(|idle| seen.elapsed() < idle))
+            .map(|(latest, _)| latest.saturating_sub(ooo))
+            .min();
+        if let Some(w) = least {
+            self.current = Some(self.current.map_or(w, |c| c.max(w)));
+        }
+        self.current
+    }
+
+    fn end(&mut self) -> Option<u64> {
+        self.current = Some(u64::MAX);
+        self.current
+    }
 }
 
 impl SourceWorker<'_> {
@@ -91,7 +148,16 @@ impl SourceWorker<'_> {
                 return Ok(());
             }
             if self.options.drain && self.in_pipeline == 0 && self.feed.is_settled() {
-                return Ok(());
+                if !self.uses_timers || self.ended {
+                    return Ok(());
+                }
+                // Every event-time timer fires, and what that emits settles.
+                self.ended = true;
+                let end = self.watermarks.end();
+                if !self.send(tx, Vec::new(), Vec::new(), end) {
+                    return Ok(());
+                }
+                continue;
             }
             // With batches in the pipeline, settlements are due too: the feed
             // is waited on for at most a millisecond, so that neither a new
@@ -112,6 +178,14 @@ impl SourceWorker<'_> {
                         // The sink stopped (its error is reported by the join):
                         // what is in flight will never settle.
                         Err(RecvTimeoutError::Disconnected) => return Ok(()),
+                    }
+                }
+                if self.uses_timers && self.in_pipeline == 0 && self.last_sent.elapsed() >= TICK && !self.ended {
+                    // Processing time moves on, and idle partitions may
+                    // let the watermark move on too.
+                    let watermark = self.watermarks.current();
+                    if !self.send(tx, Vec::new(), Vec::new(), watermark) {
+                        return Ok(());
                     }
                 }
                 continue;
@@ -140,15 +214,61 @@ impl SourceWorker<'_> {
             let mut origins = Vec::with_capacity(deliveries.len());
             let mut items = Vec::with_capacity(deliveries.len());
             for (i, d) in deliveries.into_iter().enumerate() {
-                origins.push(Origin { id: d.id, attempt: d.msg.attempt, fate: Fate::Ok });
+                if self.uses_timers {
+                    self.watermarks.observe(d.id.partition, d.msg.event_time_ms);
+                }
+                origins.push(Origin::delivery(d.id, d.msg.attempt));
                 items.push(Item { origin: i, msg: d.msg });
             }
-            self.in_pipeline += 1;
-            if tx.send(Batch { origins, items, routed: Vec::new(), writes: Vec::new(), sent: Instant::now() }).is_err() {
-                // A downstream thread stopped (its error is reported by the join).
-                self.in_pipeline -= 1;
+            let watermark = if self.uses_timers { self.watermarks.current() } else { None };
+            if !self.send(tx, origins, items, watermark) {
                 return Ok(());
             }
         }
+    }
+
+    /// Send a batch down; `false` if a downstream thread stopped (its error
+    /// is reported by the join).
+    fn send(&mut self, tx: &SyncSender<Batch>, origins: Vec<Origin>, items: Vec<Item>, watermark: Option<u64>) -> bool {
+        self.in_pipeline += 1;
+        self.last_sent = Instant::now();
+        let batch = Batch { origins, items, routed: Vec::new(), writes: Vec::new(), watermark, sent: self.last_sent };
+        if tx.send(batch).is_err() {
+            self.in_pipeline -= 1;
+            return false;
+        }
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_watermark_is_the_least_partition_behind_by_the_out_of_orderness_and_never_goes_back() {
+        let mut w = Watermarks::new(Watermark { max_out_of_orderness_ms: 100, idle_timeout: None });
+        assert_eq!(w.current(), None, "nothing seen yet");
+        w.observe(0, 1000);
+        w.observe(0, 900);
+        assert_eq!(w.current(), Some(900), "latest 1000, less 100");
+        w.observe(1, 500);
+        assert_eq!(w.current(), Some(900), "a partition behind does not take it back");
+        w.observe(0, 5000);
+        assert_eq!(w.current(), Some(900), "partition 1 holds it at 400, below what it was");
+        w.observe(1, 3000);
+        assert_eq!(w.current(), Some(2900));
+        assert_eq!(w.end(), Some(u64::MAX));
+    }
+
+    #[test]
+    fn an_idle_partition_stops_holding_the_watermark_back() {
+        let mut w = Watermarks::new(Watermark { max_out_of_orderness_ms: 0, idle_timeout: Some(Duration::from_millis(30)) });
+        w.observe(0, 100);
+        w.observe(1, 10_000);
+        assert_eq!(w.current(), Some(100));
+        std::thread::sleep(Duration::from_millis(40));
+        w.observe(1, 10_001);
+        assert_eq!(w.current(), Some(10_001), "partition 0 has been quiet for longer than idle_timeout_ms");
     }
 }

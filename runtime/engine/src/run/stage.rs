@@ -5,11 +5,13 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender};
 use std::time::Instant;
 
-use weir_host::{Failure, Instance, LogBucket, MessageError, MessageResult, Output, PendingWrites, StageContext};
-use weir_queue::Message;
+use std::collections::HashMap;
+
+use weir_host::{Failure, Instance, LogBucket, MessageError, MessageResult, Output, PendingWrites, StageContext, TimeDomain, Timer};
+use weir_queue::{DeliveryId, Message};
 
 use crate::Result;
-use crate::batch::{Batch, Fate, Item, StateDelta};
+use crate::batch::{Batch, Fate, Item, Origin, StateDelta};
 use crate::config::StageSpec;
 use crate::stats::{StageStats, now_us, since, thread_cpu};
 
@@ -24,7 +26,13 @@ pub(super) struct StageWorker {
     pub(super) stats: Arc<StageStats>,
     /// Rate limit for lines about failed calls.
     pub(super) warnings: LogBucket,
+    /// How often each timer that has not yet fired for good has fired.
+    pub(super) timer_attempts: HashMap<Timer, u32>,
 }
+
+/// Most rounds of firing timers after one batch: a stage whose timers set
+/// timers that are due at once cannot keep its thread forever.
+const MAX_TIMER_ROUNDS: usize = 64;
 
 impl StageWorker {
     pub(super) fn run(mut self, input: Receiver<Batch>, output: SyncSender<Batch>) {
@@ -105,9 +113,146 @@ impl StageWorker {
             }
         }
         batch.items = next;
+        if self.component.uses_timers() {
+            if let Some(w) = batch.watermark {
+                self.ctx.advance_watermark(w);
+            }
+            self.fire_timers(&mut batch);
+        }
         self.stats.add_busy(started.elapsed());
         self.stats.add_cpu(thread_cpu().saturating_sub(cpu));
         batch
+    }
+
+    /// Fire the stage's timers that are due: event-time ones the watermark
+    /// reached, processing-time ones the clock did; `batch_size` per call.
+    /// Each fired timer becomes an origin of the batch, so what it emits
+    /// goes on like a message's outputs, and its call's writes (its delete
+    /// among them) stand only if those outputs are settled for good.
+    fn fire_timers(&mut self, batch: &mut Batch) {
+        // A timer fires once per batch: one to be redone waits for the next.
+        let mut fired = std::collections::HashSet::new();
+        for _ in 0..MAX_TIMER_ROUNDS {
+            let state = self.ctx.state().clone();
+            let n = self.spec.batch_size;
+            let mut due = self.ctx.watermark().map(|w| state.due_timers(TimeDomain::Event, w, n)).unwrap_or_default();
+            if due.len() < n {
+                due.extend(state.due_timers(TimeDomain::Processing, now_us() / 1000, n - due.len()));
+            }
+            due.retain(|t| fired.insert(t.clone()));
+            if due.is_empty() {
+                return;
+            }
+            self.stats.add_timers_fired(due.len() as u64);
+            let Some(inst) = self.ready_instance() else { return };
+            let results = match inst.on_timers(&due) {
+                Ok(r) => {
+                    let writes = inst.take_writes();
+                    if due.len() > 1 && r.iter().any(is_retry) {
+                        writes.inspect(|w| w.abort());
+                        None
+                    } else {
+                        Some((r, writes))
+                    }
+                }
+                Err(e) if due.len() == 1 => Some((vec![Err(MessageError::Guest(host_failure(&self.stats, e).failure))], None)),
+                Err(_) => None,
+            };
+            match results {
+                Some((r, writes)) => self.timer_results(batch, due, r, writes),
+                // One by one, so only the culprit is charged.
+                None => {
+                    for t in due {
+                        let Some(inst) = self.ready_instance() else { return };
+                        let (r, writes) = match inst.on_timers(std::slice::from_ref(&t)) {
+                            Ok(r) => (r, inst.take_writes()),
+                            Err(e) => (vec![Err(MessageError::Guest(host_failure(&self.stats, e).failure))], None),
+                        };
+                        self.timer_results(batch, vec![t], r, writes);
+                    }
+                }
+            }
+        }
+    }
+
+    /// The instance that fires timers, replaced first if a failure poisoned
+    /// it; `None` (logged) if it cannot be: the timers fire later.
+    fn ready_instance(&mut self) -> Option<&mut Instance> {
+        if self.instances[0].is_poisoned() {
+            match self.component.instantiate(&self.ctx) {
+                Ok(fresh) => {
+                    self.instances[0] = fresh;
+                    self.stats.add_replaced();
+                }
+                Err(e) => {
+                    tracing::warn!(stage = %self.spec.name, error = %e, "cannot replace the instance to fire timers; they fire later");
+                    return None;
+                }
+            }
+        }
+        Some(&mut self.instances[0])
+    }
+
+    /// Add fired `timers` to the batch as origins, with their results and
+    /// the state writes of the call that fired them.
+    fn timer_results(&mut self, batch: &mut Batch, timers: Vec<Timer>, results: Vec<MessageResult>, writes: Option<Arc<PendingWrites>>) {
+        let first = batch.origins.len();
+        let mut keep = Vec::new();
+        let mut dead = Vec::new();
+        for (i, (t, r)) in timers.into_iter().zip(results).enumerate() {
+            let attempt = self.timer_attempts.get(&t).copied().unwrap_or(0) + 1;
+            let origin = first + i;
+            batch.origins.push(Origin { id: DeliveryId { partition: u32::MAX, offset: t.at_ms }, attempt, fate: Fate::Ok, timer: true });
+            let msg = timer_message(&self.spec.name, &t);
+            match r {
+                Ok(outputs) => {
+                    self.timer_attempts.remove(&t);
+                    keep.push(origin);
+                    for mut out in outputs {
+                        match out.topic.take() {
+                            Some(topic) => batch.routed.push((origin, topic, out)),
+                            None => batch.items.push(Item { origin, msg: message_from(&msg, out) }),
+                        }
+                    }
+                }
+                Err(MessageError::Guest(Failure::Retry(reason))) if attempt < self.spec.max_attempts => {
+                    tracing::debug!(stage = %self.spec.name, %reason, attempt, "timer will fire again");
+                    self.timer_attempts.insert(t, attempt);
+                    batch.origins[origin].fate = Fate::Release;
+                }
+                Err(e) => {
+                    let reason = match &e {
+                        MessageError::Guest(Failure::Retry(r)) => format!("{} (gave up after {attempt} attempts)", bounded(r)),
+                        MessageError::Guest(Failure::Reject(r)) => bounded(r),
+                        MessageError::OutputLimit { .. } => e.to_string(),
+                    };
+                    let kind = if matches!(e, MessageError::OutputLimit { .. }) { "output" } else { "guest" };
+                    self.timer_attempts.remove(&t);
+                    dead.push((origin, t));
+                    batch.origins[origin].fate = Fate::Dead { stage: self.spec.name.clone(), kind, reason, msg };
+                }
+            }
+        }
+        if let Some(w) = writes {
+            if keep.len() == batch.origins.len() - first {
+                batch.writes.push(StateDelta { stage: self.index, writes: w, origins: keep });
+            } else {
+                // Some timer of the call is redone or dead: none of its
+                // writes stand (aborting also aborts later write sets, so
+                // this comes before the deletes below).
+                w.abort();
+                for o in &mut batch.origins[first..] {
+                    if matches!(o.fate, Fate::Ok) {
+                        o.fate = Fate::Release;
+                    }
+                }
+            }
+        }
+        for (origin, t) in dead {
+            // Gone for good once its dead letter is durable, whatever its call wrote.
+            let delete = self.ctx.state().delete_timer(t);
+            batch.writes.push(StateDelta { stage: self.index, writes: delete, origins: vec![origin] });
+        }
     }
 
     /// Handle `msgs` in batches of `batch_size`, spread over the instances.
@@ -314,6 +459,27 @@ impl Caller<'_> {
     }
 }
 
+/// A fired timer as the message its outputs descend from: topic
+/// `STAGE.timers`, its key, its time as event time, and headers saying
+/// what it was (what a dead letter of it carries).
+fn timer_message(stage: &str, t: &Timer) -> Message {
+    let domain = match t.domain {
+        TimeDomain::Event => "event-time",
+        TimeDomain::Processing => "processing-time",
+    };
+    Message {
+        topic: format!("{stage}.timers").into(),
+        partition: u32::MAX,
+        offset: t.at_ms,
+        key: Some(t.key.clone().into()),
+        payload: Default::default(),
+        headers: vec![("weir.timer.domain".into(), domain.into()), ("weir.timer.at-ms".into(), t.at_ms.to_string().into_bytes())],
+        timestamp_us: now_us(),
+        event_time_ms: t.at_ms,
+        attempt: 1,
+    }
+}
+
 fn host_failure(stats: &StageStats, e: weir_host::Error) -> CallFailure {
     let kind = match &e {
         weir_host::Error::Call { kind, .. } => kind.as_str(),
@@ -334,6 +500,7 @@ fn message_from(origin_msg: &Message, out: Output) -> Message {
         payload: out.payload.into(),
         headers: out.headers,
         timestamp_us: origin_msg.timestamp_us,
+        event_time_ms: origin_msg.event_time_ms,
         attempt: origin_msg.attempt,
     }
 }

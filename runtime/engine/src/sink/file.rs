@@ -54,6 +54,7 @@ mod tests {
             payload: payload.into(),
             headers: Vec::new(),
             timestamp_us: 0,
+            event_time_ms: 0,
             attempt: 1,
         }
     }
