@@ -130,3 +130,30 @@ fn windows_are_exact_after_kill_9_at_any_point() {
         );
     }
 }
+
+#[test]
+fn a_failing_timer_is_retried_then_dead_lettered_with_its_kind_and_the_rest_fire() {
+    let weir = Weir::new();
+    let dir = tempfile::tempdir().unwrap();
+    let p = pipeline_file(
+        dir.path(),
+        "timers.toml",
+        "[pipeline]\nname = \"timers\"\n[source]\ntype = \"stdin\"\n\
+         [[stage]]\nname = \"t\"\nmodule = \"{component:timer_fail}\"\nmax_attempts = 2\nretry_backoff_ms = 0\n\
+         [[sink]]\ntype = \"stdout\"\n[dead_letter]\ntopic = \"timers.dlq\"\n",
+    );
+    let out = weir.ok(&["run", p.to_str().unwrap(), "--drain"], b"trap\nreject\nretry\nok\n");
+    assert_eq!(out, "fired ok\n", "the timers that did not fail fired once");
+    let dead = weir.ok(&["consume", "timers.dlq", "--format", "json"], b"");
+    let dead: Vec<serde_json::Value> = dead.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let header = |d: &serde_json::Value, h: &str| d["headers"][h].as_str().unwrap_or_default().to_owned();
+    let mut got: Vec<(String, String, String)> = dead
+        .iter()
+        .map(|d| (d["key"].as_str().unwrap().to_owned(), header(d, "weir.error-kind"), header(d, "weir.timer.domain")))
+        .collect();
+    got.sort();
+    let want = [("reject", "guest"), ("retry", "guest"), ("trap", "trap")].map(|(k, kind)| (k.into(), kind.into(), "event-time".into()));
+    assert_eq!(got, want, "{dead:#?}");
+    let retry = dead.iter().find(|d| d["key"] == "retry").unwrap();
+    assert!(header(retry, "weir.reason").contains("gave up after 2 attempts"), "{retry}");
+}

@@ -1,11 +1,10 @@
 //! A stage worker and its caller: calls a stage's instances with a batch, replays failures one by one, classifies them.
 
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender};
 use std::time::Instant;
-
-use std::collections::HashMap;
 
 use weir_host::{Failure, Instance, LogBucket, MessageError, MessageResult, Output, PendingWrites, StageContext, TimeDomain, Timer};
 use weir_queue::{DeliveryId, Message};
@@ -101,12 +100,7 @@ impl StageWorker {
                     origin.fate = Fate::Retry { delay: self.spec.retry_backoff };
                 }
                 Err(CallFailure { failure, kind }) => {
-                    let reason = match &failure {
-                        Failure::Retry(r) => {
-                            format!("{} (gave up after {} attempts)", bounded(r), origin.attempt)
-                        }
-                        Failure::Reject(r) => bounded(r),
-                    };
+                    let reason = dead_reason(&failure, origin.attempt);
                     self.stats.add_dead(matches!(failure, Failure::Reject(_)));
                     origin.fate = Fate::Dead { stage: self.spec.name.clone(), kind, reason, msg: item.msg };
                 }
@@ -131,7 +125,7 @@ impl StageWorker {
     /// among them) stand only if those outputs are settled for good.
     fn fire_timers(&mut self, batch: &mut Batch) {
         // A timer fires once per batch: one to be redone waits for the next.
-        let mut fired = std::collections::HashSet::new();
+        let mut fired = HashSet::new();
         for _ in 0..MAX_TIMER_ROUNDS {
             let state = self.ctx.state().clone();
             let n = self.spec.batch_size;
@@ -152,10 +146,10 @@ impl StageWorker {
                         writes.inspect(|w| w.abort());
                         None
                     } else {
-                        Some((r, writes))
+                        Some((r.into_iter().map(|r| settle(&self.stats, r)).collect(), writes))
                     }
                 }
-                Err(e) if due.len() == 1 => Some((vec![Err(MessageError::Guest(host_failure(&self.stats, e).failure))], None)),
+                Err(e) if due.len() == 1 => Some((vec![Err(host_failure(&self.stats, e))], None)),
                 Err(_) => None,
             };
             match results {
@@ -165,8 +159,11 @@ impl StageWorker {
                     for t in due {
                         let Some(inst) = self.ready_instance() else { return };
                         let (r, writes) = match inst.on_timers(std::slice::from_ref(&t)) {
-                            Ok(r) => (r, inst.take_writes()),
-                            Err(e) => (vec![Err(MessageError::Guest(host_failure(&self.stats, e).failure))], None),
+                            Ok(r) => {
+                                let writes = inst.take_writes();
+                                (r.into_iter().map(|r| settle(&self.stats, r)).collect(), writes)
+                            }
+                            Err(e) => (vec![Err(host_failure(&self.stats, e))], None),
                         };
                         self.timer_results(batch, vec![t], r, writes);
                     }
@@ -195,7 +192,7 @@ impl StageWorker {
 
     /// Add fired `timers` to the batch as origins, with their results and
     /// the state writes of the call that fired them.
-    fn timer_results(&mut self, batch: &mut Batch, timers: Vec<Timer>, results: Vec<MessageResult>, writes: Option<Arc<PendingWrites>>) {
+    fn timer_results(&mut self, batch: &mut Batch, timers: Vec<Timer>, results: Vec<CallResult>, writes: Option<Arc<PendingWrites>>) {
         let first = batch.origins.len();
         let mut keep = Vec::new();
         let mut dead = Vec::new();
@@ -215,18 +212,13 @@ impl StageWorker {
                         }
                     }
                 }
-                Err(MessageError::Guest(Failure::Retry(reason))) if attempt < self.spec.max_attempts => {
-                    tracing::debug!(stage = %self.spec.name, %reason, attempt, "timer will fire again");
+                Err(CallFailure { failure: Failure::Retry(reason), kind }) if attempt < self.spec.max_attempts => {
+                    tracing::debug!(stage = %self.spec.name, reason = %bounded(&reason), kind, attempt, "timer will fire again");
                     self.timer_attempts.insert(t, attempt);
                     batch.origins[origin].fate = Fate::Release;
                 }
-                Err(e) => {
-                    let reason = match &e {
-                        MessageError::Guest(Failure::Retry(r)) => format!("{} (gave up after {attempt} attempts)", bounded(r)),
-                        MessageError::Guest(Failure::Reject(r)) => bounded(r),
-                        MessageError::OutputLimit { .. } => e.to_string(),
-                    };
-                    let kind = if matches!(e, MessageError::OutputLimit { .. }) { "output" } else { "guest" };
+                Err(CallFailure { failure, kind }) => {
+                    let reason = dead_reason(&failure, attempt);
                     self.timer_attempts.remove(&t);
                     dead.push((origin, t));
                     batch.origins[origin].fate = Fate::Dead { stage: self.spec.name.clone(), kind, reason, msg };
@@ -383,13 +375,7 @@ impl Caller<'_> {
     /// One message's result, with the failure's kind; an output over the
     /// limit is counted as an `output` error and dead-lettered.
     pub(super) fn settle(&self, r: MessageResult) -> CallResult {
-        r.map_err(|e| match e {
-            MessageError::Guest(failure) => CallFailure { failure, kind: "guest" },
-            MessageError::OutputLimit { .. } => {
-                self.stats.add_error("output");
-                CallFailure { failure: Failure::Reject(e.to_string()), kind: "output" }
-            }
-        })
+        settle(self.stats, r)
     }
 
     /// Call one instance on `msgs` (indexes from `base`), `batch_size` at a
@@ -477,6 +463,26 @@ fn timer_message(stage: &str, t: &Timer) -> Message {
         timestamp_us: now_us(),
         event_time_ms: t.at_ms,
         attempt: 1,
+    }
+}
+
+/// One message's (or timer's) result, with the failure's kind; an output
+/// over the limit is counted as an `output` error and dead-lettered.
+fn settle(stats: &StageStats, r: MessageResult) -> CallResult {
+    r.map_err(|e| match e {
+        MessageError::Guest(failure) => CallFailure { failure, kind: "guest" },
+        MessageError::OutputLimit { .. } => {
+            stats.add_error("output");
+            CallFailure { failure: Failure::Reject(e.to_string()), kind: "output" }
+        }
+    })
+}
+
+/// The reason a dead letter carries for `failure` on its `attempt`th try.
+fn dead_reason(failure: &Failure, attempt: u32) -> String {
+    match failure {
+        Failure::Retry(r) => format!("{} (gave up after {attempt} attempts)", bounded(r)),
+        Failure::Reject(r) => bounded(r),
     }
 }
 
