@@ -20,6 +20,14 @@ mod wasm {
     pub(crate) fn watermark_ms() -> Option<u64> {
         host::watermark_ms()
     }
+    pub(crate) fn now_ms() -> u64 {
+        super::system_ms()
+    }
+}
+
+/// The wall clock, ms since the Unix epoch (in a component, WASI's clock).
+pub(crate) fn system_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
 #[cfg(not(target_arch = "wasm32"))]
@@ -83,5 +91,12 @@ pub mod timers {
     /// before the first; `u64::MAX` once a finite source has ended.
     pub fn watermark() -> Option<u64> {
         imp::watermark_ms()
+    }
+
+    /// Processing time now: the host's clock, ms since the Unix epoch (in a
+    /// [`Harness`](crate::testing::Harness), its clock, which
+    /// `advance_clock` moves).
+    pub fn now_ms() -> u64 {
+        imp::now_ms()
     }
 }

@@ -42,6 +42,7 @@ extern crate self as weir_sdk;
 mod host;
 pub mod testing;
 mod types;
+pub mod windows;
 
 pub use host::{Level, counter_add, log, state, timers};
 pub use types::{Config, Failure, Headers, Message, Output, TimeDomain, Timer};

@@ -42,6 +42,7 @@ struct Recorded {
     state: BTreeMap<Vec<u8>, Vec<u8>>,
     timers: BTreeSet<TimerKey>,
     watermark: Option<u64>,
+    clock: Option<u64>,
 }
 
 thread_local! {
@@ -113,8 +114,14 @@ impl<S: Stage> Harness<S> {
         self.fire(TimeDomain::EventTime, ms)
     }
 
-    /// Fire every processing-time timer due at `now_ms`, earliest first.
+    /// Set the clock [`timers::now_ms`](crate::timers::now_ms) reads (it
+    /// never goes back; before the first call it is the system's) and fire
+    /// every processing-time timer due, earliest first.
     pub fn advance_clock(&mut self, now_ms: u64) -> Vec<(Timer, Result<Vec<Output>, Failure>)> {
+        RECORDED.with(|r| {
+            let mut r = r.borrow_mut();
+            r.clock = Some(r.clock.map_or(now_ms, |c| c.max(now_ms)));
+        });
         self.fire(TimeDomain::ProcessingTime, now_ms)
     }
 
@@ -201,5 +208,8 @@ pub(crate) mod native {
     }
     pub(crate) fn watermark_ms() -> Option<u64> {
         RECORDED.with(|r| r.borrow().watermark)
+    }
+    pub(crate) fn now_ms() -> u64 {
+        RECORDED.with(|r| r.borrow().clock).unwrap_or_else(crate::host::system_ms)
     }
 }

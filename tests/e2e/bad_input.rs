@@ -162,3 +162,32 @@ fn a_single_stage_or_sink_table_is_one_stage_or_sink_and_its_errors_say_where() 
     let err = weir.fails(&["validate", bad.to_str().unwrap()], b"");
     assert!(err.contains("one.toml:11:1: sink: unknown variant `yaml`"), "{err}");
 }
+
+#[test]
+fn event_time_and_late_settings_are_checked_with_their_place() {
+    let weir = Weir::new();
+    let dir = tempfile::tempdir().unwrap();
+    let check = |extra: &str, stage_extra: &str| {
+        let p = pipeline_file(
+            dir.path(),
+            "t.toml",
+            &format!(
+                "[pipeline]\nname = \"t\"\n[source]\ntype = \"stdin\"\n{extra}\n\
+                 [[stage]]\nname = \"up\"\nmodule = \"{{component:uppercase}}\"\n{stage_extra}\n[[sink]]\ntype = \"stdout\"\n"
+            ),
+        );
+        weir.fails(&["validate", p.to_str().unwrap()], b"")
+    };
+    let err = check("[event_time]\nheader = \"ts\"\njson = \"/ts\"", "");
+    assert!(err.contains("t.toml:7:1: event_time.json: set either header or json, not both"), "{err}");
+    let err = check("[event_time]\njson = \"ts\"", "");
+    assert!(err.contains("event_time.json: must be a JSON pointer: empty (the whole payload) or starting with '/', like \"/ts\""), "{err}");
+    let err = check("[event_time]\nunit = \"ms\"", "");
+    assert!(err.contains("event_time: set header = \"NAME\" or json = \"/POINTER\""), "{err}");
+    let err = check("[event_time]\nheader = \"ts\"\nunit = \"minutes\"", "");
+    assert!(err.contains("unknown variant `minutes`, expected one of `s`, `ms`, `us`, `ns`"), "{err}");
+    let err = check("", "late = \"ignore\"");
+    assert!(err.contains("unknown variant `ignore`, expected one of `process`, `drop`, `dead-letter`"), "{err}");
+    let err = check("", "allowed_lateness_ms = -1");
+    assert!(err.contains("stage[0].allowed_lateness_ms: must be between 0 and 31536000000 ms, got -1"), "{err}");
+}

@@ -165,6 +165,29 @@ path = "out.txt"
             .any(|l| l.starts_with("weir_stage_message_seconds_bucket{") && l.contains("le=\"+Inf\"") && l.contains("stage=\"up\"")),
         "{body}"
     );
+    // Every metric the README's table names is exposed (described, if it
+    // has no sample in this run), so the table cannot drift.
+    let described: std::collections::BTreeSet<&str> =
+        body.lines().filter_map(|l| l.strip_prefix("# TYPE ")).filter_map(|l| l.split(' ').next()).collect();
+    let readme = std::fs::read_to_string(crate::repo_root().join("README.md")).unwrap();
+    let mut checked = 0;
+    for row in readme.lines().filter(|l| l.starts_with("| `weir_")) {
+        let cell = row.split(" | ").next().unwrap();
+        let mut prefix = String::new();
+        for name in cell.split('`').skip(1).step_by(2) {
+            let name = name.split('{').next().unwrap();
+            let full = if let Some(rest) = name.strip_prefix('_') {
+                format!("{prefix}{rest}")
+            } else {
+                prefix = name.splitn(3, '_').take(2).collect::<Vec<_>>().join("_") + "_";
+                name.to_owned()
+            };
+            let family = full.strip_suffix("_total").unwrap_or(&full);
+            assert!(described.contains(family) || names.contains(&full), "the README names {full}, which /metrics does not expose");
+            checked += 1;
+        }
+    }
+    assert!(checked > 30, "the README's metrics table was not found ({checked} names)");
 }
 
 #[test]

@@ -80,6 +80,12 @@ impl Collector for StatsCollector {
             r.source.lag.iter().enumerate().map(|(i, l)| ([p(), vec![("partition".to_owned(), i.to_string())]].concat(), *l)).collect();
         gauge(&mut e, "weir_source_lag", "Per partition: log end minus the group's committed offset.", &lag)?;
         gauge(&mut e, "weir_source_in_flight", "Source messages delivered and not yet settled.", &[(p(), r.source.in_flight)])?;
+        counter(
+            &mut e,
+            "weir_source_event_time_errors",
+            "Source messages dead-lettered because their event time could not be read.",
+            &[(p(), r.source.event_time_errors)],
+        )?;
         histogram(
             &mut e,
             "weir_source_wait_seconds",
@@ -108,6 +114,9 @@ impl Collector for StatsCollector {
             "Messages not called because their batch's outputs filled max_batch_output_bytes; they come back later.",
             &per(&|s| s.deferred),
         )?;
+        counter(&mut e, "weir_stage_timers_fired", "Timers of the stage that fired.", &per(&|s| s.timers_fired))?;
+        counter(&mut e, "weir_stage_late", "Messages behind the stage's watermark by more than its allowed lateness.", &per(&|s| s.late))?;
+        counter(&mut e, "weir_stage_late_dropped", "Late messages the stage's policy dropped.", &per(&|s| s.late_dropped))?;
         gauge(&mut e, "weir_stage_instances", "Instances the stage runs (its concurrency).", &per(&|s| s.instances))?;
         counter(
             &mut e,

@@ -17,6 +17,7 @@
 
 mod batch;
 pub mod config;
+mod event_time;
 pub mod nats;
 mod run;
 mod sink;

@@ -137,6 +137,8 @@ pub struct StageStats {
     instances: AtomicU64,
     replaced: AtomicU64,
     timers_fired: AtomicU64,
+    late: AtomicU64,
+    late_dropped: AtomicU64,
     errors: Mutex<BTreeMap<&'static str, u64>>,
     pub(crate) custom: OnceLock<Arc<Counters>>,
     pub(crate) limited: OnceLock<Arc<Limited>>,
@@ -180,6 +182,13 @@ impl StageStats {
     }
     pub(crate) fn add_timers_fired(&self, n: u64) {
         self.timers_fired.fetch_add(n, Relaxed);
+    }
+    /// A late message; `dropped` when the stage's policy drops it.
+    pub(crate) fn add_late(&self, dropped: bool) {
+        self.late.fetch_add(1, Relaxed);
+        if dropped {
+            self.late_dropped.fetch_add(1, Relaxed);
+        }
     }
     pub(crate) fn add_abandoned(&self) {
         self.abandoned.fetch_add(1, Relaxed);
@@ -229,6 +238,16 @@ impl StageStats {
     /// counts again).
     pub fn timers_fired(&self) -> u64 {
         self.timers_fired.load(Relaxed)
+    }
+
+    /// Messages behind the stage's watermark by more than its allowed
+    /// lateness, whatever its `late` policy did with them.
+    pub fn late(&self) -> u64 {
+        self.late.load(Relaxed)
+    }
+    /// Late messages the stage's policy dropped (not called).
+    pub fn late_dropped(&self) -> u64 {
+        self.late_dropped.load(Relaxed)
     }
 
     /// Instances discarded after a trap, timeout or limit and replaced.
@@ -282,6 +301,7 @@ pub struct PipelineStats {
     released: AtomicU64,
     sink_written: AtomicU64,
     dead_lettered: AtomicU64,
+    event_time_errors: AtomicU64,
     /// At the source: fetch time minus the time the queue appended the message.
     pub source_wait: Latency,
     lag: Mutex<Vec<u64>>,
@@ -307,6 +327,7 @@ impl PipelineStats {
             released: AtomicU64::new(0),
             sink_written: AtomicU64::new(0),
             dead_lettered: AtomicU64::new(0),
+            event_time_errors: AtomicU64::new(0),
             source_wait: Latency::default(),
             lag: Mutex::new(Vec::new()),
             in_flight: AtomicU64::new(0),
@@ -320,6 +341,9 @@ impl PipelineStats {
     pub(crate) fn source_received(&self, n: u64, redelivered: u64) {
         self.source_received.fetch_add(n, Relaxed);
         self.redelivered.fetch_add(redelivered, Relaxed);
+    }
+    pub(crate) fn add_event_time_error(&self) {
+        self.event_time_errors.fetch_add(1, Relaxed);
     }
     pub(crate) fn sink_written(&self, written: u64, dead: u64) {
         self.sink_written.fetch_add(written, Relaxed);
@@ -391,6 +415,7 @@ impl PipelineStats {
                 wait: self.source_wait.summary(),
                 lag: self.lag(),
                 in_flight: self.in_flight(),
+                event_time_errors: self.event_time_errors.load(Relaxed),
             },
             stages: self
                 .stages
@@ -416,6 +441,8 @@ impl PipelineStats {
                     instances: s.instances(),
                     instances_replaced: s.replaced(),
                     timers_fired: s.timers_fired(),
+                    late: s.late(),
+                    late_dropped: s.late_dropped(),
                     busy_s: s.busy().as_secs_f64(),
                     cpu_s: s.cpu().as_secs_f64(),
                     busy_share: s.busy().as_secs_f64() / secs,
@@ -488,9 +515,12 @@ pub struct SourceReport {
     pub lag: Vec<u64>,
     /// Delivered, not yet settled.
     pub in_flight: u64,
+    /// Dead-lettered because their event time could not be read where
+    /// `[event_time]` says it is (error kind `event-time`).
+    pub event_time_errors: u64,
 }
 
-/// One stage's figures. `received = ok + retried + dead_lettered + abandoned + deferred`.
+/// One stage's figures. `received = ok + retried + dead_lettered + abandoned + deferred + late_dropped`.
 #[derive(Debug, Clone, Serialize)]
 pub struct StageReport {
     /// Stage name.
@@ -536,6 +566,12 @@ pub struct StageReport {
     pub instances_replaced: u64,
     /// Timers of the stage that fired.
     pub timers_fired: u64,
+    /// Messages behind the stage's watermark by more than its
+    /// `allowed_lateness_ms` (processed, dropped or dead-lettered as its
+    /// `late` policy says; dead-lettered ones are also in `dead_lettered`).
+    pub late: u64,
+    /// Late messages dropped by the policy.
+    pub late_dropped: u64,
     /// Time spent handling batches, seconds (summed over instances).
     pub busy_s: f64,
     /// CPU time spent handling batches, seconds: `busy_s` without the

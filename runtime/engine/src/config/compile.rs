@@ -9,11 +9,11 @@ use std::time::Duration;
 use weir_host::{DirGrant, Grants, Limits};
 use weir_queue::{Fsync, StartFrom, TopicConfig, bounds};
 
-use super::raw::{RawFile, RawFormat, RawFsync, RawGrants, RawSink, RawSource, RawStage, RawStart};
+use super::raw::{RawEventTime, RawFile, RawFormat, RawFsync, RawGrants, RawLate, RawSink, RawSource, RawStage, RawStart, RawTimeUnit};
 use super::span::{Locator, TomlPath};
 use super::{
-    ConfigError, ConfigErrors, DeadLetterTo, Generator, JetStreamSource, NatsConnection, NatsSource, Pipeline, Sink, SinkSpec, Source,
-    StageSpec, StreamSpec, Watermark, defaults, subject_matches,
+    ConfigError, ConfigErrors, DeadLetterTo, EventTime, Generator, JetStreamSource, Late, LateAction, NatsConnection, NatsSource, Pipeline,
+    Sink, SinkSpec, Source, StageSpec, StreamSpec, TimeUnit, Watermark, defaults, subject_matches,
 };
 
 mod nats;
@@ -250,6 +250,21 @@ impl Compiler<'_> {
             let retry_backoff_ms =
                 self.int(&sp.key("retry_backoff_ms"), st.retry_backoff_ms, defaults::RETRY_BACKOFF_MS, 0, 86_400_000, " ms");
             let max_fuel = st.max_fuel.map(|f| self.int(&sp.key("max_fuel"), Some(f), 1, 1, i64::MAX, "") as u64);
+            let late = (st.late.is_some() || st.allowed_lateness_ms.is_some()).then(|| Late {
+                action: match st.late {
+                    None | Some(RawLate::Process) => LateAction::Process,
+                    Some(RawLate::Drop) => LateAction::Drop,
+                    Some(RawLate::DeadLetter) => LateAction::DeadLetter,
+                },
+                allowed_lateness_ms: self.int(
+                    &sp.key("allowed_lateness_ms"),
+                    st.allowed_lateness_ms,
+                    defaults::ALLOWED_LATENESS_MS,
+                    0,
+                    365 * 86_400_000,
+                    " ms",
+                ) as u64,
+            });
             let grants = self.grants(&sp.key("grants"), &st.grants, base);
             let mut config = Vec::new();
             for (k, v) in &st.config {
@@ -284,6 +299,7 @@ impl Compiler<'_> {
                 config,
                 grants,
                 module_at: self.locator.span(&sp.key("module")).map(|s| self.locator.line_col(s.start)),
+                late,
             });
         }
 
@@ -432,6 +448,37 @@ impl Compiler<'_> {
 }
 
 impl Compiler<'_> {
+    /// `[event_time]`: a header or a JSON pointer, not both.
+    fn event_time(&mut self, path: &TomlPath, raw: Option<&RawEventTime>) -> EventTime {
+        let Some(raw) = raw else { return EventTime::Producer };
+        let unit = match raw.unit {
+            Some(RawTimeUnit::Seconds) => TimeUnit::Seconds,
+            None | Some(RawTimeUnit::Millis) => TimeUnit::Millis,
+            Some(RawTimeUnit::Micros) => TimeUnit::Micros,
+            Some(RawTimeUnit::Nanos) => TimeUnit::Nanos,
+        };
+        match (&raw.header, &raw.json) {
+            (Some(name), None) if !name.is_empty() => EventTime::Header { name: name.clone(), unit },
+            (None, Some(pointer)) if pointer.is_empty() || pointer.starts_with('/') => EventTime::Json { pointer: pointer.clone(), unit },
+            (None, Some(_)) => {
+                self.error(&path.key("json"), "must be a JSON pointer: empty (the whole payload) or starting with '/', like \"/ts\"");
+                EventTime::Producer
+            }
+            (Some(_), None) => {
+                self.error(&path.key("header"), "must name a header");
+                EventTime::Producer
+            }
+            (Some(_), Some(_)) => {
+                self.error(&path.key("json"), "set either header or json, not both");
+                EventTime::Producer
+            }
+            (None, None) => {
+                self.error(path, "set header = \"NAME\" or json = \"/POINTER\" (or leave out [event_time] for the producer's timestamp)");
+                EventTime::Producer
+            }
+        }
+    }
+
     /// What a stage may take through the host: its outputs, state, log and
     /// counters (see [`weir_host::Limits`]).
     fn stage_limits(&mut self, sp: &TomlPath, st: &RawStage) -> Limits {
@@ -578,6 +625,7 @@ pub fn compile(file: &Path, text: &str) -> Result<Pipeline, ConfigErrors> {
         let idle = c.int(&wp.key("idle_timeout_ms"), w.and_then(|w| w.idle_timeout_ms), 0, 0, day, " ms");
         Watermark { max_out_of_orderness_ms: ooo as u64, idle_timeout: (idle > 0).then(|| Duration::from_millis(idle as u64)) }
     };
+    let event_time = c.event_time(&root.key("event_time"), raw.event_time.as_ref());
 
     c.errors.sort_by_key(|e| e.location);
     if c.errors.is_empty() {
@@ -592,6 +640,7 @@ pub fn compile(file: &Path, text: &str) -> Result<Pipeline, ConfigErrors> {
             topics,
             nats,
             watermark,
+            event_time,
         };
         if pipeline.nats.is_none() && pipeline.uses_nats() {
             pipeline.nats = Some(NatsConnection::to(defaults::NATS_URL));

@@ -78,6 +78,67 @@ pub struct Pipeline {
     pub nats: Option<NatsConnection>,
     /// `[watermark]`: how event time advances.
     pub watermark: Watermark,
+    /// `[event_time]`: where a message's event time is read from.
+    pub event_time: EventTime,
+}
+
+/// Where the source reads each message's event time.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum EventTime {
+    /// The producer's timestamp (the default).
+    #[default]
+    Producer,
+    /// A header's value.
+    Header {
+        /// The header's name.
+        name: String,
+        /// The unit of a number.
+        unit: TimeUnit,
+    },
+    /// A field of the JSON payload.
+    Json {
+        /// A JSON pointer (RFC 6901), like `/ts`.
+        pointer: String,
+        /// The unit of a number.
+        unit: TimeUnit,
+    },
+}
+
+/// The unit of an event time given as a number (a string may also be an
+/// RFC 3339 time, which says its own).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum TimeUnit {
+    /// `s`.
+    Seconds,
+    /// `ms` (the default).
+    #[default]
+    Millis,
+    /// `us`.
+    Micros,
+    /// `ns`.
+    Nanos,
+}
+
+/// What a stage does with a late message: one whose event time is behind
+/// the stage's watermark by more than `allowed_lateness_ms`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Late {
+    /// What is done with a late message.
+    pub action: LateAction,
+    /// How far behind the watermark a message may be without being late, ms.
+    pub allowed_lateness_ms: u64,
+}
+
+/// `late = "process" | "drop" | "dead-letter"`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum LateAction {
+    /// Handle it like any message (counted as late).
+    #[default]
+    Process,
+    /// Settle it without calling the stage (counted).
+    Drop,
+    /// Dead-letter it, error kind `late`.
+    DeadLetter,
 }
 
 /// How the source turns event times into a watermark: per partition, the
@@ -380,6 +441,8 @@ pub struct StageSpec {
     pub grants: Grants,
     /// Line and column of `module`, for errors about the component.
     pub module_at: Option<(usize, usize)>,
+    /// `late` and `allowed_lateness_ms`; `None` when neither is set.
+    pub late: Option<Late>,
 }
 
 impl StageSpec {
@@ -430,6 +493,8 @@ pub mod defaults {
     pub const COMMIT_INTERVAL_MS: i64 = 100;
     /// `watermark.max_out_of_orderness_ms`.
     pub const MAX_OUT_OF_ORDERNESS_MS: i64 = 0;
+    /// `stage.allowed_lateness_ms`.
+    pub const ALLOWED_LATENESS_MS: i64 = 0;
     /// `stage.timeout_ms`.
     pub const TIMEOUT_MS: i64 = 10_000;
     /// `stage.max_memory_bytes`.

@@ -19,6 +19,36 @@ pub(crate) struct RawFile {
     pub topic: Vec<RawTopic>,
     pub nats: Option<RawNats>,
     pub watermark: Option<RawWatermark>,
+    pub event_time: Option<RawEventTime>,
+}
+
+/// `[event_time]`: where each message's event time comes from.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawEventTime {
+    pub header: Option<String>,
+    pub json: Option<String>,
+    pub unit: Option<RawTimeUnit>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize)]
+pub(crate) enum RawTimeUnit {
+    #[serde(rename = "s")]
+    Seconds,
+    #[serde(rename = "ms")]
+    Millis,
+    #[serde(rename = "us")]
+    Micros,
+    #[serde(rename = "ns")]
+    Nanos,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub(crate) enum RawLate {
+    Process,
+    Drop,
+    DeadLetter,
 }
 
 /// `[watermark]`: how event time advances at the source.
@@ -145,6 +175,8 @@ pub(crate) struct RawStage {
     pub max_attempts: Option<i64>,
     pub retry_backoff_ms: Option<i64>,
     pub max_fuel: Option<i64>,
+    pub late: Option<RawLate>,
+    pub allowed_lateness_ms: Option<i64>,
     #[serde(default)]
     pub grants: RawGrants,
     #[serde(default)]

@@ -138,6 +138,8 @@ pub(crate) fn run(pipeline: &Pipeline, queue: &Queue, prepared: Prepared, option
         let (first_tx, mut rx) = sync_channel::<Batch>(CHANNEL_DEPTH);
         let mut handles = Vec::new();
         let uses_timers = prepared.stages.iter().any(|(_, component, ..)| component.uses_timers());
+        // Stages with timers or a late policy need the watermark.
+        let tracks_watermark = uses_timers || pipeline.stages.iter().any(|s| s.late.is_some());
         for (i, (spec, component, ctx, instances)) in prepared.stages.into_iter().enumerate() {
             let (tx, next_rx) = sync_channel::<Batch>(CHANNEL_DEPTH);
             let stage_stats = stats.stage(i);
@@ -198,6 +200,8 @@ pub(crate) fn run(pipeline: &Pipeline, queue: &Queue, prepared: Prepared, option
             uncommitted_since: None,
             watermarks: Watermarks::new(pipeline.watermark.clone()),
             uses_timers,
+            tracks_watermark,
+            event_time: &pipeline.event_time,
             last_sent: Instant::now(),
             ended: false,
         };

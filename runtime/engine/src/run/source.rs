@@ -10,8 +10,8 @@ use weir_queue::Queue;
 
 use super::RunOptions;
 use crate::Result;
-use crate::batch::{Batch, Item, Origin, Settlement};
-use crate::config::Watermark;
+use crate::batch::{Batch, Fate, Item, Origin, Settlement};
+use crate::config::{EventTime, Watermark};
 use crate::source::Feed;
 use crate::stats::{PipelineStats, now_us, since};
 
@@ -38,6 +38,10 @@ pub(super) struct SourceWorker<'a> {
     /// is sent every [`TICK`] so its timers still fire, and a finite
     /// source's end is sent as a last batch at the end of time.
     pub(super) uses_timers: bool,
+    /// Some stage uses the watermark (timers, or a late policy).
+    pub(super) tracks_watermark: bool,
+    /// Where each message's event time is read.
+    pub(super) event_time: &'a EventTime,
     /// When the last batch was sent.
     pub(super) last_sent: Instant,
     /// The end of time has been sent (a drained source).
@@ -213,14 +217,26 @@ impl SourceWorker<'_> {
             self.stats.source_wait.record_all(deliveries.iter().filter_map(|d| since(now, d.appended_us)));
             let mut origins = Vec::with_capacity(deliveries.len());
             let mut items = Vec::with_capacity(deliveries.len());
-            for (i, d) in deliveries.into_iter().enumerate() {
-                if self.uses_timers {
+            for (i, mut d) in deliveries.into_iter().enumerate() {
+                let mut origin = Origin::delivery(d.id, d.msg.attempt);
+                if self.event_time.is_read() {
+                    match self.event_time.read(&d.msg) {
+                        Ok(t) => d.msg.event_time_ms = t,
+                        Err(reason) => {
+                            self.stats.add_event_time_error();
+                            origin.fate = Fate::Dead { stage: "source".into(), kind: crate::event_time::KIND, reason, msg: d.msg };
+                            origins.push(origin);
+                            continue;
+                        }
+                    }
+                }
+                if self.tracks_watermark {
                     self.watermarks.observe(d.id.partition, d.msg.event_time_ms);
                 }
-                origins.push(Origin::delivery(d.id, d.msg.attempt));
+                origins.push(origin);
                 items.push(Item { origin: i, msg: d.msg });
             }
-            let watermark = if self.uses_timers { self.watermarks.current() } else { None };
+            let watermark = if self.tracks_watermark { self.watermarks.current() } else { None };
             if !self.send(tx, origins, items, watermark) {
                 return Ok(());
             }

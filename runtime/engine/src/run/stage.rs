@@ -11,7 +11,7 @@ use weir_queue::{DeliveryId, Message};
 
 use crate::Result;
 use crate::batch::{Batch, Fate, Item, Origin, StateDelta};
-use crate::config::StageSpec;
+use crate::config::{LateAction, StageSpec};
 use crate::stats::{StageStats, now_us, since, thread_cpu};
 
 pub(super) struct StageWorker {
@@ -59,6 +59,7 @@ impl StageWorker {
         let now = now_us();
         self.stats.end_to_end.record_all(msgs.iter().filter_map(|m| since(now, m.timestamp_us)));
         self.stats.add_received(msgs.len() as u64, msgs.iter().map(|m| m.payload.len() as u64).sum());
+        let (owners, msgs) = self.sort_out_late(&mut batch, owners, msgs);
         let (results, writes) = self.call_all(&msgs);
         for (w, idxs) in writes {
             let origins = idxs.into_iter().map(|i| owners[i]).collect();
@@ -107,15 +108,57 @@ impl StageWorker {
             }
         }
         batch.items = next;
+        if let Some(w) = batch.watermark {
+            self.ctx.advance_watermark(w);
+        }
         if self.component.uses_timers() {
-            if let Some(w) = batch.watermark {
-                self.ctx.advance_watermark(w);
-            }
             self.fire_timers(&mut batch);
         }
         self.stats.add_busy(started.elapsed());
         self.stats.add_cpu(thread_cpu().saturating_sub(cpu));
         batch
+    }
+
+    /// Apply the stage's `late` policy to the messages whose event time is
+    /// behind its watermark (as of the batches before this one) by more than
+    /// `allowed_lateness_ms`: count them, and drop or dead-letter them
+    /// (kind `late`) or leave them to be called. Returns the rest.
+    fn sort_out_late(&self, batch: &mut Batch, owners: Vec<usize>, msgs: Vec<Message>) -> (Vec<usize>, Vec<Message>) {
+        let (Some(late), Some(watermark)) = (self.spec.late, self.ctx.watermark()) else { return (owners, msgs) };
+        let is_late = |m: &Message| m.event_time_ms.saturating_add(late.allowed_lateness_ms) < watermark;
+        if !msgs.iter().any(is_late) {
+            return (owners, msgs);
+        }
+        let mut keep = (Vec::with_capacity(msgs.len()), Vec::with_capacity(msgs.len()));
+        for (owner, msg) in owners.into_iter().zip(msgs) {
+            if !is_late(&msg) {
+                keep.0.push(owner);
+                keep.1.push(msg);
+                continue;
+            }
+            self.stats.add_late(late.action == LateAction::Drop);
+            match late.action {
+                LateAction::Process => {
+                    keep.0.push(owner);
+                    keep.1.push(msg);
+                }
+                LateAction::Drop => {}
+                LateAction::DeadLetter => {
+                    let reason = format!(
+                        "late: event time {} is {} ms behind the watermark {watermark} (allowed lateness {} ms)",
+                        msg.event_time_ms,
+                        watermark - msg.event_time_ms,
+                        late.allowed_lateness_ms
+                    );
+                    self.stats.add_dead(false);
+                    let origin = &mut batch.origins[owner];
+                    if matches!(origin.fate, Fate::Ok) {
+                        origin.fate = Fate::Dead { stage: self.spec.name.clone(), kind: LATE, reason, msg };
+                    }
+                }
+            }
+        }
+        keep
     }
 
     /// Fire the stage's timers that are due: event-time ones the watermark
@@ -330,6 +373,9 @@ struct Caller<'a> {
     /// Output bytes the stage may still return for this source batch.
     budget: &'a AtomicUsize,
 }
+
+/// The error kind of a message dead-lettered for being late.
+const LATE: &str = "late";
 
 /// The kind of a message not called because its batch's outputs filled
 /// `max_batch_output_bytes`: released, to come back in a later batch.
