@@ -72,6 +72,9 @@ pub(crate) struct Batch {
     pub(crate) watermark: Option<u64>,
     /// When it was last handed to a channel (for queue-wait times).
     pub(crate) sent: Instant,
+    /// A stage stopped firing its due timers after its most rounds for
+    /// one batch: more batches are needed to fire the rest.
+    pub(crate) timers_left: bool,
 }
 
 /// The state writes of one call and the origins of the messages it handled.
@@ -87,6 +90,8 @@ pub(crate) struct Settlement {
     pub(crate) dead: Vec<DeliveryId>,
     pub(crate) naks: Vec<(DeliveryId, Duration)>,
     pub(crate) releases: Vec<DeliveryId>,
+    /// The batch's [`Batch::timers_left`].
+    pub(crate) timers_left: bool,
 }
 
 /// Where and why a message was dead-lettered.

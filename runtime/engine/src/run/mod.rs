@@ -204,6 +204,7 @@ pub(crate) fn run(pipeline: &Pipeline, queue: &Queue, prepared: Prepared, option
             event_time: &pipeline.event_time,
             last_sent: Instant::now(),
             ended: false,
+            timers_left: false,
         };
         let source_result = source.run(first_tx, settle_rx);
         let sink_result = sink_handle.join().expect("sink thread panicked");

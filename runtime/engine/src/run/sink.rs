@@ -350,7 +350,8 @@ impl SinkWorker<'_> {
     /// Each origin's settlement by its fate, and the dead letters to write
     /// (with their headers and ids) before any of it is handed back.
     fn settle(&mut self, batch: &mut Batch) -> (Settlement, Vec<Record>) {
-        let mut settlement = Settlement { acks: Vec::new(), dead: Vec::new(), naks: Vec::new(), releases: Vec::new() };
+        let mut settlement =
+            Settlement { acks: Vec::new(), dead: Vec::new(), naks: Vec::new(), releases: Vec::new(), timers_left: batch.timers_left };
         let mut dead = Vec::new();
         for o in &mut batch.origins {
             let fate = std::mem::replace(&mut o.fate, Fate::Ok);

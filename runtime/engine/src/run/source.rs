@@ -46,6 +46,9 @@ pub(super) struct SourceWorker<'a> {
     pub(super) last_sent: Instant,
     /// The end of time has been sent (a drained source).
     pub(super) ended: bool,
+    /// A stage had more due timers than it fires for one batch: a drained
+    /// source sends the end of time again until none is left.
+    pub(super) timers_left: bool,
 }
 
 /// How often a pipeline with timers gets a batch when no messages come.
@@ -121,6 +124,7 @@ impl SourceWorker<'_> {
 
     fn apply(&mut self, s: Settlement) {
         self.uncommitted_since.get_or_insert_with(Instant::now);
+        self.timers_left |= s.timers_left;
         for id in s.acks {
             self.feed.ack(id);
         }
@@ -152,11 +156,13 @@ impl SourceWorker<'_> {
                 return Ok(());
             }
             if self.options.drain && self.in_pipeline == 0 && self.feed.is_settled() {
-                if !self.uses_timers || self.ended {
+                if !self.uses_timers || (self.ended && !self.timers_left) {
                     return Ok(());
                 }
-                // Every event-time timer fires, and what that emits settles.
+                // Every event-time timer fires, and what that emits settles;
+                // again while a stage had more due than it fires per batch.
                 self.ended = true;
+                self.timers_left = false;
                 let end = self.watermarks.end();
                 if !self.send(tx, Vec::new(), Vec::new(), end) {
                     return Ok(());
@@ -248,7 +254,7 @@ impl SourceWorker<'_> {
     fn send(&mut self, tx: &SyncSender<Batch>, origins: Vec<Origin>, items: Vec<Item>, watermark: Option<u64>) -> bool {
         self.in_pipeline += 1;
         self.last_sent = Instant::now();
-        let batch = Batch { origins, items, routed: Vec::new(), writes: Vec::new(), watermark, sent: self.last_sent };
+        let batch = Batch { origins, items, routed: Vec::new(), writes: Vec::new(), watermark, sent: self.last_sent, timers_left: false };
         if tx.send(batch).is_err() {
             self.in_pipeline -= 1;
             return false;

@@ -169,7 +169,7 @@ impl StageWorker {
     fn fire_timers(&mut self, batch: &mut Batch) {
         // A timer fires once per batch: one to be redone waits for the next.
         let mut fired = HashSet::new();
-        for _ in 0..MAX_TIMER_ROUNDS {
+        for round in 0..=MAX_TIMER_ROUNDS {
             let state = self.ctx.state().clone();
             let n = self.spec.batch_size;
             let mut due = self.ctx.watermark().map(|w| state.due_timers(TimeDomain::Event, w, n)).unwrap_or_default();
@@ -178,6 +178,11 @@ impl StageWorker {
             }
             due.retain(|t| fired.insert(t.clone()));
             if due.is_empty() {
+                return;
+            }
+            if round == MAX_TIMER_ROUNDS {
+                // The rest fire with the next batches.
+                batch.timers_left = true;
                 return;
             }
             self.stats.add_timers_fired(due.len() as u64);
