@@ -446,7 +446,7 @@ fn timers_set_by_a_call_fire_through_on_timers_and_are_deleted_by_the_firing_cal
     assert_eq!(state.timer_count(), 2);
     assert!(state.due_timers(TimeDomain::Event, 999, 10).is_empty());
     let due = state.due_timers(TimeDomain::Event, 1000, 10);
-    assert_eq!(due, vec![Timer { domain: TimeDomain::Event, at_ms: 1000, key: [&0u64.to_be_bytes()[..], b"k"].concat() }]);
+    assert_eq!(due, vec![Timer { domain: TimeDomain::Event, at_ms: 1000, key: [&b"weir.w/"[..], &0u64.to_be_bytes(), b"k"].concat() }]);
     let out = inst.on_timers(&due).unwrap();
     assert_eq!(out[0].as_ref().unwrap()[0].payload, b"k 0 2");
     let fired = inst.take_writes().unwrap();
