@@ -131,32 +131,31 @@ impl StageWorker {
         }
         let mut keep = (Vec::with_capacity(msgs.len()), Vec::with_capacity(msgs.len()));
         for (owner, msg) in owners.into_iter().zip(msgs) {
-            if !is_late(&msg) {
-                keep.0.push(owner);
-                keep.1.push(msg);
-                continue;
-            }
-            self.stats.add_late(late.action == LateAction::Drop);
-            match late.action {
-                LateAction::Process => {
-                    keep.0.push(owner);
-                    keep.1.push(msg);
-                }
-                LateAction::Drop => {}
-                LateAction::DeadLetter => {
-                    let reason = format!(
-                        "late: event time {} is {} ms behind the watermark {watermark} (allowed lateness {} ms)",
-                        msg.event_time_ms,
-                        watermark - msg.event_time_ms,
-                        late.allowed_lateness_ms
-                    );
-                    self.stats.add_dead(false);
-                    let origin = &mut batch.origins[owner];
-                    if matches!(origin.fate, Fate::Ok) {
+            if is_late(&msg) {
+                self.stats.add_late(late.action == LateAction::Drop);
+                match late.action {
+                    LateAction::Process => {}
+                    LateAction::Drop => continue,
+                    LateAction::DeadLetter => {
+                        let origin = &mut batch.origins[owner];
+                        if !matches!(origin.fate, Fate::Ok) {
+                            self.stats.add_abandoned(); // a sibling already failed this origin
+                            continue;
+                        }
+                        let reason = format!(
+                            "late: event time {} is {} ms behind the watermark {watermark} (allowed lateness {} ms)",
+                            msg.event_time_ms,
+                            watermark - msg.event_time_ms,
+                            late.allowed_lateness_ms
+                        );
+                        self.stats.add_dead(false);
                         origin.fate = Fate::Dead { stage: self.spec.name.clone(), kind: LATE, reason, msg };
+                        continue;
                     }
                 }
             }
+            keep.0.push(owner);
+            keep.1.push(msg);
         }
         keep
     }
