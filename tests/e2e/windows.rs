@@ -302,15 +302,15 @@ fn a_quiet_device_is_alerted_once_by_a_processing_time_timer_and_a_beating_one_n
 
 #[test]
 fn a_drained_run_fires_every_timer_even_more_than_a_batch_fires() {
-    // batch_size = 1: a stage fires at most 64 timers per batch, and the
-    // 300 windows all close at the end of the input.
+    // A stage fires at most 64 timers per batch here, and the 300 windows
+    // all close at the end of the input.
     let weir = Weir::new();
     let dir = tempfile::tempdir().unwrap();
     let p = pipeline_file(
         dir.path(),
         "many.toml",
         "[pipeline]\nname = \"many\"\n[source]\ntype = \"stdin\"\nformat = \"json\"\n\
-         [[stage]]\nname = \"count\"\nmodule = \"{component:window_count}\"\nbatch_size = 1\n\
+         [[stage]]\nname = \"count\"\nmodule = \"{component:window_count}\"\nbatch_size = 1\nmax_timers_per_batch = 64\n\
          [stage.config]\nwindow_ms = \"60000\"\n[[sink]]\ntype = \"stdout\"\n[dead_letter]\ntopic = \"many.dlq\"\n",
     );
     let input: String = (0..600).map(|i| format!("{{\"payload\":\"e\",\"key\":\"k{}\",\"timestamp_ms\":{}}}\n", i % 300, T0 + i)).collect();

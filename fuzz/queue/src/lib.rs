@@ -12,7 +12,7 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use weir_queue::{ConsumerOptions, Queue, Record, StateWrite};
+use weir_queue::{ConsumerOptions, Queue, Record, StateWrite, encode_legacy_transaction};
 
 const TOPIC_JSON: &str = r#"{"partitions":1,"fsync":"never","segment_bytes":4096}"#;
 
@@ -82,9 +82,10 @@ pub fn segment(data: &[u8]) {
     exercise(dir.path());
 }
 
-/// The stage-state files. First byte 0: `data` is the log; 1: the
-/// snapshot; otherwise a snapshot (length-prefixed) and a log. A store that
-/// opens must take a commit that survives a reopen.
+/// The stage-state files of the format before redb, which a store imports
+/// on open. First byte 0: `data` is the log; 1: the snapshot; otherwise a
+/// snapshot (length-prefixed) and a log. A store that opens must take a
+/// commit that survives a reopen.
 pub fn state(data: &[u8]) {
     let Some((&mode, data)) = data.split_first() else { return };
     let dir = scratch();
@@ -100,12 +101,12 @@ pub fn state(data: &[u8]) {
     }
     let Ok(q) = Queue::open(dir.path()) else { return };
     let Ok(mut store) = q.state_store("g", "t") else { return };
-    let _ = (store.stage("s").len(), store.applied().len());
+    let _ = (store.stage("s").expect("an imported store reads").len(), store.applied().len());
     let write = StateWrite { stage: "s".into(), key: b"fuzz".to_vec(), value: Some(b"value".to_vec()) };
     store.commit(&[write], &[(0, u64::MAX)]).expect("a store that opened takes a commit");
     drop(store);
     let store = q.state_store("g", "t").expect("a store reopens after a commit");
-    assert_eq!(store.stage("s").get(&b"fuzz"[..]).map(Vec::as_slice), Some(&b"value"[..]));
+    assert_eq!(store.stage("s").unwrap().get(&b"fuzz"[..]).map(Vec::as_slice), Some(&b"value"[..]));
     assert!(store.applied().contains(&(0, u64::MAX)));
 }
 
@@ -131,8 +132,8 @@ pub fn metadata(data: &[u8]) {
 }
 
 /// Seed inputs for each target, made by the queue itself: real segments
-/// and index files with keys, headers, ids and timestamps, a real state
-/// log and snapshot, real metadata. Returns (target, input) pairs.
+/// and index files with keys, headers, ids and timestamps, a state log and
+/// snapshot of the old format, real metadata. Returns (target, input) pairs.
 pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
     let dir = scratch();
     let q = Queue::open(dir.path()).unwrap();
@@ -153,13 +154,10 @@ pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
     c.commit().unwrap();
     drop(c);
     let key = q.topic_key("t").unwrap();
-    let mut store = q.state_store("g", &key).unwrap();
-    let put = |k: &str, v: Option<&str>| StateWrite { stage: "s".into(), key: k.into(), value: v.map(Into::into) };
-    store.commit(&[put("a", Some("1")), put("b", Some("2"))], &[(0, 0), (0, 1)]).unwrap();
-    store.compact().unwrap();
-    store.commit(&[put("a", None), put("c", Some("3"))], &[(0, 2)]).unwrap();
-    drop(store);
     drop(q);
+    let put = |k: &str, v: Option<&str>| StateWrite { stage: "s".into(), key: k.into(), value: v.map(Into::into) };
+    let snapshot = encode_legacy_transaction(&[put("a", Some("1")), put("b", Some("2"))], &[(0, 0), (0, 1)]);
+    let log = encode_legacy_transaction(&[put("a", None), put("c", Some("3"))], &[(0, 2)]);
 
     let read = |p: PathBuf| fs::read(p).unwrap();
     let part = partition_dir(dir.path());
@@ -179,8 +177,6 @@ pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
         }
         out
     };
-    let state = dir.path().join("state/g").join(&key);
-    let (log, snapshot) = (read(state.join("state.log")), read(state.join("state.snapshot")));
     let sealed = read(logs[0].clone());
     vec![
         ("segment", with_mode(0, &[&read(logs.last().unwrap().clone())])),

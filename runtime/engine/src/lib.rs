@@ -43,6 +43,10 @@ pub enum Error {
     /// A component could not be loaded or initialised.
     #[error(transparent)]
     Host(#[from] weir_host::Error),
+    /// A stage's state could not be read: the run stops before
+    /// acknowledging what the stage computed from it.
+    #[error("{0}")]
+    State(String),
     /// A sink could not write.
     #[error("sink {sink}")]
     Sink {

@@ -14,7 +14,7 @@ use crate::bindings::weir::pipeline::types::TimeDomain as WitDomain;
 use crate::component::Stage;
 use crate::limits::{Limited, LogBucket, StateLimitError};
 use crate::lower::Consumer;
-use crate::state::{PendingWrites, StageState, StateMap, TimeDomain, Timer, TimerSet, TimerWrites, WriteSet};
+use crate::state::{PendingWrites, StageState, TimeDomain, Timer, TimerWrites, WriteSet};
 use crate::{EPOCH_TICK, Error, Limits, Message, MessageError, MessageResult, Result, describe};
 
 /// What a stage may reach beyond the empty sandbox (clocks and random only).
@@ -119,7 +119,7 @@ impl StageContext {
             config,
             grants: Grants::default(),
             counters: Arc::default(),
-            state: StageState::new(stage, StateMap::new(), TimerSet::new()),
+            state: StageState::new(stage, weir_queue::StateReader::empty()),
             limited: Arc::default(),
             watermark: Arc::default(),
             log: Arc::new(LogBucket::new(limits.log.lines_per_second, limits.log.burst_lines)),
@@ -127,11 +127,12 @@ impl StageContext {
         }
     }
 
-    /// Start the stage's state and timers from `committed` and `timers`
-    /// (what was made durable by earlier runs) instead of empty.
+    /// Read the stage's committed state and timers from `store` (what
+    /// earlier runs made durable, and what the engine commits to it)
+    /// instead of an empty state.
     #[must_use]
-    pub fn with_state(mut self, committed: StateMap, timers: TimerSet) -> Self {
-        self.state = StageState::new(&self.stage, committed, timers);
+    pub fn with_state(mut self, store: weir_queue::StateReader) -> Self {
+        self.state = StageState::new(&self.stage, store);
         self
     }
 

@@ -42,7 +42,7 @@ pub use cache::default_cache_dir;
 pub use component::Stage;
 pub use instance::{Counters, DirGrant, ErrorKind, Grants, Instance, StageContext};
 pub use limits::{CounterLimits, Limited, Limits, LogBucket, LogLimits, OutputLimits, StateLimits, output_bytes};
-pub use state::{PendingWrites, StageState, StateMap, TimeDomain, Timer, TimerSet, WriteSet};
+pub use state::{PendingWrites, StageState, TimeDomain, Timer, WriteSet, timers_of};
 
 /// Generated bindings for the `weir:pipeline/stage` world, 0.2.0.
 mod bindings {

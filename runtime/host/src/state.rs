@@ -11,13 +11,19 @@
 //! it, and a call still running when an abort happens is aborted when it
 //! finishes. So committed state only ever reflects calls that read committed
 //! state: exactly-once, at the price of redoing the later work on an abort.
+//!
+//! Committed state and timers are read from the state store
+//! ([`StateReader`]), not held in memory. The engine commits a write set to
+//! the store first, then calls [`PendingWrites::committed`]; both reads and
+//! that call hold the stage's lock, so a read sees a write set either
+//! pending or committed, never neither. A read the store fails is recorded
+//! ([`StageState::failure`]) and the engine stops before acknowledging anything.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, Weak};
 
-/// A stage's committed key-value state.
-pub type StateMap = HashMap<Vec<u8>, Vec<u8>>;
+use weir_queue::{StateReader, StateWrite};
 
 /// The net writes of one call: key → new value, or `None` for a delete.
 pub type WriteSet = HashMap<Vec<u8>, Option<Vec<u8>>>;
@@ -74,27 +80,34 @@ impl Timer {
     }
 }
 
-/// A stage's committed timers.
-pub type TimerSet = BTreeSet<Timer>;
-
 /// The timer writes of one call: set (`true`) or deleted (`false`).
 pub type TimerWrites = BTreeMap<Timer, bool>;
+
+/// Where a stage's timers are kept in the state store: beside its state,
+/// under a name no stage can have (`@` is not allowed in names).
+pub fn timers_of(stage: &str) -> String {
+    format!("{stage}@timers")
+}
 
 /// The shared state of one stage. See the module docs.
 #[derive(Debug)]
 pub struct StageState {
     name: String,
+    timers_name: String,
+    store: StateReader,
     overlay: Mutex<Overlay>,
     gate: Gate,
     used: AtomicBool,
+    /// The first read of the store that failed.
+    failure: Mutex<Option<String>>,
 }
 
 #[derive(Debug, Default)]
 struct Overlay {
-    committed: StateMap,
-    timers: TimerSet,
-    /// Key and value bytes of `committed`.
+    /// Key and value bytes of the committed state.
     committed_bytes: usize,
+    /// Committed timers.
+    committed_timers: usize,
     /// Uncommitted write sets, oldest first.
     pending: VecDeque<Arc<PendingWrites>>,
     next_seq: u64,
@@ -154,7 +167,17 @@ impl PendingWrites {
         self.aborted.store(true, Ordering::Release);
     }
 
-    /// Fold it into the committed state, once it is durable.
+    /// Its writes as the state store takes them, for `stage`: state under
+    /// the stage's name, timers under [`timers_of`] it.
+    pub fn store_writes(&self, stage: &str) -> Vec<StateWrite> {
+        let timers = timers_of(stage);
+        let state = self.writes.iter().map(|(k, v)| StateWrite { stage: stage.to_owned(), key: k.clone(), value: v.clone() });
+        let timers = self.timers.iter().map(|(t, set)| StateWrite { stage: timers.clone(), key: t.encode(), value: set.then(Vec::new) });
+        state.chain(timers).collect()
+    }
+
+    /// Drop it from the pending writes once the engine has committed
+    /// [`PendingWrites::store_writes`] to the store: reads find it there now.
     ///
     /// # Panics
     /// If it was aborted.
@@ -163,38 +186,29 @@ impl PendingWrites {
         if let Some(stage) = self.stage.upgrade() {
             let mut o = stage.overlay.lock().unwrap();
             o.pending.retain(|w| w.seq != self.seq);
-            for (k, v) in &self.writes {
-                let old = match v {
-                    Some(v) => o.committed.insert(k.clone(), v.clone()),
-                    None => o.committed.remove(k),
-                };
-                let size = |v: Option<usize>| v.map_or(0, |v| k.len() + v);
-                o.committed_bytes = (o.committed_bytes + size(v.as_ref().map(Vec::len))).saturating_sub(size(old.as_ref().map(Vec::len)));
-            }
-            for (t, set) in &self.timers {
-                if *set {
-                    o.timers.insert(t.clone());
-                } else {
-                    o.timers.remove(t);
-                }
-            }
+            o.committed_bytes = (o.committed_bytes as isize + self.grown).max(0) as usize;
+            o.committed_timers = (o.committed_timers as isize + self.timers_grown).max(0) as usize;
         }
     }
 }
 
 impl StageState {
-    /// The state of stage `name`, starting from `committed` and `timers`.
-    pub fn new(name: &str, committed: StateMap, timers: TimerSet) -> Arc<Self> {
+    /// The state of stage `name`, committed in `store`.
+    pub fn new(name: &str, store: StateReader) -> Arc<Self> {
+        let timers_name = timers_of(name);
+        let overlay = Overlay {
+            committed_bytes: store.totals(name).bytes as usize,
+            committed_timers: store.totals(&timers_name).entries as usize,
+            ..Overlay::default()
+        };
         Arc::new(StageState {
             name: name.to_owned(),
-            overlay: Mutex::new(Overlay {
-                committed_bytes: committed.iter().map(|(k, v)| k.len() + v.len()).sum(),
-                committed,
-                timers,
-                ..Overlay::default()
-            }),
+            timers_name,
+            store,
+            overlay: Mutex::new(overlay),
             gate: Gate::default(),
             used: AtomicBool::new(false),
+            failure: Mutex::new(None),
         })
     }
 
@@ -203,9 +217,27 @@ impl StageState {
         &self.name
     }
 
+    /// The first read of the store that failed, if any: what the calls
+    /// since then read cannot be trusted.
+    pub fn failure(&self) -> Option<String> {
+        self.failure.lock().unwrap().clone()
+    }
+
+    /// `read`'s result, or `T::default()` with the failure recorded.
+    fn recorded<T: Default>(&self, read: weir_queue::Result<T>) -> T {
+        read.unwrap_or_else(|e| {
+            let mut failure = self.failure.lock().unwrap();
+            if failure.is_none() {
+                tracing::error!(stage = %self.name, error = %e, "reading stage state failed");
+                *failure = Some(format!("stage {}: reading its state failed: {e}", self.name));
+            }
+            T::default()
+        })
+    }
+
     /// The committed value of `key`.
     pub fn committed_value(&self, key: &[u8]) -> Option<Vec<u8>> {
-        self.overlay.lock().unwrap().committed.get(key).cloned()
+        self.recorded(self.store.get(&self.name, key))
     }
 
     /// Whether any call has touched the state.
@@ -232,7 +264,7 @@ impl StageState {
                 return v.clone();
             }
         }
-        o.committed.get(key).cloned()
+        self.committed_value(key)
     }
 
     /// The length of `key`'s value, read as [`StageState::read`] does, and
@@ -241,7 +273,7 @@ impl StageState {
         let o = self.overlay.lock().unwrap();
         let len = match o.pending.iter().rev().find_map(|w| w.writes.get(key)) {
             Some(v) => v.as_ref().map(Vec::len),
-            None => o.committed.get(key).map(Vec::len),
+            None => self.committed_value(key).as_ref().map(Vec::len),
         };
         (len, Self::held(&o))
     }
@@ -261,7 +293,7 @@ impl StageState {
         let o = self.overlay.lock().unwrap();
         match o.pending.iter().rev().find_map(|w| w.timers.get(timer)) {
             Some(set) => *set,
-            None => o.timers.contains(timer),
+            None => self.recorded(self.store.get(&self.timers_name, &timer.encode())).is_some(),
         }
     }
 
@@ -269,7 +301,7 @@ impl StageState {
     pub fn timer_count(&self) -> usize {
         let o = self.overlay.lock().unwrap();
         let pending: isize = o.pending.iter().map(|w| w.timers_grown).sum();
-        (o.timers.len() as isize + pending).max(0) as usize
+        (o.committed_timers as isize + pending).max(0) as usize
     }
 
     /// The earliest (at most `max`) timers of `domain` due at `until_ms`
@@ -284,7 +316,9 @@ impl StageState {
             o.pending.iter().flat_map(|w| w.timers.range(&lowest..).take_while(|(t, _)| due(t)).map(|(t, set)| (t, *set))).collect();
         // Enough committed ones to make up for those deleted meanwhile.
         let deleted = pending.iter().filter(|(_, set)| !set).count();
-        let mut view: BTreeMap<&Timer, bool> = o.timers.range(&lowest..).take_while(due).take(max + deleted).map(|t| (t, true)).collect();
+        let committed = self.recorded(self.store.entries(&self.timers_name, &lowest.encode(), max + deleted));
+        let committed: Vec<Timer> = committed.iter().filter_map(|(k, _)| Timer::decode(k)).take_while(|t| due(&t)).collect();
+        let mut view: BTreeMap<&Timer, bool> = committed.iter().map(|t| (t, true)).collect();
         view.extend(pending);
         view.into_iter().filter(|(_, set)| *set).map(|(t, _)| t.clone()).take(max).collect()
     }
@@ -361,9 +395,24 @@ mod tests {
         pairs.iter().map(|(k, v)| (k.as_bytes().to_vec(), v.map(|v| v.as_bytes().to_vec()))).collect()
     }
 
+    /// A state store holding `writes` of stage "s", committed, and the dir it is in.
+    fn store(writes: &[StateWrite]) -> (tempfile::TempDir, weir_queue::StateStore) {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = weir_queue::Queue::open(dir.path()).unwrap().state_store("g", "t").unwrap();
+        store.commit(writes, &[]).unwrap();
+        (dir, store)
+    }
+
+    /// Commit `w` as the engine does: to the store, then to the stage.
+    fn commit(store: &mut weir_queue::StateStore, w: &PendingWrites) {
+        store.commit(&w.store_writes("s"), &[]).unwrap();
+        w.committed();
+    }
+
     #[test]
     fn reads_see_pending_writes_and_an_abort_takes_the_later_ones_with_it() {
-        let s = StageState::new("s", StateMap::from([(b"k".to_vec(), b"0".to_vec())]), TimerSet::new());
+        let (_dir, mut store) = store(&[StateWrite { stage: "s".into(), key: b"k".to_vec(), value: Some(b"0".to_vec()) }]);
+        let s = StageState::new("s", store.reader());
         assert_eq!(s.bytes(), 2);
         let g = s.enter();
         let a = s.register(ws(&[("k", Some("1"))]), TimerWrites::new(), g, 0, 0);
@@ -385,8 +434,10 @@ mod tests {
         let d = s.register(ws(&[("k", None)]), TimerWrites::new(), g, -2, 0);
         s.leave();
         assert_eq!(s.bytes(), 0, "the pending delete shrinks the state");
-        d.committed();
+        assert_eq!(s.read(b"k"), None);
+        commit(&mut store, &d);
         assert_eq!(s.committed_value(b"k"), None);
+        assert_eq!(s.read(b"k"), None);
         assert_eq!(s.bytes(), 0);
     }
 
@@ -397,8 +448,10 @@ mod tests {
     #[test]
     fn due_timers_read_through_pending_sets_and_deletes_in_firing_order() {
         use TimeDomain::{Event, Processing};
-        let committed = TimerSet::from([timer(Event, 10, "a"), timer(Event, 20, "b"), timer(Event, 30, "c"), timer(Processing, 5, "p")]);
-        let s = StageState::new("s", StateMap::new(), committed);
+        let committed = [timer(Event, 10, "a"), timer(Event, 20, "b"), timer(Event, 30, "c"), timer(Processing, 5, "p")];
+        let (_dir, mut store) = store(&committed.map(|t| StateWrite { stage: timers_of("s"), key: t.encode(), value: Some(Vec::new()) }));
+        let s = StageState::new("s", store.reader());
+        assert_eq!(s.timer_count(), 4);
         assert_eq!(s.due_timers(Event, 20, 10), vec![timer(Event, 10, "a"), timer(Event, 20, "b")]);
         assert_eq!(s.due_timers(Event, 20, 1), vec![timer(Event, 10, "a")]);
         assert_eq!(s.due_timers(Processing, u64::MAX, 10), vec![timer(Processing, 5, "p")]);
@@ -415,7 +468,7 @@ mod tests {
         let fired = s.register(WriteSet::new(), TimerWrites::from([(timer(Event, 10, "a"), false)]), g, 0, -1);
         s.leave();
         assert_eq!(s.timer_count(), 3);
-        fired.committed();
+        commit(&mut store, &fired);
         assert_eq!(s.due_timers(Event, u64::MAX, 10), vec![timer(Event, 20, "b"), timer(Event, 30, "c")]);
         assert_eq!(s.timer_count(), 3);
         for t in [timer(Event, 0, ""), timer(Processing, u64::MAX, "k\0y")] {

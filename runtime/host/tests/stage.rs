@@ -24,6 +24,30 @@ fn ctx(config: &[(&str, &str)], limits: Limits) -> StageContext {
     StageContext::new("test", "s", config, limits)
 }
 
+/// A state store on disk, which a context made with it reads.
+struct Store {
+    _dir: tempfile::TempDir,
+    store: weir_queue::StateStore,
+}
+
+impl Store {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let store = weir_queue::Queue::open(dir.path()).unwrap().state_store("g", "t").unwrap();
+        Store { _dir: dir, store }
+    }
+
+    fn ctx(&self, config: &[(&str, &str)], limits: Limits) -> StageContext {
+        ctx(config, limits).with_state(self.store.reader())
+    }
+
+    /// Commit a call's writes as the engine does: to the store, then to the stage.
+    fn commit(&mut self, w: &weir_host::PendingWrites) {
+        self.store.commit(&w.store_writes("s"), &[]).unwrap();
+        w.committed();
+    }
+}
+
 #[test]
 fn uppercase_handles_a_batch_in_order() {
     let rt = Runtime::new().unwrap();
@@ -342,7 +366,8 @@ fn state_writes_over_a_limit_fail_the_call_as_state_and_write_nothing() {
         state: weir_host::StateLimits { max_key_bytes: 100, max_value_bytes: 1000, max_write_bytes: 5000, max_bytes: 8000, max_timers: 10 },
         ..Limits::default()
     };
-    let c = ctx(&[], limits);
+    let mut store = Store::new();
+    let c = store.ctx(&[], limits);
     for (payload, limit) in
         [("state-key:101", "max_state_key_bytes"), ("state:1:1001", "max_state_value_bytes"), ("state:6:999", "max_state_write_bytes")]
     {
@@ -360,7 +385,7 @@ fn state_writes_over_a_limit_fail_the_call_as_state_and_write_nothing() {
     for round in 0..2 {
         let out = inst.handle_batch(&[Message { offset: round, ..msg("state:4:990") }]).unwrap();
         assert!(out[0].is_ok(), "round {round}");
-        inst.take_writes().unwrap().committed();
+        store.commit(&inst.take_writes().unwrap());
     }
     assert!(c.state().bytes() > 7_000);
     match inst.handle_batch(&[Message { offset: 2, ..msg("state:4:990") }]) {
@@ -437,11 +462,12 @@ fn timers_set_by_a_call_fire_through_on_timers_and_are_deleted_by_the_firing_cal
     let rt = Runtime::new().unwrap();
     let stage = rt.load(&component("window_count")).unwrap();
     assert!(stage.uses_timers() && stage.writes_state());
-    let c = ctx(&[("window_ms", "1000")], Limits::default());
+    let mut store = Store::new();
+    let c = store.ctx(&[("window_ms", "1000")], Limits::default());
     let mut inst = stage.instantiate(&c).unwrap();
     let at = |ms| Message { event_time_ms: ms, ..msg("x") };
     inst.handle_batch(&[at(100), at(900), at(1100)]).unwrap();
-    inst.take_writes().unwrap().committed();
+    store.commit(&inst.take_writes().unwrap());
     let state = c.state();
     assert_eq!(state.timer_count(), 2);
     assert!(state.due_timers(TimeDomain::Event, 999, 10).is_empty());

@@ -31,10 +31,8 @@ pub enum SyncSite {
     Directory,
     /// A consumer group's committed offsets.
     Offsets,
-    /// A transaction of the stage-state log.
-    StateLog,
-    /// A stage-state snapshot (compaction).
-    StateSnapshot,
+    /// A commit of the stage-state database.
+    State,
     /// A topic's metadata and id files.
     TopicMeta,
 }

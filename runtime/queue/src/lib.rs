@@ -59,7 +59,9 @@ pub(crate) use files::{create_dir_durable, sync_dir, write_atomic};
 pub use log::Truncation;
 pub use message::Message;
 pub use record::{MAX_RECORD_BYTES, MSG_ID_HEADER, Record, StoredRecord, check_parts};
-pub use state::{StageMap, StateStore, StateWrite};
+pub use state::{
+    DEFAULT_CACHE_BYTES as DEFAULT_STATE_CACHE_BYTES, StageMap, StateReader, StateStore, StateWrite, Totals, encode_legacy_transaction,
+};
 pub use topic::{Fsync, FsyncError, TopicConfig, TopicInfo, bounds};
 
 use topic::Topic;
@@ -115,6 +117,14 @@ pub enum Error {
         /// The file or directory of the store.
         path: PathBuf,
         /// The failure that stopped it.
+        reason: String,
+    },
+    /// The stage-state database failed (other than by I/O).
+    #[error("{}: {reason}", path.display())]
+    Store {
+        /// The database file.
+        path: PathBuf,
+        /// What failed.
         reason: String,
     },
     /// The topic does not exist.
@@ -488,10 +498,18 @@ impl Queue {
     /// # Errors
     /// [`Error::ReadOnly`]; an invalid group name; I/O and corruption errors.
     pub fn state_store(&self, group: &str, source: &str) -> Result<StateStore> {
+        self.state_store_with_cache(group, source, DEFAULT_STATE_CACHE_BYTES)
+    }
+
+    /// [`Queue::state_store`], caching at most `cache_bytes` of the state in memory.
+    ///
+    /// # Errors
+    /// As [`Queue::state_store`].
+    pub fn state_store_with_cache(&self, group: &str, source: &str, cache_bytes: usize) -> Result<StateStore> {
         if self.is_read_only() {
             return Err(Error::ReadOnly);
         }
-        StateStore::open(self.dir(), group, source, self.inner.faults.clone())
+        StateStore::open(self.dir(), group, source, cache_bytes, self.inner.faults.clone())
     }
 
     /// What a topic's consumer groups key their offsets, state and

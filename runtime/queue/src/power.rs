@@ -13,7 +13,10 @@
 //! It is the strict reading of POSIX: a real disk may keep more, never less.
 //! Changes are taken as all or nothing per directory between two of its
 //! fsyncs, and a file's synced prefix as never rewritten in place (the queue
-//! only appends, truncates back, and replaces whole files by rename).
+//! only appends, truncates back, and replaces whole files by rename) —
+//! except files named `*.redb` (the stage-state database, which rewrites
+//! pages in place): of those, every completed fsync keeps a whole copy, and
+//! the restore brings back that copy.
 
 use std::collections::{HashMap, HashSet};
 use std::ffi::OsString;
@@ -48,6 +51,14 @@ struct State {
     dirs: HashMap<DirKey, Vec<(OsString, Entry)>>,
     /// Inodes hard-linked into the shadow directory (so never reused).
     pinned: HashSet<u64>,
+    /// Inodes of files rewritten in place, whose durable content is a
+    /// copy in the shadow directory (`INODE.image`).
+    images: HashSet<u64>,
+}
+
+/// Whether the file at `path` is rewritten in place (see the module docs).
+fn in_place(path: &Path) -> bool {
+    path.extension().is_some_and(|e| e == "redb")
 }
 
 fn dir_key(meta: &fs::Metadata) -> DirKey {
@@ -74,6 +85,9 @@ impl PowerModel {
                 Entry::Dir(_) => self.settle(st, &dir.join(name))?,
                 Entry::File(ino) => {
                     st.synced.insert(ino, *len);
+                    if in_place(Path::new(name)) {
+                        self.copy_image(st, &dir.join(name), ino)?;
+                    }
                 }
             }
         }
@@ -119,15 +133,34 @@ impl PowerModel {
         Ok(())
     }
 
+    /// Copy the file at `path` (inode `ino`) as its durable image.
+    fn copy_image(&self, st: &mut State, path: &Path, ino: u64) -> io::Result<()> {
+        let next = self.shadow.join(format!("{ino}.next"));
+        fs::copy(path, &next)?;
+        fs::rename(next, self.shadow.join(format!("{ino}.image")))?;
+        st.images.insert(ino);
+        Ok(())
+    }
+
     /// Run `sync` on `file`; if it completes before the power is cut, what
     /// the file held when it started is durable.
     pub(crate) fn sync_file(&self, path: &Path, file: &File, sync: impl FnOnce() -> io::Result<()>) -> io::Result<()> {
         let meta = file.metadata()?;
+        let next = self.shadow.join(format!("{}.next", meta.ino()));
         self.completed(
-            |st| self.pin(st, path, meta.ino()),
+            |st| {
+                self.pin(st, path, meta.ino())?;
+                if in_place(path) {
+                    fs::copy(path, &next)?;
+                }
+                Ok(())
+            },
             sync,
             |st, ()| {
                 st.synced.insert(meta.ino(), meta.len());
+                if in_place(path) && fs::rename(&next, self.shadow.join(format!("{}.image", meta.ino()))).is_ok() {
+                    st.images.insert(meta.ino());
+                }
             },
         )
     }
@@ -180,6 +213,9 @@ impl PowerModel {
         fs::create_dir(into)?;
         for (name, entry) in st.dirs.get(&dir).into_iter().flatten() {
             match *entry {
+                Entry::File(ino) if st.images.contains(&ino) => {
+                    fs::copy(self.shadow.join(format!("{ino}.image")), into.join(name))?;
+                }
                 Entry::File(ino) => {
                     let len = st.synced.get(&ino).copied().unwrap_or(0);
                     let source = File::open(self.shadow.join(ino.to_string()))?;

@@ -234,6 +234,14 @@ impl Compiler<'_> {
             let batch_size = self.int(&sp.key("batch_size"), st.batch_size, defaults::BATCH_SIZE, 1, 100_000, "");
             let batch_timeout_ms =
                 self.int(&sp.key("batch_timeout_ms"), st.batch_timeout_ms, defaults::BATCH_TIMEOUT_MS, 0, 3_600_000, " ms");
+            let max_timers_per_batch = self.int(
+                &sp.key("max_timers_per_batch"),
+                st.max_timers_per_batch,
+                defaults::MAX_TIMERS_PER_BATCH,
+                1,
+                10_000_000,
+                " timers",
+            );
             let timeout_ms = self.int(&sp.key("timeout_ms"), st.timeout_ms, defaults::TIMEOUT_MS, 1, 3_600_000, " ms");
             let max_memory_bytes =
                 self.int(&sp.key("max_memory_bytes"), st.max_memory_bytes, defaults::MAX_MEMORY_BYTES, 1 << 20, 4 << 30, " bytes");
@@ -288,6 +296,7 @@ impl Compiler<'_> {
                 batch_size: batch_size as usize,
                 max_batch_output_bytes: max_batch_output_bytes as usize,
                 batch_timeout: Duration::from_millis(batch_timeout_ms as u64),
+                max_timers_per_batch: max_timers_per_batch as usize,
                 limits: Limits {
                     timeout: Duration::from_millis(timeout_ms as u64),
                     max_memory_bytes: max_memory_bytes as usize,
@@ -589,6 +598,14 @@ pub fn compile(file: &Path, text: &str) -> Result<Pipeline, ConfigErrors> {
     let p = root.key("pipeline");
     c.name(&p.key("name"), "pipeline name", &raw.pipeline.name);
     let data_dir = raw.pipeline.data_dir.as_ref().map(|d| base.join(d));
+    let state_cache_bytes = c.int(
+        &p.key("state_cache_bytes"),
+        raw.pipeline.state_cache_bytes,
+        weir_queue::DEFAULT_STATE_CACHE_BYTES as i64,
+        1 << 20,
+        64 << 30,
+        " bytes",
+    ) as usize;
 
     let mut topics = c.topics(&raw);
     let source = c.source(&raw, base);
@@ -633,6 +650,7 @@ pub fn compile(file: &Path, text: &str) -> Result<Pipeline, ConfigErrors> {
             name: raw.pipeline.name,
             file: file.to_owned(),
             data_dir,
+            state_cache_bytes,
             source,
             stages,
             sinks,

@@ -64,6 +64,8 @@ pub struct Pipeline {
     pub file: PathBuf,
     /// `[pipeline] data_dir`, resolved against the file's directory.
     pub data_dir: Option<PathBuf>,
+    /// `[pipeline] state_cache_bytes`: memory for stage state read from disk.
+    pub state_cache_bytes: usize,
     /// Where messages come from.
     pub source: Source,
     /// The stages, in order.
@@ -429,6 +431,8 @@ pub struct StageSpec {
     pub max_batch_output_bytes: usize,
     /// Longest wait to fill a batch.
     pub batch_timeout: Duration,
+    /// Most timers fired per source batch; the rest fire with later ones.
+    pub max_timers_per_batch: usize,
     /// Per-call limits.
     pub limits: Limits,
     /// Deliveries before a retried message is dead-lettered.
@@ -489,6 +493,8 @@ pub mod defaults {
     pub const BATCH_SIZE: i64 = 64;
     /// `stage.batch_timeout_ms`.
     pub const BATCH_TIMEOUT_MS: i64 = 5;
+    /// `stage.max_timers_per_batch`.
+    pub const MAX_TIMERS_PER_BATCH: i64 = 8_192;
     /// `source.commit_interval_ms` (queue sources).
     pub const COMMIT_INTERVAL_MS: i64 = 100;
     /// `watermark.max_out_of_orderness_ms`.

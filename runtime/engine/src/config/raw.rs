@@ -110,6 +110,7 @@ pub(crate) struct RawNats {
 pub(crate) struct RawPipeline {
     pub name: String,
     pub data_dir: Option<String>,
+    pub state_cache_bytes: Option<i64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -155,6 +156,7 @@ pub(crate) struct RawStage {
     pub concurrency: Option<i64>,
     pub batch_size: Option<i64>,
     pub batch_timeout_ms: Option<i64>,
+    pub max_timers_per_batch: Option<i64>,
     pub timeout_ms: Option<i64>,
     pub max_memory_bytes: Option<i64>,
     pub max_output_bytes: Option<i64>,

@@ -79,28 +79,17 @@ pub(crate) fn prepare(pipeline: &Pipeline, queue: &Queue, runtime: &Runtime) -> 
         queue.ensure_topic(name, config)?;
     }
     let owner = state_owner(pipeline, queue)?;
-    let state = queue.state_store(&owner.0, &owner.1)?;
+    let state = queue.state_store_with_cache(&owner.0, &owner.1, pipeline.state_cache_bytes)?;
     let mut stages = Vec::new();
     for spec in &pipeline.stages {
         let component = runtime.load(&spec.module)?;
         let ctx = StageContext::new(&pipeline.name, &spec.name, spec.config.clone(), spec.limits.clone())
-            .with_state(state.stage(&spec.name), load_timers(&state, &spec.name))
+            .with_state(state.reader())
             .with_grants(spec.grants.clone());
         let instances = (0..spec.concurrency).map(|_| component.instantiate(&ctx)).collect::<Result<Vec<_>, _>>()?;
         stages.push((spec.clone(), component, ctx, instances));
     }
     Ok(Prepared { stages, state, owner })
-}
-
-/// Where a stage's timers are kept in the state store: beside its state,
-/// under a name no stage can have (`@` is not allowed in names).
-pub(crate) fn timers_of(stage: &str) -> String {
-    format!("{stage}@timers")
-}
-
-/// The committed timers of `stage`.
-fn load_timers(state: &StateStore, stage: &str) -> weir_host::TimerSet {
-    state.stage(&timers_of(stage)).into_keys().filter_map(|k| weir_host::Timer::decode(&k)).collect()
 }
 
 /// Whose stage state it is: the consumer group and topic (by its key: a
@@ -140,6 +129,7 @@ pub(crate) fn run(pipeline: &Pipeline, queue: &Queue, prepared: Prepared, option
         let uses_timers = prepared.stages.iter().any(|(_, component, ..)| component.uses_timers());
         // Stages with timers or a late policy need the watermark.
         let tracks_watermark = uses_timers || pipeline.stages.iter().any(|s| s.late.is_some());
+        let stage_states = prepared.stages.iter().map(|(_, _, ctx, _)| ctx.state().clone()).collect();
         for (i, (spec, component, ctx, instances)) in prepared.stages.into_iter().enumerate() {
             let (tx, next_rx) = sync_channel::<Batch>(CHANNEL_DEPTH);
             let stage_stats = stats.stage(i);
@@ -172,6 +162,7 @@ pub(crate) fn run(pipeline: &Pipeline, queue: &Queue, prepared: Prepared, option
             pipeline,
             queue: queue.clone(),
             state: prepared.state,
+            stage_states,
             durable_ids,
             source_name,
             id_prefix,

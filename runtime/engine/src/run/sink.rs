@@ -21,6 +21,8 @@ pub(super) struct SinkWorker<'a> {
     pub(super) pipeline: &'a Pipeline,
     pub(super) queue: Queue,
     pub(super) state: StateStore,
+    /// Each stage's view of it, to stop if one failed to read.
+    pub(super) stage_states: Vec<Arc<weir_host::StageState>>,
     /// Source ids survive restarts: use the applied set and dead-letter ids.
     pub(super) durable_ids: bool,
     /// What dead letters name as their source.
@@ -222,22 +224,14 @@ impl SinkWorker<'_> {
     /// Make the surviving state writes durable with the ids of the messages
     /// acknowledged, then let the stages read them as committed.
     fn commit_state(&mut self, batch: &mut Batch, acks: &[DeliveryId]) -> Result<()> {
+        // A stage that could not read its state may have computed anything:
+        // stop before its messages are acknowledged.
+        if let Some(failure) = self.stage_states.iter().find_map(|s| s.failure()) {
+            return Err(crate::Error::State(failure));
+        }
         let mut live: Vec<StateDelta> = std::mem::take(&mut batch.writes).into_iter().filter(|d| !d.writes.is_aborted()).collect();
         live.sort_by_key(|d| (d.stage, d.writes.seq()));
-        let ops: Vec<StateWrite> = live
-            .iter()
-            .flat_map(|d| {
-                let stage = &self.pipeline.stages[d.stage].name;
-                let timers = super::timers_of(stage);
-                let state = d.writes.writes().iter().map(|(k, v)| StateWrite { stage: stage.clone(), key: k.clone(), value: v.clone() });
-                let timers = d.writes.timers().iter().map(move |(t, set)| StateWrite {
-                    stage: timers.clone(),
-                    key: t.encode(),
-                    value: set.then(Vec::new),
-                });
-                state.chain(timers)
-            })
-            .collect();
+        let ops: Vec<StateWrite> = live.iter().flat_map(|d| d.writes.store_writes(&self.pipeline.stages[d.stage].name)).collect();
         if !ops.is_empty() {
             if let Some(floor) = self.floor.lock().unwrap().take() {
                 self.state.set_floor(floor);

@@ -1,6 +1,6 @@
 //! A stage worker and its caller: calls a stage's instances with a batch, replays failures one by one, classifies them.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender};
@@ -28,10 +28,6 @@ pub(super) struct StageWorker {
     /// How often each timer that has not yet fired for good has fired.
     pub(super) timer_attempts: HashMap<Timer, u32>,
 }
-
-/// Most rounds of firing timers after one batch: a stage whose timers set
-/// timers that are due at once cannot keep its thread forever.
-const MAX_TIMER_ROUNDS: usize = 64;
 
 impl StageWorker {
     pub(super) fn run(mut self, input: Receiver<Batch>, output: SyncSender<Batch>) {
@@ -161,62 +157,94 @@ impl StageWorker {
     }
 
     /// Fire the stage's timers that are due: event-time ones the watermark
-    /// reached, processing-time ones the clock did; `batch_size` per call.
+    /// reached, processing-time ones the clock did; `batch_size` per call,
+    /// at most `max_timers_per_batch` in all (so a stage whose timers set
+    /// timers due at once cannot keep its thread forever).
     /// Each fired timer becomes an origin of the batch, so what it emits
     /// goes on like a message's outputs, and its call's writes (its delete
     /// among them) stand only if those outputs are settled for good.
     fn fire_timers(&mut self, batch: &mut Batch) {
         // A timer fires once per batch: one to be redone waits for the next.
         let mut fired = HashSet::new();
-        for round in 0..=MAX_TIMER_ROUNDS {
+        // Each round reads what is due once and fires it call by call; a
+        // further round fires timers the firings set due at once.
+        loop {
             let state = self.ctx.state().clone();
-            let n = self.spec.batch_size;
-            let mut due = self.ctx.watermark().map(|w| state.due_timers(TimeDomain::Event, w, n)).unwrap_or_default();
-            if due.len() < n {
-                due.extend(state.due_timers(TimeDomain::Processing, now_us() / 1000, n - due.len()));
+            let room = self.spec.max_timers_per_batch.saturating_sub(fired.len());
+            let want = room.max(1);
+            let mut due = self.ctx.watermark().map(|w| state.due_timers(TimeDomain::Event, w, want)).unwrap_or_default();
+            if due.len() < want {
+                due.extend(state.due_timers(TimeDomain::Processing, now_us() / 1000, want - due.len()));
             }
-            due.retain(|t| fired.insert(t.clone()));
+            due.retain(|t| !fired.contains(t));
             if due.is_empty() {
                 return;
             }
-            if round == MAX_TIMER_ROUNDS {
+            if room == 0 {
                 // The rest fire with the next batches.
                 batch.timers_left = true;
                 return;
             }
-            self.stats.add_timers_fired(due.len() as u64);
-            let Some(inst) = self.ready_instance() else { return };
-            let results = match inst.on_timers(&due) {
-                Ok(r) => {
-                    let writes = inst.take_writes();
-                    if due.len() > 1 && r.iter().any(is_retry) {
-                        writes.inspect(|w| w.abort());
-                        None
-                    } else {
-                        Some((r.into_iter().map(|r| settle(&self.stats, r)).collect(), writes))
-                    }
-                }
-                Err(e) if due.len() == 1 => Some((vec![Err(host_failure(&self.stats, e))], None)),
-                Err(_) => None,
-            };
-            match results {
-                Some((r, writes)) => self.timer_results(batch, due, r, writes),
-                // One by one, so only the culprit is charged.
-                None => {
-                    for t in due {
-                        let Some(inst) = self.ready_instance() else { return };
-                        let (r, writes) = match inst.on_timers(std::slice::from_ref(&t)) {
-                            Ok(r) => {
-                                let writes = inst.take_writes();
-                                (r.into_iter().map(|r| settle(&self.stats, r)).collect(), writes)
-                            }
-                            Err(e) => (vec![Err(host_failure(&self.stats, e))], None),
-                        };
-                        self.timer_results(batch, vec![t], r, writes);
-                    }
+            let mut due = VecDeque::from(due);
+            while !due.is_empty() {
+                let chunk: Vec<Timer> = due.drain(..self.spec.batch_size.min(due.len())).collect();
+                fired.extend(chunk.iter().cloned());
+                self.stats.add_timers_fired(chunk.len() as u64);
+                let Some(deleted) = self.fire(batch, chunk) else { return };
+                // A firing may delete timers read as due with it (a session
+                // merged into another): those no longer fire.
+                if !deleted.is_empty() {
+                    due.retain(|t| !deleted.contains(t));
                 }
             }
         }
+    }
+
+    /// Fire `due` in one call (one by one if it fails, so only the culprit
+    /// is charged) and add the results to the batch; returns the other
+    /// timers the calls deleted, or `None` if no instance could fire them.
+    fn fire(&mut self, batch: &mut Batch, due: Vec<Timer>) -> Option<HashSet<Timer>> {
+        let firing: HashSet<Timer> = due.iter().cloned().collect();
+        let mut deleted = HashSet::new();
+        let mut note = |writes: &Option<Arc<PendingWrites>>| {
+            let removed = writes.iter().flat_map(|w| w.timers().iter()).filter(|(t, set)| !**set && !firing.contains(*t));
+            deleted.extend(removed.map(|(t, _)| t.clone()));
+        };
+        let inst = self.ready_instance()?;
+        let results = match inst.on_timers(&due) {
+            Ok(r) => {
+                let writes = inst.take_writes();
+                if due.len() > 1 && r.iter().any(is_retry) {
+                    writes.inspect(|w| w.abort());
+                    None
+                } else {
+                    Some((r.into_iter().map(|r| settle(&self.stats, r)).collect(), writes))
+                }
+            }
+            Err(e) if due.len() == 1 => Some((vec![Err(host_failure(&self.stats, e))], None)),
+            Err(_) => None,
+        };
+        match results {
+            Some((r, writes)) => {
+                note(&writes);
+                self.timer_results(batch, due, r, writes);
+            }
+            None => {
+                for t in due {
+                    let inst = self.ready_instance()?;
+                    let (r, writes) = match inst.on_timers(std::slice::from_ref(&t)) {
+                        Ok(r) => {
+                            let writes = inst.take_writes();
+                            (r.into_iter().map(|r| settle(&self.stats, r)).collect(), writes)
+                        }
+                        Err(e) => (vec![Err(host_failure(&self.stats, e))], None),
+                    };
+                    note(&writes);
+                    self.timer_results(batch, vec![t], r, writes);
+                }
+            }
+        }
+        Some(deleted)
     }
 
     /// The instance that fires timers, replaced first if a failure poisoned
