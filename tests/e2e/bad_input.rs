@@ -191,3 +191,20 @@ fn event_time_and_late_settings_are_checked_with_their_place() {
     let err = check("", "allowed_lateness_ms = -1");
     assert!(err.contains("stage[0].allowed_lateness_ms: must be between 0 and 31536000000 ms, got -1"), "{err}");
 }
+
+#[test]
+fn state_and_generator_settings_are_checked_with_their_place() {
+    let weir = Weir::new();
+    let dir = tempfile::tempdir().unwrap();
+    let p = pipeline_file(
+        dir.path(),
+        "s.toml",
+        "[pipeline]\nname = \"s\"\nstate_cache_bytes = 4096\n\n[source]\ntype = \"generator\"\nkey_size = -2\n\n\
+         [[stage]]\nname = \"count\"\nmodule = \"{component:count}\"\nmax_timers_per_batch = 0\n\n[[sink]]\ntype = \"stdout\"\n",
+    );
+    let err = weir.fails(&["validate", p.to_str().unwrap()], b"");
+    assert!(err.contains("s.toml:3:1: pipeline.state_cache_bytes: must be between 1048576 and 68719476736 bytes, got 4096"), "{err}");
+    assert!(err.contains("s.toml:7:1: source.key_size: must be between 0 and 65536 bytes, got -2"), "{err}");
+    assert!(err.contains("s.toml:12:1: stage[0].max_timers_per_batch: must be between 1 and 10000000 timers, got 0"), "{err}");
+    assert!(err.contains("3 errors"), "{err}");
+}

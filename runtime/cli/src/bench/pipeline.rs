@@ -224,7 +224,7 @@ pub(crate) fn bench(args: &PipelineArgs) -> anyhow::Result<()> {
     anyhow::ensure!(args.messages > 0, "--messages must be > 0");
     let (engine, mut pipeline) = crate::run::load(path)?;
     let input = args.input.as_deref().map(|p| read_input(p, args.input_format)).transpose()?.map(Arc::new);
-    let generator = Generator { count: Some(args.messages), size: args.size, rate: args.rate, keys: args.keys, input };
+    let generator = Generator { count: Some(args.messages), size: args.size, rate: args.rate, keys: args.keys, key_size: 0, input };
     anyhow::ensure!(args.rate.is_none() || args.source == BenchSource::Generator, "--rate needs --source generator");
     let dir = tempfile::tempdir()?;
     // Outputs stay in the scratch directory too: file and stdout sinks write

@@ -121,12 +121,13 @@ impl Compiler<'_> {
                 }
                 Source::File { path, json: matches!(format, Some(RawFormat::Json)) }
             }
-            RawSource::Generator { count, size, rate, keys } => Source::Generator(Generator {
+            RawSource::Generator { count, size, rate, keys, key_size } => Source::Generator(Generator {
                 input: None,
                 count: count.map(|n| self.int(&s.key("count"), Some(n), 1, 1, i64::MAX, "") as u64),
                 size: self.int(&s.key("size"), *size, 100, 0, 64 << 20, " bytes") as usize,
                 rate: rate.map(|r| self.int(&s.key("rate"), Some(r), 1, 1, i64::MAX, " messages/s") as u64),
                 keys: self.int(&s.key("keys"), *keys, 0, 0, i64::MAX, "") as u64,
+                key_size: self.int(&s.key("key_size"), *key_size, 0, 0, 64 << 10, " bytes") as usize,
             }),
             RawSource::Nats {
                 stream,

@@ -342,6 +342,9 @@ pub struct Generator {
     pub rate: Option<u64>,
     /// Distinct keys (`k0`, `k1`, ...) cycled through; 0 for no key.
     pub keys: u64,
+    /// Key length in bytes: the number is zero-padded after the `k` up to
+    /// it (`k000…042`); 0 (or too short for the number) for no padding.
+    pub key_size: usize,
     /// Messages to replay, cycled, instead of made-up ones (`weir bench
     /// --input`); `size` and `keys` do not apply to them.
     pub input: Option<Arc<Vec<weir_queue::Record>>>,
@@ -349,7 +352,7 @@ pub struct Generator {
 
 impl Generator {
     /// The `i`-th message: its index, then filler letters, `size` bytes in
-    /// all (so payloads are distinct), keyed `k{i % keys}` if `keys` > 0;
+    /// all (so payloads are distinct), keyed `k{i % keys}` (padded to `key_size`) if `keys` > 0;
     /// or, replaying an input, its `i % len`-th message.
     pub fn record(&self, i: u64) -> weir_queue::Record {
         if let Some(input) = self.input.as_deref().filter(|v| !v.is_empty()) {
@@ -367,7 +370,7 @@ impl Generator {
             let n = (self.size - payload.len()).min(26);
             payload.extend_from_slice(&LETTERS[from..from + n]);
         }
-        let key = (self.keys > 0).then(|| format!("k{}", i % self.keys).into_bytes());
+        let key = (self.keys > 0).then(|| format!("k{:0width$}", i % self.keys, width = self.key_size.saturating_sub(1)).into_bytes());
         weir_queue::Record { key, headers: Vec::new(), payload, timestamp_us: None, id: None }
     }
 }

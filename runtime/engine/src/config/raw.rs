@@ -123,7 +123,7 @@ pub(crate) enum RawSource {
     /// Lines (or JSON lines) from a file.
     File { path: String, format: Option<RawFormat> },
     /// Synthetic messages.
-    Generator { count: Option<i64>, size: Option<i64>, rate: Option<i64>, keys: Option<i64> },
+    Generator { count: Option<i64>, size: Option<i64>, rate: Option<i64>, keys: Option<i64>, key_size: Option<i64> },
     /// A JetStream stream through a durable pull consumer, or a core NATS
     /// subject with a queue group.
     Nats {

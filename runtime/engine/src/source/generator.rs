@@ -41,15 +41,22 @@ mod tests {
 
     #[test]
     fn the_generator_makes_distinct_sized_keyed_messages() {
-        let rx = spawn(Generator { count: Some(100), size: 20, rate: None, keys: 3, input: None });
+        let rx = spawn(Generator { count: Some(100), size: 20, rate: None, keys: 3, key_size: 0, input: None });
         let recs: Vec<Record> = rx.iter().flatten().map(|r| if let Read::Record(r) = r { r } else { panic!() }).collect();
         assert_eq!(recs.len(), 100, "every message, the last chunk not full");
         assert!(recs.iter().all(|r| r.payload.len() == 20));
         assert_eq!(recs.iter().map(|r| &r.payload).collect::<std::collections::HashSet<_>>().len(), 100);
         assert_eq!(recs[4].key.as_deref(), Some(&b"k1"[..]));
         assert_eq!(recs[3].payload, b"000000000003pqrstuvw", "the index, then letter (i + j) % 26 at byte j");
-        let long = Generator { count: None, size: 80, rate: None, keys: 0, input: None }.record(25).payload;
+        let long = Generator { count: None, size: 80, rate: None, keys: 0, key_size: 0, input: None }.record(25).payload;
         assert!(long[12..].iter().enumerate().all(|(k, &b)| b == b'a' + ((25 + 12 + k) % 26) as u8), "{}", String::from_utf8_lossy(&long));
-        assert_eq!(Generator { count: None, size: 5, rate: None, keys: 0, input: None }.record(7).payload, b"00000", "cut to size");
+        let padded = Generator { count: None, size: 0, rate: None, keys: 100, key_size: 16, input: None };
+        assert_eq!(padded.record(142).key.as_deref(), Some(&b"k000000000000042"[..]), "zero-padded to key_size");
+        assert_eq!(Generator { key_size: 2, ..padded }.record(142).key.as_deref(), Some(&b"k42"[..]), "never cut");
+        assert_eq!(
+            Generator { count: None, size: 5, rate: None, keys: 0, key_size: 0, input: None }.record(7).payload,
+            b"00000",
+            "cut to size"
+        );
     }
 }
