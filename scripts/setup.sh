@@ -50,6 +50,41 @@ build_examples() {
     cargo build --manifest-path examples/Cargo.toml --target wasm32-wasip2 --release --target-dir target
 }
 
+# pytest in a venv (target/venv-pytest), for the Python SDK's native tests.
+ensure_pytest() {
+    if [ ! -x target/venv-pytest/bin/pytest ]; then
+        echo "==> installing pytest into target/venv-pytest"
+        python3 -m venv target/venv-pytest
+        target/venv-pytest/bin/pip install --quiet --disable-pip-version-check pytest==8.3.4
+    fi
+}
+
+# The Python SDK's tests and each Python example's, natively (no WebAssembly).
+python_tests() {
+    ensure_pytest
+    local dir
+    for dir in sdk/python examples/consumers-py/*/; do
+        (cd "$dir" && PYTHONPATH="$OLDPWD/sdk/python" "$OLDPWD/target/venv-pytest/bin/pytest" -q -p no:cacheprovider)
+    done
+}
+
+# The Python example stages, built by `weir build` (which installs
+# componentize-py into weir's cache folder on first use) as NAME-py.wasm
+# beside the Rust ones; skipped when newer than their sources, the SDK and
+# the WIT. Needs target/debug/weir.
+build_python_examples() {
+    local dir name out
+    for dir in examples/consumers-py/*/; do
+        name=$(basename "$dir")
+        out=target/wasm32-wasip2/release/$name-py.wasm
+        if [ -f "$out" ] && [ -z "$(find "$dir" sdk/python wit -newer "$out" -name '*.py' -o -newer "$out" -name '*.wit' | head -1)" ]; then
+            continue
+        fi
+        echo "==> building the Python example $name (weir build)"
+        target/debug/weir build "$dir" --out "$out"
+    done
+}
+
 # cargo-fuzz (libFuzzer) for scripts/fuzz. It needs nightly-only compiler
 # flags; this machine has one stable toolchain, so scripts/fuzz sets
 # RUSTC_BOOTSTRAP=1 for its builds (and only for them).

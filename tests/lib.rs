@@ -18,10 +18,27 @@ pub fn target_dir() -> PathBuf {
 /// Path of the example component `name` (e.g. `uppercase`), building the
 /// examples workspace for `wasm32-wasip2` once per test process if it is missing.
 /// The README's test command builds them before the tests run.
+///
+/// `NAME-py` is the Python example `examples/consumers-py/NAME`, built with
+/// `weir build` (through cargo run) when missing.
 pub fn component(name: &str) -> PathBuf {
     static BUILT: OnceLock<()> = OnceLock::new();
     let path = target_dir().join("wasm32-wasip2/release").join(format!("{name}.wasm"));
-    if !path.exists() {
+    if let Some(stem) = name.strip_suffix("-py") {
+        static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        let _one_build_at_a_time = LOCK.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if !path.exists() {
+            let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+                .args(["run", "--quiet", "-p", "weir-cli", "--", "build"])
+                .arg(repo_root().join("examples/consumers-py").join(stem))
+                .arg("--out")
+                .arg(&path)
+                .current_dir(repo_root())
+                .status()
+                .expect("run weir build");
+            assert!(status.success(), "building the Python example {stem} failed");
+        }
+    } else if !path.exists() {
         BUILT.get_or_init(|| {
             let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
                 .args(["build", "--release", "--target", "wasm32-wasip2", "--manifest-path"])

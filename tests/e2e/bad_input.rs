@@ -208,3 +208,22 @@ fn state_and_generator_settings_are_checked_with_their_place() {
     assert!(err.contains("s.toml:12:1: stage[0].max_timers_per_batch: must be between 1 and 10000000 timers, got 0"), "{err}");
     assert!(err.contains("3 errors"), "{err}");
 }
+
+/// A Python stage's runtime starts with about 13 MiB of linear memory: a
+/// smaller max_memory_bytes is refused at start, naming the setting.
+#[test]
+fn a_memory_limit_too_small_for_a_component_to_start_names_the_setting() {
+    let weir = Weir::new();
+    let dir = tempfile::tempdir().unwrap();
+    let p = pipeline_file(
+        dir.path(),
+        "m.toml",
+        "[pipeline]\nname = \"m\"\n[source]\ntype = \"stdin\"\n\
+         [[stage]]\nname = \"count\"\nmodule = \"{component:count-py}\"\nmax_memory_bytes = 8388608\n[[sink]]\ntype = \"stdout\"\n",
+    );
+    let err = weir.fails(&["run", p.to_str().unwrap(), "--drain"], b"a\n");
+    assert!(
+        err.contains("stage `count`: cannot instantiate: it needs 13 MiB of linear memory to start, more than the stage's max_memory_bytes (8 MiB): raise max_memory_bytes to at least"),
+        "{err}"
+    );
+}

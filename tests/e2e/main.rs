@@ -8,6 +8,7 @@ mod http;
 mod metrics;
 mod nats;
 mod pipelines;
+mod projects;
 mod readme;
 mod state;
 mod terminal;

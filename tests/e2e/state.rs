@@ -8,33 +8,31 @@ use crate::{Weir, pipeline_file};
 
 const KEYS: usize = 7;
 
-fn counting_pipeline(dir: &std::path::Path, concurrency: usize) -> std::path::PathBuf {
+/// A pipeline from topic `words` to topic `counts` through `stages`.
+fn counting_pipeline(dir: &std::path::Path, stages: &str) -> std::path::PathBuf {
     pipeline_file(
         dir,
         "count.toml",
         &format!(
-            r#"[pipeline]
-name = "count"
+            "[pipeline]\nname = \"count\"\n\n[source]\ntype = \"queue\"\ntopic = \"words\"\n\n{stages}\n[[sink]]\ntype = \"queue\"\ntopic = \"counts\"\n"
+        ),
+    )
+}
 
-[source]
-type = "queue"
-topic = "words"
-
-[[stage]]
+/// A `[[stage]]` of the `component` counting example (which asks to retry
+/// every 13th count on its first attempt).
+fn count_stage(component: &str, concurrency: usize) -> String {
+    format!(
+        r#"[[stage]]
 name = "count"
-module = "{{component:count}}"
+module = "{{component:{component}}}"
 batch_size = 16
 concurrency = {concurrency}
 retry_backoff_ms = 0
 
 [stage.config]
 retry_every = "13"
-
-[[sink]]
-type = "queue"
-topic = "counts"
 "#
-        ),
     )
 }
 
@@ -60,16 +58,9 @@ fn produce_words(weir: &Weir, n: usize) {
     weir.ok(&["produce", "words"], input.trim_end().as_bytes());
 }
 
-#[test]
-fn state_is_exactly_once_through_retries_and_kill_9() {
-    let weir = Weir::new();
-    let n = KEYS * 3000;
-    produce_words(&weir, n);
-    let dir = tempfile::tempdir().unwrap();
-    let p = counting_pipeline(dir.path(), 2);
-    let p = p.to_str().unwrap();
-
-    // Kill it three times at different points of progress, then drain.
+/// Run pipeline `p` over `n` words, killing it with SIGKILL three times at
+/// different points of progress, then drain it and check every key's counts.
+fn kill_three_times_then_drain(weir: &Weir, p: &str, n: usize) {
     for round in 1..=3u64 {
         let mut run = weir.cmd(&["run", p]).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
         let started = Instant::now();
@@ -86,12 +77,38 @@ fn state_is_exactly_once_through_retries_and_kill_9() {
         eprintln!("round {round}: killed at {at_kill} outputs");
     }
     weir.ok(&["run", p, "--drain"], b"");
-    check_counts(&weir, n / KEYS);
+    check_counts(weir, n / KEYS);
+}
+
+#[test]
+fn state_is_exactly_once_through_retries_and_kill_9() {
+    let weir = Weir::new();
+    let n = KEYS * 3000;
+    produce_words(&weir, n);
+    let dir = tempfile::tempdir().unwrap();
+    let p = counting_pipeline(dir.path(), &count_stage("count", 2));
+    let p = p.to_str().unwrap();
+    kill_three_times_then_drain(&weir, p, n);
 
     // State survives a clean restart too: more input continues the counts.
     produce_words(&weir, KEYS * 10);
     weir.ok(&["run", p, "--drain"], b"");
     check_counts(&weir, n / KEYS + 10);
+}
+
+/// The Python count example, then the Rust uppercase one: the same
+/// exactly-once counts through retries and kill -9, whatever language
+/// each stage is written in.
+#[test]
+fn a_python_stage_beside_a_rust_one_counts_exactly_once_through_kill_9() {
+    let weir = Weir::new();
+    let n = KEYS * 1000;
+    produce_words(&weir, n);
+    let dir = tempfile::tempdir().unwrap();
+    let stages = format!("{}\n[[stage]]\nname = \"shout\"\nmodule = \"{{component:uppercase}}\"\n", count_stage("count-py", 1));
+    let p = counting_pipeline(dir.path(), &stages);
+    kill_three_times_then_drain(&weir, p.to_str().unwrap(), n);
+    assert!(weir.consume_all("counts").iter().all(|l| l.starts_with('K')), "the Rust stage upper-cased the Python stage's outputs");
 }
 
 #[test]

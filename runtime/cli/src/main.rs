@@ -2,9 +2,11 @@
 
 mod api;
 mod bench;
+mod build;
 mod consume;
 mod live;
 mod metrics;
+mod new;
 mod produce;
 mod run;
 mod topics;
@@ -53,6 +55,12 @@ enum Command {
     /// Benchmarks: a pipeline fed by a generator (`weir bench PIPELINE.toml`),
     /// or figures and ratios against a baseline measured in the same run.
     Bench(bench::BenchArgs),
+    /// Build a stage project (Rust or Python) into a component, installing
+    /// its toolchain into weir's cache folder the first time.
+    Build(build::BuildArgs),
+    /// Start a stage project (Rust or Python) from a template: the stage, a
+    /// unit test, a pipeline that uses it and a README.
+    New(new::NewArgs),
 }
 
 /// The data directory: `--data-dir`/`WEIR_DATA_DIR`, else the pipeline's, else `./.weir`.
@@ -91,6 +99,8 @@ fn main() -> ExitCode {
         Command::Serve(args) => api::serve(args, data_dir(cli.data_dir, None)),
         Command::Topics(cmd) => topics::topics(cmd, data_dir(cli.data_dir, None)),
         Command::Bench(cmd) => bench::bench(cmd),
+        Command::Build(args) => build::build(args),
+        Command::New(args) => new::new(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

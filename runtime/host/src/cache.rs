@@ -124,13 +124,19 @@ fn store(path: &Path, component: &Component) -> std::io::Result<()> {
     Ok(())
 }
 
-/// The default cache directory: `$WEIR_CACHE_DIR`, else `$XDG_CACHE_HOME/weir`,
-/// else `~/.cache/weir`, each with `/components` appended.
-pub fn default_cache_dir() -> Option<PathBuf> {
-    let base = std::env::var_os("WEIR_CACHE_DIR").map(PathBuf::from).or_else(|| {
+/// weir's cache folder: `$WEIR_CACHE_DIR`, else `$XDG_CACHE_HOME/weir`, else
+/// `~/.cache/weir` (compiled components, and `weir build`'s toolchains and
+/// SDKs).
+pub fn cache_root() -> Option<PathBuf> {
+    std::env::var_os("WEIR_CACHE_DIR").map(PathBuf::from).or_else(|| {
         std::env::var_os("XDG_CACHE_HOME")
+            .filter(|x| !x.is_empty())
             .map(|x| PathBuf::from(x).join("weir"))
             .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/weir")))
-    })?;
-    Some(base.join("components"))
+    })
+}
+
+/// The default folder of compiled components: [`cache_root`]`/components`.
+pub fn default_cache_dir() -> Option<PathBuf> {
+    Some(cache_root()?.join("components"))
 }

@@ -193,12 +193,17 @@ impl StageContext {
 struct MemoryLimiter {
     max_memory_bytes: usize,
     hit: bool,
+    /// The largest linear memory size refused.
+    refused: usize,
 }
 
 impl ResourceLimiter for MemoryLimiter {
     fn memory_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
         let ok = desired <= self.max_memory_bytes;
         self.hit |= !ok;
+        if !ok {
+            self.refused = self.refused.max(desired);
+        }
         Ok(ok)
     }
 
@@ -500,7 +505,7 @@ impl Stage {
         let state = HostState {
             wasi,
             table: ResourceTable::new(),
-            limiter: MemoryLimiter { max_memory_bytes: ctx.limits.max_memory_bytes, hit: false },
+            limiter: MemoryLimiter { max_memory_bytes: ctx.limits.max_memory_bytes, hit: false, refused: 0 },
             ctx: ctx.clone(),
             gate: None,
             writes: WriteSet::new(),
@@ -513,7 +518,22 @@ impl Stage {
         store.limiter(|s| &mut s.limiter);
         store.set_epoch_deadline(deadline_ticks(ctx.limits.timeout));
         set_fuel(&mut store, &ctx.limits).map_err(refuse)?;
-        let instance = self.pre.instantiate(&mut store).map_err(refuse)?;
+        let instance = self.pre.instantiate(&mut store).map_err(|e| {
+            let limiter = &store.data().limiter;
+            if !limiter.hit {
+                return refuse(e);
+            }
+            // A Python or JavaScript runtime starts with more memory than a
+            // Rust stage ever uses: say which setting to raise, and to what.
+            let mib = |b: usize| b.div_ceil(1 << 20);
+            let reason = format!(
+                "it needs {} MiB of linear memory to start, more than the stage's max_memory_bytes ({} MiB): raise max_memory_bytes to at least {}",
+                mib(limiter.refused),
+                mib(limiter.max_memory_bytes),
+                limiter.refused.next_multiple_of(1 << 20)
+            );
+            Error::Instantiate { stage: ctx.stage.clone(), reason }
+        })?;
         let consumer = Consumer::find(&mut store, &instance, &self.exports).map_err(refuse)?;
         Ok((store, consumer))
     }

@@ -38,7 +38,7 @@ use std::time::Duration;
 use wasmtime::component::Linker;
 use wasmtime::{Config, Engine};
 
-pub use cache::default_cache_dir;
+pub use cache::{cache_root, default_cache_dir};
 pub use component::Stage;
 pub use instance::{Counters, DirGrant, ErrorKind, Grants, Instance, StageContext};
 pub use limits::{CounterLimits, Limited, Limits, LogBucket, LogLimits, OutputLimits, StateLimits, output_bytes};

@@ -1,0 +1,94 @@
+//! `weir new` and `weir build`: a freshly generated stage project builds,
+//! passes its own unit tests and runs its pipeline, in every language and
+//! template, as its README says.
+
+use std::process::Command;
+
+use crate::{Weir, repo_root};
+
+const INPUT: &[u8] = b"hello\na debug line\nhello\n";
+
+fn expected(template: &str) -> &'static str {
+    match template {
+        "map" => "HELLO\nA DEBUG LINE\nHELLO\n",
+        "filter" => "hello\nhello\n",
+        "count" => "hello=1\na debug line=1\nhello=2\n",
+        _ => unreachable!(),
+    }
+}
+
+fn succeeds(cmd: &mut Command, what: &str) {
+    let out = cmd.output().unwrap();
+    assert!(out.status.success(), "{what} failed: {}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+}
+
+fn new_build_test_run(lang: &str) {
+    let weir = Weir::new();
+    let dir = tempfile::tempdir().unwrap();
+    let parent = dir.path().to_str().unwrap();
+    for template in ["map", "filter", "count"] {
+        let name = format!("{lang}-{template}");
+        let created = weir.ok(&["new", &name, "--lang", lang, "--template", template, "--dir", parent], b"");
+        assert!(created.contains("README.md"), "{created}");
+        let project = dir.path().join(&name);
+        let readme = std::fs::read_to_string(project.join("README.md")).unwrap();
+        assert!(readme.contains("weir build") && readme.contains("weir run pipeline.toml --drain"), "{readme}");
+
+        // Rust projects share one target folder, so the SDK's dependencies build once.
+        let built = weir
+            .cmd(&["build", project.to_str().unwrap()])
+            .env("CARGO_TARGET_DIR", repo_root().join("target/new-projects"))
+            .output()
+            .unwrap();
+        assert!(built.status.success(), "weir build {name}: {}", String::from_utf8_lossy(&built.stderr));
+        let stdout = String::from_utf8(built.stdout).unwrap();
+        assert!(stdout.contains(".wasm (") && stdout.contains(&format!("MB, {lang})")), "{stdout}");
+
+        // Its own unit tests, as the README says, natively.
+        if lang == "rust" {
+            succeeds(
+                Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+                    .args(["test", "--quiet"])
+                    .current_dir(&project)
+                    .env("CARGO_TARGET_DIR", repo_root().join("target/new-projects")),
+                "cargo test",
+            );
+        } else {
+            let python = repo_root().join("target/venv-pytest/bin/python");
+            assert!(python.exists(), "no {}: scripts/test installs pytest there", python.display());
+            succeeds(Command::new(python).args(["-m", "pytest", "-q", "-p", "no:cacheprovider"]).current_dir(&project), "pytest");
+        }
+
+        let pipeline = project.join("pipeline.toml");
+        let mut toml = std::fs::read_to_string(&pipeline).unwrap();
+        if lang == "rust" {
+            // Where the shared target folder put the component.
+            let shared = repo_root().join("target/new-projects/wasm32-wasip2/release");
+            toml = toml.replace("target/wasm32-wasip2/release", shared.to_str().unwrap());
+            std::fs::write(&pipeline, toml).unwrap();
+        }
+        assert_eq!(weir.ok(&["run", pipeline.to_str().unwrap(), "--drain"], INPUT), expected(template), "{name}");
+    }
+    let again = weir.fails(&["new", &format!("{lang}-map"), "--lang", lang, "--dir", parent], b"");
+    assert!(again.contains("already exists"), "{again}");
+}
+
+#[test]
+fn new_rust_projects_build_test_and_run() {
+    new_build_test_run("rust");
+}
+
+#[test]
+fn new_python_projects_build_test_and_run() {
+    new_build_test_run("python");
+}
+
+#[test]
+fn new_and_build_refuse_what_they_cannot_make() {
+    let weir = Weir::new();
+    let dir = tempfile::tempdir().unwrap();
+    let err = weir.fails(&["new", "Bad Name", "--dir", dir.path().to_str().unwrap()], b"");
+    assert!(err.contains("project name `Bad Name`: use up to 64 lower-case letters, digits, `-` and `_`, starting with a letter"), "{err}");
+    let err = weir.fails(&["build", dir.path().to_str().unwrap()], b"");
+    assert!(err.contains("is not a stage project: it has no Cargo.toml (Rust) or stage.py (Python)"), "{err}");
+}
