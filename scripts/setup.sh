@@ -68,20 +68,32 @@ python_tests() {
     done
 }
 
-# The Python example stages, built by `weir build` (which installs
-# componentize-py into weir's cache folder on first use) as NAME-py.wasm
-# beside the Rust ones; skipped when newer than their sources, the SDK and
-# the WIT. Needs target/debug/weir.
-build_python_examples() {
-    local dir name out
-    for dir in examples/consumers-py/*/; do
-        name=$(basename "$dir")
-        out=target/wasm32-wasip2/release/$name-py.wasm
-        if [ -f "$out" ] && [ -z "$(find "$dir" sdk/python wit -newer "$out" -name '*.py' -o -newer "$out" -name '*.wit' | head -1)" ]; then
-            continue
-        fi
-        echo "==> building the Python example $name (weir build)"
-        target/debug/weir build "$dir" --out "$out"
+# The JavaScript SDK's tests and the examples', natively under node's test
+# runner (no WebAssembly). `npm install` in examples/consumers-js links the
+# SDK there as `weir`; it fetches nothing.
+js_tests() {
+    command -v node >/dev/null || { echo "node (20 or later) is needed for the JavaScript SDK" >&2; return 1; }
+    (cd sdk/js && node --test)
+    (cd examples/consumers-js && npm install --no-audit --no-fund --loglevel=error && node --test)
+}
+
+# The Python and JavaScript example stages, built by `weir build` (which
+# installs componentize-py or componentize-js into weir's cache folder on
+# first use) as NAME-py.wasm and NAME-js.wasm beside the Rust ones; skipped
+# when newer than their sources, the SDK and the WIT. Needs target/debug/weir.
+build_other_examples() {
+    local lang dir name out
+    for lang in py js; do
+        for dir in examples/consumers-$lang/*/; do
+            [ -f "$dir/stage.$lang" ] || continue   # node_modules, say
+            name=$(basename "$dir")
+            out=target/wasm32-wasip2/release/$name-$lang.wasm
+            if [ -f "$out" ] && [ -z "$(find "$dir" sdk/python sdk/js wit -path '*/node_modules' -prune -o -newer "$out" -type f -print | head -1)" ]; then
+                continue
+            fi
+            echo "==> building the example $name-$lang (weir build)"
+            target/debug/weir build "$dir" --out "$out"
+        done
     done
 }
 

@@ -19,24 +19,26 @@ pub fn target_dir() -> PathBuf {
 /// examples workspace for `wasm32-wasip2` once per test process if it is missing.
 /// The README's test command builds them before the tests run.
 ///
-/// `NAME-py` is the Python example `examples/consumers-py/NAME`, built with
+/// `NAME-py` and `NAME-js` are the Python and JavaScript examples
+/// (`examples/consumers-py/NAME`, `examples/consumers-js/NAME`), built with
 /// `weir build` (through cargo run) when missing.
 pub fn component(name: &str) -> PathBuf {
     static BUILT: OnceLock<()> = OnceLock::new();
     let path = target_dir().join("wasm32-wasip2/release").join(format!("{name}.wasm"));
-    if let Some(stem) = name.strip_suffix("-py") {
+    let other = name.strip_suffix("-py").map(|s| ("py", s)).or_else(|| name.strip_suffix("-js").map(|s| ("js", s)));
+    if let Some((lang, stem)) = other {
         static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
         let _one_build_at_a_time = LOCK.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         if !path.exists() {
             let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
                 .args(["run", "--quiet", "-p", "weir-cli", "--", "build"])
-                .arg(repo_root().join("examples/consumers-py").join(stem))
+                .arg(repo_root().join(format!("examples/consumers-{lang}")).join(stem))
                 .arg("--out")
                 .arg(&path)
                 .current_dir(repo_root())
                 .status()
                 .expect("run weir build");
-            assert!(status.success(), "building the Python example {stem} failed");
+            assert!(status.success(), "building the example {name} failed");
         }
     } else if !path.exists() {
         BUILT.get_or_init(|| {

@@ -42,7 +42,12 @@ fn new_build_test_run(lang: &str) {
             .unwrap();
         assert!(built.status.success(), "weir build {name}: {}", String::from_utf8_lossy(&built.stderr));
         let stdout = String::from_utf8(built.stdout).unwrap();
-        assert!(stdout.contains(".wasm (") && stdout.contains(&format!("MB, {lang})")), "{stdout}");
+        let shown = match lang {
+            "rust" => "Rust",
+            "python" => "Python",
+            _ => "JavaScript",
+        };
+        assert!(stdout.contains(".wasm (") && stdout.contains(&format!("MB, {shown})")), "{stdout}");
 
         // Its own unit tests, as the README says, natively.
         if lang == "rust" {
@@ -53,6 +58,8 @@ fn new_build_test_run(lang: &str) {
                     .env("CARGO_TARGET_DIR", repo_root().join("target/new-projects")),
                 "cargo test",
             );
+        } else if lang == "js" {
+            succeeds(Command::new("node").arg("--test").current_dir(&project), "node --test");
         } else {
             let python = repo_root().join("target/venv-pytest/bin/python");
             assert!(python.exists(), "no {}: scripts/test installs pytest there", python.display());
@@ -84,11 +91,16 @@ fn new_python_projects_build_test_and_run() {
 }
 
 #[test]
+fn new_javascript_projects_build_test_and_run() {
+    new_build_test_run("js");
+}
+
+#[test]
 fn new_and_build_refuse_what_they_cannot_make() {
     let weir = Weir::new();
     let dir = tempfile::tempdir().unwrap();
     let err = weir.fails(&["new", "Bad Name", "--dir", dir.path().to_str().unwrap()], b"");
     assert!(err.contains("project name `Bad Name`: use up to 64 lower-case letters, digits, `-` and `_`, starting with a letter"), "{err}");
     let err = weir.fails(&["build", dir.path().to_str().unwrap()], b"");
-    assert!(err.contains("is not a stage project: it has no Cargo.toml (Rust) or stage.py (Python)"), "{err}");
+    assert!(err.contains("is not a stage project: it has no Cargo.toml (Rust), stage.py (Python) or stage.js (JavaScript)"), "{err}");
 }

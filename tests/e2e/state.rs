@@ -39,8 +39,12 @@ retry_every = "13"
 /// Each key's emitted counts must be exactly 1..=n: a gap would be a lost
 /// state write, a count above n a message counted twice.
 fn check_counts(weir: &Weir, per_key: usize) {
+    check_count_lines(&weir.consume_all("counts"), per_key);
+}
+
+fn check_count_lines(lines: &[String], per_key: usize) {
     let mut seen: BTreeMap<String, BTreeSet<usize>> = BTreeMap::new();
-    for line in weir.consume_all("counts") {
+    for line in lines {
         let (k, c) = line.split_once('=').unwrap();
         seen.entry(k.to_owned()).or_default().insert(c.parse().unwrap());
     }
@@ -59,7 +63,7 @@ fn produce_words(weir: &Weir, n: usize) {
 }
 
 /// Run pipeline `p` over `n` words, killing it with SIGKILL three times at
-/// different points of progress, then drain it and check every key's counts.
+/// different points of progress, then drain it.
 fn kill_three_times_then_drain(weir: &Weir, p: &str, n: usize) {
     for round in 1..=3u64 {
         let mut run = weir.cmd(&["run", p]).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
@@ -77,7 +81,6 @@ fn kill_three_times_then_drain(weir: &Weir, p: &str, n: usize) {
         eprintln!("round {round}: killed at {at_kill} outputs");
     }
     weir.ok(&["run", p, "--drain"], b"");
-    check_counts(weir, n / KEYS);
 }
 
 #[test]
@@ -89,6 +92,7 @@ fn state_is_exactly_once_through_retries_and_kill_9() {
     let p = counting_pipeline(dir.path(), &count_stage("count", 2));
     let p = p.to_str().unwrap();
     kill_three_times_then_drain(&weir, p, n);
+    check_counts(&weir, n / KEYS);
 
     // State survives a clean restart too: more input continues the counts.
     produce_words(&weir, KEYS * 10);
@@ -96,19 +100,30 @@ fn state_is_exactly_once_through_retries_and_kill_9() {
     check_counts(&weir, n / KEYS + 10);
 }
 
-/// The Python count example, then the Rust uppercase one: the same
-/// exactly-once counts through retries and kill -9, whatever language
-/// each stage is written in.
+/// Three languages in one pipeline: the Python count example, the Rust
+/// uppercase one, then the JavaScript count example counting what reaches
+/// it. Through retries and kill -9, the Python counts are exactly 1..=n
+/// per key, and the JavaScript stage saw each of those lines once in its
+/// state (`K0=5=1`; a `=2` would be one counted twice): each stage's state
+/// is exactly-once, whatever language it is written in.
 #[test]
-fn a_python_stage_beside_a_rust_one_counts_exactly_once_through_kill_9() {
+fn python_rust_and_javascript_stages_count_exactly_once_through_kill_9() {
     let weir = Weir::new();
     let n = KEYS * 1000;
     produce_words(&weir, n);
     let dir = tempfile::tempdir().unwrap();
-    let stages = format!("{}\n[[stage]]\nname = \"shout\"\nmodule = \"{{component:uppercase}}\"\n", count_stage("count-py", 1));
+    let stages = format!(
+        "{}\n[[stage]]\nname = \"shout\"\nmodule = \"{{component:uppercase}}\"\n\n[[stage]]\nname = \"recount\"\nmodule = \"{{component:count-js}}\"\nbatch_size = 16\n",
+        count_stage("count-py", 1)
+    );
     let p = counting_pipeline(dir.path(), &stages);
     kill_three_times_then_drain(&weir, p.to_str().unwrap(), n);
-    assert!(weir.consume_all("counts").iter().all(|l| l.starts_with('K')), "the Rust stage upper-cased the Python stage's outputs");
+    let lines = weir.consume_all("counts");
+    let twice: Vec<&String> = lines.iter().filter(|l| !l.ends_with("=1")).take(10).collect();
+    assert!(twice.is_empty(), "the JavaScript stage counted these lines more than once: {twice:?}");
+    let python: Vec<String> = lines.iter().map(|l| l.strip_suffix("=1").unwrap().to_owned()).collect();
+    assert!(python.iter().all(|l| l.starts_with('K')), "the Rust stage upper-cased the Python stage's outputs");
+    check_count_lines(&python, n / KEYS);
 }
 
 #[test]

@@ -4,9 +4,10 @@
 //!
 //! A project is Rust if it has `Cargo.toml` (built with cargo for
 //! `wasm32-wasip2`), Python if it has `stage.py` (built with
-//! componentize-py). The Python SDK and the WIT contract are carried inside
-//! the `weir` binary and written to the cache, so a project needs nothing
-//! but its own files.
+//! componentize-py), JavaScript if it has `stage.js` (bundled with rolldown,
+//! built with componentize-js). The SDKs and the WIT contract are carried
+//! inside the `weir` binary and written to the cache, so a project needs
+//! nothing but its own files.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -15,15 +16,19 @@ use anyhow::{Context, bail, ensure};
 
 /// The componentize-py release weir builds Python stages with.
 const COMPONENTIZE_PY: &str = "0.25.1";
+/// The componentize-js and rolldown releases weir builds JavaScript stages with.
+const COMPONENTIZE_JS: &str = "0.23.0";
+const ROLLDOWN: &str = "1.3.3";
 
 #[derive(clap::Args)]
 pub(crate) struct BuildArgs {
-    /// The stage project: a folder with `Cargo.toml` (Rust) or `stage.py` (Python)
+    /// The stage project: a folder with `Cargo.toml` (Rust), `stage.py`
+    /// (Python) or `stage.js` (JavaScript)
     #[arg(default_value = ".")]
     dir: PathBuf,
     /// Where to write the component [default: Rust: cargo's
-    /// target/wasm32-wasip2/release/NAME.wasm; Python: DIR/build/NAME.wasm,
-    /// NAME the folder's name]
+    /// target/wasm32-wasip2/release/NAME.wasm; Python and JavaScript:
+    /// DIR/build/NAME.wasm, NAME the folder's name]
     #[arg(long, value_name = "FILE")]
     out: Option<PathBuf>,
 }
@@ -33,6 +38,7 @@ pub(crate) struct BuildArgs {
 pub(crate) enum Lang {
     Rust,
     Python,
+    JavaScript,
 }
 
 impl Lang {
@@ -42,8 +48,18 @@ impl Lang {
             Ok(Lang::Rust)
         } else if dir.join("stage.py").is_file() {
             Ok(Lang::Python)
+        } else if dir.join("stage.js").is_file() {
+            Ok(Lang::JavaScript)
         } else {
-            bail!("{} is not a stage project: it has no Cargo.toml (Rust) or stage.py (Python)", dir.display())
+            bail!("{} is not a stage project: it has no Cargo.toml (Rust), stage.py (Python) or stage.js (JavaScript)", dir.display())
+        }
+    }
+
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Lang::Rust => "Rust",
+            Lang::Python => "Python",
+            Lang::JavaScript => "JavaScript",
         }
     }
 }
@@ -54,9 +70,10 @@ pub(crate) fn build(args: BuildArgs) -> anyhow::Result<()> {
     let out = match lang {
         Lang::Rust => build_rust(&dir, args.out.as_deref())?,
         Lang::Python => build_python(&dir, args.out.as_deref())?,
+        Lang::JavaScript => build_js(&dir, args.out.as_deref())?,
     };
     let size = std::fs::metadata(&out).with_context(|| format!("{}", out.display()))?.len();
-    println!("{} ({:.1} MB, {})", out.display(), size as f64 / 1e6, format!("{lang:?}").to_lowercase());
+    println!("{} ({:.1} MB, {})", out.display(), size as f64 / 1e6, lang.name());
     Ok(())
 }
 
@@ -93,15 +110,21 @@ fn build_rust(dir: &Path, out: Option<&Path>) -> anyhow::Result<PathBuf> {
     }
 }
 
-/// componentize-py over the project and the SDK, against the WIT contract.
-fn build_python(dir: &Path, out: Option<&Path>) -> anyhow::Result<PathBuf> {
+/// `out`, else `DIR/build/NAME.wasm`, its folder created.
+fn out_path(dir: &Path, out: Option<&Path>) -> anyhow::Result<PathBuf> {
     let name = dir.file_name().map_or_else(|| "stage".into(), |n| n.to_string_lossy().into_owned());
     let out = out.map_or_else(|| dir.join("build").join(format!("{name}.wasm")), Path::to_owned);
-    let tool = componentize_py()?;
-    let sdk = sdk::unpack()?;
     if let Some(parent) = out.parent() {
         std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
     }
+    Ok(out)
+}
+
+/// componentize-py over the project and the SDK, against the WIT contract.
+fn build_python(dir: &Path, out: Option<&Path>) -> anyhow::Result<PathBuf> {
+    let out = out_path(dir, out)?;
+    let tool = componentize_py()?;
+    let sdk = sdk::unpack()?;
     progress(&format!("building {} (componentize-py {COMPONENTIZE_PY})", dir.display()));
     run(
         Command::new(tool)
@@ -116,6 +139,46 @@ fn build_python(dir: &Path, out: Option<&Path>) -> anyhow::Result<PathBuf> {
         "componentize-py",
     )?;
     Ok(out)
+}
+
+/// The SDK's build.mjs (rolldown, then componentize-js), run by node from
+/// the toolchain folder so that its imports resolve there.
+fn build_js(dir: &Path, out: Option<&Path>) -> anyhow::Result<PathBuf> {
+    let out = out_path(dir, out)?;
+    let toolchain = componentize_js()?;
+    let sdk = sdk::unpack()?;
+    let script = toolchain.join("build.mjs");
+    std::fs::write(&script, include_str!("../../../sdk/js/build.mjs")).with_context(|| format!("writing {}", script.display()))?;
+    progress(&format!("building {} (componentize-js {COMPONENTIZE_JS})", dir.display()));
+    run(
+        Command::new("node").arg(&script).arg(dir).arg(sdk.join("js")).arg(sdk.join("wit/weir.wit")).arg(&out),
+        "node build.mjs (componentize-js)",
+    )?;
+    Ok(out)
+}
+
+/// A folder with componentize-js and rolldown in its node_modules,
+/// installed with npm into the cache folder on first use.
+fn componentize_js() -> anyhow::Result<PathBuf> {
+    let root = cache_dir()?.join(format!("toolchains/componentize-js-{COMPONENTIZE_JS}"));
+    let done = root.join("weir-installed");
+    if done.is_file() {
+        return Ok(root);
+    }
+    progress(&format!("installing componentize-js {COMPONENTIZE_JS} and rolldown {ROLLDOWN} into {} (once)", root.display()));
+    let _ = std::fs::remove_dir_all(&root);
+    std::fs::create_dir_all(&root).with_context(|| format!("creating {}", root.display()))?;
+    std::fs::write(root.join("package.json"), "{\"private\": true, \"type\": \"module\"}\n")?;
+    run(
+        Command::new("npm")
+            .args(["install", "--no-audit", "--no-fund", "--loglevel=error"])
+            .arg(format!("@bytecodealliance/componentize-js@{COMPONENTIZE_JS}"))
+            .arg(format!("rolldown@{ROLLDOWN}"))
+            .current_dir(&root),
+        "npm install componentize-js (is Node.js 20 or later with npm installed?)",
+    )?;
+    std::fs::write(&done, COMPONENTIZE_JS).with_context(|| format!("writing {}", done.display()))?;
+    Ok(root)
 }
 
 /// The componentize-py program, installed into a venv in the cache folder
@@ -179,6 +242,10 @@ pub(crate) mod sdk {
         ("python/weir/testing.py", include_str!("../../../sdk/python/weir/testing.py")),
         ("python/weir/_component.py", include_str!("../../../sdk/python/weir/_component.py")),
         ("python/weir_app.py", include_str!("../../../sdk/python/weir_app.py")),
+        ("js/package.json", include_str!("../../../sdk/js/package.json")),
+        ("js/weir.js", include_str!("../../../sdk/js/weir.js")),
+        ("js/testing.js", include_str!("../../../sdk/js/testing.js")),
+        ("js/component.js", include_str!("../../../sdk/js/component.js")),
         ("rust/src/lib.rs", include_str!("../../../sdk/src/lib.rs")),
         ("rust/src/host.rs", include_str!("../../../sdk/src/host.rs")),
         ("rust/src/testing.rs", include_str!("../../../sdk/src/testing.rs")),

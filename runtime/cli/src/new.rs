@@ -30,6 +30,7 @@ pub(crate) struct NewArgs {
 enum LangArg {
     Rust,
     Python,
+    Js,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug, clap::ValueEnum)]
@@ -52,6 +53,7 @@ pub(crate) fn new(args: NewArgs) -> anyhow::Result<()> {
     let lang = match args.lang {
         LangArg::Rust => Lang::Rust,
         LangArg::Python => Lang::Python,
+        LangArg::Js => Lang::JavaScript,
     };
     let sdk = sdk::unpack()?;
     let files = project(name, lang, args.template, &sdk);
@@ -59,6 +61,12 @@ pub(crate) fn new(args: NewArgs) -> anyhow::Result<()> {
         let file = root.join(path);
         std::fs::create_dir_all(file.parent().expect("a file in a folder")).with_context(|| format!("creating {}", root.display()))?;
         std::fs::write(&file, text).with_context(|| format!("writing {}", file.display()))?;
+    }
+    if lang == Lang::JavaScript {
+        // What `npm install` would make of package.json's dependency: the
+        // tests import "weir" from the SDK this weir carries.
+        std::fs::create_dir_all(root.join("node_modules")).with_context(|| format!("creating {}/node_modules", root.display()))?;
+        std::os::unix::fs::symlink(sdk.join("js"), root.join("node_modules/weir")).context("linking node_modules/weir to the SDK")?;
     }
     println!(
         "created {} ({} {} stage): {}",
@@ -115,6 +123,28 @@ fn project(name: &str, lang: Lang, template: Template, sdk: &Path) -> Vec<(&'sta
                 ],
             )
         }
+        Lang::JavaScript => {
+            let (source, test) = match template {
+                Template::Map => (JS_MAP, JS_MAP_TEST),
+                Template::Filter => (JS_FILTER, JS_FILTER_TEST),
+                Template::Count => (JS_COUNT, JS_COUNT_TEST),
+            };
+            let package = format!(
+                "{{\n  \"name\": \"{name}\",\n  \"private\": true,\n  \"type\": \"module\",\n  \"scripts\": {{ \"test\": \"node --test\" }},\n  \
+                 \"dependencies\": {{ \"weir\": \"file:{}\" }}\n}}\n",
+                sdk.join("js").display()
+            );
+            (
+                format!("build/{name}.wasm"),
+                "node --test",
+                vec![
+                    ("stage.js", source.to_owned()),
+                    ("stage.test.js", test.to_owned()),
+                    ("package.json", package),
+                    (".gitignore", "/build\n/node_modules\n".into()),
+                ],
+            )
+        }
     };
     let config = if template == Template::Filter { "\n[stage.config]\ndrop_if_contains = \"debug\"\n" } else { "" };
     let pipeline = format!(
@@ -139,15 +169,6 @@ fn project(name: &str, lang: Lang, template: Template, sdk: &Path) -> Vec<(&'sta
     all.push(("pipeline.toml", pipeline));
     all.push(("README.md", readme));
     all
-}
-
-impl Lang {
-    fn name(self) -> &'static str {
-        match self {
-            Lang::Rust => "Rust",
-            Lang::Python => "Python",
-        }
-    }
 }
 
 const RUST_MAP: &str = r#"//! Upper-cases text messages; rejects payloads that are not UTF-8.
@@ -351,4 +372,95 @@ def test_counts_per_key():
     h = Harness(Count)
     out = h.handle_batch([weir.Message("a"), weir.Message("b"), weir.Message("a")])
     assert [r[0].payload for r in out] == [b"a=1", b"b=1", b"a=2"]
+"#;
+
+const JS_MAP: &str = r#"// Upper-cases text messages; rejects payloads that are not UTF-8.
+import { Output, Stage, exportStage } from "weir";
+
+export class Map extends Stage {
+  handle(msg) {
+    return [Output.reply(msg, msg.text().toUpperCase())];
+  }
+}
+
+exportStage(Map);
+"#;
+
+const JS_MAP_TEST: &str = r#"import assert from "node:assert/strict";
+import { test } from "node:test";
+import { Message, Reject } from "weir";
+import { Harness } from "weir/testing";
+import { Map } from "./stage.js";
+
+test("upper-cases text", () => {
+  const h = new Harness(Map);
+  assert.equal(h.handle(new Message("hello"))[0].text(), "HELLO");
+  assert.throws(() => h.handle(new Message(new Uint8Array([0xff]))), Reject);
+});
+"#;
+
+const JS_FILTER: &str = r#"// Drops messages whose payload contains `drop_if_contains` (config).
+import { Output, Stage, counterAdd, exportStage } from "weir";
+
+export class Filter extends Stage {
+  init(config) {
+    this.needle = config.require("drop_if_contains");
+  }
+
+  handle(msg) {
+    if (new TextDecoder().decode(msg.payload).includes(this.needle)) {
+      counterAdd("dropped", 1);
+      return [];
+    }
+    return [Output.forward(msg)];
+  }
+}
+
+exportStage(Filter);
+"#;
+
+const JS_FILTER_TEST: &str = r#"import assert from "node:assert/strict";
+import { test } from "node:test";
+import { Message } from "weir";
+import { Harness } from "weir/testing";
+import { Filter } from "./stage.js";
+
+test("drops what contains the word", () => {
+  const h = new Harness(Filter, { drop_if_contains: "debug" });
+  assert.deepEqual(h.handle(new Message("a debug line")), []);
+  assert.equal(h.handle(new Message("hello"))[0].text(), "hello");
+  assert.equal(h.counter("dropped"), 1n);
+});
+"#;
+
+const JS_COUNT: &str = r#"// Counts messages per key (the message key, else the payload) in durable
+// state, exactly once, and emits `key=count`.
+import { Stage, exportStage, state } from "weir";
+
+export class Count extends Stage {
+  handle(msg) {
+    const key = msg.key ?? msg.payload;
+    const stored = state.get(key);
+    const count = (stored ? new DataView(stored.buffer, stored.byteOffset, 8).getBigUint64(0, true) : 0n) + 1n;
+    const value = new Uint8Array(8);
+    new DataView(value.buffer).setBigUint64(0, count, true);
+    state.put(key, value);
+    return [new TextDecoder().decode(key) + `=${count}`];
+  }
+}
+
+exportStage(Count);
+"#;
+
+const JS_COUNT_TEST: &str = r#"import assert from "node:assert/strict";
+import { test } from "node:test";
+import { Message } from "weir";
+import { Harness } from "weir/testing";
+import { Count } from "./stage.js";
+
+test("counts per key", () => {
+  const h = new Harness(Count);
+  const out = h.handleBatch([new Message("a"), new Message("b"), new Message("a")]);
+  assert.deepEqual(out.map((o) => o[0].text()), ["a=1", "b=1", "a=2"]);
+});
 "#;
