@@ -20,7 +20,11 @@
 // The same class runs natively under `node --test` with "weir/testing", no
 // WebAssembly needed.
 
+// One of each, made once: StarlingMonkey frees a decoder made per message
+// too late, and a stage would run out of linear memory.
 const encoder = new TextEncoder();
+const strictDecoder = new TextDecoder("utf-8", { fatal: true });
+const lossyDecoder = new TextDecoder();
 
 /** Bytes from a string (UTF-8), a Uint8Array or an array of byte values. */
 export function bytes(value) {
@@ -28,6 +32,12 @@ export function bytes(value) {
   if (value instanceof Uint8Array) return value;
   if (Array.isArray(value) || ArrayBuffer.isView(value) || value instanceof ArrayBuffer) return new Uint8Array(value);
   throw new TypeError(`expected bytes or a string, got ${typeof value}`);
+}
+
+/** Bytes as text, invalid UTF-8 shown as U+FFFD. Use this (or
+ * Message.text()) rather than a new TextDecoder per message. */
+export function text(value) {
+  return lossyDecoder.decode(value);
 }
 
 /** Why a stage could not handle a message (throw a subclass). */
@@ -69,7 +79,7 @@ export class Message {
   /** The payload as UTF-8 text; throws Reject if it is not UTF-8. */
   text() {
     try {
-      return new TextDecoder("utf-8", { fatal: true }).decode(this.payload);
+      return strictDecoder.decode(this.payload);
     } catch (e) {
       throw new Reject(`payload is not UTF-8: ${e.message}`);
     }
@@ -104,7 +114,7 @@ export class Output {
 
   /** The payload as text (for tests; invalid UTF-8 shows as U+FFFD). */
   text() {
-    return new TextDecoder().decode(this.payload);
+    return text(this.payload);
   }
 }
 

@@ -104,3 +104,34 @@ fn new_and_build_refuse_what_they_cannot_make() {
     let err = weir.fails(&["build", dir.path().to_str().unwrap()], b"");
     assert!(err.contains("is not a stage project: it has no Cargo.toml (Rust), stage.py (Python) or stage.js (JavaScript)"), "{err}");
 }
+
+/// componentize-py's runtime leaks a little per call and StarlingMonkey's
+/// collector lets its heap grow past 64 MiB: 400,000 messages through each
+/// language's uppercase with the default `max_memory_bytes` fail no call,
+/// because weir recycles an instance whose memory passes 3/4 of its limit
+/// (without that, each instance ran out every ~200,000 to ~300,000
+/// messages, and a batch was dead-lettered with kind `memory`).
+#[test]
+fn python_and_javascript_stages_run_long_within_the_default_memory_limit() {
+    let weir = Weir::new();
+    let dir = tempfile::tempdir().unwrap();
+    for lang in ["py", "js"] {
+        let p = crate::pipeline_file(
+            dir.path(),
+            &format!("{lang}.toml"),
+            &format!(
+                "[pipeline]\nname = \"long-{lang}\"\n[source]\ntype = \"generator\"\ncount = 400000\n\
+                 [[stage]]\nname = \"up\"\nmodule = \"{{component:uppercase-{lang}}}\"\n[[sink]]\ntype = \"file\"\npath = \"/dev/null\"\n"
+            ),
+        );
+        let report = dir.path().join(format!("{lang}.json"));
+        let out = weir.output(&["run", p.to_str().unwrap(), "--drain", "--report", report.to_str().unwrap()], b"");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{lang}: {err}");
+        assert!(err.contains("weir: 400000 in, 400000 out, 0 dead-lettered"), "{lang}: {err}");
+        assert!(!err.contains("replacing the instance"), "{lang}: a call failed: {err}");
+        let stage = &crate::read_json(&report)["stages"][0];
+        assert_eq!((stage["retried"].as_u64(), stage["dead_lettered"].as_u64()), (Some(0), Some(0)), "{lang}: {stage}");
+        assert!(stage["instances_replaced"].as_u64().unwrap() >= 1, "{lang}: its instance was recycled: {stage}");
+    }
+}

@@ -9,7 +9,7 @@
 //   [stage.config]
 //   retry_every = "7"   # optional: ask to retry a message on its first attempt
 //                       # whenever its count is a multiple of 7 (to exercise retries)
-import { Reject, Retry, Stage, exportStage, state } from "weir";
+import { Reject, Retry, Stage, bytes, exportStage, state } from "weir";
 
 export class Count extends Stage {
   init(config) {
@@ -29,7 +29,7 @@ export class Count extends Stage {
     if (msg.attempt === 1 && this.retryEvery && count % BigInt(this.retryEvery) === 0n) {
       throw new Retry(`count ${count} asks for a retry`);
     }
-    const suffix = new TextEncoder().encode(`=${count}`);
+    const suffix = bytes(`=${count}`);
     const out = new Uint8Array(key.length + suffix.length);
     out.set(key);
     out.set(suffix, key.length);

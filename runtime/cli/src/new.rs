@@ -400,7 +400,7 @@ test("upper-cases text", () => {
 "#;
 
 const JS_FILTER: &str = r#"// Drops messages whose payload contains `drop_if_contains` (config).
-import { Output, Stage, counterAdd, exportStage } from "weir";
+import { Output, Stage, counterAdd, exportStage, text } from "weir";
 
 export class Filter extends Stage {
   init(config) {
@@ -408,7 +408,7 @@ export class Filter extends Stage {
   }
 
   handle(msg) {
-    if (new TextDecoder().decode(msg.payload).includes(this.needle)) {
+    if (text(msg.payload).includes(this.needle)) {
       counterAdd("dropped", 1);
       return [];
     }
@@ -435,7 +435,7 @@ test("drops what contains the word", () => {
 
 const JS_COUNT: &str = r#"// Counts messages per key (the message key, else the payload) in durable
 // state, exactly once, and emits `key=count`.
-import { Stage, exportStage, state } from "weir";
+import { Stage, exportStage, state, text } from "weir";
 
 export class Count extends Stage {
   handle(msg) {
@@ -445,7 +445,7 @@ export class Count extends Stage {
     const value = new Uint8Array(8);
     new DataView(value.buffer).setBigUint64(0, count, true);
     state.put(key, value);
-    return [new TextDecoder().decode(key) + `=${count}`];
+    return [text(key) + `=${count}`];
   }
 }
 

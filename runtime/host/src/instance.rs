@@ -195,13 +195,26 @@ struct MemoryLimiter {
     hit: bool,
     /// The largest linear memory size refused.
     refused: usize,
+    /// The store's linear memories, all together.
+    total: usize,
+}
+
+impl MemoryLimiter {
+    /// Whether the instance has grown past 3/4 of its limit: a language
+    /// runtime that leaks a little per call (componentize-py 0.25 does) or
+    /// collects late (StarlingMonkey) would otherwise fail a call there.
+    fn worn(&self) -> bool {
+        self.total > self.max_memory_bytes / 4 * 3
+    }
 }
 
 impl ResourceLimiter for MemoryLimiter {
-    fn memory_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+    fn memory_growing(&mut self, current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
         let ok = desired <= self.max_memory_bytes;
         self.hit |= !ok;
-        if !ok {
+        if ok {
+            self.total += desired.saturating_sub(current);
+        } else {
             self.refused = self.refused.max(desired);
         }
         Ok(ok)
@@ -505,7 +518,7 @@ impl Stage {
         let state = HostState {
             wasi,
             table: ResourceTable::new(),
-            limiter: MemoryLimiter { max_memory_bytes: ctx.limits.max_memory_bytes, hit: false, refused: 0 },
+            limiter: MemoryLimiter { max_memory_bytes: ctx.limits.max_memory_bytes, hit: false, refused: 0, total: 0 },
             ctx: ctx.clone(),
             gate: None,
             writes: WriteSet::new(),
@@ -589,9 +602,12 @@ impl Instance {
         self.last_writes.take()
     }
 
-    /// Whether a failed call left this instance unusable.
+    /// Whether the instance must be replaced before its next call: a failed
+    /// call left it unusable, or its linear memory has grown past 3/4 of
+    /// `max_memory_bytes`, so that it is recycled before it fails a call
+    /// (a fresh instance, `init` again; state lives in the host).
     pub fn is_poisoned(&self) -> bool {
-        self.poisoned
+        self.poisoned || self.store.data().limiter.worn()
     }
 
     /// Call `handle-batch`. Returns one result per message, in order; a

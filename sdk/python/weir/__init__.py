@@ -257,6 +257,8 @@ def _call(fn, arg) -> Union[list[Output], Failure]:
         return _outputs(fn(arg))
     except Failure as f:
         return f
+    except MemoryError:  # the instance's, not the message's fault: weir replaces the instance and retries
+        raise
     except Exception as e:  # a bug in the stage: poison, not transient
         return Reject(f"{type(e).__name__}: {e}")
 

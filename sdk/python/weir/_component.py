@@ -93,6 +93,8 @@ class Consumer(exports.Consumer):
             return [Err(types.Failure_Reject("stage used before init")) for _ in batch]
         try:
             results = stage.handle_batch([_message(m) for m in batch])
+        except MemoryError:  # traps: weir replaces the instance and retries the batch
+            raise
         except Exception as e:  # a handle_batch override that raised: every message fails alike
             r = e if isinstance(e, weir.Failure) else weir.Reject(f"{type(e).__name__}: {e}")
             return [_result(r)] * len(batch)
