@@ -55,10 +55,10 @@ enum Command {
     /// Benchmarks: a pipeline fed by a generator (`weir bench PIPELINE.toml`),
     /// or figures and ratios against a baseline measured in the same run.
     Bench(bench::BenchArgs),
-    /// Build a stage project (Rust or Python) into a component, installing
+    /// Build a stage project (Rust, Python or JavaScript) into a component, installing
     /// its toolchain into weir's cache folder the first time.
     Build(build::BuildArgs),
-    /// Start a stage project (Rust or Python) from a template: the stage, a
+    /// Start a stage project (Rust, Python or JavaScript) from a template: the stage, a
     /// unit test, a pipeline that uses it and a README.
     New(new::NewArgs),
 }
