@@ -33,11 +33,13 @@ pub(crate) struct BuildArgs {
     out: Option<PathBuf>,
 }
 
-/// A stage project's language, from the files in its folder.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// A stage project's language, from the files in its folder (or, for
+/// `weir new`, `--lang`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub(crate) enum Lang {
     Rust,
     Python,
+    #[value(name = "js")]
     JavaScript,
 }
 
@@ -148,7 +150,7 @@ fn build_js(dir: &Path, out: Option<&Path>) -> anyhow::Result<PathBuf> {
     let toolchain = componentize_js()?;
     let sdk = sdk::unpack()?;
     let script = toolchain.join("build.mjs");
-    std::fs::write(&script, include_str!("../../../sdk/js/build.mjs")).with_context(|| format!("writing {}", script.display()))?;
+    write_if_changed(&script, include_str!("../../../sdk/js/build.mjs"))?;
     progress(&format!("building {} (componentize-js {COMPONENTIZE_JS})", dir.display()));
     run(
         Command::new("node").arg(&script).arg(dir).arg(sdk.join("js")).arg(sdk.join("wit/weir.wit")).arg(&out),
@@ -161,23 +163,18 @@ fn build_js(dir: &Path, out: Option<&Path>) -> anyhow::Result<PathBuf> {
 /// installed with npm into the cache folder on first use.
 fn componentize_js() -> anyhow::Result<PathBuf> {
     let root = cache_dir()?.join(format!("toolchains/componentize-js-{COMPONENTIZE_JS}"));
-    let done = root.join("weir-installed");
-    if done.is_file() {
-        return Ok(root);
-    }
-    progress(&format!("installing componentize-js {COMPONENTIZE_JS} and rolldown {ROLLDOWN} into {} (once)", root.display()));
-    let _ = std::fs::remove_dir_all(&root);
-    std::fs::create_dir_all(&root).with_context(|| format!("creating {}", root.display()))?;
-    std::fs::write(root.join("package.json"), "{\"private\": true, \"type\": \"module\"}\n")?;
-    run(
-        Command::new("npm")
-            .args(["install", "--no-audit", "--no-fund", "--loglevel=error"])
-            .arg(format!("@bytecodealliance/componentize-js@{COMPONENTIZE_JS}"))
-            .arg(format!("rolldown@{ROLLDOWN}"))
-            .current_dir(&root),
-        "npm install componentize-js (is Node.js 20 or later with npm installed?)",
-    )?;
-    std::fs::write(&done, COMPONENTIZE_JS).with_context(|| format!("writing {}", done.display()))?;
+    install_once(&root, &format!("componentize-js {COMPONENTIZE_JS} and rolldown {ROLLDOWN}"), || {
+        std::fs::create_dir_all(&root).with_context(|| format!("creating {}", root.display()))?;
+        std::fs::write(root.join("package.json"), "{\"private\": true, \"type\": \"module\"}\n")?;
+        run(
+            Command::new("npm")
+                .args(["install", "--no-audit", "--no-fund", "--loglevel=error"])
+                .arg(format!("@bytecodealliance/componentize-js@{COMPONENTIZE_JS}"))
+                .arg(format!("rolldown@{ROLLDOWN}"))
+                .current_dir(&root),
+            "npm install componentize-js (is Node.js 20 or later with npm installed?)",
+        )
+    })?;
     Ok(root)
 }
 
@@ -186,23 +183,32 @@ fn componentize_js() -> anyhow::Result<PathBuf> {
 fn componentize_py() -> anyhow::Result<PathBuf> {
     let venv = cache_dir()?.join(format!("toolchains/componentize-py-{COMPONENTIZE_PY}"));
     let tool = venv.join("bin/componentize-py");
-    // Written last, so an interrupted install is never taken for a finished one.
-    let done = venv.join("weir-installed");
-    if done.is_file() {
-        return Ok(tool);
-    }
-    progress(&format!("installing componentize-py {COMPONENTIZE_PY} into {} (once)", venv.display()));
-    let _ = std::fs::remove_dir_all(&venv);
-    run(Command::new("python3").args(["-m", "venv"]).arg(&venv), "python3 -m venv (is python3 with venv installed?)")?;
-    run(
-        Command::new(venv.join("bin/pip"))
-            .args(["install", "--quiet", "--disable-pip-version-check"])
-            .arg(format!("componentize-py=={COMPONENTIZE_PY}")),
-        "pip install componentize-py",
-    )?;
-    ensure!(tool.is_file(), "componentize-py was installed but {} is missing", tool.display());
-    std::fs::write(&done, COMPONENTIZE_PY).with_context(|| format!("writing {}", done.display()))?;
+    install_once(&venv, &format!("componentize-py {COMPONENTIZE_PY}"), || {
+        run(Command::new("python3").args(["-m", "venv"]).arg(&venv), "python3 -m venv (is python3 with venv installed?)")?;
+        run(
+            Command::new(venv.join("bin/pip"))
+                .args(["install", "--quiet", "--disable-pip-version-check"])
+                .arg(format!("componentize-py=={COMPONENTIZE_PY}")),
+            "pip install componentize-py",
+        )?;
+        ensure!(tool.is_file(), "componentize-py was installed but {} is missing", tool.display());
+        Ok(())
+    })?;
     Ok(tool)
+}
+
+/// Run `install` into the empty folder `root` unless an earlier run
+/// finished there: a marker written last, so an interrupted install is
+/// never taken for a finished one (the folder is emptied and it runs again).
+fn install_once(root: &Path, what: &str, install: impl FnOnce() -> anyhow::Result<()>) -> anyhow::Result<()> {
+    let done = root.join("weir-installed");
+    if done.is_file() {
+        return Ok(());
+    }
+    progress(&format!("installing {what} into {} (once)", root.display()));
+    let _ = std::fs::remove_dir_all(root);
+    install()?;
+    std::fs::write(&done, what).with_context(|| format!("writing {}", done.display()))
 }
 
 /// weir's cache folder (see [`weir_host::cache_root`]).
@@ -220,6 +226,20 @@ fn run(cmd: &mut Command, what: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Write `text` to `file` unless it holds it already; written aside and
+/// renamed, since another weir (a parallel build) may be reading it.
+fn write_if_changed(file: &Path, text: &str) -> anyhow::Result<()> {
+    if std::fs::read(file).is_ok_and(|old| old == text.as_bytes()) {
+        return Ok(());
+    }
+    let parent = file.parent().expect("a file in a folder");
+    std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+    let mut tmp = tempfile::NamedTempFile::new_in(parent).with_context(|| format!("writing in {}", parent.display()))?;
+    std::io::Write::write_all(&mut tmp, text.as_bytes()).with_context(|| format!("writing {}", file.display()))?;
+    tmp.persist(file).with_context(|| format!("writing {}", file.display()))?;
+    Ok(())
+}
+
 fn copy(from: &Path, to: &Path) -> anyhow::Result<()> {
     if let Some(parent) = to.parent() {
         std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
@@ -231,8 +251,6 @@ fn copy(from: &Path, to: &Path) -> anyhow::Result<()> {
 /// The SDK sources and the WIT contract, as this binary was built with.
 pub(crate) mod sdk {
     use std::path::PathBuf;
-
-    use anyhow::Context;
 
     /// (path under the unpacked folder, contents). The Rust SDK's
     /// `wit_bindgen::generate!` reads `../wit`: `wit/` beside `rust/`.
@@ -269,16 +287,7 @@ pub(crate) mod sdk {
         let root = super::cache_dir()?.join("sdk").join(env!("CARGO_PKG_VERSION"));
         let manifest = rust_manifest();
         for (path, text) in FILES.iter().copied().chain([("rust/Cargo.toml", manifest.as_str())]) {
-            let file = root.join(path);
-            if std::fs::read(&file).is_ok_and(|old| old == text.as_bytes()) {
-                continue;
-            }
-            // Written aside and renamed: another weir may be reading it.
-            let parent = file.parent().expect("a file in a folder");
-            std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
-            let mut tmp = tempfile::NamedTempFile::new_in(parent).with_context(|| format!("writing in {}", parent.display()))?;
-            std::io::Write::write_all(&mut tmp, text.as_bytes()).with_context(|| format!("writing {}", file.display()))?;
-            tmp.persist(&file).with_context(|| format!("writing {}", file.display()))?;
+            super::write_if_changed(&root.join(path), text)?;
         }
         Ok(root)
     }

@@ -1,4 +1,4 @@
-//! `weir new NAME --lang rust|python --template map|filter|count`: a stage
+//! `weir new NAME --lang rust|python|js --template map|filter|count`: a stage
 //! project that builds, tests and runs as generated: the stage, a native
 //! unit test, a pipeline that uses it and a README of three commands.
 
@@ -14,8 +14,8 @@ pub(crate) struct NewArgs {
     /// `-` and `_`, starting with a letter
     name: String,
     /// The stage's language
-    #[arg(long, value_enum, default_value_t = LangArg::Rust)]
-    lang: LangArg,
+    #[arg(long, value_enum, default_value_t = Lang::Rust)]
+    lang: Lang,
     /// What the generated stage does: `map` upper-cases text, `filter` drops
     /// messages containing a configured word, `count` counts messages per key
     /// in durable state
@@ -24,13 +24,6 @@ pub(crate) struct NewArgs {
     /// The folder to create the project in
     #[arg(long, default_value = ".", value_name = "DIR")]
     dir: PathBuf,
-}
-
-#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-enum LangArg {
-    Rust,
-    Python,
-    Js,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug, clap::ValueEnum)]
@@ -50,11 +43,7 @@ pub(crate) fn new(args: NewArgs) -> anyhow::Result<()> {
     );
     let root = args.dir.join(name);
     ensure!(!root.exists(), "{} already exists", root.display());
-    let lang = match args.lang {
-        LangArg::Rust => Lang::Rust,
-        LangArg::Python => Lang::Python,
-        LangArg::Js => Lang::JavaScript,
-    };
+    let lang = args.lang;
     let sdk = sdk::unpack()?;
     let files = project(name, lang, args.template, &sdk);
     for (path, text) in &files {
