@@ -7,6 +7,7 @@ mod hello;
 mod http;
 mod metrics;
 mod nats;
+mod pipeline_test;
 mod pipelines;
 mod projects;
 mod readme;

@@ -1,6 +1,6 @@
 //! `weir new` and `weir build`: a freshly generated stage project builds,
-//! passes its own unit tests and runs its pipeline, in every language and
-//! template, as its README says.
+//! passes its own unit tests, runs its pipeline and passes the pipeline's
+//! `weir test`, in every language and template, as its README says.
 
 use std::process::Command;
 
@@ -75,6 +75,14 @@ fn new_build_test_run(lang: &str) {
             std::fs::write(&pipeline, toml).unwrap();
         }
         assert_eq!(weir.ok(&["run", pipeline.to_str().unwrap(), "--drain"], INPUT), expected(template), "{name}");
+        // The pipeline's own test, from the project folder, as the README says.
+        assert!(readme.contains("weir test pipeline.toml --input test/input.txt --expect test/expected.txt"), "{readme}");
+        let mut cmd = weir.cmd(&["test", "pipeline.toml", "--input", "test/input.txt", "--expect", "test/expected.txt"]);
+        cmd.current_dir(&project);
+        let tested = Weir::output_of(cmd, b"");
+        let stdout = String::from_utf8_lossy(&tested.stdout);
+        let ok = format!("ok    outputs: {} as expected", expected(template).lines().count());
+        assert!(tested.status.success() && stdout.contains(&ok), "weir test {name}: {stdout}");
     }
     let again = weir.fails(&["new", &format!("{lang}-map"), "--lang", lang, "--dir", parent], b"");
     assert!(again.contains("already exists"), "{again}");

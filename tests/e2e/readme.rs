@@ -89,7 +89,10 @@ fn normalise(line: &str, in_table: bool) -> String {
     for t in &mut tokens {
         let digits = t.trim_end_matches(|c: char| !c.is_ascii_digit());
         let unit = &t[digits.len()..];
-        if !digits.is_empty() && digits.chars().all(|c| c.is_ascii_digit() || c == '.') && ["s", "ms", "µs", "%", "s,"].contains(&unit) {
+        if !digits.is_empty()
+            && digits.chars().all(|c| c.is_ascii_digit() || c == '.')
+            && ["s", "ms", "µs", "%", "s,", "s)"].contains(&unit)
+        {
             *t = format!("#{unit}");
         }
     }
@@ -177,6 +180,8 @@ fn what_varies_is_masked_and_counts_are_not() {
     assert_ne!(normalise_all(&shown)[0], normalise_all(&miscounted)[0]);
     let row = ["stage  received  ok", "up  4  2  1  0  0  120000  1  7  29% *"];
     assert_ne!(normalise_all(&shown)[2], normalise_all(&row)[1]);
+    assert_eq!(normalise("passed (4 in, 1 dead-lettered in 0.02s)", false), normalise("passed (4 in, 1 dead-lettered in 1.50s)", false));
+    assert_ne!(normalise("passed (4 in, 1 dead-lettered in 0.02s)", false), normalise("passed (5 in, 1 dead-lettered in 0.02s)", false));
     assert!(is_log_line("2026-12-01T05:14:34.123456Z  INFO pipeline starting"));
     assert!(!is_log_line("weir: 1 in, 2 out, 0 dead-lettered in 0.01s"));
 }

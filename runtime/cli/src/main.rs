@@ -7,6 +7,7 @@ mod consume;
 mod live;
 mod metrics;
 mod new;
+mod pipeline_test;
 mod produce;
 mod run;
 mod topics;
@@ -40,6 +41,9 @@ struct Cli {
 enum Command {
     /// Run a pipeline.
     Run(run::RunArgs),
+    /// Run a pipeline over given input in a scratch data directory and
+    /// compare its outputs and dead letters with the expected ones.
+    Test(pipeline_test::TestArgs),
     /// Check a pipeline file and every component it names.
     Validate(run::ValidateArgs),
     /// Publish lines from standard input to a topic, one message per line.
@@ -93,6 +97,7 @@ fn main() -> ExitCode {
 
     let result = match cli.command {
         Command::Run(args) => run::run(args, cli.data_dir),
+        Command::Test(args) => pipeline_test::test(args),
         Command::Validate(args) => run::validate(args),
         Command::Produce(args) => produce::produce(args, data_dir(cli.data_dir, None)),
         Command::Consume(args) => consume::consume(args, data_dir(cli.data_dir, None)),

@@ -1,6 +1,7 @@
 //! `weir new NAME --lang rust|python|js --template map|filter|count`: a stage
 //! project that builds, tests and runs as generated: the stage, a native
-//! unit test, a pipeline that uses it and a README of three commands.
+//! unit test, a pipeline that uses it with a `weir test` of it, and a README
+//! of the commands.
 
 use std::path::{Path, PathBuf};
 
@@ -150,12 +151,20 @@ fn project(name: &str, lang: Lang, template: Template, sdk: &Path) -> Vec<(&'sta
     let readme = format!(
         "# {name}\n\nA [weir](https://example.invalid/weir) stage in {}, made with `weir new --template {}`.\n\n\
          ```\nweir build                 # the component: {component}\n{test:<26} # the stage's unit tests, natively\n\
+         weir test pipeline.toml --input test/input.txt --expect test/expected.txt   # the pipeline, on test/input.txt\n\
          printf 'hello\\na debug line\\nhello\\n' | weir run pipeline.toml --drain\n```\n{needs}",
         lang.name(),
         format!("{template:?}").to_lowercase(),
     );
+    let expected = match template {
+        Template::Map => "HELLO\nA DEBUG LINE\nHELLO\n",
+        Template::Filter => "hello\nhello\n",
+        Template::Count => "hello=1\na debug line=1\nhello=2\n",
+    };
     let mut all = files;
     all.push(("pipeline.toml", pipeline));
+    all.push(("test/input.txt", "hello\na debug line\nhello\n".into()));
+    all.push(("test/expected.txt", expected.into()));
     all.push(("README.md", readme));
     all
 }

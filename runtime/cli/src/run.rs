@@ -115,7 +115,7 @@ pub(crate) fn run(args: RunArgs, data_dir_flag: Option<PathBuf>) -> anyhow::Resu
 
 /// First SIGINT/SIGTERM: stop pulling, drain, commit, exit 0. Second: exit at
 /// once (nothing acknowledged is lost: acks follow durable writes).
-fn install_signal_handlers(stop: Arc<AtomicBool>) {
+pub(crate) fn install_signal_handlers(stop: Arc<AtomicBool>) {
     std::thread::Builder::new()
         .name("weir-signals".into())
         .spawn(move || {

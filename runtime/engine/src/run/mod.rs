@@ -113,12 +113,13 @@ pub(crate) fn run(pipeline: &Pipeline, queue: &Queue, prepared: Prepared, option
     // messages when batches are large; stages still take `batch_size` per call.
     let fetch_size = pipeline.stages.first().map_or(MIN_FETCH, |s| s.batch_size * s.concurrency).max(MIN_FETCH);
     let nats = Nats::for_pipeline(pipeline)?;
-    let feed = crate::source::open(pipeline, OpenOptions { queue, nats: nats.as_ref(), drain: options.drain, fetch_size })?;
+    let stats = options.stats.clone().unwrap_or_else(|| PipelineStats::for_pipeline(pipeline));
+    let open = OpenOptions { queue, nats: nats.as_ref(), drain: options.drain, fetch_size, stats: stats.clone() };
+    let feed = crate::source::open(pipeline, open)?;
     let durable_ids = feed.has_durable_ids();
     // Source ids that survive restarts name dead letters and NATS outputs.
     let id_prefix = durable_ids.then(|| format!("{}/{}", prepared.owner.0, prepared.owner.1));
     let sinks = crate::sink::open(pipeline, nats.as_ref(), id_prefix.as_deref())?;
-    let stats = options.stats.clone().unwrap_or_else(|| PipelineStats::for_pipeline(pipeline));
     let fill_wait = pipeline.stages.first().map_or(Duration::ZERO, |s| s.batch_timeout);
 
     let floor = Mutex::new(None);

@@ -16,6 +16,7 @@ use weir_queue::{DeliveryId, Message, Queue, Record};
 use super::Feed;
 use crate::Result;
 use crate::batch::{DeadLetter, Fetched};
+use crate::stats::PipelineStats;
 
 /// Messages buffered between a reader thread and the pipeline, at most.
 const READ_AHEAD: usize = 4096;
@@ -84,11 +85,18 @@ pub(crate) struct MemoryFeed {
     redeliver: BTreeMap<u64, (Instant, Fetched)>,
     max_in_flight: usize,
     dead_letter: Option<(Queue, String)>,
+    stats: Arc<PipelineStats>,
 }
 
 impl MemoryFeed {
     /// Take what `rx` reads; lines that are not messages go to `dead_letter`.
-    pub(super) fn new(name: String, rx: Receiver<Vec<Read>>, max_in_flight: usize, dead_letter: Option<(Queue, String)>) -> MemoryFeed {
+    pub(super) fn new(
+        name: String,
+        rx: Receiver<Vec<Read>>,
+        max_in_flight: usize,
+        dead_letter: Option<(Queue, String)>,
+        stats: Arc<PipelineStats>,
+    ) -> MemoryFeed {
         MemoryFeed {
             name: name.into(),
             rx,
@@ -99,6 +107,7 @@ impl MemoryFeed {
             redeliver: BTreeMap::new(),
             max_in_flight,
             dead_letter,
+            stats,
         }
     }
 
@@ -123,6 +132,10 @@ impl MemoryFeed {
         DeadLetter { stage: "source", kind: "source", reason, source: &self.name, id, attempt: 1 }.add_headers(&mut rec);
         let (queue, topic) = self.dead_letter.as_ref().expect("sources that parse lines have a dead-letter topic");
         queue.publish(topic, &[rec])?;
+        // In, and out as a dead letter, like a message a stage rejects.
+        self.stats.source_received(1, 0);
+        self.stats.settled(1, 0, 0);
+        self.stats.sink_written(0, 1);
         Ok(())
     }
 }

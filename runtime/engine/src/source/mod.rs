@@ -101,6 +101,9 @@ pub(crate) struct OpenOptions<'a> {
     pub(crate) drain: bool,
     /// Messages the source worker asks for per fetch.
     pub(crate) fetch_size: usize,
+    /// The run's counters: input lines that are not messages count as
+    /// received and dead-lettered.
+    pub(crate) stats: Arc<crate::stats::PipelineStats>,
 }
 
 /// Open `pipeline`'s source.
@@ -132,5 +135,5 @@ pub(crate) fn open(pipeline: &Pipeline, o: OpenOptions<'_>) -> Result<Box<dyn Fe
         DeadLetterTo::Nats { .. } => None,
     };
     let max_in_flight = crate::config::defaults::MAX_ACK_PENDING as usize;
-    Ok(Box::new(memory::MemoryFeed::new(source.name(), rx, max_in_flight, dead_letter)))
+    Ok(Box::new(memory::MemoryFeed::new(source.name(), rx, max_in_flight, dead_letter, o.stats)))
 }
