@@ -75,15 +75,18 @@ js_tests() {
     command -v node >/dev/null || { echo "node (20 or later) is needed for the JavaScript SDK" >&2; return 1; }
     (cd sdk/js && node --test)
     (cd examples/consumers-js && npm install --no-audit --no-fund --loglevel=error && node --test)
+    # TypeScript: tsc type-checks the stages against the SDK's .d.ts files and
+    # compiles them and their tests to build/, which node then runs.
+    (cd examples/consumers-ts && npm install --no-audit --no-fund --loglevel=error && npm test --silent)
 }
 
-# The Python and JavaScript example stages, built by `weir build` (which
-# installs componentize-py or componentize-js into weir's cache folder on
-# first use) as NAME-py.wasm and NAME-js.wasm beside the Rust ones; skipped
+# The Python, JavaScript and TypeScript example stages, built by `weir build`
+# (which installs componentize-py or componentize-js into weir's cache folder
+# on first use) as NAME-py.wasm, NAME-js.wasm and NAME-ts.wasm beside the Rust ones; skipped
 # when newer than their sources, the SDK and the WIT. Needs target/debug/weir.
 build_other_examples() {
     local lang dir name out
-    for lang in py js; do
+    for lang in py js ts; do
         for dir in examples/consumers-$lang/*/; do
             [ -f "$dir/stage.$lang" ] || continue   # node_modules, say
             name=$(basename "$dir")

@@ -19,13 +19,13 @@ pub fn target_dir() -> PathBuf {
 /// examples workspace for `wasm32-wasip2` once per test process if it is missing.
 /// The README's test command builds them before the tests run.
 ///
-/// `NAME-py` and `NAME-js` are the Python and JavaScript examples
-/// (`examples/consumers-py/NAME`, `examples/consumers-js/NAME`), built with
+/// `NAME-py`, `NAME-js` and `NAME-ts` are the Python, JavaScript and
+/// TypeScript examples (`examples/consumers-{py,js,ts}/NAME`), built with
 /// `weir build` (through cargo run) when missing.
 pub fn component(name: &str) -> PathBuf {
     static BUILT: OnceLock<()> = OnceLock::new();
     let path = target_dir().join("wasm32-wasip2/release").join(format!("{name}.wasm"));
-    let other = name.strip_suffix("-py").map(|s| ("py", s)).or_else(|| name.strip_suffix("-js").map(|s| ("js", s)));
+    let other = ["py", "js", "ts"].into_iter().find_map(|lang| Some((lang, name.strip_suffix(&format!("-{lang}"))?)));
     if let Some((lang, stem)) = other {
         static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
         let _one_build_at_a_time = LOCK.lock().unwrap_or_else(std::sync::PoisonError::into_inner);

@@ -4,8 +4,9 @@
 //!
 //! A project is Rust if it has `Cargo.toml` (built with cargo for
 //! `wasm32-wasip2`), Python if it has `stage.py` (built with
-//! componentize-py), JavaScript if it has `stage.js` (bundled with rolldown,
-//! built with componentize-js). The SDKs and the WIT contract are carried
+//! componentize-py), JavaScript if it has `stage.js` or TypeScript if it has
+//! `stage.ts` (bundled with rolldown, which strips the types, then built with
+//! componentize-js). The SDKs and the WIT contract are carried
 //! inside the `weir` binary and written to the cache, so a project needs
 //! nothing but its own files.
 
@@ -23,7 +24,7 @@ const ROLLDOWN: &str = "1.3.3";
 #[derive(clap::Args)]
 pub(crate) struct BuildArgs {
     /// The stage project: a folder with `Cargo.toml` (Rust), `stage.py`
-    /// (Python) or `stage.js` (JavaScript)
+    /// (Python), `stage.js` (JavaScript) or `stage.ts` (TypeScript)
     #[arg(default_value = ".")]
     dir: PathBuf,
     /// Where to write the component [default: Rust: cargo's
@@ -50,10 +51,13 @@ impl Lang {
             Ok(Lang::Rust)
         } else if dir.join("stage.py").is_file() {
             Ok(Lang::Python)
-        } else if dir.join("stage.js").is_file() {
+        } else if dir.join("stage.js").is_file() || dir.join("stage.ts").is_file() {
             Ok(Lang::JavaScript)
         } else {
-            bail!("{} is not a stage project: it has no Cargo.toml (Rust), stage.py (Python) or stage.js (JavaScript)", dir.display())
+            bail!(
+                "{} is not a stage project: it has no Cargo.toml (Rust), stage.py (Python), stage.js (JavaScript) or stage.ts (TypeScript)",
+                dir.display()
+            )
         }
     }
 
@@ -75,7 +79,8 @@ pub(crate) fn build(args: BuildArgs) -> anyhow::Result<()> {
         Lang::JavaScript => build_js(&dir, args.out.as_deref())?,
     };
     let size = std::fs::metadata(&out).with_context(|| format!("{}", out.display()))?.len();
-    println!("{} ({:.1} MB, {})", out.display(), size as f64 / 1e6, lang.name());
+    let name = if lang == Lang::JavaScript && dir.join("stage.ts").is_file() { "TypeScript" } else { lang.name() };
+    println!("{} ({:.1} MB, {name})", out.display(), size as f64 / 1e6);
     Ok(())
 }
 
@@ -263,6 +268,8 @@ pub(crate) mod sdk {
         ("js/package.json", include_str!("../../../sdk/js/package.json")),
         ("js/weir.js", include_str!("../../../sdk/js/weir.js")),
         ("js/testing.js", include_str!("../../../sdk/js/testing.js")),
+        ("js/weir.d.ts", include_str!("../../../sdk/js/weir.d.ts")),
+        ("js/testing.d.ts", include_str!("../../../sdk/js/testing.d.ts")),
         ("js/component.js", include_str!("../../../sdk/js/component.js")),
         ("rust/src/lib.rs", include_str!("../../../sdk/src/lib.rs")),
         ("rust/src/host.rs", include_str!("../../../sdk/src/host.rs")),

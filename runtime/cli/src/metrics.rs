@@ -124,6 +124,12 @@ impl Collector for StatsCollector {
             "Instances replaced after a trap, timeout or limit.",
             &per(&|s| s.instances_replaced),
         )?;
+        counter(
+            &mut e,
+            "weir_stage_instances_recycled",
+            "Instances replaced between calls because their linear memory grew past 3/4 of max_memory_bytes.",
+            &per(&|s| s.instances_recycled),
+        )?;
         counter(&mut e, "weir_stage_bytes_in", "Payload bytes handed to the stage.", &per(&|s| s.bytes_in))?;
         counter(&mut e, "weir_stage_bytes_out", "Payload bytes the stage emitted.", &per(&|s| s.bytes_out))?;
         // Per stage, one series per entry of a map, labelled `label`.

@@ -136,6 +136,7 @@ pub struct StageStats {
     cpu_ns: AtomicU64,
     instances: AtomicU64,
     replaced: AtomicU64,
+    recycled: AtomicU64,
     timers_fired: AtomicU64,
     late: AtomicU64,
     late_dropped: AtomicU64,
@@ -177,8 +178,9 @@ impl StageStats {
     pub(crate) fn set_instances(&self, n: usize) {
         self.instances.store(n as u64, Relaxed);
     }
-    pub(crate) fn add_replaced(&self) {
-        self.replaced.fetch_add(1, Relaxed);
+    /// An instance replaced: `worn` (recycled for its memory), or after a failed call.
+    pub(crate) fn add_replaced(&self, worn: bool) {
+        if worn { &self.recycled } else { &self.replaced }.fetch_add(1, Relaxed);
     }
     pub(crate) fn add_timers_fired(&self, n: u64) {
         self.timers_fired.fetch_add(n, Relaxed);
@@ -253,6 +255,11 @@ impl StageStats {
     /// Instances discarded after a trap, timeout or limit and replaced.
     pub fn replaced(&self) -> u64 {
         self.replaced.load(Relaxed)
+    }
+    /// Instances replaced between calls because their linear memory grew
+    /// past 3/4 of `max_memory_bytes` (before it could fail a call).
+    pub fn recycled(&self) -> u64 {
+        self.recycled.load(Relaxed)
     }
     /// Results dropped because another message from the same source
     /// message failed here first.
@@ -440,6 +447,7 @@ impl PipelineStats {
                     bytes_out_per_s: rate(s.bytes_out.load(Relaxed)),
                     instances: s.instances(),
                     instances_replaced: s.replaced(),
+                    instances_recycled: s.recycled(),
                     timers_fired: s.timers_fired(),
                     late: s.late(),
                     late_dropped: s.late_dropped(),
@@ -564,6 +572,8 @@ pub struct StageReport {
     pub instances: u64,
     /// Instances replaced after a trap, timeout or limit.
     pub instances_replaced: u64,
+    /// Instances replaced because their memory grew past 3/4 of the limit.
+    pub instances_recycled: u64,
     /// Timers of the stage that fired.
     pub timers_fired: u64,
     /// Messages behind the stage's watermark by more than its

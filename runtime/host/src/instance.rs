@@ -610,6 +610,12 @@ impl Instance {
         self.poisoned || self.store.data().limiter.worn()
     }
 
+    /// Whether it is to be replaced only because its memory grew past 3/4
+    /// of `max_memory_bytes` (recycled), not because a call failed.
+    pub fn is_worn(&self) -> bool {
+        !self.poisoned && self.store.data().limiter.worn()
+    }
+
     /// Call `handle-batch`. Returns one result per message, in order; a
     /// message whose outputs break the stage's [`crate::OutputLimits`] gets
     /// a [`MessageError::OutputLimit`] saying which.

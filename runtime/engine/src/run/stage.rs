@@ -251,10 +251,11 @@ impl StageWorker {
     /// it; `None` (logged) if it cannot be: the timers fire later.
     fn ready_instance(&mut self) -> Option<&mut Instance> {
         if self.instances[0].is_poisoned() {
+            let worn = self.instances[0].is_worn();
             match self.component.instantiate(&self.ctx) {
                 Ok(fresh) => {
                     self.instances[0] = fresh;
-                    self.stats.add_replaced();
+                    self.stats.add_replaced(worn);
                 }
                 Err(e) => {
                     tracing::warn!(stage = %self.spec.name, error = %e, "cannot replace the instance to fire timers; they fire later");
@@ -434,8 +435,9 @@ impl Caller<'_> {
     pub(super) fn call(&self, inst: &mut Instance, batch: &[Message]) -> Result<Vec<MessageResult>, weir_host::Error> {
         let started = Instant::now();
         if inst.is_poisoned() {
+            let worn = inst.is_worn();
             *inst = self.component.instantiate(self.ctx)?;
-            self.stats.add_replaced();
+            self.stats.add_replaced(worn);
         }
         let result = inst.handle_batch(batch);
         if let Err(e) = &result
