@@ -486,3 +486,131 @@ fn clients_cannot_exhaust_the_server_groups_long_polls_and_request_sizes_are_bou
     }
     stop(child);
 }
+
+/// `--auth`: each scope's routes work, every other route is refused (401
+/// without a known token, 403 without the scope) and changes nothing, and
+/// no token appears in the log, even at trace level.
+#[test]
+fn every_scope_allows_its_routes_and_refuses_the_rest_changing_nothing() {
+    let weir = Weir::new();
+    let dir = tempfile::tempdir().unwrap();
+    let secrets = ["weir_admin0", "weir_reader", "weir_writer", "weir_billing"];
+    let hash = |s: &str| {
+        let out = weir.ok(&["token", "hash"], s.as_bytes());
+        out.trim().strip_prefix("sha256 = ").unwrap().trim_matches('"').to_owned()
+    };
+    let auth = dir.path().join("tokens.toml");
+    std::fs::write(
+        &auth,
+        format!(
+            "[[token]]\nname = \"admin\"\nsha256 = \"{}\"\nadmin = true\n\
+             [[token]]\nname = \"reader\"\nsha256 = \"{}\"\nread = true\n\
+             [[token]]\nname = \"writer\"\nsha256 = \"{}\"\nproduce = [\"orders*\"]\n\
+             [[token]]\nname = \"billing\"\nsha256 = \"{}\"\nconsume = [{{ topics = [\"orders\"], groups = [\"billing\"] }}]\n",
+            hash(secrets[0]),
+            hash(secrets[1]),
+            hash(secrets[2]),
+            hash(secrets[3])
+        ),
+    )
+    .unwrap();
+    let log = dir.path().join("weir.log");
+    let addr_file = weir.data.path().join("api.addr");
+    let mut serve = weir
+        .cmd(&["serve", "--listen", "127.0.0.1:0", "--auth", auth.to_str().unwrap()])
+        .env("WEIR_LOG", "trace")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    let base = loop {
+        if let Some(a) = std::fs::read_to_string(&addr_file).ok().and_then(|a| a.lines().next().map(str::to_owned)) {
+            break a;
+        }
+        assert!(serve.try_wait().unwrap().is_none() && started.elapsed() < Duration::from_secs(30), "weir serve did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let [admin, reader, writer, billing] = secrets.map(|s| Api::new(base.clone(), Some(s)));
+    let (anonymous, unknown) = (Api::new(base.clone(), None), Api::new(base.clone(), Some("weir_nobody")));
+    let msg = json!({"payload": "x"});
+
+    // admin: everything, including making topics.
+    for t in ["orders", "orders.eu", "payments"] {
+        assert_eq!(admin.post("/v1/topics", &json!({"name": t})).0, 201);
+    }
+    // Refused requests: the status, and nothing changed.
+    let refused = |api: &Api, method: &str, path: &str, body: &Value, status: u16| {
+        let body = if body.is_null() { Vec::new() } else { body.to_string().into_bytes() };
+        let (got, v) = api.send(method, path, "application/json", &body, &[]);
+        assert_eq!(got, status, "{method} {path}: {v}");
+    };
+    for api in [&anonymous, &unknown] {
+        for (method, path) in [("GET", "/v1/topics"), ("GET", "/metrics"), ("POST", "/v1/topics/orders/messages")] {
+            refused(api, method, path, &msg, 401);
+        }
+    }
+    assert_eq!(anonymous.get("/health").0, 200);
+
+    // read: listing, describing, metrics; nothing else.
+    assert_eq!(reader.get("/v1/topics").0, 200);
+    assert_eq!(reader.get("/v1/topics/orders").0, 200);
+    assert_eq!(reader.get("/metrics").0, 200);
+    refused(&reader, "POST", "/v1/topics/orders/messages", &msg, 403);
+    refused(&reader, "POST", "/v1/topics", &json!({"name": "new"}), 403);
+    refused(&reader, "DELETE", "/v1/topics/orders", &Value::Null, 403);
+    refused(&reader, "GET", "/v1/topics/orders/groups/billing/messages", &Value::Null, 403);
+
+    // produce on orders*: publishes there, nowhere else, reads nothing.
+    assert_eq!(writer.post("/v1/topics/orders/messages", &msg).0, 200);
+    assert_eq!(writer.post("/v1/topics/orders.eu/messages", &msg).0, 200);
+    refused(&writer, "POST", "/v1/topics/payments/messages", &msg, 403);
+    refused(&writer, "GET", "/v1/topics", &Value::Null, 403);
+    refused(&writer, "GET", "/v1/topics/orders/groups/billing/messages", &Value::Null, 403);
+    refused(&writer, "DELETE", "/v1/topics/orders", &Value::Null, 403);
+
+    // consume orders as billing: fetches and acks there only.
+    let (status, fetched) = billing.get("/v1/topics/orders/groups/billing/messages?max=10");
+    assert_eq!(status, 200, "{fetched}");
+    let ids: Vec<Value> =
+        fetched["messages"].as_array().unwrap().iter().map(|m| json!({"partition": m["partition"], "offset": m["offset"]})).collect();
+    assert_eq!(ids.len(), 1);
+    assert_eq!(billing.post("/v1/topics/orders/groups/billing/ack", &json!({"ids": ids})).0, 200);
+    refused(&billing, "GET", "/v1/topics/orders/groups/other/messages", &Value::Null, 403);
+    refused(&billing, "GET", "/v1/topics/payments/groups/billing/messages", &Value::Null, 403);
+    refused(&billing, "POST", "/v1/topics/orders/messages", &msg, 403);
+    refused(&billing, "GET", "/metrics", &Value::Null, 403);
+    let (_, v) = billing.send("POST", "/v1/topics/%6Frders/messages", "application/json", msg.to_string().as_bytes(), &[]);
+    assert!(v["error"].as_str().unwrap().contains("percent-encoding"), "{v}");
+
+    // Nothing the refusals touched changed: no topic made or deleted, no
+    // message published, no group opened.
+    let (_, all) = admin.get("/v1/topics");
+    let counts: Vec<(String, u64)> = all["topics"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| (t["name"].as_str().unwrap().to_owned(), t["messages"].as_u64().unwrap()))
+        .collect();
+    assert_eq!(counts, [("orders".into(), 1), ("orders.eu".into(), 1), ("payments".into(), 0)]);
+    let (_, other) = admin.get("/v1/topics/orders/groups/other/messages?max=10");
+    assert_eq!(other["messages"].as_array().unwrap().len(), 1, "the refused group `other` never consumed");
+    stop(serve);
+
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(text.len() > 1000, "a trace-level log was written: {text}");
+    for s in secrets.iter().chain(&["weir_nobody"]) {
+        assert!(!text.contains(s), "the token {s} is in the log");
+    }
+}
+
+/// A non-loopback address needs tokens and TLS, or an explicit --insecure-http.
+#[test]
+fn a_non_loopback_address_needs_tls_or_insecure_http() {
+    let err = Weir::new().fails(&["serve", "--listen", "0.0.0.0:0", "--token", "t"], b"");
+    assert!(err.contains("so that tokens do not travel in clear text, or pass --insecure-http"), "{err}");
+    let weir = Weir::new();
+    let (serve, _) = start(&weir, &["serve", "--listen", "0.0.0.0:0", "--token", "t", "--insecure-http"]);
+    stop(serve);
+}

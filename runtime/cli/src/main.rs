@@ -53,6 +53,9 @@ enum Command {
     /// Serve the data directory's queue over HTTP for other processes and
     /// languages (see docs/openapi.json).
     Serve(api::ListenArgs),
+    /// Make tokens for `weir serve --auth` / `weir run --auth`.
+    #[command(subcommand)]
+    Token(api::auth::TokenCommand),
     /// List, create and describe topics.
     #[command(subcommand)]
     Topics(topics::TopicsCommand),
@@ -102,6 +105,7 @@ fn main() -> ExitCode {
         Command::Produce(args) => produce::produce(args, data_dir(cli.data_dir, None)),
         Command::Consume(args) => consume::consume(args, data_dir(cli.data_dir, None)),
         Command::Serve(args) => api::serve(args, data_dir(cli.data_dir, None)),
+        Command::Token(cmd) => api::auth::token_command(cmd),
         Command::Topics(cmd) => topics::topics(cmd, data_dir(cli.data_dir, None)),
         Command::Bench(cmd) => bench::bench(cmd),
         Command::Build(args) => build::build(args),

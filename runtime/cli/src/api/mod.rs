@@ -25,8 +25,10 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use weir_queue::{Fsync, Queue, Record, TopicConfig, TopicInfo};
 
+pub(crate) mod auth;
 mod groups;
 
+use auth::{Need, Token};
 use groups::{Disposition, SharedConsumer, fetch, settling};
 
 /// Where a running server writes its address, in the data directory, so
@@ -41,12 +43,22 @@ const MAX_LONG_POLLS: usize = 512;
 
 #[derive(Args, Clone)]
 pub(crate) struct ListenArgs {
-    /// Serve the HTTP API on this address (loopback unless a --token is set).
+    /// Serve the HTTP API on this address (loopback unless --auth or
+    /// --token is set).
     #[arg(long, value_name = "ADDR")]
     pub(crate) listen: Option<SocketAddr>,
-    /// Require `Authorization: Bearer TOKEN` on every request but /health.
+    /// Require `Authorization: Bearer TOKEN` on every request but /health
+    /// and the console's files: an admin token.
     #[arg(long, env = "WEIR_TOKEN", value_name = "TOKEN", hide_env_values = true)]
     token: Option<String>,
+    /// Tokens with scopes (admin, read, produce, consume), stored as
+    /// SHA-256 hashes, from this TOML file (see `weir token new`).
+    #[arg(long, value_name = "FILE")]
+    auth: Option<PathBuf>,
+    /// Serve plain HTTP on a non-loopback address (bearer tokens then
+    /// travel in clear text; use --tls-cert and --tls-key instead).
+    #[arg(long)]
+    insecure_http: bool,
     /// Largest request body accepted.
     #[arg(long, default_value_t = MAX_BODY_BYTES, value_name = "BYTES")]
     max_body_bytes: usize,
@@ -78,6 +90,8 @@ impl ListenArgs {
         ListenArgs {
             listen: Some(addr),
             token: None,
+            auth: None,
+            insecure_http: false,
             max_body_bytes: MAX_BODY_BYTES,
             max_request_messages: MAX_REQUEST_MESSAGES,
             max_groups: MAX_GROUPS,
@@ -99,7 +113,8 @@ struct ApiState {
     queue: Queue,
     /// Consumer groups opened through the API, by (topic, group).
     consumers: Mutex<HashMap<(String, String), SharedConsumer>>,
-    token: Option<String>,
+    /// `None`: no token needed (loopback without --auth or --token).
+    tokens: Option<Vec<Token>>,
     max_body_bytes: usize,
     max_request_messages: usize,
     max_groups: usize,
@@ -193,8 +208,23 @@ impl Client {
 /// token.
 pub(crate) fn start(queue: Queue, args: &ListenArgs, extra: Option<Router>, protected: Vec<String>) -> anyhow::Result<Server> {
     let addr = args.listen.context("no --listen address")?;
-    if !addr.ip().is_loopback() && args.token.is_none() {
-        anyhow::bail!("--listen {addr} is not a loopback address: set --token (or WEIR_TOKEN) so that requests must carry it");
+    let mut tokens = match &args.auth {
+        Some(path) => Some(auth::load(path)?),
+        None => None,
+    };
+    if let Some(secret) = &args.token {
+        tokens.get_or_insert_with(Vec::new).push(Token::admin("--token", secret));
+    }
+    if !addr.ip().is_loopback() {
+        if tokens.is_none() {
+            anyhow::bail!("--listen {addr} is not a loopback address: set --auth FILE or --token so that requests must carry a token");
+        }
+        if args.tls_cert.is_none() && !args.insecure_http {
+            anyhow::bail!(
+                "--listen {addr} is not a loopback address: serve HTTPS (--tls-cert and --tls-key) so that tokens do not travel in clear \
+                 text, or pass --insecure-http"
+            );
+        }
     }
     let published = Arc::new(tokio::sync::Notify::new());
     let wake = published.clone();
@@ -202,7 +232,7 @@ pub(crate) fn start(queue: Queue, args: &ListenArgs, extra: Option<Router>, prot
     let state = Arc::new(ApiState {
         queue: queue.clone(),
         consumers: Mutex::default(),
-        token: args.token.clone(),
+        tokens,
         max_body_bytes: args.max_body_bytes,
         max_request_messages: args.max_request_messages,
         max_groups: args.max_groups,
@@ -304,15 +334,26 @@ async fn not_found() -> ApiError {
     ApiError(StatusCode::NOT_FOUND, "no such route; see docs/openapi.json".into())
 }
 
+/// Every request, before its handler: what it needs ([`auth::required`]),
+/// then whether its token grants it. 401 without a known token, 403
+/// without the scope; neither reaches a handler, so nothing changes.
 async fn authorize(State(state): State<Arc<ApiState>>, request: Request, next: Next) -> Response {
-    if let Some(token) = &state.token {
+    let need = match auth::required(request.method().as_str(), request.uri().path()) {
+        Ok(need) => need,
+        Err(e) => return bad(e).into_response(),
+    };
+    if let Some(tokens) = &state.tokens
+        && need != Need::Nothing
+    {
         let given = request.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
-        // Same time whatever the first wrong byte.
-        let ok = given.is_some_and(|g| g.len() == token.len() && g.bytes().zip(token.bytes()).fold(0, |acc, (a, b)| acc | (a ^ b)) == 0);
-        if !ok {
-            let mut r = ApiError(StatusCode::UNAUTHORIZED, "missing or wrong bearer token".into()).into_response();
+        let Some(token) = given.and_then(|g| auth::find(tokens, g)) else {
+            let mut r = ApiError(StatusCode::UNAUTHORIZED, "missing or unknown bearer token".into()).into_response();
             r.headers_mut().insert(header::WWW_AUTHENTICATE, "Bearer".parse().expect("a valid header value"));
             return r;
+        };
+        if !token.allows(&need) {
+            tracing::debug!(token = %token.name, method = %request.method(), path = %request.uri().path(), "refused: no scope");
+            return ApiError(StatusCode::FORBIDDEN, format!("token `{}` does not grant {need}", token.name)).into_response();
         }
     }
     next.run(request).await
