@@ -80,6 +80,19 @@ js_tests() {
     (cd examples/consumers-ts && npm install --no-audit --no-fund --loglevel=error && npm test --silent)
 }
 
+# Headless Chromium (Debian's package) and playwright-core (npm, in
+# tests/browser) for the console's browser test (tests/e2e/console.rs).
+ensure_browser() {
+    if [ ! -x /usr/bin/chromium ]; then
+        echo "==> installing Chromium (Debian's package) for the console's browser test"
+        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium
+    fi
+    if [ ! -d tests/browser/node_modules/playwright-core ]; then
+        echo "==> installing playwright-core into tests/browser"
+        (cd tests/browser && npm install --no-audit --no-fund --loglevel=error)
+    fi
+}
+
 # The Python, JavaScript and TypeScript example stages, built by `weir build`
 # (which installs componentize-py or componentize-js into weir's cache folder
 # on first use) as NAME-py.wasm, NAME-js.wasm and NAME-ts.wasm beside the Rust ones; skipped

@@ -9,20 +9,20 @@ use serde_json::{Value, json};
 use crate::{Weir, pipeline_file, repo_root};
 
 /// A client of one server.
-struct Api {
+pub(crate) struct Api {
     base: String,
     agent: ureq::Agent,
     token: Option<String>,
 }
 
 impl Api {
-    fn new(base: String, token: Option<&str>) -> Api {
+    pub(crate) fn new(base: String, token: Option<&str>) -> Api {
         let agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
         Api { base, agent, token: token.map(str::to_owned) }
     }
 
     /// Send a request; the status and the body as JSON (`Value::Null` if it is not JSON).
-    fn send(&self, method: &str, path: &str, content_type: &str, body: &[u8], headers: &[(&str, &str)]) -> (u16, Value) {
+    pub(crate) fn send(&self, method: &str, path: &str, content_type: &str, body: &[u8], headers: &[(&str, &str)]) -> (u16, Value) {
         let url = format!("{}{path}", self.base);
         let mut req = ureq::http::Request::builder().method(method).uri(&url).header("content-type", content_type);
         if let Some(t) = &self.token {
@@ -37,11 +37,11 @@ impl Api {
         (status, serde_json::from_str(&text).unwrap_or(Value::Null))
     }
 
-    fn get(&self, path: &str) -> (u16, Value) {
+    pub(crate) fn get(&self, path: &str) -> (u16, Value) {
         self.send("GET", path, "application/json", b"", &[])
     }
 
-    fn post(&self, path: &str, body: &Value) -> (u16, Value) {
+    pub(crate) fn post(&self, path: &str, body: &Value) -> (u16, Value) {
         self.send("POST", path, "application/json", body.to_string().as_bytes(), &[])
     }
 }
@@ -57,7 +57,7 @@ fn uppercase_pipeline(dir: &std::path::Path) -> std::path::PathBuf {
 }
 
 /// Start `weir ARGS` (serve, or run --listen) and wait for the address it writes.
-fn start(weir: &Weir, args: &[&str]) -> (Child, String) {
+pub(crate) fn start(weir: &Weir, args: &[&str]) -> (Child, String) {
     let addr_file = weir.data.path().join("api.addr");
     std::fs::remove_file(&addr_file).ok();
     let mut child = weir.cmd(args).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
@@ -76,7 +76,7 @@ fn start(weir: &Weir, args: &[&str]) -> (Child, String) {
     }
 }
 
-fn stop(mut child: Child) {
+pub(crate) fn stop(mut child: Child) {
     Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
     let started = Instant::now();
     while child.try_wait().unwrap().is_none() {

@@ -2,6 +2,7 @@
 
 mod bad_input;
 mod bench;
+mod console;
 mod containment;
 mod hello;
 mod http;

@@ -3,6 +3,7 @@
 mod api;
 mod bench;
 mod build;
+mod console;
 mod consume;
 mod live;
 mod metrics;
@@ -10,6 +11,7 @@ mod new;
 mod pipeline_test;
 mod produce;
 mod run;
+mod sampler;
 mod topics;
 
 use std::io::{IsTerminal, Write};

@@ -92,7 +92,8 @@ pub(crate) fn run(args: RunArgs, data_dir_flag: Option<PathBuf>) -> anyhow::Resu
     }
     let _api = match args.listen.listen {
         Some(_) => {
-            let metrics = crate::metrics::router(Some(queue.clone()), Some((&pipeline.name, stats.clone())));
+            let metrics = crate::metrics::router(Some(queue.clone()), Some((&pipeline.name, stats.clone())))
+                .merge(crate::console::pipeline_routes(&pipeline, stats.clone()));
             let protected = pipeline.topics.keys().cloned().collect();
             let server = crate::api::start(queue.clone(), &args.listen, Some(metrics), protected)?;
             tracing::info!(addr = %server.addr, "HTTP API at http://{}", server.addr);

@@ -423,6 +423,46 @@ impl Queue {
         v
     }
 
+    /// The consumer groups that have committed offsets of `topic`, each with
+    /// its committed offset per partition, by group name.
+    ///
+    /// # Errors
+    /// [`Error::UnknownTopic`]; an unreadable group file.
+    pub fn groups(&self, topic: &str) -> Result<Vec<(String, Vec<u64>)>> {
+        let key = self.topic(topic)?.key();
+        let mut out = Vec::new();
+        if let Ok(dirs) = fs::read_dir(self.inner.dir.join("groups")) {
+            for g in dirs.flatten() {
+                let Ok(name) = g.file_name().into_string() else { continue };
+                if let Some(committed) = offsets::read_committed(&offsets::group_file(&self.inner.dir, &name, &key))? {
+                    out.push((name, committed));
+                }
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    /// Bytes the files of `topic` take on disk (segments and indexes).
+    ///
+    /// # Errors
+    /// [`Error::UnknownTopic`].
+    pub fn topic_bytes(&self, topic: &str) -> Result<u64> {
+        fn walk(dir: &Path) -> u64 {
+            let Ok(entries) = fs::read_dir(dir) else { return 0 };
+            entries
+                .flatten()
+                .map(|e| match e.metadata() {
+                    Ok(m) if m.is_dir() => walk(&e.path()),
+                    Ok(m) => m.len(),
+                    Err(_) => 0,
+                })
+                .sum()
+        }
+        let t = self.topic(topic)?;
+        Ok(walk(&self.inner.dir.join("topics").join(&t.name)))
+    }
+
     /// Publish records to a topic. Records with a key go to the partition its
     /// hash selects; records without one go together to the next partition in
     /// turn. Returns each record's (partition, offset), in order. Returns once

@@ -237,3 +237,22 @@ fn concurrent_publishes_of_the_same_ids_store_each_once_and_agree_on_where() {
         assert_eq!(format!("id-{}", &rec.payload[1..].iter().map(|&b| b as char).collect::<String>()), id);
     }
 }
+
+#[test]
+fn groups_lists_each_group_with_its_committed_offsets_and_topic_bytes_counts_the_files() {
+    let (_dir, q) = setup(3);
+    assert_eq!(q.groups("t").unwrap(), []);
+    let mut c = q.consumer("t", "billing", ConsumerOptions::default()).unwrap();
+    let got = fetch_all(&mut c, Duration::ZERO);
+    c.ack(got[0].id());
+    c.ack(got[1].id());
+    c.commit().unwrap();
+    assert_eq!(q.groups("t").unwrap(), [("billing".to_owned(), vec![2])]);
+    q.create_topic("u", &TopicConfig::default()).unwrap();
+    assert_eq!(q.groups("u").unwrap(), [], "another topic's groups are not listed");
+    let before = q.topic_bytes("t").unwrap();
+    assert!(before > 0);
+    q.publish("t", &[Record::new(vec![b'x'; 4096])]).unwrap();
+    assert!(q.topic_bytes("t").unwrap() >= before + 4096);
+    assert!(q.groups("nope").is_err() && q.topic_bytes("nope").is_err());
+}

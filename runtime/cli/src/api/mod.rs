@@ -202,8 +202,8 @@ impl Client {
     }
 }
 
-/// Serve the API for `queue` (plus `extra` routes, such as a pipeline's
-/// /metrics) from a thread of its own; `protected` topics (a running
+/// Serve the API and the console for `queue` (plus `extra` routes: a
+/// pipeline's /metrics and /v1/pipeline) from a thread of its own; `protected` topics (a running
 /// pipeline's) cannot be deleted. Refuses a non-loopback address without a
 /// token.
 pub(crate) fn start(queue: Queue, args: &ListenArgs, extra: Option<Router>, protected: Vec<String>) -> anyhow::Result<Server> {
@@ -242,7 +242,7 @@ pub(crate) fn start(queue: Queue, args: &ListenArgs, extra: Option<Router>, prot
         published,
         protected,
     });
-    let metrics = extra.unwrap_or_else(|| crate::metrics::router(Some(queue.clone()), None));
+    let metrics = extra.unwrap_or_else(|| crate::metrics::router(Some(queue.clone()), None).merge(crate::console::no_pipeline()));
     let app = router(state.clone()).merge(metrics.layer(axum::middleware::from_fn_with_state(state.clone(), authorize)));
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).thread_name("weir-api").enable_all().build()?;
     let listener = std::net::TcpListener::bind(addr).with_context(|| format!("--listen {addr}"))?;
@@ -294,13 +294,18 @@ fn router(state: Arc<ApiState>) -> Router {
     let api = Router::new()
         .route("/v1/topics", get(list_topics).post(create_topic))
         .route("/v1/topics/{topic}", get(describe_topic).delete(delete_topic))
-        .route("/v1/topics/{topic}/messages", post(publish))
+        .route("/v1/topics/{topic}/messages", post(publish).get(browse))
         .route("/v1/topics/{topic}/groups/{group}/messages", get(fetch))
         .route("/v1/topics/{topic}/groups/{group}/ack", settling(Disposition::Ack))
         .route("/v1/topics/{topic}/groups/{group}/nak", settling(Disposition::Nak))
         .route("/v1/topics/{topic}/groups/{group}/reject", settling(Disposition::Reject))
         .layer(axum::middleware::from_fn_with_state(state.clone(), authorize));
-    Router::new().route("/health", get(|| async { Json(json!({"status": "ok"})) })).merge(api).fallback(not_found).with_state(state)
+    Router::new()
+        .route("/health", get(|| async { Json(json!({"status": "ok"})) }))
+        .merge(crate::console::assets())
+        .merge(api)
+        .fallback(not_found)
+        .with_state(state)
 }
 
 /// A client's mistake or a server failure, as `{"error": ...}`.
@@ -364,24 +369,79 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, ApiError> + S
     tokio::task::spawn_blocking(f).await.map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
 }
 
-fn topic_json(t: &TopicInfo) -> Value {
-    // The same shape as the request that creates a topic.
+/// A topic: the fields of the request that creates one, then what it holds
+/// (messages, bytes on disk, offsets) and its consumer groups with their lag.
+fn topic_json(queue: &Queue, t: &TopicInfo) -> Value {
+    let groups: Vec<Value> = queue
+        .groups(&t.name)
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(name, committed)| {
+            let lag: u64 =
+                t.offsets.iter().zip(committed.iter().chain(std::iter::repeat(&0))).map(|((_, end), c)| end.saturating_sub(*c)).sum();
+            json!({"name": name, "committed": committed, "lag": lag})
+        })
+        .collect();
     json!({
         "name": t.name,
         "partitions": t.config.partitions,
         "messages": t.len(),
         "fsync": t.config.fsync.policy(),
         "fsync_interval_ms": t.config.fsync.interval_ms(),
+        "max_age_ms": t.config.max_age_ms,
+        "max_bytes": t.config.max_bytes,
+        "bytes": queue.topic_bytes(&t.name).unwrap_or(0),
         "offsets": t.offsets.iter().enumerate().map(|(p, (start, end))| json!({"partition": p, "start": start, "end": end})).collect::<Vec<_>>(),
+        "groups": groups,
     })
 }
 
-async fn list_topics(State(s): State<Arc<ApiState>>) -> Json<Value> {
-    Json(json!({ "topics": s.queue.topics().iter().map(topic_json).collect::<Vec<_>>() }))
+async fn list_topics(State(s): State<Arc<ApiState>>) -> Result<Json<Value>, ApiError> {
+    blocking(move || Ok(Json(json!({ "topics": s.queue.topics().iter().map(|t| topic_json(&s.queue, t)).collect::<Vec<_>>() })))).await
 }
 
 async fn describe_topic(State(s): State<Arc<ApiState>>, Path(topic): Path<String>) -> Result<Json<Value>, ApiError> {
-    Ok(Json(topic_json(&s.queue.topic_info(&topic)?)))
+    blocking(move || Ok(Json(topic_json(&s.queue, &s.queue.topic_info(&topic)?)))).await
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Browse {
+    #[serde(default)]
+    partition: u32,
+    /// From this offset; by default the newest `limit` messages.
+    offset: Option<u64>,
+    #[serde(default = "browse_limit")]
+    limit: usize,
+}
+
+fn browse_limit() -> usize {
+    50
+}
+
+/// Read a partition's messages without a consumer group (the console's
+/// dead-letter browser): nothing is delivered, acknowledged or committed.
+async fn browse(
+    State(s): State<Arc<ApiState>>,
+    Path(topic): Path<String>,
+    axum::extract::Query(q): axum::extract::Query<Browse>,
+) -> Result<Json<Value>, ApiError> {
+    if q.limit == 0 || q.limit > 1000 {
+        return Err(bad("limit: 1 to 1000"));
+    }
+    blocking(move || {
+        let info = s.queue.topic_info(&topic)?;
+        let &(start, end) =
+            info.offsets.get(q.partition as usize).ok_or_else(|| bad(format!("topic {topic:?} has no partition {}", q.partition)))?;
+        let from = q.offset.unwrap_or(end.saturating_sub(q.limit as u64)).max(start);
+        let records = s.queue.read(&topic, q.partition, from, q.limit)?;
+        let next = records.last().map_or(from, |r| r.offset + 1);
+        let name: Arc<str> = topic.as_str().into();
+        let messages: Vec<Value> =
+            records.into_iter().map(|r| weir_queue::json::message(&weir_queue::Message::from_stored(name.clone(), r, 1))).collect();
+        Ok(Json(json!({"partition": q.partition, "start": start, "end": end, "next": next, "messages": messages})))
+    })
+    .await
 }
 
 /// Delete a topic, after closing the API's own consumers of it.
@@ -422,8 +482,9 @@ async fn create_topic(State(s): State<Arc<ApiState>>, request: Request) -> Resul
     // The queue validates the rest, as for every way of making a topic.
     let config =
         TopicConfig { partitions: t.partitions, fsync, max_age_ms: t.max_age_ms, max_bytes: t.max_bytes, ..TopicConfig::default() };
+    let queue = s.queue.clone();
     let info = blocking(move || Ok(s.queue.create_topic(&t.name, &config)?)).await?;
-    Ok((StatusCode::CREATED, Json(topic_json(&info))))
+    Ok((StatusCode::CREATED, Json(topic_json(&queue, &info))))
 }
 
 /// The body, refused past the size limit.

@@ -19,6 +19,8 @@ use serde::Serialize;
 use weir_engine::config::{DeadLetterTo, Generator, JetStreamSource, NatsConnection, NatsSource, Sink, Source, StreamSpec};
 use weir_engine::{LatencySummary, PipelineStats, Report, RunOptions};
 
+use crate::sampler::{Point, Sampler};
+
 #[derive(Args)]
 pub(crate) struct PipelineArgs {
     /// The pipeline to measure; its source is replaced by a generator.
@@ -104,18 +106,6 @@ enum BenchSource {
     Nats,
 }
 
-/// One stage at one moment of the run.
-#[derive(Debug, Clone, Serialize)]
-struct Point {
-    /// Seconds since the start.
-    t: f64,
-    stage: String,
-    /// Messages per second over the last interval.
-    msgs_per_s: f64,
-    /// p99 of time per message over the last interval, µs (0 if none).
-    p99_us: u64,
-}
-
 #[derive(Serialize)]
 struct BenchReport {
     messages: u64,
@@ -184,10 +174,8 @@ fn overheads(pipeline: &weir_engine::Pipeline, run: &Report, g: &Generator) -> a
 
 /// Sample every stage every `every` until `done`.
 fn sample(stats: &PipelineStats, every: Duration, done: &AtomicBool) -> Vec<Point> {
-    let started = Instant::now();
+    let mut sampler = Sampler::new(stats);
     let mut points = Vec::new();
-    let mut prev: Vec<(u64, hdrhistogram::Histogram<u64>)> =
-        stats.stages().iter().map(|s| (s.received(), s.per_message.snapshot())).collect();
     let mut last = Instant::now();
     loop {
         let stop = done.load(Ordering::Relaxed);
@@ -195,22 +183,8 @@ fn sample(stats: &PipelineStats, every: Duration, done: &AtomicBool) -> Vec<Poin
         if !stop && last.elapsed() < every {
             continue;
         }
-        let secs = last.elapsed().as_secs_f64();
         last = Instant::now();
-        for (s, (received, hist)) in stats.stages().iter().zip(&mut prev) {
-            let now = s.per_message.snapshot();
-            let mut window = now.clone();
-            window.subtract(&*hist).ok();
-            let n = s.received();
-            points.push(Point {
-                t: started.elapsed().as_secs_f64(),
-                stage: s.name.clone(),
-                msgs_per_s: (n - *received) as f64 / secs,
-                p99_us: if window.is_empty() { 0 } else { window.value_at_quantile(0.99) },
-            });
-            *received = n;
-            *hist = now;
-        }
+        points.extend(sampler.sample());
         if stop {
             return points;
         }
