@@ -8,6 +8,7 @@ mod hello;
 mod http;
 mod metrics;
 mod nats;
+mod operate;
 mod pipeline_test;
 mod pipelines;
 mod projects;

@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use anyhow::Context;
 use clap::Args;
 use weir_engine::{Engine, Pipeline, Report, RunOptions};
+use weir_queue::StartFrom;
 
 use crate::Reported;
 
@@ -26,10 +27,63 @@ pub(crate) struct RunArgs {
     /// (e.g. 127.0.0.1:9464).
     #[arg(long, value_name = "ADDR")]
     metrics_addr: Option<std::net::SocketAddr>,
+    /// Consume as this consumer group instead of the pipeline's (a queue or
+    /// JetStream source): a new group replays history with its own offsets
+    /// and stage state, leaving the pipeline's group untouched.
+    #[arg(long, value_name = "GROUP")]
+    group: Option<String>,
+    /// Where a group without committed offsets starts: `beginning`, `end`,
+    /// a time (RFC 3339, or a duration ago: `90s`, `30m`, `2h`, `1d`),
+    /// or an offset in every partition. A group with committed offsets
+    /// resumes from them.
+    #[arg(long, value_name = "WHERE")]
+    from: Option<String>,
     /// Also serve the queue's HTTP API (as `weir serve` does), so other
     /// processes can publish to and consume from this data directory.
     #[command(flatten)]
     listen: crate::api::ListenArgs,
+}
+
+/// `--from`: where a new group starts.
+pub(crate) fn parse_from(text: &str, now_ms: u64) -> anyhow::Result<StartFrom> {
+    let ago = |n: &str, unit_ms: u64| n.parse::<u64>().ok().map(|n| StartFrom::Time(now_ms.saturating_sub(n.saturating_mul(unit_ms))));
+    let parsed = match text {
+        "beginning" | "earliest" => Some(StartFrom::Earliest),
+        "end" | "latest" => Some(StartFrom::Latest),
+        t if !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit()) => t.parse().ok().map(StartFrom::Offset),
+        t => match t.char_indices().last() {
+            Some((i, 's')) => ago(&t[..i], 1_000),
+            Some((i, 'm')) => ago(&t[..i], 60_000),
+            Some((i, 'h')) => ago(&t[..i], 3_600_000),
+            Some((i, 'd')) => ago(&t[..i], 86_400_000),
+            _ => None,
+        }
+        .or_else(|| t.parse::<jiff::Timestamp>().ok().map(|ts| StartFrom::Time(ts.as_millisecond().max(0) as u64))),
+    };
+    parsed.with_context(|| {
+        format!("--from {text:?}: give `beginning`, `end`, a time (2026-12-01T22:00:00Z, or a duration ago: 90s, 30m, 2h, 1d) or an offset")
+    })
+}
+
+/// `--group` and `--from`: the source's consumer group and where a new one starts.
+fn replay(pipeline: &mut Pipeline, group: Option<&str>, from: Option<&str>) -> anyhow::Result<()> {
+    if group.is_none() && from.is_none() {
+        return Ok(());
+    }
+    let from = from.map(|f| parse_from(f, weir_queue::now_us() / 1000)).transpose()?;
+    let (name, start) = match &mut pipeline.source {
+        weir_engine::config::Source::Queue { group, start, .. } => (group, start),
+        weir_engine::config::Source::Nats(weir_engine::config::NatsSource::JetStream(js)) => (&mut js.consumer, &mut js.start),
+        _ => anyhow::bail!("--group and --from need a queue or JetStream source: the others have no offsets to start from"),
+    };
+    if let Some(g) = group {
+        weir_queue::validate_name("consumer group", g)?;
+        *name = g.to_owned();
+    }
+    if let Some(f) = from {
+        *start = f;
+    }
+    Ok(())
 }
 
 #[derive(Args)]
@@ -75,9 +129,15 @@ pub(crate) fn validate(args: ValidateArgs) -> anyhow::Result<()> {
 }
 
 pub(crate) fn run(args: RunArgs, data_dir_flag: Option<PathBuf>) -> anyhow::Result<()> {
-    let (engine, pipeline) = load(&args.pipeline)?;
+    let (engine, mut pipeline) = load(&args.pipeline)?;
+    replay(&mut pipeline, args.group.as_deref(), args.from.as_deref())?;
     let dir = crate::data_dir(data_dir_flag, pipeline.data_dir.as_ref());
     let queue = weir_queue::Queue::open(&dir).with_context(|| format!("opening data directory {}", dir.display()))?;
+    if let (weir_engine::config::Source::Queue { topic, group, .. }, Some(_)) = (&pipeline.source, &args.from)
+        && queue.groups(topic).is_ok_and(|gs| gs.iter().any(|(g, _)| g == group))
+    {
+        tracing::info!(%group, "the group has committed offsets: it resumes from them (--from is where a new group starts)");
+    }
     let stop = Arc::new(AtomicBool::new(false));
     install_signal_handlers(stop.clone());
     let stats = weir_engine::PipelineStats::for_pipeline(&pipeline);
@@ -176,5 +236,26 @@ pub(crate) fn print_summary(r: &Report) {
     }
     if let Some(b) = &r.bottleneck {
         eprintln!("* bottleneck: {b}; end to end at the sink p50 {} µs, p99 {} µs", r.sink.end_to_end.p50_us, r.sink.end_to_end.p99_us);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn from_takes_a_place_a_time_a_duration_ago_or_an_offset() {
+        let now = 1_800_000_000_000;
+        assert_eq!(parse_from("beginning", now).unwrap(), StartFrom::Earliest);
+        assert_eq!(parse_from("end", now).unwrap(), StartFrom::Latest);
+        assert_eq!(parse_from("42", now).unwrap(), StartFrom::Offset(42));
+        assert_eq!(parse_from("90s", now).unwrap(), StartFrom::Time(now - 90_000));
+        assert_eq!(parse_from("2h", now).unwrap(), StartFrom::Time(now - 7_200_000));
+        assert_eq!(parse_from("1d", now).unwrap(), StartFrom::Time(now - 86_400_000));
+        assert_eq!(parse_from("2026-12-01T22:00:00Z", now).unwrap(), StartFrom::Time(1_796_162_400_000));
+        for bad in ["", "yesterday", "5x", "m", "-3"] {
+            let e = parse_from(bad, now).unwrap_err().to_string();
+            assert!(e.contains("give `beginning`, `end`, a time"), "{bad}: {e}");
+        }
     }
 }

@@ -25,6 +25,11 @@ pub enum StartFrom {
     Earliest,
     /// Only records published after the consumer is created.
     Latest,
+    /// The first record of each partition appended at or after this time
+    /// (ms since the Unix epoch), found with the time index: a replay.
+    Time(u64),
+    /// This offset in every partition (clamped to what is retained).
+    Offset(u64),
 }
 
 /// Settings of a consumer.
@@ -164,11 +169,13 @@ impl Consumer {
                     (Some(c), _) if (p as usize) < c.len() => c[p as usize],
                     (_, StartFrom::Earliest) => topic.start_offset(p),
                     (_, StartFrom::Latest) => topic.visible_end(p),
+                    (_, StartFrom::Time(ms)) => topic.offset_for_time(p, ms)?,
+                    (_, StartFrom::Offset(o)) => o.min(topic.visible_end(p)),
                 };
                 let start = start.max(topic.start_offset(p));
-                PartState { frontier: start, committed: start, next: start, ..PartState::default() }
+                Ok(PartState { frontier: start, committed: start, next: start, ..PartState::default() })
             })
-            .collect();
+            .collect::<Result<_>>()?;
         Ok(Consumer { queue, topic, group: group.to_owned(), path, options, parts, leases: VecDeque::new(), cursor: 0, failed: None })
     }
 

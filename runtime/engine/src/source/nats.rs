@@ -112,6 +112,12 @@ impl JetStreamFeed {
                 deliver_policy: match src.start {
                     StartFrom::Earliest => DeliverPolicy::All,
                     StartFrom::Latest => DeliverPolicy::New,
+                    StartFrom::Time(ms) => DeliverPolicy::ByStartTime {
+                        start_time: async_nats::datetime::from_nanos(i128::from(ms) * 1_000_000)
+                            .map_err(|e| Error::nats(format!("a start time of {ms} ms"), e))?,
+                    },
+                    // Stream sequences count from 1, offsets from 0.
+                    StartFrom::Offset(o) => DeliverPolicy::ByStartSequence { start_sequence: o + 1 },
                 },
                 ..Default::default()
             };
