@@ -56,3 +56,83 @@ fn a_new_group_replays_from_a_time_into_exactly_the_later_outputs() {
     let err = weir.fails(&["run", offset.to_str().unwrap(), "--group", "x", "--from", "yesterday"], b"");
     assert!(err.contains("--from \"yesterday\": give `beginning`, `end`, a time"), "{err}");
 }
+
+/// Pipeline `fix`: topic `in` → `gate` (GATE) → `count` → the file counts.txt.
+fn gated_count(dir: &std::path::Path, file: &str, gate: &str) -> std::path::PathBuf {
+    pipeline_file(
+        dir,
+        file,
+        &format!(
+            "[pipeline]\nname = \"fix\"\n[source]\ntype = \"queue\"\ntopic = \"in\"\n\
+             [[stage]]\nname = \"gate\"\nmodule = \"{{component:{gate}}}\"\nmax_attempts = 1\n\
+             [[stage]]\nname = \"count\"\nmodule = \"{{component:count}}\"\n\
+             [[sink]]\ntype = \"file\"\npath = \"counts.txt\"\n"
+        ),
+    )
+}
+
+/// Every key's counts, in the order they came: `a=1`, `a=2`, ...
+fn counts(dir: &std::path::Path) -> std::collections::BTreeMap<String, Vec<u64>> {
+    let mut by_key: std::collections::BTreeMap<String, Vec<u64>> = Default::default();
+    for line in std::fs::read_to_string(dir.join("counts.txt")).unwrap_or_default().lines() {
+        let (k, n) = line.rsplit_once('=').unwrap();
+        by_key.entry(k.to_owned()).or_default().push(n.parse().unwrap());
+    }
+    by_key
+}
+
+#[test]
+fn dead_letters_redriven_after_a_fix_are_processed_once_and_a_second_redrive_adds_nothing() {
+    let weir = Weir::new();
+    let dir = tempfile::tempdir().unwrap();
+    let lines: Vec<&str> = (0..70).map(|i| ["a", "b", "a", "b", "a", "b", "reject"][i % 7]).collect();
+    weir.produce("in", &lines);
+    // The buggy gate rejects `reject`; the rest is counted.
+    let v1 = gated_count(dir.path(), "v1.toml", "hostile");
+    weir.ok(&["run", v1.to_str().unwrap(), "--drain"], b"");
+    let first = counts(dir.path());
+    assert_eq!((first["a"].len(), first["b"].len(), first.get("reject")), (30, 30, None));
+
+    let list = weir.ok(&["dlq", "list", "fix.dlq"], b"");
+    assert!(list.starts_with("fix.dlq: 10 dead letters, 0 redriven\n"), "{list}");
+    assert!(list.lines().any(|l| l.split_whitespace().take(3).collect::<Vec<_>>() == ["gate", "guest", "10"]), "{list}");
+    let show = weir.ok(&["dlq", "show", "fix.dlq", "0@0"], b"");
+    assert!(show.contains("stage gate, kind guest, attempts 1") && show.contains("reason: asked to reject"), "{show}");
+    assert!(show.contains("weir.source.offset: 6") && show.ends_with("payload (6 bytes):\nreject\n"), "{show}");
+    let hex = weir.ok(&["dlq", "show", "fix.dlq", "0@0", "--hex"], b"");
+    assert!(hex.contains("00000000  72 65 6a 65 63 74"), "{hex}");
+
+    // The fix: another gate. Redrive what `gate` dead-lettered, then run the fixed pipeline.
+    let v2 = gated_count(dir.path(), "v2.toml", "hello");
+    let dry = weir.ok(&["dlq", "redrive", "fix.dlq", "--stage", "gate", "--dry-run"], b"");
+    assert_eq!(dry.trim(), "would redrive 10 dead letters of fix.dlq: 10 to in");
+    let redrove = weir.ok(&["dlq", "redrive", "fix.dlq", "--stage", "gate"], b"");
+    assert_eq!(redrove.trim(), "redrove 10 dead letters of fix.dlq: 10 to in");
+    weir.ok(&["run", v2.to_str().unwrap(), "--drain"], b"");
+    let fixed = counts(dir.path());
+    for (key, n) in [("a", 30), ("b", 30), ("reject", 10)] {
+        assert_eq!(fixed[key], (1..=n).collect::<Vec<u64>>(), "{key}: each message counted once, in order");
+    }
+    let redriven = weir.consume_json("in");
+    assert_eq!(redriven.len(), 80);
+    assert_eq!(redriven[70]["headers"]["weir.redriven-from"], "fix.dlq/0@0");
+    assert_eq!(redriven[70]["headers"]["weir.redriven-reason"], "asked to reject");
+
+    // Again: nothing is sent, nothing more is counted.
+    let again = weir.ok(&["dlq", "redrive", "fix.dlq"], b"");
+    assert_eq!(again.trim(), "redrove 0 dead letters of fix.dlq; 10 redriven before, not sent again");
+    weir.ok(&["run", v2.to_str().unwrap(), "--drain"], b"");
+    assert_eq!(counts(dir.path()), fixed);
+    assert_eq!(weir.topic_len("in"), 80);
+    assert!(weir.ok(&["dlq", "list", "fix.dlq"], b"").starts_with("fix.dlq: 10 dead letters, 10 redriven\n"));
+
+    // The same through the HTTP API of the process that owns the directory.
+    let (serve, _) = crate::http::start(&weir, &["serve", "--listen", "127.0.0.1:0"]);
+    assert!(weir.ok(&["dlq", "list", "fix.dlq", "--kind", "guest"], b"").starts_with("fix.dlq: 10 dead letters, 10 redriven\n"));
+    assert!(weir.ok(&["dlq", "show", "fix.dlq", "0@3"], b"").contains("reason: asked to reject"));
+    let over_http = weir.ok(&["dlq", "redrive", "fix.dlq", "--ids", "0@1,0@2"], b"");
+    assert_eq!(over_http.trim(), "redrove 0 dead letters of fix.dlq; 2 redriven before, not sent again");
+    let err = weir.fails(&["dlq", "redrive", "fix.dlq", "--ids", "3"], b"");
+    assert!(err.contains("write a dead letter as PARTITION@OFFSET"), "{err}");
+    crate::http::stop(serve);
+}

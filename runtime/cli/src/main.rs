@@ -5,6 +5,7 @@ mod bench;
 mod build;
 mod console;
 mod consume;
+mod dlq;
 mod live;
 mod metrics;
 mod new;
@@ -55,6 +56,9 @@ enum Command {
     /// Serve the data directory's queue over HTTP for other processes and
     /// languages (see docs/openapi.json).
     Serve(api::ListenArgs),
+    /// Dead letters: list them, show one, redrive them once their cause is fixed.
+    #[command(subcommand)]
+    Dlq(dlq::DlqCommand),
     /// Make tokens for `weir serve --auth` / `weir run --auth`.
     #[command(subcommand)]
     Token(api::auth::TokenCommand),
@@ -107,6 +111,7 @@ fn main() -> ExitCode {
         Command::Produce(args) => produce::produce(args, data_dir(cli.data_dir, None)),
         Command::Consume(args) => consume::consume(args, data_dir(cli.data_dir, None)),
         Command::Serve(args) => api::serve(args, data_dir(cli.data_dir, None)),
+        Command::Dlq(cmd) => dlq::dlq(cmd, data_dir(cli.data_dir, None)),
         Command::Token(cmd) => api::auth::token_command(cmd),
         Command::Topics(cmd) => topics::topics(cmd, data_dir(cli.data_dir, None)),
         Command::Bench(cmd) => bench::bench(cmd),

@@ -39,6 +39,7 @@ mod partition;
 #[cfg(feature = "fault-injection")]
 mod power;
 mod record;
+mod redrive;
 mod segment;
 mod state;
 mod topic;
@@ -59,6 +60,7 @@ pub(crate) use files::{create_dir_durable, sync_dir, write_atomic};
 pub use log::Truncation;
 pub use message::Message;
 pub use record::{MAX_RECORD_BYTES, MSG_ID_HEADER, Record, StoredRecord, check_parts};
+pub use redrive::{DeadLetter, REDRIVEN_FROM, REDRIVEN_REASON, Redrive, Selection};
 pub use state::{
     DEFAULT_CACHE_BYTES as DEFAULT_STATE_CACHE_BYTES, StageMap, StateReader, StateStore, StateWrite, Totals, encode_legacy_transaction,
 };
@@ -230,6 +232,8 @@ struct Inner {
     published: Mutex<u64>,
     wakeup: Condvar,
     on_publish: RwLock<Vec<PublishHook>>,
+    /// Held while a redrive reads and replaces its marks.
+    redriving: Mutex<()>,
 }
 
 type PublishHook = Arc<dyn Fn() + Send + Sync>;
@@ -306,6 +310,7 @@ impl Queue {
                 published: Mutex::new(0),
                 wakeup: Condvar::new(),
                 on_publish: RwLock::default(),
+                redriving: Mutex::default(),
             }),
         };
         if !read_only {

@@ -256,3 +256,41 @@ fn groups_lists_each_group_with_its_committed_offsets_and_topic_bytes_counts_the
     assert!(q.topic_bytes("t").unwrap() >= before + 4096);
     assert!(q.groups("nope").is_err() && q.topic_bytes("nope").is_err());
 }
+
+#[test]
+fn redrive_sends_each_selected_dead_letter_back_once_with_provenance() {
+    let (dir, q) = setup(4);
+    let mut c = q.consumer("t", "g", ConsumerOptions::default()).unwrap();
+    let got = fetch_all(&mut c, Duration::ZERO);
+    for d in &got[..3] {
+        c.reject(d.id(), "bad input").unwrap();
+    }
+    c.ack(got[3].id());
+    c.commit().unwrap();
+    drop(c);
+    let dlq = "t.dlq";
+    let all = weir_queue::Selection::default();
+    assert_eq!(q.dead_letters(dlq, &all).unwrap().len(), 3);
+
+    // A dry run sends nothing; a selection by id sends that one.
+    let dry = q.redrive(dlq, &all, None, true).unwrap();
+    assert_eq!((dry.sent.len(), q.topic_info("t").unwrap().len()), (3, 4));
+    let one = weir_queue::Selection { ids: vec![(0, 1)], ..Default::default() };
+    let sent = q.redrive(dlq, &one, None, false).unwrap();
+    assert_eq!(sent.sent, [(0, 1, "t".to_owned(), 0, 4)]);
+    let back = q.read("t", 0, 4, 10).unwrap();
+    assert_eq!(back[0].payload, b"m1");
+    assert_eq!(header(&back[0], weir_queue::REDRIVEN_FROM), "t.dlq/0@1");
+    assert_eq!(header(&back[0], weir_queue::REDRIVEN_REASON), "bad input");
+    assert!(back[0].headers.iter().all(|(k, _)| k != dlq_headers::REASON), "dead-letter headers are taken off");
+
+    // The rest, then again: the marked ones are not sent twice, even after reopening.
+    assert_eq!(q.redrive(dlq, &all, None, false).unwrap().sent.len(), 2);
+    drop(q);
+    let q = Queue::open(dir.path()).unwrap();
+    let again = q.redrive(dlq, &all, None, false).unwrap();
+    assert_eq!((again.sent.len(), again.already), (0, 3));
+    assert_eq!(q.topic_info("t").unwrap().len(), 7);
+    assert!(q.dead_letters(dlq, &all).unwrap().iter().all(|d| d.redriven));
+    assert!(q.redrive(dlq, &weir_queue::Selection::default(), Some("missing"), false).is_ok(), "nothing left to send anywhere");
+}

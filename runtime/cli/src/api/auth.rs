@@ -67,7 +67,7 @@ pub(crate) fn required(method: &str, path: &str) -> Result<Need, String> {
         [] | ["console", ..] | ["health"] if read => Need::Nothing,
         ["metrics"] | ["v1", "pipeline", ..] if read => Need::Read,
         ["v1", "topics"] | ["v1", "topics", _] if read => Need::Read,
-        ["v1", "topics", t, "messages"] if read => Need::Browse(name(t)),
+        ["v1", "topics", t, "messages"] | ["v1", "topics", t, "dead-letters"] if read => Need::Browse(name(t)),
         ["v1", "topics", t, "messages"] if method == "POST" => Need::Produce(name(t)),
         ["v1", "topics", t, "groups", g, _] => Need::Consume(name(t), name(g)),
         // Creating and deleting topics, and whatever else: admin.
@@ -295,6 +295,8 @@ mod tests {
             ("DELETE", "/v1/topics/orders", Need::Admin),
             ("POST", "/v1/topics/orders/messages", Need::Produce("orders".into())),
             ("GET", "/v1/topics/orders.dlq/messages", Need::Browse("orders.dlq".into())),
+            ("GET", "/v1/topics/orders.dlq/dead-letters", Need::Browse("orders.dlq".into())),
+            ("POST", "/v1/topics/orders.dlq/dead-letters/redrive", Need::Admin),
             ("GET", "/v1/topics/orders/groups/billing/messages", Need::Consume("orders".into(), "billing".into())),
             ("POST", "/v1/topics/orders/groups/billing/ack", Need::Consume("orders".into(), "billing".into())),
             ("POST", "/health", Need::Admin),

@@ -295,6 +295,8 @@ fn router(state: Arc<ApiState>) -> Router {
         .route("/v1/topics", get(list_topics).post(create_topic))
         .route("/v1/topics/{topic}", get(describe_topic).delete(delete_topic))
         .route("/v1/topics/{topic}/messages", post(publish).get(browse))
+        .route("/v1/topics/{topic}/dead-letters", get(list_dead_letters))
+        .route("/v1/topics/{topic}/dead-letters/redrive", post(redrive))
         .route("/v1/topics/{topic}/groups/{group}/messages", get(fetch))
         .route("/v1/topics/{topic}/groups/{group}/ack", settling(Disposition::Ack))
         .route("/v1/topics/{topic}/groups/{group}/nak", settling(Disposition::Nak))
@@ -485,6 +487,43 @@ async fn create_topic(State(s): State<Arc<ApiState>>, request: Request) -> Resul
     let queue = s.queue.clone();
     let info = blocking(move || Ok(s.queue.create_topic(&t.name, &config)?)).await?;
     Ok((StatusCode::CREATED, Json(topic_json(&queue, &info))))
+}
+
+/// The dead letters of a topic that the query selects (`weir dlq list`).
+async fn list_dead_letters(
+    State(s): State<Arc<ApiState>>,
+    Path(topic): Path<String>,
+    axum::extract::Query(q): axum::extract::Query<HashMap<String, String>>,
+) -> Result<Json<Value>, ApiError> {
+    let selection = crate::dlq::selection_from_query(&q).map_err(bad)?;
+    blocking(move || {
+        let letters = s.queue.dead_letters(&topic, &selection)?;
+        Ok(Json(json!({ "dead_letters": letters.iter().map(crate::dlq::dead_letter_json).collect::<Vec<_>>() })))
+    })
+    .await
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RedriveBody {
+    stage: Option<String>,
+    kind: Option<String>,
+    since_ms: Option<u64>,
+    until_ms: Option<u64>,
+    #[serde(default)]
+    ids: Vec<(u32, u64)>,
+    to: Option<String>,
+    #[serde(default)]
+    dry_run: bool,
+}
+
+/// Send dead letters again, once each (`weir dlq redrive`).
+async fn redrive(State(s): State<Arc<ApiState>>, Path(topic): Path<String>, request: Request) -> Result<Json<Value>, ApiError> {
+    let body = read_body(&s, request).await?;
+    let b: RedriveBody = serde_json::from_slice(&body).map_err(|e| bad(format!("body: {e}")))?;
+    let selection = weir_queue::Selection { stage: b.stage, kind: b.kind, since_ms: b.since_ms, until_ms: b.until_ms, ids: b.ids };
+    let report = blocking(move || Ok(s.queue.redrive(&topic, &selection, b.to.as_deref(), b.dry_run)?)).await?;
+    Ok(Json(serde_json::to_value(report).map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?))
 }
 
 /// The body, refused past the size limit.

@@ -1,0 +1,333 @@
+//! `weir dlq list|show|redrive`: dead letters read back, and sent again
+//! once their cause is fixed. Directly on the data directory, or through
+//! the HTTP API of the weir process that owns it (as `weir produce` does).
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use anyhow::{Context, bail};
+use clap::{Args, Subcommand};
+use serde_json::{Value, json};
+use weir_queue::{DeadLetter, Queue, Selection};
+
+#[derive(Subcommand)]
+pub(crate) enum DlqCommand {
+    /// Dead letters of a topic: counts by stage and error kind, then the newest.
+    List {
+        /// The dead-letter topic (a pipeline's is `PIPELINE.dlq` unless it says otherwise).
+        topic: String,
+        #[command(flatten)]
+        select: Select,
+        /// Show at most this many, newest first.
+        #[arg(long, default_value_t = 20, value_name = "N")]
+        limit: usize,
+    },
+    /// One dead letter: why, from where, its headers and its payload.
+    Show {
+        /// The dead-letter topic.
+        topic: String,
+        /// Which: PARTITION@OFFSET, as `weir dlq list` shows it.
+        id: String,
+        /// The payload as a hex dump.
+        #[arg(long)]
+        hex: bool,
+    },
+    /// Send dead letters again, once each: to the topic each came from, or
+    /// to --to; with their key, payload and headers, the dead-letter
+    /// headers replaced by weir.redriven-from and weir.redriven-reason.
+    /// Marks them: a second redrive sends none of them again.
+    Redrive {
+        /// The dead-letter topic.
+        topic: String,
+        #[command(flatten)]
+        select: Select,
+        /// Send them to this topic instead of the ones they came from.
+        #[arg(long, value_name = "TOPIC")]
+        to: Option<String>,
+        /// Say what would be sent, send nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+}
+
+/// Which dead letters.
+#[derive(Args, Clone, Default)]
+pub(crate) struct Select {
+    /// Those that failed at this stage (`source`, `routing` and the sink
+    /// name their own).
+    #[arg(long)]
+    stage: Option<String>,
+    /// Those with this error kind (guest, trap, timeout, memory, fuel, output, ...).
+    #[arg(long)]
+    kind: Option<String>,
+    /// Those dead-lettered at or after this time (RFC 3339, or a duration ago: 30m, 2h, 1d).
+    #[arg(long, value_name = "TIME")]
+    since: Option<String>,
+    /// Those dead-lettered before this time.
+    #[arg(long, value_name = "TIME")]
+    until: Option<String>,
+    /// Only these: PARTITION@OFFSET, comma-separated.
+    #[arg(long, value_name = "P@O,...", value_delimiter = ',')]
+    ids: Vec<String>,
+}
+
+/// `P@O`.
+fn parse_id(text: &str) -> anyhow::Result<(u32, u64)> {
+    let (p, o) = text.split_once('@').with_context(|| format!("{text:?}: write a dead letter as PARTITION@OFFSET, like 0@17"))?;
+    Ok((p.trim().parse().with_context(|| format!("{text:?}: partition"))?, o.trim().parse().with_context(|| format!("{text:?}: offset"))?))
+}
+
+/// A time for --since/--until, as --from takes it, in ms.
+fn parse_time(flag: &str, text: &str) -> anyhow::Result<u64> {
+    match crate::run::parse_from(text, weir_queue::now_us() / 1000) {
+        Ok(weir_queue::StartFrom::Time(ms)) => Ok(ms),
+        _ => bail!("--{flag} {text:?}: give a time (2026-12-01T22:00:00Z) or a duration ago (30m, 2h, 1d)"),
+    }
+}
+
+impl Select {
+    fn selection(&self) -> anyhow::Result<Selection> {
+        Ok(Selection {
+            stage: self.stage.clone(),
+            kind: self.kind.clone(),
+            since_ms: self.since.as_deref().map(|t| parse_time("since", t)).transpose()?,
+            until_ms: self.until.as_deref().map(|t| parse_time("until", t)).transpose()?,
+            ids: self.ids.iter().map(|i| parse_id(i)).collect::<anyhow::Result<_>>()?,
+        })
+    }
+}
+
+/// A selection as the body of a redrive over HTTP.
+pub(crate) fn selection_json(s: &Selection) -> Value {
+    json!({ "stage": s.stage, "kind": s.kind, "since_ms": s.since_ms, "until_ms": s.until_ms, "ids": s.ids })
+}
+
+/// A selection as the query of `GET /v1/topics/T/dead-letters`.
+fn selection_query(s: &Selection) -> String {
+    let mut q = Vec::new();
+    // Stage names and kinds are names (letters, digits, `-`, `_`, `.`);
+    // anything else would not match and is left out rather than encoded.
+    let name = |v: &str| v.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.[]".contains(&b));
+    if let Some(v) = s.stage.as_deref().filter(|v| name(v)) {
+        q.push(format!("stage={v}"));
+    }
+    if let Some(v) = s.kind.as_deref().filter(|v| name(v)) {
+        q.push(format!("kind={v}"));
+    }
+    if let Some(v) = s.since_ms {
+        q.push(format!("since_ms={v}"));
+    }
+    if let Some(v) = s.until_ms {
+        q.push(format!("until_ms={v}"));
+    }
+    if !s.ids.is_empty() {
+        q.push(format!("ids={}", s.ids.iter().map(|(p, o)| format!("{p}@{o}")).collect::<Vec<_>>().join(",")));
+    }
+    if q.is_empty() { String::new() } else { format!("?{}", q.join("&")) }
+}
+
+/// The query of `GET /v1/topics/T/dead-letters`, as a selection.
+pub(crate) fn selection_from_query(q: &std::collections::HashMap<String, String>) -> Result<Selection, String> {
+    let num = |k: &str| q.get(k).map(|v| v.parse::<u64>().map_err(|_| format!("{k}: not a number: {v:?}"))).transpose();
+    Ok(Selection {
+        stage: q.get("stage").cloned(),
+        kind: q.get("kind").cloned(),
+        since_ms: num("since_ms")?,
+        until_ms: num("until_ms")?,
+        ids: match q.get("ids") {
+            Some(ids) => {
+                ids.split(',').filter(|s| !s.is_empty()).map(|i| parse_id(i).map_err(|e| e.to_string())).collect::<Result<_, _>>()?
+            }
+            None => Vec::new(),
+        },
+    })
+}
+
+/// A dead letter as JSON: what its headers say, and the message itself.
+pub(crate) fn dead_letter_json(d: &DeadLetter) -> Value {
+    let msg = weir_queue::Message::from_stored(d.topic.as_str().into(), d.record.clone(), 1);
+    json!({
+        "partition": d.partition,
+        "offset": d.offset,
+        "time_ms": d.record.append_timestamp_ms,
+        "stage": d.stage,
+        "kind": d.kind,
+        "reason": d.reason,
+        "attempts": d.attempts,
+        "source": d.source.as_ref().map(|(t, p, o)| json!({"topic": t, "partition": p, "offset": o})),
+        "redriven": d.redriven,
+        "message": weir_queue::json::message(&msg),
+    })
+}
+
+pub(crate) fn dlq(cmd: DlqCommand, dir: PathBuf) -> anyhow::Result<()> {
+    let api = crate::api::running(&dir);
+    match cmd {
+        DlqCommand::List { topic, select, limit } => {
+            let letters = read(&dir, api.as_ref(), &topic, &select.selection()?)?;
+            print_list(&topic, &letters, limit)
+        }
+        DlqCommand::Show { topic, id, hex } => {
+            let (p, o) = parse_id(&id)?;
+            let letters = read(&dir, api.as_ref(), &topic, &Selection { ids: vec![(p, o)], ..Selection::default() })?;
+            let d = letters.first().with_context(|| format!("{topic} has no dead letter {p}@{o}"))?;
+            print_one(&topic, d, hex)
+        }
+        DlqCommand::Redrive { topic, select, to, dry_run } => {
+            let selection = select.selection()?;
+            let report = match &api {
+                Some(api) => {
+                    let mut body = selection_json(&selection);
+                    body["to"] = json!(to);
+                    body["dry_run"] = json!(dry_run);
+                    api.call(
+                        "POST",
+                        &format!("/v1/topics/{topic}/dead-letters/redrive"),
+                        "application/json",
+                        body.to_string().into_bytes(),
+                    )?
+                }
+                None => {
+                    let queue = Queue::open(&dir).with_context(|| format!("opening data directory {}", dir.display()))?;
+                    serde_json::to_value(queue.redrive(&topic, &selection, to.as_deref(), dry_run)?)?
+                }
+            };
+            print_redrive(&topic, &report, dry_run);
+            Ok(())
+        }
+    }
+}
+
+/// The dead letters `selection` picks, as JSON: through the API of the
+/// process that owns `dir`, else read from `dir` (read-only: it works
+/// beside a running pipeline that serves no API).
+fn read(dir: &std::path::Path, api: Option<&crate::api::Client>, topic: &str, selection: &Selection) -> anyhow::Result<Vec<Value>> {
+    if let Some(api) = api {
+        let v =
+            api.call("GET", &format!("/v1/topics/{topic}/dead-letters{}", selection_query(selection)), "application/json", Vec::new())?;
+        return Ok(v["dead_letters"].as_array().cloned().unwrap_or_default());
+    }
+    let queue = Queue::open_read_only(dir).with_context(|| format!("opening data directory {}", dir.display()))?;
+    Ok(queue.dead_letters(topic, selection)?.iter().map(dead_letter_json).collect())
+}
+
+fn time(ms: &Value) -> String {
+    ms.as_i64().and_then(|ms| jiff::Timestamp::from_millisecond(ms).ok()).map_or_else(|| "?".into(), |t| t.to_string())
+}
+
+fn text(v: &Value) -> String {
+    v.as_str().map(str::to_owned).unwrap_or_default()
+}
+
+fn print_list(topic: &str, letters: &[Value], limit: usize) -> anyhow::Result<()> {
+    let out = &mut std::io::stdout().lock();
+    let redriven = letters.iter().filter(|d| d["redriven"] == true).count();
+    writeln!(out, "{topic}: {} dead letter{}, {redriven} redriven", letters.len(), if letters.len() == 1 { "" } else { "s" })?;
+    if letters.is_empty() {
+        return Ok(());
+    }
+    // (stage, kind) → (count, first, last)
+    let mut groups: std::collections::BTreeMap<(String, String), (usize, i64, i64)> = Default::default();
+    for d in letters {
+        let t = d["time_ms"].as_i64().unwrap_or(0);
+        let e = groups.entry((text(&d["stage"]), text(&d["kind"]))).or_insert((0, t, t));
+        *e = (e.0 + 1, e.1.min(t), e.2.max(t));
+    }
+    writeln!(out, "{:<16} {:<10} {:>7}  {:<26} last", "stage", "kind", "count", "first")?;
+    for ((stage, kind), (n, first, last)) in &groups {
+        writeln!(out, "{stage:<16} {kind:<10} {n:>7}  {:<26} {}", time(&json!(first)), time(&json!(last)))?;
+    }
+    let mut newest: Vec<&Value> = letters.iter().collect();
+    newest.sort_by_key(|d| std::cmp::Reverse((d["time_ms"].as_i64(), d["partition"].as_u64(), d["offset"].as_u64())));
+    writeln!(out, "\nnewest {} (weir dlq show {topic} P@O for one):", limit.min(newest.len()))?;
+    for d in newest.into_iter().take(limit) {
+        let from = match &d["source"] {
+            Value::Null => String::new(),
+            s => format!(" from {} {}@{}", text(&s["topic"]), s["partition"], s["offset"]),
+        };
+        let reason: String = text(&d["reason"]).chars().take(100).collect();
+        writeln!(
+            out,
+            "{}@{}  {}  {}: {}{}  {reason}{}",
+            d["partition"],
+            d["offset"],
+            time(&d["time_ms"]),
+            text(&d["stage"]),
+            text(&d["kind"]),
+            from,
+            if d["redriven"] == true { "  (redriven)" } else { "" }
+        )?;
+    }
+    Ok(())
+}
+
+fn print_one(topic: &str, d: &Value, hex: bool) -> anyhow::Result<()> {
+    let out = &mut std::io::stdout().lock();
+    let m = &d["message"];
+    writeln!(
+        out,
+        "{topic} {}@{}, dead-lettered {}{}",
+        d["partition"],
+        d["offset"],
+        time(&d["time_ms"]),
+        if d["redriven"] == true { ", redriven" } else { "" }
+    )?;
+    writeln!(out, "stage {}, kind {}, attempts {}", text(&d["stage"]), text(&d["kind"]), d["attempts"])?;
+    writeln!(out, "reason: {}", text(&d["reason"]))?;
+    if !m["key"].is_null() {
+        writeln!(out, "key: {}", printable(&m["key"]))?;
+    }
+    writeln!(out, "headers:")?;
+    for (k, v) in m["headers"].as_object().into_iter().flatten() {
+        writeln!(out, "  {k}: {}", printable(v))?;
+    }
+    let payload = bytes(&m["payload"]);
+    writeln!(out, "payload ({} bytes):", payload.len())?;
+    if hex {
+        for (i, row) in payload.chunks(16).enumerate() {
+            let hexes: Vec<String> = row.iter().map(|b| format!("{b:02x}")).collect();
+            let ascii: String = row.iter().map(|&b| if (32..127).contains(&b) { b as char } else { '.' }).collect();
+            writeln!(out, "{:08x}  {:<47}  {ascii}", i * 16, hexes.join(" "))?;
+        }
+    } else {
+        writeln!(out, "{}", String::from_utf8_lossy(&payload))?;
+    }
+    Ok(())
+}
+
+/// Bytes as JSON (a string, or an array of bytes).
+fn bytes(v: &Value) -> Vec<u8> {
+    match v {
+        Value::String(s) => s.as_bytes().to_vec(),
+        Value::Array(a) => a.iter().filter_map(|b| b.as_u64().map(|b| b as u8)).collect(),
+        _ => Vec::new(),
+    }
+}
+
+fn printable(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        other => format!("bytes {other}"),
+    }
+}
+
+fn print_redrive(topic: &str, report: &Value, dry_run: bool) {
+    let sent = report["sent"].as_array().cloned().unwrap_or_default();
+    let mut to: std::collections::BTreeMap<String, usize> = Default::default();
+    for s in &sent {
+        *to.entry(text(&s[2])).or_default() += 1;
+    }
+    let targets: Vec<String> = to.iter().map(|(t, n)| format!("{n} to {t}")).collect();
+    let verb = if dry_run { "would redrive" } else { "redrove" };
+    let mut line = format!("{verb} {} dead letter{} of {topic}", sent.len(), if sent.len() == 1 { "" } else { "s" });
+    if !targets.is_empty() {
+        line += &format!(": {}", targets.join(", "));
+    }
+    if let Some(n) = report["already"].as_u64().filter(|n| *n > 0) {
+        line += &format!("; {n} redriven before, not sent again");
+    }
+    if let Some(n) = report["payload_dropped"].as_u64().filter(|n| *n > 0) {
+        line += &format!("; {n} stored without their payload (too large), not sent");
+    }
+    println!("{line}");
+}
