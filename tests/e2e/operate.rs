@@ -136,3 +136,110 @@ fn dead_letters_redriven_after_a_fix_are_processed_once_and_a_second_redrive_add
     assert!(err.contains("write a dead letter as PARTITION@OFFSET"), "{err}");
     crate::http::stop(serve);
 }
+
+/// Upgrade a stage several times under load — through `--watch` and over
+/// HTTP, once to a file that is not a component (refused: the running
+/// version runs on) — kill -9 in between, and check that every message was
+/// counted exactly once and every output names the version that made it.
+#[test]
+fn a_stage_upgraded_under_load_counts_every_message_once_and_outputs_name_their_version() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    const KEYS: usize = 10;
+    let weir = Weir::new();
+    let dir = tempfile::tempdir().unwrap();
+    let stage = dir.path().join("stage.wasm");
+    // Versions are put in place as a build would finish: written beside, then renamed.
+    let put = |from: &std::path::Path| {
+        let tmp = dir.path().join("stage.wasm.tmp");
+        std::fs::copy(from, &tmp).unwrap();
+        std::fs::rename(&tmp, &stage).unwrap();
+    };
+    let (rust, python, js) = (crate::component("count"), crate::component("count-py"), crate::component("count-js"));
+    put(&rust);
+    let p = pipeline_file(
+        dir.path(),
+        "p.toml",
+        "[pipeline]\nname = \"up\"\n[source]\ntype = \"queue\"\ntopic = \"words\"\n\
+         [[stage]]\nname = \"count\"\nmodule = \"stage.wasm\"\ntag_outputs = true\n\
+         [[sink]]\ntype = \"queue\"\ntopic = \"counts\"\n",
+    );
+    weir.ok(&["topics", "create", "words"], b"");
+    let (run, base) = crate::http::start(&weir, &["run", p.to_str().unwrap(), "--watch", "--listen", "127.0.0.1:0"]);
+    let api = crate::http::Api::new(base.clone(), None);
+    let report = || api.get("/v1/pipeline").1["report"]["stages"][0].clone();
+    let wait_for_upgrades = |n: u64| {
+        let started = std::time::Instant::now();
+        while report()["upgrades"].as_u64() != Some(n) || report()["module"].as_str().is_none_or(str::is_empty) {
+            assert!(started.elapsed() < Duration::from_secs(120), "upgrade {n} did not happen: {}", report());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        report()["module"].as_str().unwrap().to_owned()
+    };
+    let first = wait_for_upgrades(0); // the version it started with, once started
+
+    // Load: batches of 100 words (10 of each key) every 50 ms until told to stop.
+    let stop = std::sync::Arc::new(AtomicBool::new(false));
+    let publisher = {
+        let (base, stop) = (base.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let api = crate::http::Api::new(base, None);
+            let mut sent = 0;
+            while !stop.load(Ordering::SeqCst) {
+                let body: String = (0..100).map(|i| format!("{{\"payload\":\"k{}\"}}\n", i % KEYS)).collect();
+                let (status, v) = api.send("POST", "/v1/topics/words/messages", "application/x-ndjson", body.as_bytes(), &[]);
+                assert_eq!(status, 200, "{v}");
+                sent += 100;
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            sent
+        })
+    };
+    std::thread::sleep(Duration::from_millis(500));
+    put(&python);
+    let py = wait_for_upgrades(1);
+    std::fs::write(dir.path().join("stage.wasm.tmp"), b"\0asm\x0d\0\x01\0 not a component").unwrap();
+    std::fs::rename(dir.path().join("stage.wasm.tmp"), &stage).unwrap();
+    std::thread::sleep(Duration::from_millis(2000));
+    assert_eq!(
+        (report()["upgrades"].as_u64(), report()["module"].as_str()),
+        (Some(1), Some(py.as_str())),
+        "the broken version was refused"
+    );
+    let (status, v) = api.post("/v1/pipeline/stages/count/upgrade", &serde_json::json!({"module": js}));
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["previous"], py);
+    let js_digest = wait_for_upgrades(2);
+    let (status, v) = api.post("/v1/pipeline/stages/count/upgrade", &serde_json::json!({"module": stage}));
+    assert_eq!(status, 422, "not a component: {v}");
+    assert!(v["error"].as_str().unwrap().contains("stage `count`"), "{v}");
+    put(&rust);
+    assert_eq!(wait_for_upgrades(3), first);
+    stop.store(true, Ordering::SeqCst);
+    let sent = publisher.join().unwrap();
+    let mut run = run;
+    run.kill().unwrap(); // SIGKILL, with messages in flight
+    run.wait().unwrap();
+
+    // After the crash: the rest, drained by the Rust version.
+    let rest: Vec<String> = (0..1000).map(|i| format!("k{}", i % KEYS)).collect();
+    weir.produce("words", &rest.iter().map(String::as_str).collect::<Vec<_>>());
+    weir.ok(&["run", p.to_str().unwrap(), "--drain"], b"");
+
+    let outputs = weir.consume_json("counts");
+    let versions: std::collections::BTreeSet<String> =
+        outputs.iter().map(|o| o["headers"]["weir.module"].as_str().expect("every output names its version").to_owned()).collect();
+    assert_eq!(versions, [first.clone(), py, js_digest].into_iter().collect(), "outputs of each version that ran, and only those");
+    let mut seen: std::collections::BTreeMap<String, std::collections::BTreeSet<usize>> = Default::default();
+    for o in &outputs {
+        let (k, c) = o["payload"].as_str().unwrap().split_once('=').unwrap();
+        seen.entry(k.to_owned()).or_default().insert(c.parse().unwrap());
+    }
+    let per_key = (sent + 1000) / KEYS;
+    assert_eq!(seen.len(), KEYS);
+    for (k, counts) in seen {
+        let missing: Vec<usize> = (1..=per_key).filter(|c| !counts.contains(c)).take(10).collect();
+        let extra: Vec<&usize> = counts.iter().filter(|&&c| c > per_key).take(10).collect();
+        assert!(missing.is_empty() && extra.is_empty(), "{k}: lost counts {missing:?}, counted twice: {extra:?}");
+    }
+}

@@ -14,6 +14,7 @@ mod produce;
 mod run;
 mod sampler;
 mod topics;
+mod watch;
 
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;

@@ -124,6 +124,7 @@ impl Collector for StatsCollector {
             "Instances replaced after a trap, timeout or limit.",
             &per(&|s| s.instances_replaced),
         )?;
+        counter(&mut e, "weir_stage_upgrades", "Versions of the stage's component swapped in while it ran.", &per(&|s| s.upgrades))?;
         counter(
             &mut e,
             "weir_stage_instances_recycled",

@@ -263,7 +263,7 @@ pub(crate) fn test(args: TestArgs) -> anyhow::Result<()> {
     let stop = Arc::new(AtomicBool::new(false));
     crate::run::install_signal_handlers(stop.clone());
     let (done, timed_out) = deadline(stop.clone(), Duration::from_secs(args.timeout));
-    let options = RunOptions { drain: true, stop: stop.clone(), stats: None };
+    let options = RunOptions { drain: true, stop: stop.clone(), stats: None, upgrades: None };
     let stats = engine.run(&pipeline, &queue, &options).with_context(|| format!("pipeline `{}`", pipeline.name))?;
     drop(done);
     let report = stats.report(&pipeline.name);

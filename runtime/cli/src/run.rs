@@ -38,6 +38,12 @@ pub(crate) struct RunArgs {
     /// resumes from them.
     #[arg(long, value_name = "WHERE")]
     from: Option<String>,
+    /// Upgrade stages live: when a stage's component file changes (or the
+    /// pipeline file names another), the new version is checked, started
+    /// and swapped in between two batches; a version that fails to load or
+    /// start is refused and the running one runs on.
+    #[arg(long)]
+    watch: bool,
     /// Also serve the queue's HTTP API (as `weir serve` does), so other
     /// processes can publish to and consume from this data directory.
     #[command(flatten)]
@@ -141,7 +147,11 @@ pub(crate) fn run(args: RunArgs, data_dir_flag: Option<PathBuf>) -> anyhow::Resu
     let stop = Arc::new(AtomicBool::new(false));
     install_signal_handlers(stop.clone());
     let stats = weir_engine::PipelineStats::for_pipeline(&pipeline);
-    let options = RunOptions { drain: args.drain, stop, stats: Some(stats.clone()) };
+    let upgrades = weir_engine::Upgrades::for_pipeline(&pipeline);
+    if args.watch {
+        crate::watch::start(args.pipeline.clone(), &pipeline, upgrades.clone(), stop.clone());
+    }
+    let options = RunOptions { drain: args.drain, stop, stats: Some(stats.clone()), upgrades: Some(upgrades.clone()) };
     let total = match &pipeline.source {
         weir_engine::config::Source::Generator(g) => g.count,
         _ => None,
@@ -153,7 +163,7 @@ pub(crate) fn run(args: RunArgs, data_dir_flag: Option<PathBuf>) -> anyhow::Resu
     let _api = match args.listen.listen {
         Some(_) => {
             let metrics = crate::metrics::router(Some(queue.clone()), Some((&pipeline.name, stats.clone())))
-                .merge(crate::console::pipeline_routes(&pipeline, stats.clone()));
+                .merge(crate::console::pipeline_routes(&pipeline, stats.clone(), upgrades.clone()));
             let protected = pipeline.topics.keys().cloned().collect();
             let server = crate::api::start(queue.clone(), &args.listen, Some(metrics), protected)?;
             tracing::info!(addr = %server.addr, "HTTP API at http://{}", server.addr);

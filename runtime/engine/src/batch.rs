@@ -22,6 +22,8 @@ pub(crate) enum Fate {
         kind: &'static str,
         reason: String,
         msg: Message,
+        /// The stage's component version, when a stage failed it.
+        module: Option<Arc<str>>,
     },
     /// Abandoned because state it depended on was aborted: redo it, without
     /// charging an attempt.
@@ -103,6 +105,8 @@ pub(crate) struct DeadLetter<'a> {
     pub(crate) source: &'a str,
     pub(crate) id: DeliveryId,
     pub(crate) attempt: u32,
+    /// The digest of the stage's component that failed it.
+    pub(crate) module: Option<&'a str>,
 }
 
 impl DeadLetter<'_> {
@@ -118,6 +122,9 @@ impl DeadLetter<'_> {
             (dlq_headers::ATTEMPTS, self.attempt.to_string()),
         ] {
             rec.headers.push((k.to_owned(), v.into_bytes()));
+        }
+        if let Some(m) = self.module {
+            rec.headers.push((dlq_headers::MODULE.to_owned(), m.as_bytes().to_vec()));
         }
     }
 }

@@ -23,10 +23,12 @@ mod run;
 mod sink;
 mod source;
 mod stats;
+mod upgrade;
 
 pub use config::{ConfigError, ConfigErrors, Pipeline};
 pub use run::RunOptions;
 pub use stats::{Latency, LatencySummary, PipelineStats, Report, SinkReport, SourceReport, StageReport, StageStats, resident_memory};
+pub use upgrade::{UpgradeError, Upgraded, Upgrades};
 
 use weir_host::Runtime;
 

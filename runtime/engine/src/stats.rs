@@ -137,6 +137,9 @@ pub struct StageStats {
     instances: AtomicU64,
     replaced: AtomicU64,
     recycled: AtomicU64,
+    /// The running version's component digest.
+    module: Mutex<String>,
+    upgrades: AtomicU64,
     timers_fired: AtomicU64,
     late: AtomicU64,
     late_dropped: AtomicU64,
@@ -177,6 +180,12 @@ impl StageStats {
     }
     pub(crate) fn set_instances(&self, n: usize) {
         self.instances.store(n as u64, Relaxed);
+    }
+    pub(crate) fn set_module(&self, digest: &str) {
+        *self.module.lock().unwrap() = digest.to_owned();
+    }
+    pub(crate) fn add_upgrade(&self) {
+        self.upgrades.fetch_add(1, Relaxed);
     }
     /// An instance replaced: `worn` (recycled for its memory), or after a failed call.
     pub(crate) fn add_replaced(&self, worn: bool) {
@@ -448,6 +457,8 @@ impl PipelineStats {
                     instances: s.instances(),
                     instances_replaced: s.replaced(),
                     instances_recycled: s.recycled(),
+                    module: s.module.lock().unwrap().clone(),
+                    upgrades: s.upgrades.load(Relaxed),
                     timers_fired: s.timers_fired(),
                     late: s.late(),
                     late_dropped: s.late_dropped(),
@@ -574,6 +585,10 @@ pub struct StageReport {
     pub instances_replaced: u64,
     /// Instances replaced because their memory grew past 3/4 of the limit.
     pub instances_recycled: u64,
+    /// The running version: SHA-256 of its component, hex.
+    pub module: String,
+    /// Versions swapped in while the pipeline ran.
+    pub upgrades: u64,
     /// Timers of the stage that fired.
     pub timers_fired: u64,
     /// Messages behind the stage's watermark by more than its

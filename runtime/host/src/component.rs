@@ -24,6 +24,8 @@ pub struct Stage {
     writes_state: bool,
     /// Whether it imports `set-timer`.
     uses_timers: bool,
+    /// SHA-256 of the component's bytes, hex: which version this is.
+    digest: String,
 }
 
 impl std::fmt::Debug for Stage {
@@ -86,6 +88,7 @@ impl Runtime {
             exports,
             writes_state: imports_any(&["state-put", "state-delete", "set-timer"]),
             uses_timers: imports_any(&["set-timer"]),
+            digest: <sha2::Sha256 as sha2::Digest>::digest(&bytes).iter().map(|b| format!("{b:02x}")).collect(),
         })
     }
 }
@@ -122,6 +125,12 @@ impl Stage {
     /// Whether the component can set timers: it imports `set-timer`.
     pub fn uses_timers(&self) -> bool {
         self.uses_timers
+    }
+
+    /// SHA-256 of the component's bytes (hex): which version of the stage
+    /// this is, as run reports and dead letters (`weir.module`) name it.
+    pub fn digest(&self) -> &str {
+        &self.digest
     }
 
     /// The version of `weir:pipeline` the component was built against

@@ -30,6 +30,9 @@ pub mod dlq_headers {
     /// Set when the dead letter was too large to store whole: the payload
     /// length that was dropped.
     pub const PAYLOAD_DROPPED: &str = "weir.payload-dropped";
+    /// The SHA-256 of the component version of the stage that failed it.
+    pub const MODULE: &str = "weir.module";
     /// Every header above: what a redrive takes off.
-    pub const ALL: [&str; 8] = [REASON, SOURCE_TOPIC, SOURCE_PARTITION, SOURCE_OFFSET, ATTEMPTS, ERROR_KIND, STAGE, PAYLOAD_DROPPED];
+    pub const ALL: [&str; 9] =
+        [REASON, SOURCE_TOPIC, SOURCE_PARTITION, SOURCE_OFFSET, ATTEMPTS, ERROR_KIND, STAGE, PAYLOAD_DROPPED, MODULE];
 }

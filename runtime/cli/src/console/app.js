@@ -160,7 +160,7 @@ function renderGraph(p, now) {
 }
 
 function renderStages(p, now) {
-  const cols = ["stage", "received", "ok", "retried", "dead", "errors", "busy msg/s", "now msg/s", "p50 µs", "p99 µs", "busy", "instances", "replaced", "recycled"];
+  const cols = ["stage", "received", "ok", "retried", "dead", "errors", "busy msg/s", "now msg/s", "p50 µs", "p99 µs", "busy", "instances", "replaced", "recycled", "version", "upgrades"];
   const rows = p.report.stages.map((r) => {
     const rate = now.get(r.name);
     const errs = Object.entries(r.errors).map(([k, v]) => `${k}=${v}`).join(" ");
@@ -180,6 +180,8 @@ function renderStages(p, now) {
       cell("instances", fmt(r.instances)),
       cell("instances_replaced", fmt(r.instances_replaced)),
       cell("instances_recycled", fmt(r.instances_recycled)),
+      el("td", { "data-field": "module", title: r.module }, r.module.slice(0, 12)),
+      cell("upgrades", fmt(r.upgrades)),
     );
   });
   $("stages").replaceChildren(el("tr", {}, cols.map((c) => el("th", {}, c))), ...rows);

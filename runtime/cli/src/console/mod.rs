@@ -16,14 +16,17 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use std::path::PathBuf;
+
 use axum::Json;
 use axum::Router;
+use axum::extract::Path;
 use axum::http::{StatusCode, header};
-use axum::response::IntoResponse;
-use axum::routing::get;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
 use serde_json::{Value, json};
 use weir_engine::config::{DeadLetterTo, NatsSource, Sink, Source};
-use weir_engine::{Pipeline, PipelineStats};
+use weir_engine::{Pipeline, PipelineStats, UpgradeError, Upgrades};
 
 use crate::sampler::{Point, Sampler};
 
@@ -47,7 +50,7 @@ pub(crate) fn assets<S: Clone + Send + Sync + 'static>() -> Router<S> {
 
 /// `/v1/pipeline` and `/v1/pipeline/history` for the pipeline running in
 /// this process; samples its figures every second from now on.
-pub(crate) fn pipeline_routes(pipeline: &Pipeline, stats: Arc<PipelineStats>) -> Router {
+pub(crate) fn pipeline_routes(pipeline: &Pipeline, stats: Arc<PipelineStats>, upgrades: Arc<Upgrades>) -> Router {
     let history: Arc<Mutex<VecDeque<Point>>> = Arc::default();
     let (ring, sampled) = (history.clone(), stats.clone());
     let per_sample = pipeline.stages.len().max(1);
@@ -83,6 +86,35 @@ pub(crate) fn pipeline_routes(pipeline: &Pipeline, stats: Arc<PipelineStats>) ->
                 async move { Json(json!({ "interval_s": 1, "points": points })) }
             }),
         )
+        .route("/v1/pipeline/stages/{stage}/upgrade", post(move |path, body| upgrade(upgrades.clone(), path, body)))
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UpgradeBody {
+    /// The new version's component file, on this machine.
+    module: PathBuf,
+}
+
+/// `POST /v1/pipeline/stages/STAGE/upgrade`: swap in another version of a
+/// stage's component, as `weir run --watch` does; answered once it runs.
+async fn upgrade(upgrades: Arc<Upgrades>, Path(stage): Path<String>, body: axum::body::Bytes) -> Response {
+    let error = |status: StatusCode, e: &dyn std::fmt::Display| (status, Json(json!({ "error": e.to_string() }))).into_response();
+    let b: UpgradeBody = match serde_json::from_slice(&body) {
+        Ok(b) => b,
+        Err(e) => return error(StatusCode::BAD_REQUEST, &format!("body: {e} (give {{\"module\": \"PATH.wasm\"}})")),
+    };
+    let done = tokio::task::spawn_blocking(move || upgrades.upgrade(&stage, &b.module, crate::watch::SWAP_WAIT)).await;
+    match done {
+        Ok(Ok(u)) => {
+            tracing::info!(stage = %u.stage, from = %&u.previous[..12], to = %&u.module[..12], "stage upgraded over HTTP");
+            Json(json!({ "stage": u.stage, "previous": u.previous, "module": u.module })).into_response()
+        }
+        Ok(Err(e @ UpgradeError::UnknownStage(_))) => error(StatusCode::NOT_FOUND, &e),
+        Ok(Err(e @ UpgradeError::Refused { .. })) => error(StatusCode::UNPROCESSABLE_ENTITY, &e),
+        Ok(Err(e)) => error(StatusCode::SERVICE_UNAVAILABLE, &e),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, &e),
+    }
 }
 
 /// Under `weir serve`: no pipeline, said plainly (the page then shows
@@ -90,7 +122,10 @@ pub(crate) fn pipeline_routes(pipeline: &Pipeline, stats: Arc<PipelineStats>) ->
 pub(crate) fn no_pipeline() -> Router {
     let none =
         || async { (StatusCode::NOT_FOUND, Json(json!({"error": "no pipeline runs in this process (weir serve)"}))).into_response() };
-    Router::new().route("/v1/pipeline", get(none)).route("/v1/pipeline/history", get(none))
+    Router::new()
+        .route("/v1/pipeline", get(none))
+        .route("/v1/pipeline/history", get(none))
+        .route("/v1/pipeline/stages/{stage}/upgrade", post(none))
 }
 
 /// The pipeline's shape: where messages come from, the stages in order,

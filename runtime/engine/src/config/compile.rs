@@ -310,6 +310,7 @@ impl Compiler<'_> {
                 grants,
                 module_at: self.locator.span(&sp.key("module")).map(|s| self.locator.line_col(s.start)),
                 late,
+                tag_outputs: st.tag_outputs,
             });
         }
 

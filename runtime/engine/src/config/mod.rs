@@ -450,6 +450,9 @@ pub struct StageSpec {
     pub module_at: Option<(usize, usize)>,
     /// `late` and `allowed_lateness_ms`; `None` when neither is set.
     pub late: Option<Late>,
+    /// `tag_outputs = true`: each output carries the header `weir.module`,
+    /// the SHA-256 of the component version that produced it.
+    pub tag_outputs: bool,
 }
 
 impl StageSpec {

@@ -180,6 +180,8 @@ pub(crate) struct RawStage {
     pub late: Option<RawLate>,
     pub allowed_lateness_ms: Option<i64>,
     #[serde(default)]
+    pub tag_outputs: bool,
+    #[serde(default)]
     pub grants: RawGrants,
     #[serde(default)]
     pub config: BTreeMap<String, toml::Value>,

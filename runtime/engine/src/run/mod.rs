@@ -62,12 +62,16 @@ pub struct RunOptions {
     /// Where to count, so another thread can watch the run (see
     /// [`PipelineStats::for_pipeline`]); a fresh one if `None`.
     pub stats: Option<Arc<PipelineStats>>,
+    /// Where another thread can upgrade the stages while the pipeline runs
+    /// (see [`crate::Upgrades::for_pipeline`]); none if `None`.
+    pub upgrades: Option<Arc<crate::Upgrades>>,
 }
 
 /// Load every stage's component and create its first instances, so that a
 /// bad component or a failing `init` stops the pipeline before it pulls a message.
 /// Stages start from the state the source's consumer group committed.
 pub(crate) struct Prepared {
+    runtime: Runtime,
     stages: Vec<(StageSpec, weir_host::Stage, StageContext, Vec<Instance>)>,
     state: StateStore,
     /// Whose stage state it is (see [`state_owner`]).
@@ -89,7 +93,7 @@ pub(crate) fn prepare(pipeline: &Pipeline, queue: &Queue, runtime: &Runtime) -> 
         let instances = (0..spec.concurrency).map(|_| component.instantiate(&ctx)).collect::<Result<Vec<_>, _>>()?;
         stages.push((spec.clone(), component, ctx, instances));
     }
-    Ok(Prepared { stages, state, owner })
+    Ok(Prepared { runtime: runtime.clone(), stages, state, owner })
 }
 
 /// Whose stage state it is: the consumer group and topic (by its key: a
@@ -123,22 +127,41 @@ pub(crate) fn run(pipeline: &Pipeline, queue: &Queue, prepared: Prepared, option
     let fill_wait = pipeline.stages.first().map_or(Duration::ZERO, |s| s.batch_timeout);
 
     let floor = Mutex::new(None);
-    std::thread::scope(|scope| -> Result<()> {
+    let result = std::thread::scope(|scope| -> Result<()> {
         let (settle_tx, settle_rx) = mpsc::channel::<Settlement>();
         let (first_tx, mut rx) = sync_channel::<Batch>(CHANNEL_DEPTH);
         let mut handles = Vec::new();
         let uses_timers = prepared.stages.iter().any(|(_, component, ..)| component.uses_timers());
         // Stages with timers or a late policy need the watermark.
         let tracks_watermark = uses_timers || pipeline.stages.iter().any(|s| s.late.is_some());
+        // Upgrades to versions that set timers turn both on.
+        let (uses_timers, tracks_watermark) = (Arc::new(AtomicBool::new(uses_timers)), Arc::new(AtomicBool::new(tracks_watermark)));
         let stage_states = prepared.stages.iter().map(|(_, _, ctx, _)| ctx.state().clone()).collect();
+        let shared_source = matches!(&pipeline.source, Source::Nats(NatsSource::JetStream(js)) if !js.single_process);
         for (i, (spec, component, ctx, instances)) in prepared.stages.into_iter().enumerate() {
             let (tx, next_rx) = sync_channel::<Batch>(CHANNEL_DEPTH);
             let stage_stats = stats.stage(i);
             stage_stats.custom.set(ctx.shared_counters()).ok();
             stage_stats.limited.set(ctx.limited()).ok();
             stage_stats.set_instances(instances.len());
+            stage_stats.set_module(component.digest());
+            if let Some(upgrades) = &options.upgrades {
+                upgrades.attach(
+                    i,
+                    crate::upgrade::Live {
+                        runtime: prepared.runtime.clone(),
+                        ctx: ctx.clone(),
+                        concurrency: spec.concurrency,
+                        timers: [uses_timers.clone(), tracks_watermark.clone()],
+                        shared_source,
+                        module: component.digest().to_owned(),
+                        path: spec.module.clone(),
+                    },
+                );
+            }
             let worker = StageWorker {
                 index: i,
+                module: component.digest().into(),
                 spec,
                 component,
                 ctx,
@@ -146,6 +169,7 @@ pub(crate) fn run(pipeline: &Pipeline, queue: &Queue, prepared: Prepared, option
                 stats: stage_stats,
                 warnings: guest_driven_log(),
                 timer_attempts: HashMap::new(),
+                upgrades: options.upgrades.clone(),
             };
             let input = std::mem::replace(&mut rx, next_rx);
             handles.push(scope.spawn(move || worker.run(input, tx)));
@@ -204,6 +228,10 @@ pub(crate) fn run(pipeline: &Pipeline, queue: &Queue, prepared: Prepared, option
             h.join().expect("stage thread panicked");
         }
         source_result.and(sink_result)
-    })?;
+    });
+    if let Some(upgrades) = &options.upgrades {
+        upgrades.detach_all();
+    }
+    result?;
     Ok(stats)
 }

@@ -134,7 +134,7 @@ impl SinkWorker<'_> {
         let fail = |origins: &mut Vec<Origin>, origin: usize, reason: String, msg: Message| {
             let o = &mut origins[origin];
             if matches!(o.fate, Fate::Ok) {
-                o.fate = Fate::Dead { stage: "sink".into(), kind: "output", reason, msg };
+                o.fate = Fate::Dead { stage: "sink".into(), kind: "output", reason, msg, module: None };
             }
         };
         for item in items.iter() {
@@ -336,7 +336,7 @@ impl SinkWorker<'_> {
             if matches!(o.fate, Fate::Ok) {
                 let reason = format!("output names topic {topic:?}, which the pipeline neither declares nor sends to a sink");
                 let msg = routed_message(o, topic, out);
-                o.fate = Fate::Dead { stage: "routing".into(), kind: "routing", reason, msg };
+                o.fate = Fate::Dead { stage: "routing".into(), kind: "routing", reason, msg, module: None };
             }
         }
     }
@@ -356,10 +356,18 @@ impl SinkWorker<'_> {
                 Fate::Ok | Fate::Applied => settlement.acks.push(o.id),
                 Fate::Retry { delay } => settlement.naks.push((o.id, delay)),
                 Fate::Release => settlement.releases.push(o.id),
-                Fate::Dead { stage, kind, reason, msg } => {
+                Fate::Dead { stage, kind, reason, msg, module } => {
                     self.dead_letter_log.record(&stage, kind, &reason, o.id.partition, o.id.offset);
                     let mut rec = msg.into_record();
-                    let why = DeadLetter { stage: &stage, kind, reason, source: &self.source_name, id: o.id, attempt: o.attempt };
+                    let why = DeadLetter {
+                        stage: &stage,
+                        kind,
+                        reason,
+                        source: &self.source_name,
+                        id: o.id,
+                        attempt: o.attempt,
+                        module: module.as_deref(),
+                    };
                     why.add_headers(&mut rec);
                     // Same id as the queue's own dead letters: a replay after a
                     // crash between this write and the ack does not duplicate it.

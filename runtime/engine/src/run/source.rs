@@ -1,9 +1,9 @@
 //! The source worker: pulls batches from the feed, hands them down, applies settlements, commits.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::Mutex;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use weir_queue::Queue;
@@ -36,10 +36,12 @@ pub(super) struct SourceWorker<'a> {
     pub(super) watermarks: Watermarks,
     /// Some stage sets timers: when no messages come, a batch without any
     /// is sent every [`TICK`] so its timers still fire, and a finite
-    /// source's end is sent as a last batch at the end of time.
-    pub(super) uses_timers: bool,
-    /// Some stage uses the watermark (timers, or a late policy).
-    pub(super) tracks_watermark: bool,
+    /// source's end is sent as a last batch at the end of time. Set later
+    /// too, when a stage is upgraded to a version that sets timers.
+    pub(super) uses_timers: Arc<AtomicBool>,
+    /// Some stage uses the watermark (timers, or a late policy); set later
+    /// like `uses_timers`.
+    pub(super) tracks_watermark: Arc<AtomicBool>,
     /// Where each message's event time is read.
     pub(super) event_time: &'a EventTime,
     /// When the last batch was sent.
@@ -156,7 +158,7 @@ impl SourceWorker<'_> {
                 return Ok(());
             }
             if self.options.drain && self.in_pipeline == 0 && self.feed.is_settled() {
-                if !self.uses_timers || (self.ended && !self.timers_left) {
+                if !self.uses_timers.load(Ordering::Relaxed) || (self.ended && !self.timers_left) {
                     return Ok(());
                 }
                 // Every event-time timer fires, and what that emits settles;
@@ -190,7 +192,7 @@ impl SourceWorker<'_> {
                         Err(RecvTimeoutError::Disconnected) => return Ok(()),
                     }
                 }
-                if self.uses_timers && self.in_pipeline == 0 && self.last_sent.elapsed() >= TICK && !self.ended {
+                if self.uses_timers.load(Ordering::Relaxed) && self.in_pipeline == 0 && self.last_sent.elapsed() >= TICK && !self.ended {
                     // Processing time moves on, and idle partitions may
                     // let the watermark move on too.
                     let watermark = self.watermarks.current();
@@ -223,6 +225,7 @@ impl SourceWorker<'_> {
             self.stats.source_wait.record_all(deliveries.iter().filter_map(|d| since(now, d.appended_us)));
             let mut origins = Vec::with_capacity(deliveries.len());
             let mut items = Vec::with_capacity(deliveries.len());
+            let tracks_watermark = self.tracks_watermark.load(Ordering::Relaxed);
             for (i, mut d) in deliveries.into_iter().enumerate() {
                 let mut origin = Origin::delivery(d.id, d.msg.attempt);
                 if self.event_time.is_read() {
@@ -230,19 +233,20 @@ impl SourceWorker<'_> {
                         Ok(t) => d.msg.event_time_ms = t,
                         Err(reason) => {
                             self.stats.add_event_time_error();
-                            origin.fate = Fate::Dead { stage: "source".into(), kind: crate::event_time::KIND, reason, msg: d.msg };
+                            origin.fate =
+                                Fate::Dead { stage: "source".into(), kind: crate::event_time::KIND, reason, msg: d.msg, module: None };
                             origins.push(origin);
                             continue;
                         }
                     }
                 }
-                if self.tracks_watermark {
+                if tracks_watermark {
                     self.watermarks.observe(d.id.partition, d.msg.event_time_ms);
                 }
                 origins.push(origin);
                 items.push(Item { origin: i, msg: d.msg });
             }
-            let watermark = if self.tracks_watermark { self.watermarks.current() } else { None };
+            let watermark = if tracks_watermark { self.watermarks.current() } else { None };
             if !self.send(tx, origins, items, watermark) {
                 return Ok(());
             }

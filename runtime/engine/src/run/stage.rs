@@ -3,8 +3,8 @@
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::mpsc::{Receiver, SyncSender};
-use std::time::Instant;
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender};
+use std::time::{Duration, Instant};
 
 use weir_host::{Failure, Instance, LogBucket, MessageError, MessageResult, Output, PendingWrites, StageContext, TimeDomain, Timer};
 use weir_queue::{DeliveryId, Message};
@@ -27,11 +27,25 @@ pub(super) struct StageWorker {
     pub(super) warnings: LogBucket,
     /// How often each timer that has not yet fired for good has fired.
     pub(super) timer_attempts: HashMap<Timer, u32>,
+    /// The running version: its component's SHA-256.
+    pub(super) module: Arc<str>,
+    /// Where a new version waits to be swapped in.
+    pub(super) upgrades: Option<Arc<crate::Upgrades>>,
 }
+
+/// How long an idle stage waits for a batch before looking for an upgrade.
+const UPGRADE_POLL: Duration = Duration::from_millis(100);
 
 impl StageWorker {
     pub(super) fn run(mut self, input: Receiver<Batch>, output: SyncSender<Batch>) {
-        while let Ok(batch) = input.recv() {
+        loop {
+            // Between two batches: the only place a version is swapped.
+            self.swap_if_upgraded();
+            let batch = match input.recv_timeout(UPGRADE_POLL) {
+                Ok(batch) => batch,
+                Err(RecvTimeoutError::Timeout) => continue,
+                Err(RecvTimeoutError::Disconnected) => break,
+            };
             let mut batch = self.process(batch);
             batch.sent = Instant::now();
             if output.send(batch).is_err() {
@@ -40,6 +54,26 @@ impl StageWorker {
         }
         self.ctx.flush_log_summary();
         summarise_suppressed("failed calls", self.warnings.take_suppressed());
+    }
+
+    /// Take a version that [`crate::Upgrades::upgrade`] started, if any:
+    /// from the next batch on, it handles this stage's messages.
+    fn swap_if_upgraded(&mut self) {
+        let Some(swap) = self.upgrades.as_ref().and_then(|u| u.take(self.index)) else { return };
+        let previous = std::mem::replace(&mut self.module, swap.component.digest().into());
+        tracing::debug!(stage = %self.spec.name, from = %short(&previous), to = %short(&self.module), "stage upgraded between batches");
+        self.component = swap.component;
+        self.instances = swap.instances;
+        self.stats.set_module(&self.module);
+        self.stats.add_upgrade();
+        let _ = swap.done.send(());
+    }
+
+    /// With `tag_outputs`, name the version that made `out`.
+    fn tag(&self, out: &mut Output) {
+        if self.spec.tag_outputs {
+            out.headers.push((weir_queue::dlq_headers::MODULE.to_owned(), self.module.as_bytes().to_vec()));
+        }
     }
 
     fn process(&mut self, mut batch: Batch) -> Batch {
@@ -80,6 +114,7 @@ impl StageWorker {
                     let mut origin_msg = Some(msg);
                     let last = outputs.len().saturating_sub(1);
                     for (i, mut out) in outputs.into_iter().enumerate() {
+                        self.tag(&mut out);
                         match out.topic.take() {
                             Some(topic) => batch.routed.push((origin, topic, out)),
                             // The last output takes the input's topic name
@@ -99,7 +134,8 @@ impl StageWorker {
                 Err(CallFailure { failure, kind }) => {
                     let reason = dead_reason(&failure, origin.attempt);
                     self.stats.add_dead(matches!(failure, Failure::Reject(_)));
-                    origin.fate = Fate::Dead { stage: self.spec.name.clone(), kind, reason, msg: item.msg };
+                    origin.fate =
+                        Fate::Dead { stage: self.spec.name.clone(), kind, reason, msg: item.msg, module: Some(self.module.clone()) };
                 }
             }
         }
@@ -145,7 +181,7 @@ impl StageWorker {
                             late.allowed_lateness_ms
                         );
                         self.stats.add_dead(false);
-                        origin.fate = Fate::Dead { stage: self.spec.name.clone(), kind: LATE, reason, msg };
+                        origin.fate = Fate::Dead { stage: self.spec.name.clone(), kind: LATE, reason, msg, module: None };
                         continue;
                     }
                 }
@@ -282,6 +318,7 @@ impl StageWorker {
                     self.timer_attempts.remove(&t);
                     keep.push(origin);
                     for mut out in outputs {
+                        self.tag(&mut out);
                         match out.topic.take() {
                             Some(topic) => batch.routed.push((origin, topic, out)),
                             None => batch.items.push(Item { origin, msg: message_from(&msg, out) }),
@@ -297,7 +334,8 @@ impl StageWorker {
                     let reason = dead_reason(&failure, attempt);
                     self.timer_attempts.remove(&t);
                     dead.push((origin, t));
-                    batch.origins[origin].fate = Fate::Dead { stage: self.spec.name.clone(), kind, reason, msg };
+                    batch.origins[origin].fate =
+                        Fate::Dead { stage: self.spec.name.clone(), kind, reason, msg, module: Some(self.module.clone()) };
                 }
             }
         }
@@ -598,4 +636,9 @@ fn into_output(mut origin_msg: Message, out: Output) -> Message {
     origin_msg.payload = out.payload.into();
     origin_msg.headers = out.headers;
     origin_msg
+}
+
+/// A digest's first 12 hex digits, for logs.
+fn short(digest: &str) -> &str {
+    &digest[..digest.len().min(12)]
 }

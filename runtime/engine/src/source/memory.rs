@@ -129,7 +129,7 @@ impl MemoryFeed {
         tracing::warn!(source = %self.name, line = offset + 1, %reason, "input line dead-lettered");
         let mut rec = Record::new(line);
         let id = DeliveryId { partition: 0, offset };
-        DeadLetter { stage: "source", kind: "source", reason, source: &self.name, id, attempt: 1 }.add_headers(&mut rec);
+        DeadLetter { stage: "source", kind: "source", reason, source: &self.name, id, attempt: 1, module: None }.add_headers(&mut rec);
         let (queue, topic) = self.dead_letter.as_ref().expect("sources that parse lines have a dead-letter topic");
         queue.publish(topic, &[rec])?;
         // In, and out as a dead letter, like a message a stage rejects.
