@@ -30,7 +30,7 @@ fn the_console_shows_the_running_pipeline_live_and_agrees_with_metrics_in_a_brow
     // An admin token publishes; the console signs in with one that may
     // read and browse dead letters, nothing else.
     let (admin, viewer) = ("weir_publisher_token", "weir_console_viewer");
-    let hash = |s: &str| weir.ok(&["token", "hash"], s.as_bytes()).trim().strip_prefix("sha256 = ").unwrap().trim_matches('"').to_owned();
+    let hash = |s: &str| crate::http::token_hash(&weir, s);
     let auth = dir.path().join("tokens.toml");
     std::fs::write(
         &auth,

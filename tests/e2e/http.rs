@@ -76,6 +76,12 @@ pub(crate) fn start(weir: &Weir, args: &[&str]) -> (Child, String) {
     }
 }
 
+/// The `sha256` of a token, as `weir token hash` prints it for an --auth file.
+pub(crate) fn token_hash(weir: &Weir, secret: &str) -> String {
+    let out = weir.ok(&["token", "hash"], secret.as_bytes());
+    out.trim().strip_prefix("sha256 = ").unwrap().trim_matches('"').to_owned()
+}
+
 pub(crate) fn stop(mut child: Child) {
     Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
     let started = Instant::now();
@@ -495,10 +501,7 @@ fn every_scope_allows_its_routes_and_refuses_the_rest_changing_nothing() {
     let weir = Weir::new();
     let dir = tempfile::tempdir().unwrap();
     let secrets = ["weir_admin0", "weir_reader", "weir_writer", "weir_billing"];
-    let hash = |s: &str| {
-        let out = weir.ok(&["token", "hash"], s.as_bytes());
-        out.trim().strip_prefix("sha256 = ").unwrap().trim_matches('"').to_owned()
-    };
+    let hash = |s: &str| token_hash(&weir, s);
     let auth = dir.path().join("tokens.toml");
     std::fs::write(
         &auth,

@@ -43,12 +43,18 @@ fn check_counts(weir: &Weir, per_key: usize) {
 }
 
 fn check_count_lines(lines: &[String], per_key: usize) {
+    check_count_lines_of(lines, KEYS, per_key);
+}
+
+/// Every one of `keys` keys counted 1..=`per_key`, each count seen (some
+/// perhaps more than once: outputs are at-least-once), none above.
+pub(crate) fn check_count_lines_of(lines: &[String], keys: usize, per_key: usize) {
     let mut seen: BTreeMap<String, BTreeSet<usize>> = BTreeMap::new();
     for line in lines {
         let (k, c) = line.split_once('=').unwrap();
         seen.entry(k.to_owned()).or_default().insert(c.parse().unwrap());
     }
-    assert_eq!(seen.len(), KEYS);
+    assert_eq!(seen.len(), keys);
     for (k, counts) in seen {
         let missing: Vec<usize> = (1..=per_key).filter(|c| !counts.contains(c)).take(10).collect();
         let extra: Vec<&usize> = counts.iter().filter(|&&c| c > per_key).take(10).collect();
