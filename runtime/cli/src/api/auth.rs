@@ -297,6 +297,7 @@ mod tests {
             ("GET", "/v1/topics/orders.dlq/messages", Need::Browse("orders.dlq".into())),
             ("GET", "/v1/topics/orders.dlq/dead-letters", Need::Browse("orders.dlq".into())),
             ("POST", "/v1/topics/orders.dlq/dead-letters/redrive", Need::Admin),
+            ("POST", "/v1/pipeline/stages/count/upgrade", Need::Admin),
             ("GET", "/v1/topics/orders/groups/billing/messages", Need::Consume("orders".into(), "billing".into())),
             ("POST", "/v1/topics/orders/groups/billing/ack", Need::Consume("orders".into(), "billing".into())),
             ("POST", "/health", Need::Admin),
