@@ -18,7 +18,7 @@ pub(crate) enum DlqCommand {
         topic: String,
         #[command(flatten)]
         select: Select,
-        /// Show at most this many, newest first.
+        /// Show at most this many (up to 1000), newest first.
         #[arg(long, default_value_t = 20, value_name = "N")]
         limit: usize,
     },
@@ -126,7 +126,8 @@ fn selection_query(s: &Selection) -> String {
     if q.is_empty() { String::new() } else { format!("?{}", q.join("&")) }
 }
 
-/// The query of `GET /v1/topics/T/dead-letters`, as a selection.
+/// The query of `GET /v1/topics/T/dead-letters`, as a selection (its
+/// `limit`, how many of the newest to list, is read apart).
 pub(crate) fn selection_from_query(q: &std::collections::HashMap<String, String>) -> Result<Selection, String> {
     let num = |k: &str| q.get(k).map(|v| v.parse::<u64>().map_err(|_| format!("{k}: not a number: {v:?}"))).transpose();
     Ok(Selection {
@@ -164,13 +165,13 @@ pub(crate) fn dlq(cmd: DlqCommand, dir: PathBuf) -> anyhow::Result<()> {
     let api = crate::api::running(&dir);
     match cmd {
         DlqCommand::List { topic, select, limit } => {
-            let letters = read(&dir, api.as_ref(), &topic, &select.selection()?)?;
-            print_list(&topic, &letters, limit)
+            let summary = read(&dir, api.as_ref(), &topic, &select.selection()?, limit.clamp(1, 1000))?;
+            print_list(&topic, &summary)
         }
         DlqCommand::Show { topic, id, hex } => {
             let (p, o) = parse_id(&id)?;
-            let letters = read(&dir, api.as_ref(), &topic, &Selection { ids: vec![(p, o)], ..Selection::default() })?;
-            let d = letters.first().with_context(|| format!("{topic} has no dead letter {p}@{o}"))?;
+            let summary = read(&dir, api.as_ref(), &topic, &Selection { ids: vec![(p, o)], ..Selection::default() }, 1)?;
+            let d = summary["dead_letters"].get(0).with_context(|| format!("{topic} has no dead letter {p}@{o}"))?;
             print_one(&topic, d, hex)
         }
         DlqCommand::Redrive { topic, select, to, dry_run } => {
@@ -198,17 +199,40 @@ pub(crate) fn dlq(cmd: DlqCommand, dir: PathBuf) -> anyhow::Result<()> {
     }
 }
 
-/// The dead letters `selection` picks, as JSON: through the API of the
-/// process that owns `dir`, else read from `dir` (read-only: it works
-/// beside a running pipeline that serves no API).
-fn read(dir: &std::path::Path, api: Option<&crate::api::Client>, topic: &str, selection: &Selection) -> anyhow::Result<Vec<Value>> {
+/// What `selection` picks, as the JSON [`summary_json`] makes (the
+/// `newest` most recent): through the API of the process that owns `dir`,
+/// else read from `dir` (read-only: it works beside a running pipeline
+/// that serves no API).
+fn read(
+    dir: &std::path::Path,
+    api: Option<&crate::api::Client>,
+    topic: &str,
+    selection: &Selection,
+    newest: usize,
+) -> anyhow::Result<Value> {
     if let Some(api) = api {
-        let v =
-            api.call("GET", &format!("/v1/topics/{topic}/dead-letters{}", selection_query(selection)), "application/json", Vec::new())?;
-        return Ok(v["dead_letters"].as_array().cloned().unwrap_or_default());
+        let query = selection_query(selection);
+        let sep = if query.is_empty() { '?' } else { '&' };
+        return api.call("GET", &format!("/v1/topics/{topic}/dead-letters{query}{sep}limit={newest}"), "application/json", Vec::new());
     }
     let queue = Queue::open_read_only(dir).with_context(|| format!("opening data directory {}", dir.display()))?;
-    Ok(queue.dead_letters(topic, selection)?.iter().map(dead_letter_json).collect())
+    Ok(summary_json(&queue.dead_letter_summary(topic, selection, newest)?))
+}
+
+/// A selection's summary as JSON: counts, counts by stage and kind, and
+/// the newest dead letters.
+pub(crate) fn summary_json(s: &weir_queue::Summary) -> Value {
+    let groups: Vec<Value> = s
+        .groups
+        .iter()
+        .map(|((stage, kind), g)| json!({"stage": stage, "kind": kind, "count": g.count, "first_ms": g.first_ms, "last_ms": g.last_ms}))
+        .collect();
+    json!({
+        "total": s.total,
+        "redriven": s.redriven,
+        "groups": groups,
+        "dead_letters": s.newest.iter().map(dead_letter_json).collect::<Vec<_>>(),
+    })
 }
 
 fn time(ms: &Value) -> String {
@@ -219,28 +243,28 @@ fn text(v: &Value) -> String {
     v.as_str().map(str::to_owned).unwrap_or_default()
 }
 
-fn print_list(topic: &str, letters: &[Value], limit: usize) -> anyhow::Result<()> {
+fn print_list(topic: &str, summary: &Value) -> anyhow::Result<()> {
     let out = &mut std::io::stdout().lock();
-    let redriven = letters.iter().filter(|d| d["redriven"] == true).count();
-    writeln!(out, "{topic}: {} dead letter{}, {redriven} redriven", letters.len(), if letters.len() == 1 { "" } else { "s" })?;
-    if letters.is_empty() {
+    let (total, redriven) = (summary["total"].as_u64().unwrap_or(0), summary["redriven"].as_u64().unwrap_or(0));
+    writeln!(out, "{topic}: {total} dead letter{}, {redriven} redriven", if total == 1 { "" } else { "s" })?;
+    if total == 0 {
         return Ok(());
     }
-    // (stage, kind) → (count, first, last)
-    let mut groups: std::collections::BTreeMap<(String, String), (usize, i64, i64)> = Default::default();
-    for d in letters {
-        let t = d["time_ms"].as_i64().unwrap_or(0);
-        let e = groups.entry((text(&d["stage"]), text(&d["kind"]))).or_insert((0, t, t));
-        *e = (e.0 + 1, e.1.min(t), e.2.max(t));
-    }
     writeln!(out, "{:<16} {:<10} {:>7}  {:<26} last", "stage", "kind", "count", "first")?;
-    for ((stage, kind), (n, first, last)) in &groups {
-        writeln!(out, "{stage:<16} {kind:<10} {n:>7}  {:<26} {}", time(&json!(first)), time(&json!(last)))?;
+    for g in summary["groups"].as_array().into_iter().flatten() {
+        writeln!(
+            out,
+            "{:<16} {:<10} {:>7}  {:<26} {}",
+            text(&g["stage"]),
+            text(&g["kind"]),
+            g["count"],
+            time(&g["first_ms"]),
+            time(&g["last_ms"])
+        )?;
     }
-    let mut newest: Vec<&Value> = letters.iter().collect();
-    newest.sort_by_key(|d| std::cmp::Reverse((d["time_ms"].as_i64(), d["partition"].as_u64(), d["offset"].as_u64())));
-    writeln!(out, "\nnewest {} (weir dlq show {topic} P@O for one):", limit.min(newest.len()))?;
-    for d in newest.into_iter().take(limit) {
+    let newest = summary["dead_letters"].as_array().cloned().unwrap_or_default();
+    writeln!(out, "\nnewest {} (weir dlq show {topic} P@O for one):", newest.len())?;
+    for d in &newest {
         let from = match &d["source"] {
             Value::Null => String::new(),
             s => format!(" from {} {}@{}", text(&s["topic"]), s["partition"], s["offset"]),

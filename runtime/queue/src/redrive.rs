@@ -11,7 +11,8 @@
 //! the target topic's dedupe window (`dedupe_window_ms`, 2 minutes by
 //! default) — past the window, that one message could be stored twice.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
@@ -98,6 +99,108 @@ fn header(r: &StoredRecord, name: &str) -> Option<String> {
     r.headers.iter().find(|(k, _)| k == name).map(|(_, v)| String::from_utf8_lossy(v).into_owned())
 }
 
+/// Dead letters published per chunk of a redrive.
+const REDRIVE_CHUNK: usize = 1000;
+
+/// A stored record of a dead-letter topic, with what its headers say.
+fn dead_letter(topic: &str, partition: u32, r: StoredRecord, marks: &Marks) -> DeadLetter {
+    let source = header(&r, dlq_headers::SOURCE_TOPIC).map(|t| {
+        let num = |h| header(&r, h).and_then(|v| v.parse().ok()).unwrap_or(0);
+        (t, num(dlq_headers::SOURCE_PARTITION) as u32, num(dlq_headers::SOURCE_OFFSET))
+    });
+    DeadLetter {
+        topic: topic.to_owned(),
+        partition,
+        offset: r.offset,
+        stage: header(&r, dlq_headers::STAGE).unwrap_or_default(),
+        kind: header(&r, dlq_headers::ERROR_KIND).unwrap_or_default(),
+        reason: header(&r, dlq_headers::REASON).unwrap_or_default(),
+        attempts: header(&r, dlq_headers::ATTEMPTS).and_then(|a| a.parse().ok()),
+        source,
+        redriven: marks.redriven.contains(&(partition, r.offset)),
+        record: r,
+    }
+}
+
+/// Where a dead letter goes: `to`, else the topic it came from.
+fn target(topic: &str, d: &DeadLetter, to: Option<&str>) -> Result<String> {
+    match (to, &d.source) {
+        (Some(t), _) => Ok(t.to_owned()),
+        (None, Some((t, _, _))) => Ok(t.clone()),
+        (None, None) => Err(Error::Invalid {
+            what: "dead letter",
+            value: format!("{topic}/{}@{}", d.partition, d.offset),
+            reason: "it does not say where it came from: name a topic to send it to".into(),
+        }),
+    }
+}
+
+/// A dead letter as it is sent again: its key, payload and headers, the
+/// dead-letter headers replaced by provenance, an id naming it.
+fn redriven_record(topic: &str, key: &str, d: &DeadLetter) -> Record {
+    let mut headers: Vec<(String, Vec<u8>)> =
+        d.record.headers.iter().filter(|(k, _)| k != MSG_ID_HEADER && !dlq_headers::ALL.contains(&k.as_str())).cloned().collect();
+    headers.push((REDRIVEN_FROM.into(), format!("{topic}/{}@{}", d.partition, d.offset).into_bytes()));
+    headers.push((REDRIVEN_REASON.into(), d.reason.clone().into_bytes()));
+    Record {
+        key: d.record.key.clone(),
+        headers,
+        payload: d.record.payload.clone(),
+        timestamp_us: Some(d.record.timestamp_us),
+        id: Some(format!("redrive/{key}/{}/{}", d.partition, d.offset)),
+    }
+}
+
+/// Ordered by when it was dead-lettered, then where.
+struct Newest(DeadLetter);
+
+impl Newest {
+    fn at(&self) -> (u64, u32, u64) {
+        (self.0.record.append_timestamp_ms, self.0.partition, self.0.offset)
+    }
+}
+
+impl PartialEq for Newest {
+    fn eq(&self, other: &Self) -> bool {
+        self.at() == other.at()
+    }
+}
+impl Eq for Newest {}
+impl PartialOrd for Newest {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Newest {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.at().cmp(&other.at())
+    }
+}
+
+/// Counts of one stage and error kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Group {
+    /// Dead letters.
+    pub count: usize,
+    /// When the first was dead-lettered, ms since the Unix epoch.
+    pub first_ms: u64,
+    /// When the last was.
+    pub last_ms: u64,
+}
+
+/// What a selection of a dead-letter topic holds ([`Queue::dead_letter_summary`]).
+#[derive(Debug, Default)]
+pub struct Summary {
+    /// Dead letters selected.
+    pub total: usize,
+    /// Of those, redriven already.
+    pub redriven: usize,
+    /// By (stage, error kind).
+    pub groups: BTreeMap<(String, String), Group>,
+    /// The most recent, newest first.
+    pub newest: Vec<DeadLetter>,
+}
+
 impl Queue {
     fn marks_path(&self, topic: &str) -> Result<PathBuf> {
         Ok(self.dir().join("redriven").join(format!("{}.json", self.topic_key(topic)?)))
@@ -112,15 +215,12 @@ impl Queue {
         }
     }
 
-    /// The dead letters of `topic` that `selection` picks, oldest first
-    /// per partition.
-    ///
-    /// # Errors
-    /// Unknown topic; I/O errors.
-    pub fn dead_letters(&self, topic: &str, selection: &Selection) -> Result<Vec<DeadLetter>> {
+    /// Call `visit` with each dead letter of `topic` that `selection`
+    /// picks, oldest first per partition, reading a page at a time, until
+    /// it returns false.
+    fn scan(&self, topic: &str, selection: &Selection, mut visit: impl FnMut(DeadLetter) -> Result<bool>) -> Result<()> {
         let marks = self.marks(topic)?;
         let info = self.topic_info(topic)?;
-        let mut out = Vec::new();
         for (p, &(start, end)) in info.offsets.iter().enumerate() {
             let p = p as u32;
             let mut at = start;
@@ -129,29 +229,56 @@ impl Queue {
                 let Some(last) = records.last() else { break };
                 at = last.offset + 1;
                 for r in records {
-                    let source = header(&r, dlq_headers::SOURCE_TOPIC).map(|t| {
-                        let num = |h| header(&r, h).and_then(|v| v.parse().ok()).unwrap_or(0);
-                        (t, num(dlq_headers::SOURCE_PARTITION) as u32, num(dlq_headers::SOURCE_OFFSET))
-                    });
-                    let d = DeadLetter {
-                        topic: topic.to_owned(),
-                        partition: p,
-                        offset: r.offset,
-                        stage: header(&r, dlq_headers::STAGE).unwrap_or_default(),
-                        kind: header(&r, dlq_headers::ERROR_KIND).unwrap_or_default(),
-                        reason: header(&r, dlq_headers::REASON).unwrap_or_default(),
-                        attempts: header(&r, dlq_headers::ATTEMPTS).and_then(|a| a.parse().ok()),
-                        source,
-                        redriven: marks.redriven.contains(&(p, r.offset)),
-                        record: r,
-                    };
-                    if selection.holds(&d) {
-                        out.push(d);
+                    if !selection.ids.is_empty() && !selection.ids.contains(&(p, r.offset)) {
+                        continue;
+                    }
+                    let d = dead_letter(topic, p, r, &marks);
+                    if selection.holds(&d) && !visit(d)? {
+                        return Ok(());
                     }
                 }
             }
         }
+        Ok(())
+    }
+
+    /// The dead letters of `topic` that `selection` picks, oldest first per
+    /// partition (all of them: for a few, select them by id).
+    ///
+    /// # Errors
+    /// Unknown topic; I/O errors.
+    pub fn dead_letters(&self, topic: &str, selection: &Selection) -> Result<Vec<DeadLetter>> {
+        let mut out = Vec::new();
+        self.scan(topic, selection, |d| {
+            out.push(d);
+            Ok(true)
+        })?;
         Ok(out)
+    }
+
+    /// What `selection` picks of `topic`, in memory bounded by `newest`:
+    /// counts by stage and kind, and the `newest` most recent.
+    ///
+    /// # Errors
+    /// Unknown topic; I/O errors.
+    pub fn dead_letter_summary(&self, topic: &str, selection: &Selection, newest: usize) -> Result<Summary> {
+        let mut summary = Summary::default();
+        // The newest, kept as a min-heap on (time, partition, offset).
+        let mut kept: BinaryHeap<Reverse<Newest>> = BinaryHeap::new();
+        self.scan(topic, selection, |d| {
+            summary.total += 1;
+            summary.redriven += usize::from(d.redriven);
+            let t = d.record.append_timestamp_ms;
+            let g = summary.groups.entry((d.stage.clone(), d.kind.clone())).or_insert(Group { count: 0, first_ms: t, last_ms: t });
+            *g = Group { count: g.count + 1, first_ms: g.first_ms.min(t), last_ms: g.last_ms.max(t) };
+            kept.push(Reverse(Newest(d)));
+            if kept.len() > newest {
+                kept.pop();
+            }
+            Ok(true)
+        })?;
+        summary.newest = kept.into_sorted_vec().into_iter().map(|Reverse(Newest(d))| d).collect();
+        Ok(summary)
     }
 
     /// Send the dead letters of `topic` that `selection` picks and that were
@@ -167,68 +294,67 @@ impl Queue {
         let _one = self.inner.redriving.lock().unwrap();
         let key = self.topic_key(topic)?;
         let mut report = Redrive::default();
-        let mut by_target: BTreeMap<String, Vec<(DeadLetter, Record)>> = BTreeMap::new();
-        for d in self.dead_letters(topic, selection)? {
-            if d.redriven {
-                report.already += 1;
-                continue;
+        // Every target first: nothing is sent if one is missing.
+        let mut targets = BTreeSet::new();
+        self.scan(topic, selection, |d| {
+            if !d.redriven && header(&d.record, dlq_headers::PAYLOAD_DROPPED).is_none() {
+                targets.insert(target(topic, &d, to)?);
             }
-            if header(&d.record, dlq_headers::PAYLOAD_DROPPED).is_some() {
-                report.payload_dropped += 1;
-                continue;
-            }
-            let target = match (to, &d.source) {
-                (Some(t), _) => t.to_owned(),
-                (None, Some((t, _, _))) => t.clone(),
-                (None, None) => {
-                    return Err(Error::Invalid {
-                        what: "dead letter",
-                        value: format!("{topic}/{}@{}", d.partition, d.offset),
-                        reason: "it does not say where it came from: name a topic to send it to".into(),
-                    });
-                }
-            };
-            if self.topic_info(&target).is_err() {
+            Ok(true)
+        })?;
+        for t in &targets {
+            if self.topic_info(t).is_err() {
                 return Err(Error::Invalid {
                     what: "redrive target",
-                    value: target,
+                    value: t.clone(),
                     reason: "is not a topic of this queue (the source was a file, stdin or NATS?): name a topic to send it to".into(),
                 });
             }
-            let from = format!("{topic}/{}@{}", d.partition, d.offset);
-            let mut headers: Vec<(String, Vec<u8>)> =
-                d.record.headers.iter().filter(|(k, _)| k != MSG_ID_HEADER && !dlq_headers::ALL.contains(&k.as_str())).cloned().collect();
-            headers.push((REDRIVEN_FROM.into(), from.clone().into_bytes()));
-            headers.push((REDRIVEN_REASON.into(), d.reason.clone().into_bytes()));
-            let record = Record {
-                key: d.record.key.clone(),
-                headers,
-                payload: d.record.payload.clone(),
-                timestamp_us: Some(d.record.timestamp_us),
-                id: Some(format!("redrive/{key}/{}/{}", d.partition, d.offset)),
-            };
-            by_target.entry(target).or_default().push((d, record));
         }
-        if dry_run {
-            report.sent =
-                by_target.iter().flat_map(|(t, v)| v.iter().map(move |(d, _)| (d.partition, d.offset, t.clone(), 0, 0))).collect();
-            return Ok(report);
-        }
+        // Then in chunks, each published, then marked: memory stays bounded
+        // however many are selected.
         let mut marks = self.marks(topic)?;
-        for (target, items) in by_target {
-            let records: Vec<Record> = items.iter().map(|(_, r)| r.clone()).collect();
-            let positions = self.publish(&target, &records)?;
-            for ((d, _), (tp, to)) in items.iter().zip(positions) {
-                report.sent.push((d.partition, d.offset, target.clone(), tp, to));
-                marks.redriven.insert((d.partition, d.offset));
+        let mut chunk: Vec<(DeadLetter, String)> = Vec::new();
+        let flush = |chunk: &mut Vec<(DeadLetter, String)>, report: &mut Redrive, marks: &mut Marks| -> Result<()> {
+            if chunk.is_empty() {
+                return Ok(());
             }
-        }
-        if !report.sent.is_empty() {
+            if dry_run {
+                report.sent.extend(chunk.drain(..).map(|(d, t)| (d.partition, d.offset, t, 0, 0)));
+                return Ok(());
+            }
+            let mut by_target: BTreeMap<String, Vec<DeadLetter>> = BTreeMap::new();
+            for (d, t) in chunk.drain(..) {
+                by_target.entry(t).or_default().push(d);
+            }
+            for (target, letters) in by_target {
+                let records: Vec<Record> = letters.iter().map(|d| redriven_record(topic, &key, d)).collect();
+                let positions = self.publish(&target, &records)?;
+                for (d, (tp, to)) in letters.iter().zip(positions) {
+                    report.sent.push((d.partition, d.offset, target.clone(), tp, to));
+                    marks.redriven.insert((d.partition, d.offset));
+                }
+            }
             let path = self.marks_path(topic)?;
             create_dir_durable(path.parent().expect("in a folder"), &self.inner.faults)?;
-            let bytes = serde_json::to_vec(&marks).expect("marks serialise");
-            write_atomic(&path, &bytes, SyncSite::Offsets, &self.inner.faults)?;
-        }
+            let bytes = serde_json::to_vec(&*marks).expect("marks serialise");
+            write_atomic(&path, &bytes, SyncSite::Offsets, &self.inner.faults)
+        };
+        self.scan(topic, selection, |d| {
+            if d.redriven {
+                report.already += 1;
+            } else if header(&d.record, dlq_headers::PAYLOAD_DROPPED).is_some() {
+                report.payload_dropped += 1;
+            } else {
+                let t = target(topic, &d, to)?;
+                chunk.push((d, t));
+                if chunk.len() >= REDRIVE_CHUNK {
+                    flush(&mut chunk, &mut report, &mut marks)?;
+                }
+            }
+            Ok(true)
+        })?;
+        flush(&mut chunk, &mut report, &mut marks)?;
         Ok(report)
     }
 }

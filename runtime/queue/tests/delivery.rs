@@ -294,3 +294,37 @@ fn redrive_sends_each_selected_dead_letter_back_once_with_provenance() {
     assert!(q.dead_letters(dlq, &all).unwrap().iter().all(|d| d.redriven));
     assert!(q.redrive(dlq, &weir_queue::Selection::default(), Some("missing"), false).is_ok(), "nothing left to send anywhere");
 }
+
+#[test]
+fn a_summary_counts_everything_selected_and_keeps_only_the_newest() {
+    let (_dir, q) = setup(50);
+    let mut c = q.consumer("t", "g", ConsumerOptions::default()).unwrap();
+    for d in fetch_all(&mut c, Duration::ZERO) {
+        c.reject(d.id(), "bad").unwrap();
+    }
+    let s = q.dead_letter_summary("t.dlq", &weir_queue::Selection::default(), 5).unwrap();
+    assert_eq!((s.total, s.redriven, s.newest.len()), (50, 0, 5));
+    assert_eq!(s.newest.iter().map(|d| d.offset).collect::<Vec<_>>(), [49, 48, 47, 46, 45], "newest first");
+    assert_eq!(s.groups.values().map(|g| g.count).sum::<usize>(), 50);
+}
+
+#[test]
+fn a_redrive_of_more_than_a_chunk_sends_each_once() {
+    let (_dir, q) = setup(2500);
+    let mut c = q.consumer("t", "g", ConsumerOptions { max_ack_pending: 10_000, ..Default::default() }).unwrap();
+    loop {
+        let got = c.fetch(1000, Duration::ZERO).unwrap();
+        if got.is_empty() {
+            break;
+        }
+        for d in got {
+            c.reject(d.id(), "bad").unwrap();
+        }
+    }
+    let all = weir_queue::Selection::default();
+    let sent = q.redrive("t.dlq", &all, None, false).unwrap();
+    assert_eq!(sent.sent.len(), 2500);
+    assert_eq!(q.topic_info("t").unwrap().len(), 5000);
+    let again = q.redrive("t.dlq", &all, None, false).unwrap();
+    assert_eq!((again.sent.len(), again.already), (0, 2500));
+}

@@ -496,11 +496,12 @@ async fn list_dead_letters(
     axum::extract::Query(q): axum::extract::Query<HashMap<String, String>>,
 ) -> Result<Json<Value>, ApiError> {
     let selection = crate::dlq::selection_from_query(&q).map_err(bad)?;
-    blocking(move || {
-        let letters = s.queue.dead_letters(&topic, &selection)?;
-        Ok(Json(json!({ "dead_letters": letters.iter().map(crate::dlq::dead_letter_json).collect::<Vec<_>>() })))
-    })
-    .await
+    let limit = match q.get("limit").map(|l| l.parse::<usize>()) {
+        None => 50,
+        Some(Ok(n)) if (1..=1000).contains(&n) => n,
+        Some(_) => return Err(bad("limit: 1 to 1000")),
+    };
+    blocking(move || Ok(Json(crate::dlq::summary_json(&s.queue.dead_letter_summary(&topic, &selection, limit)?)))).await
 }
 
 #[derive(Deserialize)]
