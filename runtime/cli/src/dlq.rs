@@ -336,14 +336,10 @@ fn printable(v: &Value) -> String {
 }
 
 fn print_redrive(topic: &str, report: &Value, dry_run: bool) {
-    let sent = report["sent"].as_array().cloned().unwrap_or_default();
-    let mut to: std::collections::BTreeMap<String, usize> = Default::default();
-    for s in &sent {
-        *to.entry(text(&s[2])).or_default() += 1;
-    }
-    let targets: Vec<String> = to.iter().map(|(t, n)| format!("{n} to {t}")).collect();
+    let sent = report["sent"].as_u64().unwrap_or(0);
+    let targets: Vec<String> = report["to"].as_object().into_iter().flatten().map(|(t, n)| format!("{n} to {t}")).collect();
     let verb = if dry_run { "would redrive" } else { "redrove" };
-    let mut line = format!("{verb} {} dead letter{} of {topic}", sent.len(), if sent.len() == 1 { "" } else { "s" });
+    let mut line = format!("{verb} {sent} dead letter{} of {topic}", if sent == 1 { "" } else { "s" });
     if !targets.is_empty() {
         line += &format!(": {}", targets.join(", "));
     }

@@ -77,22 +77,52 @@ impl Selection {
     }
 }
 
-/// What a redrive did.
-#[derive(Debug, Clone, Default, Serialize)]
+/// What a redrive did (or, dry, would do).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct Redrive {
-    /// Each dead letter sent: (its partition, its offset, target topic,
-    /// target partition, target offset).
-    pub sent: Vec<(u32, u64, String, u32, u64)>,
+    /// Dead letters sent.
+    pub sent: usize,
+    /// How many went to each topic.
+    pub to: BTreeMap<String, usize>,
     /// Selected, but redriven before: not sent again.
     pub already: usize,
     /// Selected, but stored without their payload (too large): not sent.
     pub payload_dropped: usize,
 }
 
+/// The dead letters redriven: per partition, ranges of offsets
+/// `[start, end)`, sorted and merged (a redrive usually takes a run of
+/// them), so the file stays small however many were sent.
 #[derive(Serialize, Deserialize, Default)]
 struct Marks {
-    /// (partition, offset) of every dead letter redriven.
-    redriven: BTreeSet<(u32, u64)>,
+    redriven: BTreeMap<u32, Vec<(u64, u64)>>,
+}
+
+impl Marks {
+    fn contains(&self, partition: u32, offset: u64) -> bool {
+        let Some(ranges) = self.redriven.get(&partition) else { return false };
+        let i = ranges.partition_point(|&(start, _)| start <= offset);
+        i > 0 && offset < ranges[i - 1].1
+    }
+
+    fn insert(&mut self, partition: u32, offset: u64) {
+        let ranges = self.redriven.entry(partition).or_default();
+        let i = ranges.partition_point(|&(start, _)| start <= offset);
+        if i > 0 && offset < ranges[i - 1].1 {
+            return;
+        }
+        let joins_left = i > 0 && ranges[i - 1].1 == offset;
+        let joins_right = i < ranges.len() && ranges[i].0 == offset + 1;
+        match (joins_left, joins_right) {
+            (true, true) => {
+                ranges[i - 1].1 = ranges[i].1;
+                ranges.remove(i);
+            }
+            (true, false) => ranges[i - 1].1 = offset + 1,
+            (false, true) => ranges[i].0 = offset,
+            (false, false) => ranges.insert(i, (offset, offset + 1)),
+        }
+    }
 }
 
 fn header(r: &StoredRecord, name: &str) -> Option<String> {
@@ -117,7 +147,7 @@ fn dead_letter(topic: &str, partition: u32, r: StoredRecord, marks: &Marks) -> D
         reason: header(&r, dlq_headers::REASON).unwrap_or_default(),
         attempts: header(&r, dlq_headers::ATTEMPTS).and_then(|a| a.parse().ok()),
         source,
-        redriven: marks.redriven.contains(&(partition, r.offset)),
+        redriven: marks.contains(partition, r.offset),
         record: r,
     }
 }
@@ -320,7 +350,10 @@ impl Queue {
                 return Ok(());
             }
             if dry_run {
-                report.sent.extend(chunk.drain(..).map(|(d, t)| (d.partition, d.offset, t, 0, 0)));
+                for (_, t) in chunk.drain(..) {
+                    report.sent += 1;
+                    *report.to.entry(t).or_default() += 1;
+                }
                 return Ok(());
             }
             let mut by_target: BTreeMap<String, Vec<DeadLetter>> = BTreeMap::new();
@@ -329,11 +362,12 @@ impl Queue {
             }
             for (target, letters) in by_target {
                 let records: Vec<Record> = letters.iter().map(|d| redriven_record(topic, &key, d)).collect();
-                let positions = self.publish(&target, &records)?;
-                for (d, (tp, to)) in letters.iter().zip(positions) {
-                    report.sent.push((d.partition, d.offset, target.clone(), tp, to));
-                    marks.redriven.insert((d.partition, d.offset));
+                self.publish(&target, &records)?;
+                for d in &letters {
+                    marks.insert(d.partition, d.offset);
                 }
+                report.sent += letters.len();
+                *report.to.entry(target).or_default() += letters.len();
             }
             let path = self.marks_path(topic)?;
             create_dir_durable(path.parent().expect("in a folder"), &self.inner.faults)?;
@@ -356,5 +390,26 @@ impl Queue {
         })?;
         flush(&mut chunk, &mut report, &mut marks)?;
         Ok(report)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Marks;
+
+    #[test]
+    fn marks_keep_merged_ranges_and_know_each_offset() {
+        let mut m = Marks::default();
+        for o in [5, 3, 4, 9, 7, 8, 0] {
+            m.insert(1, o);
+        }
+        assert_eq!(m.redriven[&1], [(0, 1), (3, 6), (7, 10)]);
+        m.insert(1, 6);
+        m.insert(1, 4);
+        assert_eq!(m.redriven[&1], [(0, 1), (3, 10)]);
+        for o in 0..12 {
+            assert_eq!(m.contains(1, o), o == 0 || (3..10).contains(&o), "{o}");
+        }
+        assert!(!m.contains(0, 0));
     }
 }

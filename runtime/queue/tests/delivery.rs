@@ -274,10 +274,10 @@ fn redrive_sends_each_selected_dead_letter_back_once_with_provenance() {
 
     // A dry run sends nothing; a selection by id sends that one.
     let dry = q.redrive(dlq, &all, None, true).unwrap();
-    assert_eq!((dry.sent.len(), q.topic_info("t").unwrap().len()), (3, 4));
+    assert_eq!((dry.sent, q.topic_info("t").unwrap().len()), (3, 4));
     let one = weir_queue::Selection { ids: vec![(0, 1)], ..Default::default() };
     let sent = q.redrive(dlq, &one, None, false).unwrap();
-    assert_eq!(sent.sent, [(0, 1, "t".to_owned(), 0, 4)]);
+    assert_eq!((sent.sent, sent.to.get("t")), (1, Some(&1)));
     let back = q.read("t", 0, 4, 10).unwrap();
     assert_eq!(back[0].payload, b"m1");
     assert_eq!(header(&back[0], weir_queue::REDRIVEN_FROM), "t.dlq/0@1");
@@ -285,11 +285,11 @@ fn redrive_sends_each_selected_dead_letter_back_once_with_provenance() {
     assert!(back[0].headers.iter().all(|(k, _)| k != dlq_headers::REASON), "dead-letter headers are taken off");
 
     // The rest, then again: the marked ones are not sent twice, even after reopening.
-    assert_eq!(q.redrive(dlq, &all, None, false).unwrap().sent.len(), 2);
+    assert_eq!(q.redrive(dlq, &all, None, false).unwrap().sent, 2);
     drop(q);
     let q = Queue::open(dir.path()).unwrap();
     let again = q.redrive(dlq, &all, None, false).unwrap();
-    assert_eq!((again.sent.len(), again.already), (0, 3));
+    assert_eq!((again.sent, again.already), (0, 3));
     assert_eq!(q.topic_info("t").unwrap().len(), 7);
     assert!(q.dead_letters(dlq, &all).unwrap().iter().all(|d| d.redriven));
     assert!(q.redrive(dlq, &weir_queue::Selection::default(), Some("missing"), false).is_ok(), "nothing left to send anywhere");
@@ -323,8 +323,8 @@ fn a_redrive_of_more_than_a_chunk_sends_each_once() {
     }
     let all = weir_queue::Selection::default();
     let sent = q.redrive("t.dlq", &all, None, false).unwrap();
-    assert_eq!(sent.sent.len(), 2500);
+    assert_eq!(sent.sent, 2500);
     assert_eq!(q.topic_info("t").unwrap().len(), 5000);
     let again = q.redrive("t.dlq", &all, None, false).unwrap();
-    assert_eq!((again.sent.len(), again.already), (0, 2500));
+    assert_eq!((again.sent, again.already), (0, 2500));
 }
