@@ -9,8 +9,6 @@ use std::sync::Arc;
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TryRecvError, sync_channel};
 use std::time::{Duration, Instant};
 
-use rustc_hash::FxHashMap;
-
 use weir_queue::{DeliveryId, Message, Queue, Record};
 
 use super::Feed;
@@ -80,12 +78,64 @@ pub(crate) struct MemoryFeed {
     next: u64,
     /// Delivered, not yet settled: offset → the message (a cheap clone of
     /// what was handed out: shared payload and key).
-    in_flight: FxHashMap<u64, Fetched>,
+    in_flight: InFlight,
     /// offset → (due, the message to deliver again).
     redeliver: BTreeMap<u64, (Instant, Fetched)>,
     max_in_flight: usize,
     dead_letter: Option<(Queue, String)>,
     stats: Arc<PipelineStats>,
+}
+
+/// Delivered, unsettled messages by offset. Offsets are handed out in
+/// order and mostly settled in order, so a deque from the lowest unsettled
+/// offset does it without hashing or rehashing (a map of a million
+/// deliveries was 6 % of a pipeline's time).
+#[derive(Default)]
+struct InFlight {
+    /// Offset of `slots[0]`.
+    base: u64,
+    slots: VecDeque<Option<Fetched>>,
+    len: usize,
+}
+
+impl InFlight {
+    fn insert(&mut self, f: Fetched) {
+        let offset = f.id.offset;
+        if self.slots.is_empty() {
+            self.base = offset;
+        }
+        // A redelivery of a message below the window.
+        while offset < self.base {
+            self.slots.push_front(None);
+            self.base -= 1;
+        }
+        let i = (offset - self.base) as usize;
+        if self.slots.len() <= i {
+            self.slots.resize_with(i + 1, || None);
+        }
+        if self.slots[i].replace(f).is_none() {
+            self.len += 1;
+        }
+    }
+
+    fn remove(&mut self, offset: u64) -> Option<Fetched> {
+        let i = usize::try_from(offset.checked_sub(self.base)?).ok()?;
+        let f = self.slots.get_mut(i)?.take()?;
+        self.len -= 1;
+        while matches!(self.slots.front(), Some(None)) {
+            self.slots.pop_front();
+            self.base += 1;
+        }
+        Some(f)
+    }
+
+    fn len(&self) -> usize {
+        self.len
+    }
+
+    fn is_empty(&self) -> bool {
+        self.len == 0
+    }
 }
 
 impl MemoryFeed {
@@ -103,7 +153,7 @@ impl MemoryFeed {
             ahead: VecDeque::new(),
             exhausted: false,
             next: 0,
-            in_flight: FxHashMap::default(),
+            in_flight: InFlight::default(),
             redeliver: BTreeMap::new(),
             max_in_flight,
             dead_letter,
@@ -112,7 +162,7 @@ impl MemoryFeed {
     }
 
     fn again(&mut self, id: DeliveryId, delay: Duration, extra_attempt: u32) {
-        if let Some(mut f) = self.in_flight.remove(&id.offset) {
+        if let Some(mut f) = self.in_flight.remove(id.offset) {
             f.msg.attempt += extra_attempt;
             self.redeliver.insert(id.offset, (Instant::now() + delay, f));
         }
@@ -120,7 +170,7 @@ impl MemoryFeed {
 
     /// Hand out `f`, keeping a copy until it is settled.
     fn deliver(&mut self, f: Fetched, out: &mut Vec<Fetched>) {
-        self.in_flight.insert(f.id.offset, f.clone());
+        self.in_flight.insert(f.clone());
         out.push(f);
     }
 
@@ -194,7 +244,7 @@ impl Feed for MemoryFeed {
     }
 
     fn ack(&mut self, id: DeliveryId) {
-        self.in_flight.remove(&id.offset);
+        self.in_flight.remove(id.offset);
     }
 
     fn nak(&mut self, id: DeliveryId, delay: Duration) {
@@ -211,5 +261,48 @@ impl Feed for MemoryFeed {
 
     fn is_settled(&mut self) -> bool {
         self.exhausted && self.ahead.is_empty() && self.in_flight.is_empty() && self.redeliver.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fetched(offset: u64) -> Fetched {
+        let msg = Message {
+            topic: "t".into(),
+            partition: 0,
+            offset,
+            key: None,
+            payload: Vec::new().into(),
+            headers: Vec::new(),
+            timestamp_us: 0,
+            event_time_ms: 0,
+            attempt: 1,
+        };
+        Fetched { id: DeliveryId { partition: 0, offset }, appended_us: 0, msg }
+    }
+
+    #[test]
+    fn in_flight_keeps_each_offset_until_removed_in_any_order() {
+        let mut w = InFlight::default();
+        for o in 10..20 {
+            w.insert(fetched(o));
+        }
+        assert_eq!(w.len(), 10);
+        assert_eq!(w.remove(15).map(|f| f.id.offset), Some(15));
+        assert!(w.remove(15).is_none() && w.remove(9).is_none() && w.remove(20).is_none());
+        for o in 10..15 {
+            assert!(w.remove(o).is_some());
+        }
+        assert_eq!((w.base, w.len()), (16, 4), "the settled front is let go");
+        // A redelivery below the window, then one within it.
+        w.insert(fetched(12));
+        w.insert(fetched(15));
+        assert_eq!((w.base, w.len()), (12, 6));
+        for o in [12, 15, 16, 17, 18, 19] {
+            assert_eq!(w.remove(o).map(|f| f.id.offset), Some(o));
+        }
+        assert!(w.is_empty() && w.slots.is_empty());
     }
 }
