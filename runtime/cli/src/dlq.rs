@@ -305,7 +305,7 @@ fn print_one(topic: &str, d: &Value, hex: bool) -> anyhow::Result<()> {
     for (k, v) in m["headers"].as_object().into_iter().flatten() {
         writeln!(out, "  {k}: {}", printable(v))?;
     }
-    let payload = bytes(&m["payload"]);
+    let payload = weir_queue::json::bytes_from_json(&m["payload"]).unwrap_or_default();
     writeln!(out, "payload ({} bytes):", payload.len())?;
     if hex {
         for (i, row) in payload.chunks(16).enumerate() {
@@ -317,15 +317,6 @@ fn print_one(topic: &str, d: &Value, hex: bool) -> anyhow::Result<()> {
         writeln!(out, "{}", String::from_utf8_lossy(&payload))?;
     }
     Ok(())
-}
-
-/// Bytes as JSON (a string, or an array of bytes).
-fn bytes(v: &Value) -> Vec<u8> {
-    match v {
-        Value::String(s) => s.as_bytes().to_vec(),
-        Value::Array(a) => a.iter().filter_map(|b| b.as_u64().map(|b| b as u8)).collect(),
-        _ => Vec::new(),
-    }
 }
 
 fn printable(v: &Value) -> String {

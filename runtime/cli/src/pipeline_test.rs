@@ -180,13 +180,7 @@ fn text_line(dest: &Destination, msg: &Value) -> String {
 
 /// Bytes as JSON (a string, or an array of bytes) as text.
 fn text(v: &Value) -> String {
-    match v {
-        Value::String(s) => s.clone(),
-        Value::Array(bytes) => {
-            String::from_utf8_lossy(&bytes.iter().filter_map(|b| b.as_u64().map(|b| b as u8)).collect::<Vec<_>>()).into_owned()
-        }
-        _ => String::new(),
-    }
+    String::from_utf8_lossy(&weir_queue::json::bytes_from_json(v).unwrap_or_default()).into_owned()
 }
 
 /// The fields of `msg` that `fields` compares.
@@ -218,12 +212,9 @@ fn canonical(v: Value) -> String {
             other => other,
         }
     }
-    // A BTreeMap serialises in key order whatever serde_json's map keeps.
-    match sorted(v) {
-        Value::Object(o) => serde_json::to_string(&o.into_iter().collect::<BTreeMap<_, _>>()),
-        other => serde_json::to_string(&other),
-    }
-    .expect("JSON values serialise")
+    // Rebuilt from key order: serialised in key order whether serde_json's
+    // map sorts or keeps insertion order.
+    serde_json::to_string(&sorted(v)).expect("JSON values serialise")
 }
 
 pub(crate) fn test(args: TestArgs) -> anyhow::Result<()> {
@@ -284,8 +275,8 @@ pub(crate) fn test(args: TestArgs) -> anyhow::Result<()> {
         return Err(Reported(130).into());
     }
 
-    let mut actual = collect(&pipeline, &routable, &queue, &sink_files)?;
-    let failed = if args.update { update(&expected, &actual)? } else { compare(&expected, &mut actual, args.unordered) };
+    let actual = collect(&pipeline, &routable, &queue, &sink_files)?;
+    let failed = if args.update { update(&expected, &actual)? } else { compare(&expected, &actual, args.unordered) };
     if args.keep {
         let kept = scratch.keep();
         println!("scratch data directory kept: weir consume --data-dir {} TOPIC", kept.join("data").display());
@@ -408,10 +399,10 @@ fn collect(
 }
 
 /// Compare and print each destination's verdict; the number that differ.
-fn compare(expected: &BTreeMap<Destination, Expected>, actual: &mut BTreeMap<Destination, Vec<Value>>, unordered: bool) -> usize {
+fn compare(expected: &BTreeMap<Destination, Expected>, actual: &BTreeMap<Destination, Vec<Value>>, unordered: bool) -> usize {
     let color = std::io::stdout().is_terminal();
     let mut failed = 0;
-    for (dest, msgs) in actual.iter_mut() {
+    for (dest, msgs) in actual {
         let Some(want) = expected.get(dest) else {
             if msgs.is_empty() {
                 continue;

@@ -15,6 +15,16 @@ pub fn bytes(b: &[u8]) -> serde_json::Value {
     }
 }
 
+/// Bytes from JSON as [`bytes`] writes them (a string, or an array of
+/// byte values); `None` for anything else.
+pub fn bytes_from_json(v: &serde_json::Value) -> Option<Vec<u8>> {
+    match v {
+        serde_json::Value::String(s) => Some(s.clone().into_bytes()),
+        serde_json::Value::Array(a) => a.iter().map(|b| b.as_u64().and_then(|b| u8::try_from(b).ok())).collect(),
+        _ => None,
+    }
+}
+
 /// Headers as a JSON object of [`bytes`] values.
 pub fn headers(headers: &[(String, Vec<u8>)]) -> serde_json::Value {
     headers.iter().map(|(k, v)| (k.clone(), bytes(v))).collect::<serde_json::Map<_, _>>().into()
@@ -61,13 +71,7 @@ pub fn message(msg: &Message) -> serde_json::Value {
 /// # Errors
 /// What is wrong with it, for the one who sent it.
 pub fn record_from_json(v: &serde_json::Value) -> std::result::Result<Record, String> {
-    let bytes = |v: &serde_json::Value| -> Option<Vec<u8>> {
-        match v {
-            serde_json::Value::String(s) => Some(s.clone().into_bytes()),
-            serde_json::Value::Array(a) => a.iter().map(|b| b.as_u64().and_then(|b| u8::try_from(b).ok())).collect(),
-            _ => None,
-        }
-    };
+    let bytes = bytes_from_json;
     let Some(obj) = v.as_object() else { return Err("not a JSON object".into()) };
     let Some(payload) = obj.get("payload").and_then(bytes) else {
         return Err("needs a `payload`: a string or an array of bytes".into());
