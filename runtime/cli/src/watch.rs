@@ -80,18 +80,9 @@ pub(crate) fn start(file: PathBuf, pipeline: &Pipeline, upgrades: Arc<Upgrades>,
                 let now = stamp(&s.module);
                 if now.is_some() && now != s.done && now == s.seen {
                     s.done = now;
-                    match upgrades.upgrade(&s.name, &s.module, SWAP_WAIT) {
-                        Ok(u) if u.previous == u.module => {
-                            tracing::debug!(stage = %u.stage, "the component file changed but not its contents")
-                        }
-                        Ok(u) => tracing::info!(
-                            stage = %u.stage,
-                            from = %&u.previous[..12],
-                            to = %&u.module[..12],
-                            module = %s.module.display(),
-                            "stage upgraded; messages in flight finished on the old version"
-                        ),
-                        Err(e) => tracing::error!(error = %e, "upgrade refused; the running version runs on"),
+                    // An upgrade logs itself; a refusal is said here.
+                    if let Err(e) = upgrades.upgrade(&s.name, &s.module, SWAP_WAIT) {
+                        tracing::error!(error = %e, "upgrade refused; the running version runs on");
                     }
                 }
                 s.seen = now;

@@ -128,6 +128,7 @@ impl Upgrades {
         let component = l.runtime.load(module).map_err(|e| refuse(e.to_string()))?;
         if component.digest() == l.module {
             // The same version (a file rewritten with the same bytes): nothing to swap.
+            tracing::debug!(stage, module = %module.display(), "the same version as the one running: nothing to swap");
             l.path = module.to_owned();
             return Ok(Upgraded { stage: stage.to_owned(), previous: l.module.clone(), module: l.module.clone() });
         }
@@ -146,24 +147,24 @@ impl Upgrades {
         let (done, acked) = sync_channel(1);
         *slot.pending.lock().unwrap() = Some(Swap { component, instances, done });
         match acked.recv_timeout(wait) {
-            Ok(()) => {
-                let previous = std::mem::replace(&mut l.module, digest.clone());
-                l.path = module.to_owned();
-                Ok(Upgraded { stage: stage.to_owned(), previous, module: digest })
+            Ok(()) => {}
+            // Taken back unless the stage took it just now.
+            Err(RecvTimeoutError::Timeout) if slot.pending.lock().unwrap().take().is_some() => {
+                return Err(UpgradeError::Timeout(stage.to_owned(), wait));
             }
-            Err(RecvTimeoutError::Timeout) => {
-                // Taken back unless the stage took it just now.
-                if slot.pending.lock().unwrap().take().is_some() {
-                    Err(UpgradeError::Timeout(stage.to_owned(), wait))
-                } else {
-                    let _ = acked.recv();
-                    let previous = std::mem::replace(&mut l.module, digest.clone());
-                    l.path = module.to_owned();
-                    Ok(Upgraded { stage: stage.to_owned(), previous, module: digest })
-                }
-            }
-            Err(RecvTimeoutError::Disconnected) => Err(UpgradeError::NotRunning),
+            Err(RecvTimeoutError::Timeout) => acked.recv().map_err(|_| UpgradeError::NotRunning)?,
+            Err(RecvTimeoutError::Disconnected) => return Err(UpgradeError::NotRunning),
         }
+        let previous = std::mem::replace(&mut l.module, digest.clone());
+        l.path = module.to_owned();
+        tracing::info!(
+            stage,
+            from = short(&previous),
+            to = short(&digest),
+            module = %module.display(),
+            "stage upgraded; messages in flight finished on the old version"
+        );
+        Ok(Upgraded { stage: stage.to_owned(), previous, module: digest })
     }
 
     /// The run starts: stage `i` can be upgraded.
@@ -188,4 +189,9 @@ impl Upgrades {
     pub(crate) fn take(&self, i: usize) -> Option<Swap> {
         self.slots.get(i)?.pending.lock().unwrap().take()
     }
+}
+
+/// A digest's first 12 hex digits, for logs.
+pub(crate) fn short(digest: &str) -> &str {
+    &digest[..digest.len().min(12)]
 }

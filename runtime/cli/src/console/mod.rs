@@ -106,10 +106,7 @@ async fn upgrade(upgrades: Arc<Upgrades>, Path(stage): Path<String>, body: axum:
     };
     let done = tokio::task::spawn_blocking(move || upgrades.upgrade(&stage, &b.module, crate::watch::SWAP_WAIT)).await;
     match done {
-        Ok(Ok(u)) => {
-            tracing::info!(stage = %u.stage, from = %&u.previous[..12], to = %&u.module[..12], "stage upgraded over HTTP");
-            Json(json!({ "stage": u.stage, "previous": u.previous, "module": u.module })).into_response()
-        }
+        Ok(Ok(u)) => Json(json!({ "stage": u.stage, "previous": u.previous, "module": u.module })).into_response(),
         Ok(Err(e @ UpgradeError::UnknownStage(_))) => error(StatusCode::NOT_FOUND, &e),
         Ok(Err(e @ UpgradeError::Refused { .. })) => error(StatusCode::UNPROCESSABLE_ENTITY, &e),
         Ok(Err(e)) => error(StatusCode::SERVICE_UNAVAILABLE, &e),

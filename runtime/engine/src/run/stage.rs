@@ -61,7 +61,7 @@ impl StageWorker {
     fn swap_if_upgraded(&mut self) {
         let Some(swap) = self.upgrades.as_ref().and_then(|u| u.take(self.index)) else { return };
         let previous = std::mem::replace(&mut self.module, swap.component.digest().into());
-        tracing::debug!(stage = %self.spec.name, from = %short(&previous), to = %short(&self.module), "stage upgraded between batches");
+        tracing::debug!(stage = %self.spec.name, from = crate::upgrade::short(&previous), to = crate::upgrade::short(&self.module), "stage upgraded between batches");
         self.component = swap.component;
         self.instances = swap.instances;
         self.stats.set_module(&self.module);
@@ -640,9 +640,4 @@ fn into_output(mut origin_msg: Message, out: Output) -> Message {
     origin_msg.payload = out.payload.into();
     origin_msg.headers = out.headers;
     origin_msg
-}
-
-/// A digest's first 12 hex digits, for logs.
-fn short(digest: &str) -> &str {
-    &digest[..digest.len().min(12)]
 }
