@@ -47,6 +47,9 @@ pub struct DeadLetter {
     pub source: Option<(String, u32, u64)>,
     /// Whether it was redriven already.
     pub redriven: bool,
+    /// Whether it was stored without its payload (too large to keep):
+    /// such a dead letter cannot be redriven.
+    pub payload_dropped: bool,
     /// The record itself.
     pub record: StoredRecord,
 }
@@ -73,7 +76,12 @@ impl Selection {
             && self.kind.as_ref().is_none_or(|k| *k == d.kind)
             && self.since_ms.is_none_or(|t| ms >= t)
             && self.until_ms.is_none_or(|t| ms < t)
-            && (self.ids.is_empty() || self.ids.contains(&(d.partition, d.offset)))
+    }
+
+    /// Whether the dead letter at (`partition`, `offset`) may be picked:
+    /// asked before it is read into a [`DeadLetter`].
+    fn may_pick(&self, partition: u32, offset: u64) -> bool {
+        self.ids.is_empty() || self.ids.contains(&(partition, offset))
     }
 }
 
@@ -93,7 +101,7 @@ pub struct Redrive {
 /// The dead letters redriven: per partition, ranges of offsets
 /// `[start, end)`, sorted and merged (a redrive usually takes a run of
 /// them), so the file stays small however many were sent.
-#[derive(Serialize, Deserialize, Default)]
+#[derive(Clone, Serialize, Deserialize, Default)]
 struct Marks {
     redriven: BTreeMap<u32, Vec<(u64, u64)>>,
 }
@@ -148,6 +156,7 @@ fn dead_letter(topic: &str, partition: u32, r: StoredRecord, marks: &Marks) -> D
         attempts: header(&r, dlq_headers::ATTEMPTS).and_then(|a| a.parse().ok()),
         source,
         redriven: marks.contains(partition, r.offset),
+        payload_dropped: header(&r, dlq_headers::PAYLOAD_DROPPED).is_some(),
         record: r,
     }
 }
@@ -248,8 +257,7 @@ impl Queue {
     /// Call `visit` with each dead letter of `topic` that `selection`
     /// picks, oldest first per partition, reading a page at a time, until
     /// it returns false.
-    fn scan(&self, topic: &str, selection: &Selection, mut visit: impl FnMut(DeadLetter) -> Result<bool>) -> Result<()> {
-        let marks = self.marks(topic)?;
+    fn scan(&self, topic: &str, selection: &Selection, marks: &Marks, mut visit: impl FnMut(DeadLetter) -> Result<bool>) -> Result<()> {
         let info = self.topic_info(topic)?;
         for (p, &(start, end)) in info.offsets.iter().enumerate() {
             let p = p as u32;
@@ -259,10 +267,10 @@ impl Queue {
                 let Some(last) = records.last() else { break };
                 at = last.offset + 1;
                 for r in records {
-                    if !selection.ids.is_empty() && !selection.ids.contains(&(p, r.offset)) {
+                    if !selection.may_pick(p, r.offset) {
                         continue;
                     }
-                    let d = dead_letter(topic, p, r, &marks);
+                    let d = dead_letter(topic, p, r, marks);
                     if selection.holds(&d) && !visit(d)? {
                         return Ok(());
                     }
@@ -279,7 +287,7 @@ impl Queue {
     /// Unknown topic; I/O errors.
     pub fn dead_letters(&self, topic: &str, selection: &Selection) -> Result<Vec<DeadLetter>> {
         let mut out = Vec::new();
-        self.scan(topic, selection, |d| {
+        self.scan(topic, selection, &self.marks(topic)?, |d| {
             out.push(d);
             Ok(true)
         })?;
@@ -295,7 +303,7 @@ impl Queue {
         let mut summary = Summary::default();
         // The newest, kept as a min-heap on (time, partition, offset).
         let mut kept: BinaryHeap<Reverse<Newest>> = BinaryHeap::new();
-        self.scan(topic, selection, |d| {
+        self.scan(topic, selection, &self.marks(topic)?, |d| {
             summary.total += 1;
             summary.redriven += usize::from(d.redriven);
             let t = d.record.append_timestamp_ms;
@@ -324,10 +332,11 @@ impl Queue {
         let _one = self.inner.redriving.lock().unwrap();
         let key = self.topic_key(topic)?;
         let mut report = Redrive::default();
+        let mut marks = self.marks(topic)?;
         // Every target first: nothing is sent if one is missing.
         let mut targets = BTreeSet::new();
-        self.scan(topic, selection, |d| {
-            if !d.redriven && header(&d.record, dlq_headers::PAYLOAD_DROPPED).is_none() {
+        self.scan(topic, selection, &marks, |d| {
+            if !d.redriven && !d.payload_dropped {
                 targets.insert(target(topic, &d, to)?);
             }
             Ok(true)
@@ -342,8 +351,9 @@ impl Queue {
             }
         }
         // Then in chunks, each published, then marked: memory stays bounded
-        // however many are selected.
-        let mut marks = self.marks(topic)?;
+        // however many are selected. (The scan reads the marks as they were
+        // while the chunks add to them: it has passed what they add.)
+        let before = marks.clone();
         let mut chunk: Vec<(DeadLetter, String)> = Vec::new();
         let flush = |chunk: &mut Vec<(DeadLetter, String)>, report: &mut Redrive, marks: &mut Marks| -> Result<()> {
             if chunk.is_empty() {
@@ -374,10 +384,10 @@ impl Queue {
             let bytes = serde_json::to_vec(&*marks).expect("marks serialise");
             write_atomic(&path, &bytes, SyncSite::Offsets, &self.inner.faults)
         };
-        self.scan(topic, selection, |d| {
+        self.scan(topic, selection, &before, |d| {
             if d.redriven {
                 report.already += 1;
-            } else if header(&d.record, dlq_headers::PAYLOAD_DROPPED).is_some() {
+            } else if d.payload_dropped {
                 report.payload_dropped += 1;
             } else {
                 let t = target(topic, &d, to)?;
