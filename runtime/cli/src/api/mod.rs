@@ -311,7 +311,7 @@ fn router(state: Arc<ApiState>) -> Router {
 }
 
 /// A client's mistake or a server failure, as `{"error": ...}`.
-pub(crate) struct ApiError(StatusCode, String);
+pub(crate) struct ApiError(pub(crate) StatusCode, pub(crate) String);
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {

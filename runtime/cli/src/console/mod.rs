@@ -13,21 +13,20 @@
 //! as text, never parsed as HTML.
 
 use std::collections::VecDeque;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-
-use std::path::PathBuf;
 
 use axum::Json;
 use axum::Router;
 use axum::extract::Path;
 use axum::http::{StatusCode, header};
-use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde_json::{Value, json};
 use weir_engine::config::{DeadLetterTo, NatsSource, Sink, Source};
 use weir_engine::{Pipeline, PipelineStats, UpgradeError, Upgrades};
 
+use crate::api::ApiError;
 use crate::sampler::{Point, Sampler};
 
 /// How much history the charts get: this many seconds, a point a second.
@@ -98,27 +97,24 @@ struct UpgradeBody {
 
 /// `POST /v1/pipeline/stages/STAGE/upgrade`: swap in another version of a
 /// stage's component, as `weir run --watch` does; answered once it runs.
-async fn upgrade(upgrades: Arc<Upgrades>, Path(stage): Path<String>, body: axum::body::Bytes) -> Response {
-    let error = |status: StatusCode, e: &dyn std::fmt::Display| (status, Json(json!({ "error": e.to_string() }))).into_response();
-    let b: UpgradeBody = match serde_json::from_slice(&body) {
-        Ok(b) => b,
-        Err(e) => return error(StatusCode::BAD_REQUEST, &format!("body: {e} (give {{\"module\": \"PATH.wasm\"}})")),
-    };
+async fn upgrade(upgrades: Arc<Upgrades>, Path(stage): Path<String>, body: axum::body::Bytes) -> Result<Json<Value>, ApiError> {
+    let error = |status: StatusCode, e: &dyn std::fmt::Display| ApiError(status, e.to_string());
+    let b: UpgradeBody = serde_json::from_slice(&body)
+        .map_err(|e| error(StatusCode::BAD_REQUEST, &format!("body: {e} (give {{\"module\": \"PATH.wasm\"}})")))?;
     let done = tokio::task::spawn_blocking(move || upgrades.upgrade(&stage, &b.module, crate::watch::SWAP_WAIT)).await;
     match done {
-        Ok(Ok(u)) => Json(json!({ "stage": u.stage, "previous": u.previous, "module": u.module })).into_response(),
-        Ok(Err(e @ UpgradeError::UnknownStage(_))) => error(StatusCode::NOT_FOUND, &e),
-        Ok(Err(e @ UpgradeError::Refused { .. })) => error(StatusCode::UNPROCESSABLE_ENTITY, &e),
-        Ok(Err(e)) => error(StatusCode::SERVICE_UNAVAILABLE, &e),
-        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, &e),
+        Ok(Ok(u)) => Ok(Json(json!({ "stage": u.stage, "previous": u.previous, "module": u.module }))),
+        Ok(Err(e @ UpgradeError::UnknownStage(_))) => Err(error(StatusCode::NOT_FOUND, &e)),
+        Ok(Err(e @ UpgradeError::Refused { .. })) => Err(error(StatusCode::UNPROCESSABLE_ENTITY, &e)),
+        Ok(Err(e)) => Err(error(StatusCode::SERVICE_UNAVAILABLE, &e)),
+        Err(e) => Err(error(StatusCode::INTERNAL_SERVER_ERROR, &e)),
     }
 }
 
 /// Under `weir serve`: no pipeline, said plainly (the page then shows
 /// topics and dead letters only).
 pub(crate) fn no_pipeline() -> Router {
-    let none =
-        || async { (StatusCode::NOT_FOUND, Json(json!({"error": "no pipeline runs in this process (weir serve)"}))).into_response() };
+    let none = || async { ApiError(StatusCode::NOT_FOUND, "no pipeline runs in this process (weir serve)".into()) };
     Router::new()
         .route("/v1/pipeline", get(none))
         .route("/v1/pipeline/history", get(none))
