@@ -6,10 +6,12 @@
 //! ignore_case = "true"         # optional, default false
 //! ```
 
+use memchr::memmem::Finder;
 use weir_sdk::{Config, Failure, Message, Output, Stage};
 
 struct Filter {
-    needle: String,
+    /// The needle, lower-cased when `ignore_case`.
+    needle: Finder<'static>,
     ignore_case: bool,
 }
 
@@ -21,12 +23,17 @@ impl Stage for Filter {
         }
         let ignore_case = config.parse::<bool>("ignore_case")?.unwrap_or(false);
         let needle = if ignore_case { needle.to_lowercase() } else { needle.to_owned() };
-        Ok(Filter { needle, ignore_case })
+        Ok(Filter { needle: Finder::new(needle.as_bytes()).into_owned(), ignore_case })
     }
 
     fn handle(&mut self, msg: Message) -> Result<Vec<Output>, Failure> {
-        let text = String::from_utf8_lossy(&msg.payload);
-        let matched = if self.ignore_case { text.to_lowercase().contains(&self.needle) } else { text.contains(&self.needle) };
+        // The needle is UTF-8, so finding its bytes in the payload is finding
+        // it in the payload's text (invalid bytes never swallow valid ones).
+        let matched = if self.ignore_case {
+            self.needle.find(String::from_utf8_lossy(&msg.payload).to_lowercase().as_bytes()).is_some()
+        } else {
+            self.needle.find(&msg.payload).is_some()
+        };
         if matched {
             weir_sdk::counter_add("dropped", 1);
             Ok(vec![])
@@ -50,6 +57,13 @@ mod tests {
         assert_eq!(out[0].as_ref().unwrap().len(), 1);
         assert!(out[1].as_ref().unwrap().is_empty());
         assert_eq!(h.counter("dropped"), 1);
+    }
+
+    #[test]
+    fn finds_the_needle_beside_bytes_that_are_not_utf8() {
+        let mut h = Harness::<Filter>::new(&[("drop_if_contains", "debug")]).unwrap();
+        assert!(h.handle(Message::new(&b"\xe2debug\xff"[..])).unwrap().is_empty());
+        assert_eq!(h.handle(Message::new(&b"\xe2deb\xffug"[..])).unwrap().len(), 1);
     }
 
     #[test]
