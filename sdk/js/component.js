@@ -3,7 +3,7 @@
 // state and timers. Bundled into a component only (by `weir build`), where
 // the `weir:pipeline/*` modules exist.
 
-import * as host from "weir:pipeline/host@0.2.0";
+import * as host from "weir:pipeline/host@0.2.1";
 import { Config, Failure, Message, Retry, Reject, call, exportedStage, outputs, setHost } from "./weir.js";
 
 setHost({

@@ -88,8 +88,10 @@ pub trait Stage: Sized + 'static {
     }
 }
 
-/// Export a [`Stage`] implementation as the component's `weir:pipeline/stage`
-/// world. Use once per component, at the crate root: `weir_sdk::export!(MyStage);`
+/// Export a [`Stage`] implementation as the component's
+/// `weir:pipeline/packed-stage` world (the `stage` world, plus batches
+/// packed into flat lists, which the host calls instead). Use once per
+/// component, at the crate root: `weir_sdk::export!(MyStage);`
 #[macro_export]
 macro_rules! export {
     ($ty:ty) => {
@@ -112,6 +114,13 @@ macro_rules! export {
                     $crate::__private::on_timers::<$ty>(timers)
                 }
             }
+            impl $crate::__private::bindings::exports::weir::pipeline::packed::Guest for __WeirStageExport {
+                fn handle_batch(
+                    batch: $crate::__private::bindings::weir::pipeline::types::PackedBatch,
+                ) -> $crate::__private::bindings::weir::pipeline::types::PackedResults {
+                    $crate::__private::packed::pack($crate::__private::handle_batch::<$ty>($crate::__private::packed::unpack(batch)))
+                }
+            }
             $crate::__private::bindings::__export_stage!(
                 __WeirStageExport with_types_in $crate::__private::bindings
             );
@@ -127,11 +136,13 @@ pub mod __private {
 
     pub use wit_bindgen;
 
+    pub mod packed;
+
     #[allow(missing_docs, unsafe_op_in_unsafe_fn, clippy::all)]
     pub mod bindings {
         wit_bindgen::generate!({
             path: "../wit",
-            world: "stage",
+            world: "packed-stage",
             pub_export_macro: true,
             export_macro_name: "__export_stage",
             default_bindings_module: "weir_sdk::__private::bindings",

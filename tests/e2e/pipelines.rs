@@ -73,6 +73,60 @@ fn hostile_messages_are_contained_and_the_rest_flow() {
     assert_eq!(kinds, want);
 }
 
+#[test]
+fn a_guest_whose_packed_results_lie_is_failed_for_those_messages_and_the_rest_flow() {
+    // The packed export hands the host lengths and counts to trust no more
+    // than a canonical-ABI list: each lie fails its call (kind `contract`),
+    // the batch is redone one by one, and only the liar is dead-lettered.
+    let weir = Weir::new();
+    let dir = tempfile::tempdir().unwrap();
+    let p = pipeline_file(
+        dir.path(),
+        "bad-packed.toml",
+        r#"[pipeline]
+name = "h"
+
+[source]
+type = "queue"
+topic = "in"
+
+[[stage]]
+name = "bad-packed"
+module = "{component:bad_packed}"
+max_attempts = 2
+retry_backoff_ms = 0
+
+[[sink]]
+type = "queue"
+topic = "out"
+"#,
+    );
+    weir.produce("in", &["ok-1", "bad-length", "ok-2", "bad-utf8", "ok-3", "bad-count", "bad-outcome", "ok-4"]);
+    let report = dir.path().join("report.json");
+    weir.ok(&["run", p.to_str().unwrap(), "--drain", "--report", report.to_str().unwrap()], b"");
+    assert_eq!(weir.consume_all("out"), ["ok-1", "ok-2", "ok-3", "ok-4"]);
+    let stage = &crate::read_json(&report)["stages"][0];
+    assert!(stage["errors"]["contract"].as_u64().unwrap() >= 8, "each lie, twice: {stage:#}");
+    let mut dead: Vec<(String, String, String)> = weir
+        .consume_json("h.dlq")
+        .iter()
+        .map(|d| {
+            let h = &d["headers"];
+            (
+                d["payload"].as_str().unwrap().to_owned(),
+                h["weir.error-kind"].as_str().unwrap().to_owned(),
+                h["weir.attempts"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    dead.sort();
+    let want: Vec<(String, String, String)> = ["bad-count", "bad-length", "bad-outcome", "bad-utf8"]
+        .iter()
+        .map(|p| (p.to_string(), "contract".to_owned(), "2".to_owned()))
+        .collect();
+    assert_eq!(dead, want);
+}
+
 fn spawn_run(weir: &Weir, pipeline: &str) -> std::process::Child {
     weir.cmd(&["run", pipeline]).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap()
 }

@@ -276,6 +276,7 @@ pub(crate) mod sdk {
         ("rust/src/testing.rs", include_str!("../../../sdk/src/testing.rs")),
         ("rust/src/types.rs", include_str!("../../../sdk/src/types.rs")),
         ("rust/src/windows.rs", include_str!("../../../sdk/src/windows.rs")),
+        ("rust/src/__private/packed.rs", include_str!("../../../sdk/src/__private/packed.rs")),
     ];
 
     /// The Rust SDK's manifest outside weir's workspace (what sdk/Cargo.toml

@@ -61,6 +61,13 @@ pub(crate) struct Item {
     pub(crate) msg: Message,
 }
 
+/// A stage is called with its items as they are: each lends its message.
+impl std::borrow::Borrow<Message> for Item {
+    fn borrow(&self) -> &Message {
+        &self.msg
+    }
+}
+
 pub(crate) struct Batch {
     pub(crate) origins: Vec<Origin>,
     /// Messages flowing to the next stage (or the sinks after the last).

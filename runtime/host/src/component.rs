@@ -66,7 +66,8 @@ impl Runtime {
         let exports = Exports::find(&component).and_then(|exports| {
             // The bindings check the exports' types.
             match exports.version {
-                Version::V0_2 => drop(crate::bindings::StagePre::new(instance_pre.clone())?),
+                Version::V0_2_1 => drop(crate::bindings::StagePre::new(instance_pre.clone())?),
+                Version::V0_2 => drop(crate::bindings_v2::StagePre::new(instance_pre.clone())?),
                 Version::V0_1 => drop(crate::bindings_v1::StagePre::new(instance_pre.clone())?),
             }
             Ok(exports)
@@ -74,8 +75,8 @@ impl Runtime {
         let exports = exports.map_err(|e| {
             not_a_stage(format!(
                 "does not implement weir:pipeline/stage: {} (it must export \
-                 weir:pipeline/consumer@0.2.0 with `init`, `handle-batch` and `on-timers`, \
-                 or weir:pipeline/consumer@0.1.0 with `init` and `handle-batch`)",
+                 weir:pipeline/consumer@0.2.1 or @0.2.0 with `init`, `handle-batch` and \
+                 `on-timers`, or weir:pipeline/consumer@0.1.0 with `init` and `handle-batch`)",
                 describe(&e)
             ))
         })?;
@@ -134,8 +135,14 @@ impl Stage {
     }
 
     /// The version of `weir:pipeline` the component was built against
-    /// (`0.1.0` or `0.2.0`).
+    /// (`0.1.0`, `0.2.0` or `0.2.1`).
     pub fn wit_version(&self) -> &'static str {
         self.exports.version.as_str()
+    }
+
+    /// Whether the component exports `weir:pipeline/packed` (0.2.1), so
+    /// that its batches go in and its results come out packed.
+    pub fn packed(&self) -> bool {
+        self.exports.packed.is_some()
     }
 }

@@ -1,5 +1,6 @@
 //! Stage instances: the store, host imports, limits and classified calls.
 
+use std::borrow::Borrow;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -51,7 +52,8 @@ pub enum ErrorKind {
     Memory,
     /// The call burned its `max_fuel`.
     Fuel,
-    /// The guest broke the contract (wrong number of results).
+    /// The guest broke the contract (wrong number of results, packed
+    /// results that do not add up).
     Contract,
     /// A state write broke one of the stage's [`crate::StateLimits`].
     State,
@@ -587,6 +589,9 @@ fn classify(err: &wasmtime::Error, memory_limit_hit: bool) -> ErrorKind {
     if err.downcast_ref::<StateLimitError>().is_some() {
         return ErrorKind::State;
     }
+    if err.downcast_ref::<crate::lower::Malformed>().is_some() {
+        return ErrorKind::Contract;
+    }
     match err.downcast_ref::<Trap>() {
         Some(Trap::Interrupt) => ErrorKind::Timeout,
         Some(Trap::OutOfFuel) => ErrorKind::Fuel,
@@ -623,7 +628,11 @@ impl Instance {
     /// # Errors
     /// [`Error::Call`] with the [`ErrorKind`] when the call fails as a whole;
     /// the instance is then poisoned.
-    pub fn handle_batch(&mut self, batch: &[Message]) -> Result<Vec<MessageResult>> {
+    ///
+    /// The batch is anything that lends [`Message`]s (`&[Message]`, or the
+    /// caller's own items that hold one), so it need not be copied or
+    /// moved into a vector of messages first.
+    pub fn handle_batch<M: Borrow<Message>>(&mut self, batch: &[M]) -> Result<Vec<MessageResult>> {
         let consumer = self.consumer;
         self.call("handle-batch", "messages", batch.len(), |store| consumer.handle_batch(store, batch), |_| {})
     }

@@ -44,12 +44,23 @@ pub use instance::{Counters, DirGrant, ErrorKind, Grants, Instance, StageContext
 pub use limits::{CounterLimits, Limited, Limits, LogBucket, LogLimits, OutputLimits, StateLimits, output_bytes};
 pub use state::{PendingWrites, StageState, TimeDomain, Timer, WriteSet, timers_of};
 
-/// Generated bindings for the `weir:pipeline/stage` world, 0.2.0.
+/// Generated bindings for the `weir:pipeline/stage` world, 0.2.1. Its host
+/// imports also serve 0.2.0 components (the linker resolves an import of
+/// 0.2.0 to 0.2.1, which only adds to it).
 mod bindings {
     wasmtime::component::bindgen!({
         path: "../../wit",
         world: "stage",
         // A host import may fail the call (a state write over its limit).
+        imports: { default: trappable },
+    });
+}
+
+/// 0.2.0's world, only to check the exports of components built against it.
+mod bindings_v2 {
+    wasmtime::component::bindgen!({
+        path: "../../wit/v0.2.0",
+        world: "stage",
         imports: { default: trappable },
     });
 }
@@ -69,8 +80,27 @@ mod bindings_v1 {
 pub use bindings::weir::pipeline::host::Level;
 /// A stage's reason for not handling a message (the WIT `failure` variant).
 pub use bindings::weir::pipeline::types::Failure;
-/// A message emitted by a stage (the WIT `output` record).
-pub use bindings::weir::pipeline::types::Output;
+/// A message emitted by a stage: the WIT `output` record, its key and
+/// payload in shared buffers. The outputs of a packed call are slices of
+/// the one buffer their bytes were copied into from the guest, so they
+/// move on to the next stage or a sink without another copy.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Output {
+    /// Where it goes: `None` for the stage's default next hop.
+    pub topic: Option<String>,
+    /// Its partitioning key, if any.
+    pub key: Option<bytes::Bytes>,
+    /// Its body.
+    pub payload: bytes::Bytes,
+    /// Its headers, in order.
+    pub headers: Vec<(String, Vec<u8>)>,
+}
+
+impl From<bindings::weir::pipeline::types::Output> for Output {
+    fn from(o: bindings::weir::pipeline::types::Output) -> Self {
+        Output { topic: o.topic, key: o.key.map(Into::into), payload: o.payload.into(), headers: o.headers }
+    }
+}
 /// A message delivered to a stage: weir's own message type, lowered into
 /// the guest as the WIT `message` record.
 pub use weir_queue::Message;

@@ -76,7 +76,7 @@ impl Default for OutputLimits {
 /// header names and values, and topic name.
 pub fn output_bytes(o: &Output) -> usize {
     o.payload.len()
-        + o.key.as_ref().map_or(0, Vec::len)
+        + o.key.as_ref().map_or(0, bytes::Bytes::len)
         + o.headers.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>()
         + o.topic.as_ref().map_or(0, String::len)
 }
@@ -90,7 +90,7 @@ impl OutputLimits {
         let over = |limit: &'static str, value: usize, max: usize| Err(crate::MessageError::OutputLimit { limit, value, max });
         let mut total = 0usize;
         for o in outputs {
-            let key = o.key.as_ref().map_or(0, Vec::len);
+            let key = o.key.as_ref().map_or(0, bytes::Bytes::len);
             if key > self.max_key_bytes {
                 return over("max_output_key_bytes", key, self.max_key_bytes);
             }
@@ -292,7 +292,7 @@ mod tests {
     use crate::MessageError;
 
     fn out(payload: usize) -> Output {
-        Output { topic: None, key: None, payload: vec![0; payload], headers: Vec::new() }
+        Output { topic: None, key: None, payload: vec![0; payload].into(), headers: Vec::new() }
     }
 
     fn broken(outputs: &[Output], limits: &OutputLimits) -> Option<&'static str> {
@@ -308,9 +308,9 @@ mod tests {
         let l = OutputLimits { max_bytes: 100, max_key_bytes: 10, max_headers: 2, max_header_bytes: 20 };
         assert_eq!(broken(&[out(60), out(40)], &l), None);
         assert_eq!(broken(&[out(60), out(41)], &l), Some("max_output_bytes"));
-        let keyed = Output { key: Some(vec![0; 10]), ..out(90) };
+        let keyed = Output { key: Some(vec![0; 10].into()), ..out(90) };
         assert_eq!(broken(std::slice::from_ref(&keyed), &l), None);
-        assert_eq!(broken(&[Output { key: Some(vec![0; 11]), ..out(0) }], &l), Some("max_output_key_bytes"));
+        assert_eq!(broken(&[Output { key: Some(vec![0; 11].into()), ..out(0) }], &l), Some("max_output_key_bytes"));
         let headers = |n: usize, len: usize| Output { headers: vec![("h".into(), vec![0; len - 1]); n], ..out(0) };
         assert_eq!(broken(&[headers(3, 2)], &l), Some("max_output_headers"));
         assert_eq!(broken(&[headers(1, 21)], &l), Some("max_output_header_bytes"));

@@ -152,7 +152,7 @@ fn hostile_calls_are_classified_and_the_stage_recovers() {
         assert!(inst.is_poisoned());
         // A fresh instance of the same stage works.
         let mut fresh = stage.instantiate(&c).unwrap();
-        assert_eq!(fresh.handle_batch(&[msg("fine")]).unwrap()[0].as_ref().unwrap()[0].payload, b"fine");
+        assert_eq!(fresh.handle_batch(&[msg("fine")]).unwrap()[0].as_ref().unwrap()[0].payload, &b"fine"[..]);
     }
     // Copying an 8 MiB output out of the guest is not a hang: no deadline
     // meant for the loop above (a loaded machine took over 200 ms for it).
@@ -212,7 +212,7 @@ fn compiled_components_are_cached_and_a_damaged_artifact_is_recompiled() {
     let stage = rt.load(&component("uppercase")).unwrap();
     assert_eq!(std::fs::metadata(&files[0]).unwrap().modified().unwrap(), written, "not rewritten");
     let mut inst = stage.instantiate(&ctx(&[], Limits::default())).unwrap();
-    assert_eq!(inst.handle_batch(&[msg("a")]).unwrap()[0].as_ref().unwrap()[0].payload, b"A");
+    assert_eq!(inst.handle_batch(&[msg("a")]).unwrap()[0].as_ref().unwrap()[0].payload, &b"A"[..]);
 
     // A damaged artifact is ignored and replaced.
     let whole = std::fs::read(&files[0]).unwrap();
@@ -220,7 +220,7 @@ fn compiled_components_are_cached_and_a_damaged_artifact_is_recompiled() {
     let rt = Runtime::with_cache(cache.path()).unwrap();
     let stage = rt.load(&component("uppercase")).unwrap();
     let mut inst = stage.instantiate(&ctx(&[], Limits::default())).unwrap();
-    assert_eq!(inst.handle_batch(&[msg("b")]).unwrap()[0].as_ref().unwrap()[0].payload, b"B");
+    assert_eq!(inst.handle_batch(&[msg("b")]).unwrap()[0].as_ref().unwrap()[0].payload, &b"B"[..]);
     assert_eq!(std::fs::read(&files[0]).unwrap(), whole, "rewritten with a real artifact");
     // So is a truncated one, and one with a flipped byte deep inside (code
     // wasmtime's own header check would not read): the checksum catches both.
@@ -235,7 +235,7 @@ fn compiled_components_are_cached_and_a_damaged_artifact_is_recompiled() {
         std::fs::write(&files[0], &bytes).unwrap();
         let rt = Runtime::with_cache(cache.path()).unwrap();
         let mut inst = rt.load(&component("uppercase")).unwrap().instantiate(&ctx(&[], Limits::default())).unwrap();
-        assert_eq!(inst.handle_batch(&[msg("c")]).unwrap()[0].as_ref().unwrap()[0].payload, b"C");
+        assert_eq!(inst.handle_batch(&[msg("c")]).unwrap()[0].as_ref().unwrap()[0].payload, &b"C"[..]);
         assert_eq!(std::fs::read(&files[0]).unwrap(), whole, "deleted and compiled again");
     }
     // A different component gets its own artifact.
@@ -259,7 +259,7 @@ fn a_cache_directory_others_can_write_to_or_own_is_not_used() {
     let stage = Runtime::with_cache(&open).unwrap().load(&component("uppercase")).unwrap();
     assert_eq!(
         stage.instantiate(&ctx(&[], Limits::default())).unwrap().handle_batch(&[msg("x")]).unwrap()[0].as_ref().unwrap()[0].payload,
-        b"X"
+        &b"X"[..]
     );
     assert_eq!(std::fs::read_dir(&open).unwrap().count(), 0, "nothing cached in a world-writable directory");
     // Owned by another user (root can arrange that; others cannot, and then
@@ -281,7 +281,7 @@ fn guests_get_no_files_environment_arguments_or_sockets() {
     let mut inst = stage.instantiate(&ctx(&[], Limits::default())).unwrap();
     let batch = [msg("read-file"), msg("env"), msg("connect"), msg("args")];
     let out: Vec<String> =
-        inst.handle_batch(&batch).unwrap().into_iter().map(|r| String::from_utf8(r.unwrap().remove(0).payload).unwrap()).collect();
+        inst.handle_batch(&batch).unwrap().into_iter().map(|r| String::from_utf8(r.unwrap().remove(0).payload.to_vec()).unwrap()).collect();
     assert!(out[0].starts_with("denied"), "file read: {}", out[0]);
     assert!(out[1].starts_with("denied"), "env var: {}", out[1]);
     assert!(out[2].starts_with("denied"), "socket: {}", out[2]);
@@ -290,7 +290,7 @@ fn guests_get_no_files_environment_arguments_or_sockets() {
 }
 
 fn texts(results: Vec<weir_host::MessageResult>) -> Vec<String> {
-    results.into_iter().map(|r| String::from_utf8(r.unwrap().remove(0).payload).unwrap()).collect()
+    results.into_iter().map(|r| String::from_utf8(r.unwrap().remove(0).payload.to_vec()).unwrap()).collect()
 }
 
 #[test]
@@ -443,17 +443,45 @@ fn a_component_built_against_0_1_0_runs_unchanged_beside_0_2_0() {
     let rt = Runtime::new().unwrap();
     let old = rt.load(&component("uppercase_v0_1")).unwrap();
     let new = rt.load(&component("uppercase")).unwrap();
-    assert_eq!((old.wit_version(), new.wit_version()), ("0.1.0", "0.2.0"));
+    assert_eq!((old.wit_version(), new.wit_version()), ("0.1.0", "0.2.1"));
     assert!(old.writes_state() && !old.uses_timers());
     let c = ctx(&[], Limits::default());
     let mut inst = old.instantiate(&c).unwrap();
     let out = inst.handle_batch(&[msg("old"), msg("guest")]).unwrap();
     let payloads: Vec<_> = out.iter().map(|r| r.as_ref().unwrap()[0].payload.clone()).collect();
-    assert_eq!(payloads, [b"OLD".to_vec(), b"GUEST".to_vec()]);
+    assert_eq!(payloads, [&b"OLD"[..], &b"GUEST"[..]]);
     let w = inst.take_writes().expect("it wrote state through the 0.1.0 import");
     assert_eq!(w.writes().get(&b"n"[..]), Some(&Some(2u64.to_le_bytes().to_vec())));
     assert_eq!(c.counters().snapshot().get("upper"), Some(&2));
     assert!(matches!(inst.on_timers(&[]), Err(Error::Call { .. })), "0.1.0 has no on-timers");
+}
+
+#[test]
+fn a_component_built_against_0_2_0_runs_unchanged_beside_packed_0_2_1() {
+    let rt = Runtime::new().unwrap();
+    let old = rt.load(&component("uppercase_v0_2")).unwrap();
+    let new = rt.load(&component("uppercase")).unwrap();
+    assert_eq!((old.wit_version(), old.packed()), ("0.2.0", false));
+    assert_eq!((new.wit_version(), new.packed()), ("0.2.1", true));
+    let c = ctx(&[], Limits::default());
+    let batch = [msg("old"), msg("guest")];
+    let run = |stage: &weir_host::Stage| stage.instantiate(&c).unwrap().handle_batch(&batch).unwrap();
+    let (a, b) = (run(&old), run(&new));
+    // Same outputs, keys and headers through the list of messages and the packed batch.
+    let outputs = |r: &[weir_host::MessageResult]| -> Vec<_> {
+        r.iter()
+            .map(|r| {
+                r.as_ref()
+                    .unwrap()
+                    .iter()
+                    .map(|o| (o.key.as_deref().map(<[u8]>::to_vec), o.payload.to_vec(), o.headers.clone()))
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    };
+    assert_eq!(outputs(&a), outputs(&b));
+    assert_eq!(outputs(&a)[1], [(Some(b"k".to_vec()), b"GUEST".to_vec(), vec![("h".to_owned(), b"v".to_vec())])]);
+    assert_eq!(c.counters().snapshot().get("upper"), Some(&2), "its 0.2.0 host imports resolve to 0.2.1's");
 }
 
 #[test]
@@ -474,7 +502,7 @@ fn timers_set_by_a_call_fire_through_on_timers_and_are_deleted_by_the_firing_cal
     let due = state.due_timers(TimeDomain::Event, 1000, 10);
     assert_eq!(due, vec![Timer { domain: TimeDomain::Event, at_ms: 1000, key: [&b"weir.w/"[..], &0u64.to_be_bytes(), b"k"].concat() }]);
     let out = inst.on_timers(&due).unwrap();
-    assert_eq!(out[0].as_ref().unwrap()[0].payload, b"k 0 2");
+    assert_eq!(out[0].as_ref().unwrap()[0].payload, &b"k 0 2"[..]);
     let fired = inst.take_writes().unwrap();
     assert_eq!(fired.timers().get(&due[0]), Some(&false), "the firing call deletes the timer");
     assert!(state.due_timers(TimeDomain::Event, 1000, 10).is_empty(), "not due again while its delete is pending");

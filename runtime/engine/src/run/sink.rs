@@ -65,8 +65,8 @@ fn routed_message(o: &Origin, topic: String, out: Output) -> Message {
         topic: topic.into(),
         partition: o.id.partition,
         offset: o.id.offset,
-        key: out.key.map(Into::into),
-        payload: out.payload.into(),
+        key: out.key,
+        payload: out.payload,
         headers: out.headers,
         timestamp_us: 0,
         event_time_ms: 0,
@@ -76,7 +76,7 @@ fn routed_message(o: &Origin, topic: String, out: Output) -> Message {
 
 /// A routed output as the record its topic stores (stamped when appended).
 fn routed_record(out: Output) -> Record {
-    Record { key: out.key, headers: out.headers, payload: out.payload, timestamp_us: None, id: None }
+    Record { key: out.key.map(Vec::from), headers: out.headers, payload: out.payload.into(), timestamp_us: None, id: None }
 }
 
 /// Most batches the sink writes together.

@@ -80,28 +80,22 @@ impl StageWorker {
         let started = Instant::now();
         let cpu = thread_cpu();
         // Descendants of origins that already failed upstream are dropped.
-        // (Sized up front: a filter's size hint would grow both by doubling.)
-        let items = std::mem::take(&mut batch.items);
-        let (mut owners, mut msgs) = (Vec::with_capacity(items.len()), Vec::with_capacity(items.len()));
-        for it in items {
-            if matches!(batch.origins[it.origin].fate, Fate::Ok) {
-                owners.push(it.origin);
-                msgs.push(it.msg);
-            }
-        }
-        self.stats.queue_wait.record_n(started.duration_since(batch.sent), msgs.len() as u64);
+        // The items stay where they are until they move on (a message is
+        // large enough that moving it twice more costs).
+        let mut items = std::mem::take(&mut batch.items);
+        items.retain(|it| matches!(batch.origins[it.origin].fate, Fate::Ok));
+        self.stats.queue_wait.record_n(started.duration_since(batch.sent), items.len() as u64);
         let now = now_us();
-        self.stats.end_to_end.record_all(msgs.iter().filter_map(|m| since(now, m.timestamp_us)));
-        self.stats.add_received(msgs.len() as u64, msgs.iter().map(|m| m.payload.len() as u64).sum());
-        let (owners, msgs) = self.sort_out_late(&mut batch, owners, msgs);
-        let (results, writes) = self.call_all(&msgs);
+        self.stats.end_to_end.record_all(items.iter().filter_map(|it| since(now, it.msg.timestamp_us)));
+        self.stats.add_received(items.len() as u64, items.iter().map(|it| it.msg.payload.len() as u64).sum());
+        let items = self.sort_out_late(&mut batch, items);
+        let (results, writes) = self.call_all(&items);
         for (w, idxs) in writes {
-            let origins = idxs.into_iter().map(|i| owners[i]).collect();
+            let origins = idxs.into_iter().map(|i| items[i].origin).collect();
             batch.writes.push(StateDelta { stage: self.index, writes: w, origins });
         }
-        let mut next = Vec::with_capacity(msgs.len());
-        for ((owner, msg), result) in owners.into_iter().zip(msgs).zip(results) {
-            let item = Item { origin: owner, msg };
+        let mut next = Vec::with_capacity(items.len());
+        for (item, result) in items.into_iter().zip(results) {
             let origin = &mut batch.origins[item.origin];
             if !matches!(origin.fate, Fate::Ok) {
                 self.stats.add_abandoned(); // a sibling already failed this origin
@@ -159,25 +153,26 @@ impl StageWorker {
     /// behind its watermark (as of the batches before this one) by more than
     /// `allowed_lateness_ms`: count them, and drop or dead-letter them
     /// (kind `late`) or leave them to be called. Returns the rest.
-    fn sort_out_late(&self, batch: &mut Batch, owners: Vec<usize>, msgs: Vec<Message>) -> (Vec<usize>, Vec<Message>) {
-        let (Some(late), Some(watermark)) = (self.spec.late, self.ctx.watermark()) else { return (owners, msgs) };
+    fn sort_out_late(&self, batch: &mut Batch, items: Vec<Item>) -> Vec<Item> {
+        let (Some(late), Some(watermark)) = (self.spec.late, self.ctx.watermark()) else { return items };
         let is_late = |m: &Message| m.event_time_ms.saturating_add(late.allowed_lateness_ms) < watermark;
-        if !msgs.iter().any(is_late) {
-            return (owners, msgs);
+        if !items.iter().any(|it| is_late(&it.msg)) {
+            return items;
         }
-        let mut keep = (Vec::with_capacity(msgs.len()), Vec::with_capacity(msgs.len()));
-        for (owner, msg) in owners.into_iter().zip(msgs) {
-            if is_late(&msg) {
+        let mut keep = Vec::with_capacity(items.len());
+        for it in items {
+            if is_late(&it.msg) {
                 self.stats.add_late(late.action == LateAction::Drop);
                 match late.action {
                     LateAction::Process => {}
                     LateAction::Drop => continue,
                     LateAction::DeadLetter => {
-                        let origin = &mut batch.origins[owner];
+                        let origin = &mut batch.origins[it.origin];
                         if !matches!(origin.fate, Fate::Ok) {
                             self.stats.add_abandoned(); // a sibling already failed this origin
                             continue;
                         }
+                        let msg = it.msg;
                         let reason = format!(
                             "late: event time {} is {} ms behind the watermark {watermark} (allowed lateness {} ms)",
                             msg.event_time_ms,
@@ -190,8 +185,7 @@ impl StageWorker {
                     }
                 }
             }
-            keep.0.push(owner);
-            keep.1.push(msg);
+            keep.push(it);
         }
         keep
     }
@@ -368,9 +362,9 @@ impl StageWorker {
     /// Handle `msgs` in batches of `batch_size`, spread over the instances.
     /// Returns a result per message and the state writes of the calls, each
     /// with the indexes (into `msgs`) of the messages it handled.
-    fn call_all(&mut self, msgs: &[Message]) -> (Vec<CallResult>, Vec<CallWrites>) {
+    fn call_all(&mut self, msgs: &[Item]) -> (Vec<CallResult>, Vec<CallWrites>) {
         let per_instance = msgs.len().div_ceil(self.instances.len().max(1)).max(1);
-        let chunks: Vec<&[Message]> = msgs.chunks(per_instance).collect();
+        let chunks: Vec<&[Item]> = msgs.chunks(per_instance).collect();
         let budget = AtomicUsize::new(self.spec.max_batch_output_bytes);
         let caller = Caller {
             spec: &self.spec,
@@ -474,7 +468,7 @@ fn is_retry(r: &MessageResult) -> bool {
 
 impl Caller<'_> {
     /// One call, timed.
-    pub(super) fn call(&self, inst: &mut Instance, batch: &[Message]) -> Result<Vec<MessageResult>, weir_host::Error> {
+    pub(super) fn call(&self, inst: &mut Instance, batch: &[Item]) -> Result<Vec<MessageResult>, weir_host::Error> {
         let started = Instant::now();
         if inst.is_poisoned() {
             let worn = inst.is_worn();
@@ -509,7 +503,7 @@ impl Caller<'_> {
     /// Once the stage's outputs for this source batch pass
     /// `max_batch_output_bytes`, the rest of its messages are not called but
     /// deferred: released to come back in a later batch.
-    fn call_chunked(&self, inst: &mut Instance, msgs: &[Message], base: usize, out: &mut Vec<CallResult>, writes: &mut Vec<CallWrites>) {
+    fn call_chunked(&self, inst: &mut Instance, msgs: &[Item], base: usize, out: &mut Vec<CallResult>, writes: &mut Vec<CallWrites>) {
         for (n, batch) in msgs.chunks(self.spec.batch_size).enumerate() {
             let first = base + n * self.spec.batch_size;
             if self.budget.load(Ordering::Relaxed) == 0 {
@@ -524,7 +518,7 @@ impl Caller<'_> {
     }
 
     /// One call of `batch_size` messages, replayed one by one if it fails.
-    fn call_one(&self, inst: &mut Instance, batch: &[Message], first: usize, out: &mut Vec<CallResult>, writes: &mut Vec<CallWrites>) {
+    fn call_one(&self, inst: &mut Instance, batch: &[Item], first: usize, out: &mut Vec<CallResult>, writes: &mut Vec<CallWrites>) {
         match self.call(inst, batch) {
             Ok(results) => match inst.take_writes() {
                 Some(w) if results.iter().any(is_retry) => {
@@ -547,7 +541,7 @@ impl Caller<'_> {
         }
     }
 
-    fn one_by_one(&self, inst: &mut Instance, msgs: &[Message], first: usize, out: &mut Vec<CallResult>, writes: &mut Vec<CallWrites>) {
+    fn one_by_one(&self, inst: &mut Instance, msgs: &[Item], first: usize, out: &mut Vec<CallResult>, writes: &mut Vec<CallWrites>) {
         for (i, msg) in msgs.iter().enumerate() {
             match self.call(inst, std::slice::from_ref(msg)) {
                 Ok(mut r) => {
@@ -624,8 +618,8 @@ fn message_from(origin_msg: &Message, out: Output) -> Message {
         topic: origin_msg.topic.clone(),
         partition: origin_msg.partition,
         offset: origin_msg.offset,
-        key: out.key.map(Into::into),
-        payload: out.payload.into(),
+        key: out.key,
+        payload: out.payload,
         headers: out.headers,
         timestamp_us: origin_msg.timestamp_us,
         event_time_ms: origin_msg.event_time_ms,
@@ -636,8 +630,8 @@ fn message_from(origin_msg: &Message, out: Output) -> Message {
 /// [`message_from`] reusing `origin_msg` itself, its key, payload and
 /// headers replaced by the output's: no copy of its topic's name to count.
 fn into_output(mut origin_msg: Message, out: Output) -> Message {
-    origin_msg.key = out.key.map(Into::into);
-    origin_msg.payload = out.payload.into();
+    origin_msg.key = out.key;
+    origin_msg.payload = out.payload;
     origin_msg.headers = out.headers;
     origin_msg
 }
