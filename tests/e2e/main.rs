@@ -147,9 +147,16 @@ pub fn finish_within(mut child: std::process::Child, within: std::time::Duration
 /// A hostile stage between topic `in` and topic `out`, with default limits
 /// but for attempts (two, at once) and `extra` keys.
 pub fn hostile_pipeline(dir: &std::path::Path, extra: &str) -> std::path::PathBuf {
+    one_stage_pipeline(dir, "hostile", extra)
+}
+
+/// Pipeline `h`: stage `component` (named after it) between topic `in`
+/// and topic `out`, with default limits but for attempts (two, at once)
+/// and `extra` keys.
+pub fn one_stage_pipeline(dir: &std::path::Path, component: &str, extra: &str) -> std::path::PathBuf {
     pipeline_file(
         dir,
-        "hostile.toml",
+        &format!("{component}.toml"),
         &format!(
             r#"[pipeline]
 name = "h"
@@ -159,8 +166,8 @@ type = "queue"
 topic = "in"
 
 [[stage]]
-name = "hostile"
-module = "{{component:hostile}}"
+name = "{component}"
+module = "{{component:{component}}}"
 max_attempts = 2
 retry_backoff_ms = 0
 {extra}

@@ -80,27 +80,7 @@ fn a_guest_whose_packed_results_lie_is_failed_for_those_messages_and_the_rest_fl
     // the batch is redone one by one, and only the liar is dead-lettered.
     let weir = Weir::new();
     let dir = tempfile::tempdir().unwrap();
-    let p = pipeline_file(
-        dir.path(),
-        "bad-packed.toml",
-        r#"[pipeline]
-name = "h"
-
-[source]
-type = "queue"
-topic = "in"
-
-[[stage]]
-name = "bad-packed"
-module = "{component:bad_packed}"
-max_attempts = 2
-retry_backoff_ms = 0
-
-[[sink]]
-type = "queue"
-topic = "out"
-"#,
-    );
+    let p = crate::one_stage_pipeline(dir.path(), "bad_packed", "");
     weir.produce("in", &["ok-1", "bad-length", "ok-2", "bad-utf8", "ok-3", "bad-count", "bad-outcome", "ok-4"]);
     let report = dir.path().join("report.json");
     weir.ok(&["run", p.to_str().unwrap(), "--drain", "--report", report.to_str().unwrap()], b"");

@@ -122,13 +122,13 @@ impl<'a> MessageViewV1<'a> {
 pub(crate) type BatchResults = Vec<Result<Vec<Output>, Failure>>;
 /// The same as a `list<result<list<output>, failure>>` lifts.
 type WitResults = Vec<Result<Vec<WitOutput>, Failure>>;
+type Params<'a> = (&'a [MessageView<'a>],);
+type ParamsV1<'a> = (&'a [MessageViewV1<'a>],);
+type Config<'a> = (&'a [(String, String)],);
 
 fn from_wit(results: WitResults) -> BatchResults {
     results.into_iter().map(|r| r.map(|outs| outs.into_iter().map(Output::from).collect())).collect()
 }
-type Params<'a> = (&'a [MessageView<'a>],);
-type ParamsV1<'a> = (&'a [MessageViewV1<'a>],);
-type Config<'a> = (&'a [(String, String)],);
 
 /// Where a component exports the consumer's functions.
 #[derive(Clone)]
