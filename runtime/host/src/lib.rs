@@ -101,6 +101,7 @@ impl From<bindings::weir::pipeline::types::Output> for Output {
         Output { topic: o.topic, key: o.key.map(Into::into), payload: o.payload.into(), headers: o.headers }
     }
 }
+
 /// A message delivered to a stage: weir's own message type, lowered into
 /// the guest as the WIT `message` record.
 pub use weir_queue::Message;

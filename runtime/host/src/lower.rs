@@ -390,17 +390,28 @@ struct Data {
 }
 
 impl Data {
-    fn bytes(&mut self, n: u32) -> Result<Bytes, Malformed> {
+    /// Where the next `n` bytes lie, checked.
+    fn next(&mut self, n: u32) -> Result<std::ops::Range<usize>, Malformed> {
         let end = self.at.checked_add(n as usize).filter(|&e| e <= self.bytes.len());
         let end = end.ok_or(Malformed("a length runs past the end of data"))?;
-        let part = self.bytes.slice(self.at..end);
-        self.at = end;
-        Ok(part)
+        Ok(std::mem::replace(&mut self.at, end)..end)
+    }
+
+    /// The next `n` bytes, sharing the buffer.
+    fn bytes(&mut self, n: u32) -> Result<Bytes, Malformed> {
+        let r = self.next(n)?;
+        Ok(self.bytes.slice(r))
+    }
+
+    /// The next `n` bytes, copied (header values are vectors).
+    fn vec(&mut self, n: u32) -> Result<Vec<u8>, Malformed> {
+        let r = self.next(n)?;
+        Ok(self.bytes[r].to_vec())
     }
 
     fn text(&mut self, n: u32) -> Result<String, Malformed> {
-        let bytes = self.bytes(n)?;
-        std::str::from_utf8(&bytes).map(str::to_owned).map_err(|_| Malformed("a string is not UTF-8"))
+        let r = self.next(n)?;
+        std::str::from_utf8(&self.bytes[r]).map(str::to_owned).map_err(|_| Malformed("a string is not UTF-8"))
     }
 }
 
@@ -429,7 +440,7 @@ impl PackedResults {
                             let pairs = lens.take(2 * o[3] as usize, "a header count runs past the end of header-lens")?;
                             headers.reserve_exact(o[3] as usize);
                             for nv in pairs.chunks_exact(2) {
-                                headers.push((data.text(nv[0])?, data.bytes(nv[1])?.to_vec()));
+                                headers.push((data.text(nv[0])?, data.vec(nv[1])?));
                             }
                         }
                         list.push(Output { topic, key, payload, headers });

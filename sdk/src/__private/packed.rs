@@ -7,6 +7,8 @@
 use super::bindings::weir::pipeline::types::{PackedBatch, PackedResults};
 use crate::{Failure, Message, Output};
 
+/// The numbers a batch carries per message (see `packed-batch`).
+const MESSAGE_WORDS: usize = 9;
 /// "None" for a key length in a batch, a topic or key length in results.
 const NO_KEY: u64 = u64::MAX;
 const NONE32: u32 = u32::MAX;
@@ -25,10 +27,10 @@ pub fn unpack(batch: PackedBatch) -> Vec<Message> {
     let mut lens = batch.header_lens.chunks_exact(2);
     batch
         .messages
-        .chunks_exact(9)
+        .chunks_exact(MESSAGE_WORDS)
         .map(|m| {
             let [topic_len, partition, offset, key_len, payload_len, headers, timestamp_ms, event_time_ms, attempt] =
-                m.try_into().expect("chunks of 9");
+                m.try_into().expect("chunks of MESSAGE_WORDS");
             let topic = text(take(topic_len));
             let key = (key_len != NO_KEY).then(|| take(key_len).to_vec());
             let payload = take(payload_len).to_vec();
