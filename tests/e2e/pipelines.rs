@@ -107,6 +107,76 @@ fn a_guest_whose_packed_results_lie_is_failed_for_those_messages_and_the_rest_fl
     assert_eq!(dead, want);
 }
 
+#[test]
+fn stages_sharing_a_thread_or_not_give_the_same_outputs_and_dead_letters() {
+    // Three stages: hostile (traps on every tenth message) → uppercase
+    // (rejects a payload that is not UTF-8) → hostile again. On one thread
+    // a batch goes through all three with no hand-off; on two, the first
+    // two share one; on three, each has its own. A failure in a stage must
+    // end its origin's descendants in the stages after it, whichever thread
+    // they are on, and the rest must come out in order.
+    let mut input: Vec<Vec<u8>> = (0..300).map(|i| if i % 10 == 9 { b"trap".to_vec() } else { format!("ok-{i}").into_bytes() }).collect();
+    input.insert(150, b"\xff\xfe".to_vec());
+    let want: Vec<String> = (0..300).filter(|i| i % 10 != 9).map(|i| format!("OK-{i}")).collect();
+    for threads in [1, 2, 3] {
+        let weir = Weir::new();
+        let dir = tempfile::tempdir().unwrap();
+        let p = pipeline_file(
+            dir.path(),
+            "p.toml",
+            &format!(
+                r#"[pipeline]
+name = "t"
+stage_threads = {threads}
+
+[source]
+type = "queue"
+topic = "in"
+
+[[stage]]
+name = "first"
+module = "{{component:hostile}}"
+max_attempts = 2
+retry_backoff_ms = 0
+
+[[stage]]
+name = "shout"
+module = "{{component:uppercase}}"
+
+[[stage]]
+name = "last"
+module = "{{component:hostile}}"
+
+[[sink]]
+type = "queue"
+topic = "out"
+"#
+            ),
+        );
+        let mut bytes = input.join(&b'\n');
+        bytes.push(b'\n');
+        weir.ok(&["produce", "in"], &bytes);
+        let mut run = weir.cmd(&["run", p.to_str().unwrap(), "--drain"]);
+        run.env("WEIR_LOG", "warn,weir=info");
+        let out = Weir::output_of(run, b"");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{stderr}");
+        assert!(stderr.contains(&format!("stage_threads={threads}")), "{stderr}");
+        assert_eq!(weir.consume_all("out"), want, "on {threads} thread(s): every good message, in order");
+        let mut dead: Vec<(String, String)> = weir
+            .consume_json("t.dlq")
+            .iter()
+            .map(|d| {
+                (d["headers"]["weir.stage"].as_str().unwrap().to_owned(), d["headers"]["weir.error-kind"].as_str().unwrap().to_owned())
+            })
+            .collect();
+        dead.sort();
+        dead.dedup_by(|a, b| a == b);
+        assert_eq!(dead, [("first".to_owned(), "trap".to_owned()), ("shout".to_owned(), "guest".to_owned())], "on {threads} thread(s)");
+        assert_eq!(weir.consume_json("t.dlq").len(), 31, "on {threads} thread(s): 30 traps and one payload not UTF-8");
+    }
+}
+
 fn spawn_run(weir: &Weir, pipeline: &str) -> std::process::Child {
     weir.cmd(&["run", pipeline]).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap()
 }

@@ -172,7 +172,7 @@ pub(crate) fn run(args: RunArgs, data_dir_flag: Option<PathBuf>) -> anyhow::Resu
         None => None,
     };
     let live = crate::live::LiveView::start(stats, total);
-    tracing::info!(pipeline = %pipeline.name, data_dir = %dir.display(), drain = args.drain, "pipeline starting");
+    tracing::info!(pipeline = %pipeline.name, data_dir = %dir.display(), drain = args.drain, stage_threads = pipeline.stage_threads(), "pipeline starting");
     let stats = engine.run(&pipeline, &queue, &options).with_context(|| format!("pipeline `{}`", pipeline.name))?;
     drop(live);
     let report = stats.report(&pipeline.name);

@@ -608,6 +608,7 @@ pub fn compile(file: &Path, text: &str) -> Result<Pipeline, ConfigErrors> {
         64 << 30,
         " bytes",
     ) as usize;
+    let stage_threads = raw.pipeline.stage_threads.map(|n| c.int(&p.key("stage_threads"), Some(n), 1, 1, 1000, "") as usize);
 
     let mut topics = c.topics(&raw);
     let source = c.source(&raw, base);
@@ -653,6 +654,7 @@ pub fn compile(file: &Path, text: &str) -> Result<Pipeline, ConfigErrors> {
             file: file.to_owned(),
             data_dir,
             state_cache_bytes,
+            stage_threads,
             source,
             stages,
             sinks,

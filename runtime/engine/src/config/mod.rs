@@ -66,6 +66,9 @@ pub struct Pipeline {
     pub data_dir: Option<PathBuf>,
     /// `[pipeline] state_cache_bytes`: memory for stage state read from disk.
     pub state_cache_bytes: usize,
+    /// `[pipeline] stage_threads`: threads the stages run on, `None` for
+    /// one per stage (see [`Pipeline::stage_threads`]).
+    pub stage_threads: Option<usize>,
     /// Where messages come from.
     pub source: Source,
     /// The stages, in order.
@@ -163,6 +166,13 @@ impl Pipeline {
         matches!(self.source, Source::Nats(_))
             || matches!(self.dead_letter, DeadLetterTo::Nats { .. })
             || self.sinks.iter().any(|s| matches!(s.kind, Sink::Nats { .. }))
+    }
+
+    /// How many threads the stages run on: `stage_threads` if set (at
+    /// most one per stage), else one per stage. Consecutive stages share a
+    /// thread: a batch goes through them in turn, with no hand-off.
+    pub fn stage_threads(&self) -> usize {
+        self.stage_threads.unwrap_or(self.stages.len()).clamp(1, self.stages.len().max(1))
     }
 }
 

@@ -111,6 +111,7 @@ pub(crate) struct RawPipeline {
     pub name: String,
     pub data_dir: Option<String>,
     pub state_cache_bytes: Option<i64>,
+    pub stage_threads: Option<i64>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -43,7 +43,7 @@ mod stage;
 use dead_log::DeadLetterLog;
 use sink::SinkWorker;
 use source::{SourceWorker, Watermarks};
-use stage::{StageWorker, guest_driven_log};
+use stage::{StageWorker, guest_driven_log, run_chain};
 
 /// Batches buffered between two threads; bounds memory and applies backpressure.
 const CHANNEL_DEPTH: usize = 2;
@@ -138,8 +138,8 @@ pub(crate) fn run(pipeline: &Pipeline, queue: &Queue, prepared: Prepared, option
         let (uses_timers, tracks_watermark) = (Arc::new(AtomicBool::new(uses_timers)), Arc::new(AtomicBool::new(tracks_watermark)));
         let stage_states = prepared.stages.iter().map(|(_, _, ctx, _)| ctx.state().clone()).collect();
         let shared_source = matches!(&pipeline.source, Source::Nats(NatsSource::JetStream(js)) if !js.single_process);
+        let mut workers = Vec::new();
         for (i, (spec, component, ctx, instances)) in prepared.stages.into_iter().enumerate() {
-            let (tx, next_rx) = sync_channel::<Batch>(CHANNEL_DEPTH);
             let stage_stats = stats.stage(i);
             stage_stats.custom.set(ctx.shared_counters()).ok();
             stage_stats.limited.set(ctx.limited()).ok();
@@ -159,7 +159,7 @@ pub(crate) fn run(pipeline: &Pipeline, queue: &Queue, prepared: Prepared, option
                     },
                 );
             }
-            let worker = StageWorker {
+            workers.push(StageWorker {
                 index: i,
                 module: component.digest().into(),
                 spec,
@@ -170,9 +170,12 @@ pub(crate) fn run(pipeline: &Pipeline, queue: &Queue, prepared: Prepared, option
                 warnings: guest_driven_log(),
                 timer_attempts: HashMap::new(),
                 upgrades: options.upgrades.clone(),
-            };
+            });
+        }
+        for chain in chains(workers, pipeline.stage_threads()) {
+            let (tx, next_rx) = sync_channel::<Batch>(CHANNEL_DEPTH);
             let input = std::mem::replace(&mut rx, next_rx);
-            handles.push(scope.spawn(move || worker.run(input, tx)));
+            handles.push(scope.spawn(move || run_chain(chain, input, tx)));
         }
         let applied = if durable_ids { prepared.state.applied().clone() } else { HashSet::new() };
         let source_name = pipeline.source.name();
@@ -234,4 +237,28 @@ pub(crate) fn run(pipeline: &Pipeline, queue: &Queue, prepared: Prepared, option
     }
     result?;
     Ok(stats)
+}
+
+/// `stages` split into `threads` runs of consecutive stages, as even as
+/// can be (the first runs take one more when they do not divide evenly).
+fn chains<T>(stages: Vec<T>, threads: usize) -> Vec<Vec<T>> {
+    let threads = threads.clamp(1, stages.len().max(1));
+    let (each, extra) = (stages.len() / threads, stages.len() % threads);
+    let mut stages = stages.into_iter();
+    (0..threads).map(|t| stages.by_ref().take(each + usize::from(t < extra)).collect()).filter(|c: &Vec<T>| !c.is_empty()).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::chains;
+
+    #[test]
+    fn stages_are_split_into_runs_as_even_as_can_be() {
+        assert_eq!(chains(vec![1, 2, 3], 1), vec![vec![1, 2, 3]]);
+        assert_eq!(chains(vec![1, 2, 3], 2), vec![vec![1, 2], vec![3]]);
+        assert_eq!(chains(vec![1, 2, 3], 3), vec![vec![1], vec![2], vec![3]]);
+        assert_eq!(chains(vec![1, 2, 3], 9), vec![vec![1], vec![2], vec![3]]);
+        assert_eq!(chains(vec![1, 2, 3, 4, 5], 2), vec![vec![1, 2, 3], vec![4, 5]]);
+        assert_eq!(chains(Vec::<u8>::new(), 2), Vec::<Vec<u8>>::new());
+    }
 }

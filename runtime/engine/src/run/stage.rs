@@ -36,26 +36,35 @@ pub(super) struct StageWorker {
 /// How long an idle stage waits for a batch before looking for an upgrade.
 const UPGRADE_POLL: Duration = Duration::from_millis(100);
 
-impl StageWorker {
-    pub(super) fn run(mut self, input: Receiver<Batch>, output: SyncSender<Batch>) {
-        loop {
-            // Between two batches: the only place a version is swapped.
-            self.swap_if_upgraded();
-            let batch = match input.recv_timeout(UPGRADE_POLL) {
-                Ok(batch) => batch,
-                Err(RecvTimeoutError::Timeout) => continue,
-                Err(RecvTimeoutError::Disconnected) => break,
-            };
-            let mut batch = self.process(batch);
-            batch.sent = Instant::now();
-            if output.send(batch).is_err() {
-                break;
-            }
+/// Run consecutive stages on one thread: each batch goes through them in
+/// turn, with no hand-off (no channel, no wake-up, no message moved between
+/// cores) between two of them.
+pub(super) fn run_chain(mut stages: Vec<StageWorker>, input: Receiver<Batch>, output: SyncSender<Batch>) {
+    loop {
+        // Between two batches: the only place a version is swapped.
+        for s in &mut stages {
+            s.swap_if_upgraded();
         }
-        self.ctx.flush_log_summary();
-        summarise_suppressed("failed calls", self.warnings.take_suppressed());
+        let mut batch = match input.recv_timeout(UPGRADE_POLL) {
+            Ok(batch) => batch,
+            Err(RecvTimeoutError::Timeout) => continue,
+            Err(RecvTimeoutError::Disconnected) => break,
+        };
+        for s in &mut stages {
+            batch = s.process(batch);
+            batch.sent = Instant::now();
+        }
+        if output.send(batch).is_err() {
+            break;
+        }
     }
+    for s in stages {
+        s.ctx.flush_log_summary();
+        summarise_suppressed("failed calls", s.warnings.take_suppressed());
+    }
+}
 
+impl StageWorker {
     /// Take a version that [`crate::Upgrades::upgrade`] started, if any:
     /// from the next batch on, it handles this stage's messages.
     fn swap_if_upgraded(&mut self) {
