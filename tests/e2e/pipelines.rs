@@ -109,7 +109,7 @@ fn a_guest_whose_packed_results_lie_is_failed_for_those_messages_and_the_rest_fl
 
 #[test]
 fn stages_sharing_a_thread_or_not_give_the_same_outputs_and_dead_letters() {
-    // Three stages: hostile (traps on every tenth message) → uppercase
+    // Three stages: hostile (traps on every tenth message, fans one out) → uppercase
     // (rejects a payload that is not UTF-8) → hostile again. On one thread
     // a batch goes through all three with no hand-off; on two, the first
     // two share one; on three, each has its own. A failure in a stage must
@@ -117,7 +117,11 @@ fn stages_sharing_a_thread_or_not_give_the_same_outputs_and_dead_letters() {
     // they are on, and the rest must come out in order.
     let mut input: Vec<Vec<u8>> = (0..300).map(|i| if i % 10 == 9 { b"trap".to_vec() } else { format!("ok-{i}").into_bytes() }).collect();
     input.insert(150, b"\xff\xfe".to_vec());
-    let want: Vec<String> = (0..300).filter(|i| i % 10 != 9).map(|i| format!("OK-{i}")).collect();
+    // One message fans out to three, which go on, in order, where it was.
+    input.insert(100, b"copies:3".to_vec());
+    let mut want: Vec<String> = (0..300).filter(|i| i % 10 != 9).map(|i| format!("OK-{i}")).collect();
+    let at = want.iter().position(|w| w == "OK-100").unwrap();
+    want.splice(at..at, ["COPIES:3#0", "COPIES:3#1", "COPIES:3#2"].map(String::from));
     for threads in [1, 2, 3] {
         let weir = Weir::new();
         let dir = tempfile::tempdir().unwrap();

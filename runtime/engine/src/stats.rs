@@ -161,13 +161,14 @@ impl StageStats {
         self.received.fetch_add(n, Relaxed);
         self.bytes_in.fetch_add(bytes, Relaxed);
     }
-    pub(crate) fn add_ok(&self, outputs: u64, bytes: u64) {
-        self.ok.fetch_add(1, Relaxed);
-        if outputs == 0 {
-            self.filtered.fetch_add(1, Relaxed);
-        }
-        self.emitted.fetch_add(outputs, Relaxed);
-        self.bytes_out.fetch_add(bytes, Relaxed);
+    /// A batch's messages handled without failure: counted once per batch,
+    /// not per message (three atomic additions per message per stage were
+    /// a measurable part of a stage's own time).
+    pub(crate) fn add_ok(&self, ok: &Handled) {
+        self.ok.fetch_add(ok.messages, Relaxed);
+        self.filtered.fetch_add(ok.filtered, Relaxed);
+        self.emitted.fetch_add(ok.outputs, Relaxed);
+        self.bytes_out.fetch_add(ok.bytes, Relaxed);
     }
     pub(crate) fn add_retried(&self) {
         self.retried.fetch_add(1, Relaxed);
@@ -631,4 +632,26 @@ pub struct SinkReport {
     pub dead_lettered: u64,
     /// Producer timestamp to durable output.
     pub end_to_end: LatencySummary,
+}
+
+/// What a stage's messages that did not fail made, summed over a batch.
+#[derive(Debug, Default)]
+pub(crate) struct Handled {
+    /// Messages handled.
+    pub(crate) messages: u64,
+    /// Of them, those with no output.
+    pub(crate) filtered: u64,
+    /// Their outputs.
+    pub(crate) outputs: u64,
+    /// The outputs' payload bytes.
+    pub(crate) bytes: u64,
+}
+
+impl Handled {
+    pub(crate) fn add(&mut self, outputs: &[weir_host::Output]) {
+        self.messages += 1;
+        self.filtered += u64::from(outputs.is_empty());
+        self.outputs += outputs.len() as u64;
+        self.bytes += outputs.iter().map(|o| o.payload.len() as u64).sum::<u64>();
+    }
 }

@@ -12,7 +12,7 @@ use weir_queue::{DeliveryId, Message};
 use crate::Result;
 use crate::batch::{Batch, Fate, Item, Origin, StateDelta};
 use crate::config::{LateAction, StageSpec};
-use crate::stats::{StageStats, now_us, since, thread_cpu};
+use crate::stats::{Handled, StageStats, now_us, since, thread_cpu};
 
 pub(super) struct StageWorker {
     /// Position in the pipeline.
@@ -97,56 +97,68 @@ impl StageWorker {
         let now = now_us();
         self.stats.end_to_end.record_all(items.iter().filter_map(|it| since(now, it.msg.timestamp_us)));
         self.stats.add_received(items.len() as u64, items.iter().map(|it| it.msg.payload.len() as u64).sum());
-        let items = self.sort_out_late(&mut batch, items);
+        let mut items = self.sort_out_late(&mut batch, items);
         let (results, writes) = self.call_all(&items);
         for (w, idxs) in writes {
             let origins = idxs.into_iter().map(|i| items[i].origin).collect();
             batch.writes.push(StateDelta { stage: self.index, writes: w, origins });
         }
-        let mut next = Vec::with_capacity(items.len());
-        for (item, result) in items.into_iter().zip(results) {
+        // Each message's first output takes its place in the batch (its
+        // key, payload and headers replaced: nothing moved); a failed or
+        // dropped message leaves it. Outputs past the first of a message
+        // that fans out are put in after it at the end.
+        let mut handled = Handled::default();
+        let mut results = results.into_iter();
+        let mut fanned_out: Vec<(usize, Item)> = Vec::new();
+        let mut kept = 0;
+        items.retain_mut(|item| {
+            let result = results.next().expect("a result per message");
             let origin = &mut batch.origins[item.origin];
             if !matches!(origin.fate, Fate::Ok) {
                 self.stats.add_abandoned(); // a sibling already failed this origin
-                continue;
+                return false;
             }
             match result {
                 Err(CallFailure { kind: DEFERRED, .. }) => {
                     self.stats.add_deferred();
                     origin.fate = Fate::Release;
+                    false
                 }
                 Ok(outputs) => {
-                    self.stats.add_ok(outputs.len() as u64, outputs.iter().map(|o| o.payload.len() as u64).sum());
-                    let Item { origin, msg } = item;
-                    let mut origin_msg = Some(msg);
-                    let last = outputs.len().saturating_sub(1);
-                    for (i, mut out) in outputs.into_iter().enumerate() {
+                    handled.add(&outputs);
+                    let mut placed = false;
+                    for mut out in outputs {
                         self.tag(&mut out);
                         match out.topic.take() {
-                            Some(topic) => batch.routed.push((origin, topic, out)),
-                            // The last output takes the input's topic name
-                            // instead of a copy: one shared counter fewer to
-                            // touch per message, across threads.
-                            None if i == last => next.push(Item { origin, msg: into_output(origin_msg.take().expect("taken once"), out) }),
-                            None => next.push(Item { origin, msg: message_from(origin_msg.as_ref().expect("not taken yet"), out) }),
+                            Some(topic) => batch.routed.push((item.origin, topic, out)),
+                            None if !placed => {
+                                placed = true;
+                                become_output(&mut item.msg, out);
+                            }
+                            None => fanned_out.push((kept, Item { origin: item.origin, msg: message_from(&item.msg, out) })),
                         }
                     }
+                    kept += usize::from(placed);
+                    placed
                 }
                 Err(CallFailure { failure: Failure::Retry(reason), kind }) if origin.attempt < self.spec.max_attempts => {
                     self.stats.add_retried();
                     let reason = bounded(&reason);
                     tracing::debug!(stage = %self.spec.name, %reason, kind, attempt = origin.attempt, "message will be retried");
                     origin.fate = Fate::Retry { delay: self.spec.retry_backoff };
+                    false
                 }
                 Err(CallFailure { failure, kind }) => {
                     let reason = dead_reason(&failure, origin.attempt);
                     self.stats.add_dead(matches!(failure, Failure::Reject(_)));
-                    origin.fate =
-                        Fate::Dead { stage: self.spec.name.clone(), kind, reason, msg: item.msg, module: Some(self.module.clone()) };
+                    let msg = item.msg.clone(); // shares its buffers
+                    origin.fate = Fate::Dead { stage: self.spec.name.clone(), kind, reason, msg, module: Some(self.module.clone()) };
+                    false
                 }
             }
-        }
-        batch.items = next;
+        });
+        self.stats.add_ok(&handled);
+        batch.items = if fanned_out.is_empty() { items } else { interleave(items, fanned_out) };
         if let Some(w) = batch.watermark {
             self.ctx.advance_watermark(w);
         }
@@ -636,11 +648,45 @@ fn message_from(origin_msg: &Message, out: Output) -> Message {
     }
 }
 
-/// [`message_from`] reusing `origin_msg` itself, its key, payload and
-/// headers replaced by the output's: no copy of its topic's name to count.
-fn into_output(mut origin_msg: Message, out: Output) -> Message {
-    origin_msg.key = out.key;
-    origin_msg.payload = out.payload;
-    origin_msg.headers = out.headers;
-    origin_msg
+/// `msg` become `out` (which descends from it): its key, payload and
+/// headers replaced, the rest (its topic's name among them) kept in place.
+fn become_output(msg: &mut Message, out: Output) {
+    msg.key = out.key;
+    msg.payload = out.payload;
+    msg.headers = out.headers;
+}
+
+/// `items` with each of `extra` put in after the item it names (by its
+/// index in `items`), in order.
+fn interleave(items: Vec<Item>, extra: Vec<(usize, Item)>) -> Vec<Item> {
+    let mut out = Vec::with_capacity(items.len() + extra.len());
+    let mut extra = extra.into_iter().peekable();
+    for (i, item) in items.into_iter().enumerate() {
+        out.push(item);
+        while let Some((_, e)) = extra.next_if(|(after, _)| *after == i) {
+            out.push(e);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn item(origin: usize, payload: &str) -> Item {
+        let mut msg = timer_message("s", &Timer { domain: TimeDomain::Event, key: Vec::new(), at_ms: 0 });
+        msg.payload = payload.as_bytes().to_vec().into();
+        Item { origin, msg }
+    }
+
+    #[test]
+    fn outputs_past_the_first_go_in_after_their_message() {
+        let items = vec![item(0, "a"), item(1, "b"), item(2, "c")];
+        let extra = vec![(0, item(0, "a2")), (0, item(0, "a3")), (2, item(2, "c2"))];
+        let got: Vec<(usize, String)> =
+            interleave(items, extra).into_iter().map(|it| (it.origin, String::from_utf8_lossy(&it.msg.payload).into_owned())).collect();
+        let want = [(0, "a"), (0, "a2"), (0, "a3"), (1, "b"), (2, "c"), (2, "c2")].map(|(o, p)| (o, p.to_owned()));
+        assert_eq!(got, want);
+    }
 }
