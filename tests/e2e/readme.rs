@@ -6,8 +6,9 @@
 //! without weir's timestamped log lines) must match the lines under it.
 //! Times, rates and latencies differ from run to run, so they are compared
 //! as placeholders; counts, words and layout are compared exactly. Every
-//! other block showing a run summary must have the summary's current
-//! header, so a block that is not run cannot keep an old layout either.
+//! other block showing a run summary (or `weir bench`'s per-stage cost
+//! table) must have its current header, so a block that is not run cannot
+//! keep an old layout either.
 
 use std::process::Command;
 
@@ -154,8 +155,20 @@ fn the_readme_shows_what_the_binary_prints() {
         }
     }
     assert!(!headers.is_empty(), "no transcript shows a run summary");
+    // The bench's per-stage cost table is not in a transcript (it takes a
+    // real run): its header comes from a short one.
+    let bench = Command::new(Weir::bin())
+        .args(["bench", "examples/pipelines/filter.toml", "--messages", "2000"])
+        .current_dir(repo_root())
+        .env("WEIR_LOG", "warn")
+        .output()
+        .unwrap();
+    assert!(bench.status.success(), "{}", String::from_utf8_lossy(&bench.stderr));
+    let bench = String::from_utf8_lossy(&bench.stderr);
+    headers.extend(bench.lines().filter(|l| l.starts_with("stage ") && l.contains("ns/msg")).map(str::to_owned));
     for (line, lines) in plain_blocks(&readme) {
-        for l in lines.iter().filter(|l| l.starts_with("stage ") && l.contains("received") && l.contains("ok")) {
+        let tables = |l: &&&str| l.starts_with("stage ") && (l.contains("received") && l.contains("ok") || l.contains("ns/msg"));
+        for l in lines.iter().filter(tables) {
             assert!(
                 headers.iter().any(|h| h == l),
                 "README.md:{line}: a summary header the binary no longer prints:\n{l}\nit prints:\n{}",
