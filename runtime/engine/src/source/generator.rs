@@ -48,6 +48,10 @@ mod tests {
         assert_eq!(recs.iter().map(|r| &r.payload).collect::<std::collections::HashSet<_>>().len(), 100);
         assert_eq!(recs[4].key.as_deref(), Some(&b"k1"[..]));
         assert_eq!(recs[3].payload, b"000000000003pqrstuvw", "the index, then letter (i + j) % 26 at byte j");
+        let g = Generator { count: None, size: 16, rate: None, keys: 0, key_size: 0, input: None };
+        assert_eq!(g.record(1234567890123).payload, b"1234567890123wxy", "an index past 12 digits is written whole");
+        assert_eq!(g.record(0).payload, b"000000000000mnop");
+        assert_eq!(g.record(u64::MAX).payload, b"1844674407370955", "cut to size");
         let long = Generator { count: None, size: 80, rate: None, keys: 0, key_size: 0, input: None }.record(25).payload;
         assert!(long[12..].iter().enumerate().all(|(k, &b)| b == b'a' + ((25 + 12 + k) % 26) as u8), "{}", String::from_utf8_lossy(&long));
         let padded = Generator { count: None, size: 0, rate: None, keys: 100, key_size: 16, input: None };
