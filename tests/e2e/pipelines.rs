@@ -174,10 +174,10 @@ topic = "out"
                 (d["headers"]["weir.stage"].as_str().unwrap().to_owned(), d["headers"]["weir.error-kind"].as_str().unwrap().to_owned())
             })
             .collect();
+        assert_eq!(dead.len(), 31, "on {threads} thread(s): 30 traps and one payload not UTF-8");
         dead.sort();
-        dead.dedup_by(|a, b| a == b);
+        dead.dedup();
         assert_eq!(dead, [("first".to_owned(), "trap".to_owned()), ("shout".to_owned(), "guest".to_owned())], "on {threads} thread(s)");
-        assert_eq!(weir.consume_json("t.dlq").len(), 31, "on {threads} thread(s): 30 traps and one payload not UTF-8");
     }
 }
 
