@@ -113,6 +113,11 @@ struct BenchReport {
     source: BenchSource,
     /// Seconds spent filling the topic or stream before the run.
     fill_s: f64,
+    /// The machine alone, measured before the run: how long a thread
+    /// blocked on a channel takes to run again once another thread sends
+    /// to it (what every hand-off between a pipeline's threads waits for),
+    /// µs. The floor under the pipeline's end-to-end tail.
+    thread_wakeup: LatencySummary,
     /// The scratch directory's disk on its own, measured before the run:
     /// appending 4 KiB and `fdatasync` (what a queue topic with `fsync =
     /// "always"` waits for per batch), µs.
@@ -224,6 +229,7 @@ pub(crate) fn bench(args: &PipelineArgs) -> anyhow::Result<()> {
         }
     }
     let disk_fdatasync = disk_fdatasync(dir.path(), 200)?;
+    let thread_wakeup = thread_wakeup(1000);
     let queue = weir_queue::Queue::open(dir.path().join("data"))?;
     let fill_started = Instant::now();
     let _scratch = match args.source {
@@ -272,6 +278,10 @@ pub(crate) fn bench(args: &PipelineArgs) -> anyhow::Result<()> {
         "disk alone: append 4 KiB + fdatasync p50 {} µs, p99 {} µs ({} samples, before the run)",
         disk_fdatasync.p50_us, disk_fdatasync.p99_us, disk_fdatasync.count
     );
+    eprintln!(
+        "machine alone: a blocked thread woken by another p50 {} µs, p99 {} µs ({} samples, before the run)",
+        thread_wakeup.p50_us, thread_wakeup.p99_us, thread_wakeup.count
+    );
     let overhead = overheads(&pipeline, &run, &generator)?;
     if !overhead.is_empty() {
         eprintln!(
@@ -287,8 +297,17 @@ pub(crate) fn bench(args: &PipelineArgs) -> anyhow::Result<()> {
     }
     let (report_path, chart_path) = output_paths(args)?;
     draw(&chart_path, &pipeline.name, &series).with_context(|| format!("drawing {}", chart_path.display()))?;
-    let report =
-        BenchReport { messages: args.messages, size: args.size, source: args.source, fill_s, disk_fdatasync, run, overhead, series };
+    let report = BenchReport {
+        messages: args.messages,
+        size: args.size,
+        source: args.source,
+        fill_s,
+        thread_wakeup,
+        disk_fdatasync,
+        run,
+        overhead,
+        series,
+    };
     std::fs::write(&report_path, serde_json::to_string_pretty(&report)? + "\n")
         .with_context(|| format!("writing {}", report_path.display()))?;
     eprintln!("report: {}, chart: {}", report_path.display(), chart_path.display());
@@ -362,6 +381,29 @@ fn disk_fdatasync(dir: &std::path::Path, n: u64) -> anyhow::Result<LatencySummar
     drop(file);
     std::fs::remove_file(&path)?;
     Ok(latency.summary())
+}
+
+/// `n` times, about a millisecond apart: the time from one thread sending
+/// on a channel to another, blocked on it, running again. On a loaded or
+/// virtual machine its tail is the scheduler's, and every message of a
+/// pipeline crosses several such hand-offs.
+fn thread_wakeup(n: u64) -> LatencySummary {
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Instant>(1);
+    let receiver = std::thread::spawn(move || {
+        let latency = weir_engine::Latency::default();
+        for sent in rx {
+            latency.record(sent.elapsed());
+        }
+        latency.summary()
+    });
+    for _ in 0..n {
+        std::thread::sleep(Duration::from_millis(1));
+        if tx.send(Instant::now()).is_err() {
+            break;
+        }
+    }
+    drop(tx);
+    receiver.join().expect("the wake-up probe's receiver does not panic")
 }
 
 /// Fill the scratch queue's input topic, a thousand messages per append.
