@@ -7,8 +7,9 @@
 //! Times, rates and latencies differ from run to run, so they are compared
 //! as placeholders; counts, words and layout are compared exactly. Every
 //! other block showing a run summary (or `weir bench`'s per-stage cost
-//! table) must have its current header, so a block that is not run cannot
-//! keep an old layout either.
+//! table) must have its current header, and every `disk alone:` or
+//! `machine alone:` line the words `weir bench` prints (numbers aside), so
+//! a block that is not run cannot keep an old layout either.
 
 use std::process::Command;
 
@@ -100,6 +101,12 @@ fn normalise(line: &str, in_table: bool) -> String {
     tokens.join(" ")
 }
 
+/// `line` with each whole number replaced by `#`.
+fn numbers_masked(line: &str) -> String {
+    let mask = |t: &str| if t.chars().all(|c| c.is_ascii_digit()) { "#" } else { t }.to_owned();
+    line.split_whitespace().map(|t| t.strip_prefix('(').map_or_else(|| mask(t), |t| format!("({}", mask(t)))).collect::<Vec<_>>().join(" ")
+}
+
 /// [`normalise`] for each line, knowing which are rows of a summary table.
 fn normalise_all<S: AsRef<str>>(lines: &[S]) -> Vec<String> {
     let mut in_table = false;
@@ -166,6 +173,19 @@ fn the_readme_shows_what_the_binary_prints() {
     assert!(bench.status.success(), "{}", String::from_utf8_lossy(&bench.stderr));
     let bench = String::from_utf8_lossy(&bench.stderr);
     headers.extend(bench.lines().filter(|l| l.starts_with("stage ") && l.contains("ns/msg")).map(str::to_owned));
+    // So do the lines measuring the machine alone, their numbers masked.
+    let alone = |l: &str| l.starts_with("disk alone:") || l.starts_with("machine alone:");
+    let probes: Vec<String> = bench.lines().filter(|l| alone(l)).map(numbers_masked).collect();
+    assert_eq!(probes.len(), 2, "weir bench printed no disk and machine lines:\n{bench}");
+    for (line, lines) in plain_blocks(&readme) {
+        for l in lines.iter().filter(|l| alone(l)) {
+            assert!(
+                probes.contains(&numbers_masked(l)),
+                "README.md:{line}: a line the binary no longer prints:\n{l}\nit prints:\n{}",
+                probes.join("\n")
+            );
+        }
+    }
     for (line, lines) in plain_blocks(&readme) {
         let tables = |l: &&&str| l.starts_with("stage ") && (l.contains("received") && l.contains("ok") || l.contains("ns/msg"));
         for l in lines.iter().filter(tables) {
