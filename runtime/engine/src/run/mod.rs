@@ -175,7 +175,9 @@ pub(crate) fn run(pipeline: &Pipeline, queue: &Queue, prepared: Prepared, option
         for chain in chains(workers, pipeline.stage_threads()) {
             let (tx, next_rx) = sync_channel::<Batch>(CHANNEL_DEPTH);
             let input = std::mem::replace(&mut rx, next_rx);
-            handles.push(scope.spawn(move || run_chain(chain, input, tx)));
+            // Named for `top -H`, perf and debuggers (Linux keeps 15 bytes).
+            let name = format!("weir-{}", chain[0].spec.name);
+            handles.push(thread(scope, name, move || run_chain(chain, input, tx)));
         }
         let applied = if durable_ids { prepared.state.applied().clone() } else { HashSet::new() };
         let source_name = pipeline.source.name();
@@ -204,7 +206,7 @@ pub(crate) fn run(pipeline: &Pipeline, queue: &Queue, prepared: Prepared, option
             dead_letter_log: DeadLetterLog::new(),
             floor: &floor,
         };
-        let sink_handle = scope.spawn(move || sink.run(rx));
+        let sink_handle = thread(scope, "weir-sink".into(), move || sink.run(rx));
         let source = SourceWorker {
             feed,
             applied,
@@ -237,6 +239,15 @@ pub(crate) fn run(pipeline: &Pipeline, queue: &Queue, prepared: Prepared, option
     }
     result?;
     Ok(stats)
+}
+
+/// A pipeline thread, named.
+fn thread<'scope, T: Send + 'scope>(
+    scope: &'scope std::thread::Scope<'scope, '_>,
+    name: String,
+    run: impl FnOnce() -> T + Send + 'scope,
+) -> std::thread::ScopedJoinHandle<'scope, T> {
+    std::thread::Builder::new().name(name).spawn_scoped(scope, run).expect("spawn a pipeline thread")
 }
 
 /// `stages` split into `threads` runs of consecutive stages, as even as
