@@ -6,10 +6,12 @@
 //! offset written to disk is the frontier, so a restart redelivers exactly the
 //! messages that were not acknowledged (at-least-once).
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use rustc_hash::FxHashMap;
 
 use crate::dead_letter::{dead_letter_topic, dlq_headers};
 use crate::offsets::{group_file, read_committed, write_committed};
@@ -111,18 +113,96 @@ struct InFlight {
 
 #[derive(Default)]
 struct PartState {
-    /// Every offset below this is acknowledged.
-    frontier: u64,
+    /// The ack frontier, and the settled offsets above it.
+    acks: Settled,
     /// Frontier as last written to disk.
     committed: u64,
     /// Next never-delivered offset.
     next: u64,
-    /// Acknowledged offsets at or above the frontier.
-    acked: BTreeSet<u64>,
-    /// Delivered, not yet settled.
-    in_flight: HashMap<u64, InFlight>,
+    /// Delivered, not yet settled. (Offsets are the keys: Fx hashing, not
+    /// SipHash, as no client chooses them; this map is touched on every
+    /// delivery and every ack.)
+    in_flight: FxHashMap<u64, InFlight>,
     /// To deliver again: offset → (not before, attempt of that delivery).
     redeliver: BTreeMap<u64, (Instant, u32)>,
+}
+
+/// The ack frontier of a partition (every offset below it is settled) and
+/// the settled offsets above it, one bit each. Settling in order, as almost
+/// every ack does, sets the frontier's own bit and moves it on without a
+/// search; a message that stays in flight while the rest are acknowledged
+/// holds the frontier back at a cost of one bit per offset settled past it.
+#[derive(Debug, Default)]
+struct Settled {
+    frontier: u64,
+    /// The offset of the first bit of `words[0]`: a multiple of 64, at or
+    /// below the frontier, within 64 of it.
+    base: u64,
+    words: VecDeque<u64>,
+}
+
+impl Settled {
+    fn at(frontier: u64) -> Self {
+        Settled { frontier, base: frontier & !63, words: VecDeque::new() }
+    }
+
+    fn frontier(&self) -> u64 {
+        self.frontier
+    }
+
+    /// Mark `offset` settled; the frontier moves past every settled offset
+    /// it now reaches.
+    fn settle(&mut self, offset: u64) {
+        if offset < self.frontier {
+            return;
+        }
+        if offset == self.frontier && self.words.is_empty() {
+            // In order, with nothing settled above: no bits at all.
+            self.frontier += 1;
+            self.base = self.frontier & !63;
+            return;
+        }
+        let word = ((offset - self.base) / 64) as usize;
+        if self.words.len() <= word {
+            self.words.resize(word + 1, 0);
+        }
+        self.words[word] |= 1 << ((offset - self.base) % 64);
+        self.advance();
+    }
+
+    /// Everything below `start` counts as settled (retention removed it).
+    fn skip_to(&mut self, start: u64) {
+        if start > self.frontier {
+            self.frontier = start;
+            self.advance();
+        }
+    }
+
+    /// Move the frontier over set bits; drop the words wholly below it.
+    fn advance(&mut self) {
+        loop {
+            let bit = self.frontier - self.base;
+            let Some(&w) = self.words.get((bit / 64) as usize) else { break };
+            // The settled run from the frontier's bit up, within this word.
+            let run = u64::from((!(w >> (bit % 64))).trailing_zeros()).min(64 - bit % 64);
+            self.frontier += run;
+            if !(self.frontier - self.base).is_multiple_of(64) || run == 0 {
+                break;
+            }
+        }
+        while !self.words.is_empty() && self.base + 64 <= self.frontier {
+            self.words.pop_front();
+            self.base += 64;
+        }
+        // A last word with nothing settled above the frontier goes too
+        // (a later word always holds the bit that made it).
+        if self.words.len() == 1 && self.words[0] >> (self.frontier - self.base) == 0 {
+            self.words.clear();
+        }
+        if self.words.is_empty() {
+            self.base = self.frontier & !63;
+        }
+    }
 }
 
 /// Reads a topic on behalf of a consumer group.
@@ -173,7 +253,7 @@ impl Consumer {
                     (_, StartFrom::Offset(o)) => o.min(topic.visible_end(p)),
                 };
                 let start = start.max(topic.start_offset(p));
-                Ok(PartState { frontier: start, committed: start, next: start, ..PartState::default() })
+                Ok(PartState { acks: Settled::at(start), committed: start, next: start, ..PartState::default() })
             })
             .collect::<Result<_>>()?;
         Ok(Consumer { queue, topic, group: group.to_owned(), path, options, parts, leases: VecDeque::new(), cursor: 0, failed: None })
@@ -207,7 +287,7 @@ impl Consumer {
     /// Messages not yet acknowledged: the visible log end minus the ack
     /// frontier, summed over partitions.
     pub fn lag(&self) -> u64 {
-        (0..self.parts.len()).map(|p| self.topic.visible_end(p as u32).saturating_sub(self.parts[p].frontier)).sum()
+        (0..self.parts.len()).map(|p| self.topic.visible_end(p as u32).saturating_sub(self.parts[p].acks.frontier())).sum()
     }
 
     /// Per partition: the visible log end minus the group's committed offset
@@ -327,13 +407,7 @@ impl Consumer {
             // Retention may have deleted what the group had not read: skip it.
             let start = self.topic.start_offset(p as u32);
             let part = &mut self.parts[p];
-            if part.frontier < start {
-                part.frontier = start;
-                part.acked.retain(|&o| o >= start);
-                while part.acked.remove(&part.frontier) {
-                    part.frontier += 1;
-                }
-            }
+            part.acks.skip_to(start);
             part.next = part.next.max(start);
             if part.next >= self.topic.visible_end(p as u32) {
                 continue;
@@ -385,12 +459,7 @@ impl Consumer {
 
     fn settle(part: &mut PartState, offset: u64) {
         part.in_flight.remove(&offset);
-        if offset >= part.frontier {
-            part.acked.insert(offset);
-        }
-        while part.acked.remove(&part.frontier) {
-            part.frontier += 1;
-        }
+        part.acks.settle(offset);
     }
 
     fn in_flight_mut(&mut self, id: DeliveryId) -> Option<(&mut PartState, u32)> {
@@ -478,9 +547,8 @@ impl Consumer {
             Seek::Last => end,
         };
         let part = &mut self.parts[p];
-        part.frontier = offset;
+        part.acks = Settled::at(offset);
         part.next = offset;
-        part.acked.clear();
         part.in_flight.clear();
         part.redeliver.clear();
         Ok(())
@@ -492,7 +560,7 @@ impl Consumer {
     /// # Errors
     /// An I/O error writing the group file.
     pub fn commit(&mut self) -> Result<()> {
-        if self.parts.iter().all(|p| p.frontier == p.committed) {
+        if self.parts.iter().all(|p| p.acks.frontier() == p.committed) {
             return Ok(());
         }
         if self.queue.is_read_only() {
@@ -501,14 +569,14 @@ impl Consumer {
         if let Some(reason) = &self.failed {
             return Err(Error::Stopped { path: self.path.clone(), reason: reason.clone() });
         }
-        let frontier: Vec<u64> = self.parts.iter().map(|p| p.frontier).collect();
+        let frontier: Vec<u64> = self.parts.iter().map(|p| p.acks.frontier()).collect();
         if let Err(e) = write_committed(&self.path, &frontier, &self.queue.inner.faults) {
             // Fail-stop: the offsets on disk are the last ones that were made durable.
             self.failed = Some(e.to_string());
             return Err(e);
         }
         for p in &mut self.parts {
-            p.committed = p.frontier;
+            p.committed = p.acks.frontier();
         }
         Ok(())
     }
@@ -517,6 +585,71 @@ impl Consumer {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// What `Settled` must do, the slow way: the frontier, and a set of
+    /// the settled offsets above it.
+    #[derive(Debug)]
+    struct Model {
+        frontier: u64,
+        above: std::collections::BTreeSet<u64>,
+    }
+
+    impl Model {
+        fn settle(&mut self, offset: u64) {
+            if offset >= self.frontier {
+                self.above.insert(offset);
+            }
+            while self.above.remove(&self.frontier) {
+                self.frontier += 1;
+            }
+        }
+        fn skip_to(&mut self, start: u64) {
+            if start > self.frontier {
+                self.frontier = start;
+                self.above.retain(|&o| o >= start);
+                while self.above.remove(&self.frontier) {
+                    self.frontier += 1;
+                }
+            }
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn settled_offsets_move_the_frontier_as_a_set_of_them_would(
+            start in 0u64..200,
+            ops in proptest::collection::vec((0u8..10, 0u64..300), 0..400),
+        ) {
+            let (mut fast, mut model) = (Settled::at(start), Model { frontier: start, above: Default::default() });
+            for (kind, n) in ops {
+                if kind == 0 {
+                    fast.skip_to(start + n);
+                    model.skip_to(start + n);
+                } else {
+                    // Mostly near the frontier, as acks are.
+                    let offset = model.frontier.saturating_sub(5) + n % (10 * u64::from(kind));
+                    fast.settle(offset);
+                    model.settle(offset);
+                }
+                proptest::prop_assert_eq!(fast.frontier(), model.frontier);
+                proptest::prop_assert!(fast.base % 64 == 0 && fast.base <= fast.frontier && fast.frontier - fast.base < 64);
+                // No word is kept that holds nothing above the frontier.
+                proptest::prop_assert!(fast.words.len() as u64 <= model.above.last().map_or(0, |&o| (o - fast.base) / 64 + 1));
+            }
+        }
+    }
+
+    #[test]
+    fn a_message_held_in_flight_costs_a_bit_per_offset_settled_past_it() {
+        let mut s = Settled::at(0);
+        for o in 1..=64_000 {
+            s.settle(o);
+        }
+        assert_eq!(s.frontier(), 0, "offset 0 holds the frontier");
+        assert_eq!(s.words.len(), 1001, "64,000 offsets past it: 1,001 words of 64 bits");
+        s.settle(0);
+        assert_eq!((s.frontier(), s.words.len()), (64_001, 0));
+    }
 
     fn queue_with(n: usize, partitions: u32) -> (tempfile::TempDir, Queue) {
         let dir = tempfile::tempdir().unwrap();
