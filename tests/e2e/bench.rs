@@ -76,6 +76,22 @@ fn bench_a_pipeline_writes_a_report_with_series_and_a_chart() {
 }
 
 #[test]
+fn bench_runs_the_stages_on_the_threads_asked_for() {
+    crate::component("uppercase");
+    let weir = Weir::new();
+    let dir = tempfile::tempdir().unwrap();
+    let report = dir.path().join("r.json");
+    for (threads, want) in [(None, 1), (Some("0"), 0)] {
+        let mut args = vec!["bench", "examples/pipelines/hello.toml", "--messages", "2000", "--report", report.to_str().unwrap()];
+        args.extend(threads.map(|t| ["--stage-threads", t]).into_iter().flatten());
+        weir.ok(&args, b"");
+        let r: serde_json::Value = crate::read_json(&report);
+        assert_eq!(r["stage_threads"], want, "{threads:?}");
+        assert_eq!(r["sink"]["written"], 4000, "{threads:?}: two sinks");
+    }
+}
+
+#[test]
 fn bench_writes_nothing_into_the_current_directory_unasked() {
     crate::component("uppercase");
     let weir = Weir::new();

@@ -143,13 +143,22 @@ fn state_over_its_total_fails_the_writing_messages_and_keeps_the_rest() {
 
 #[test]
 fn a_fatal_sink_error_exits_promptly_with_the_cause() {
+    // With the sink on its own thread, and on the source's (stage_threads = 0).
+    for threads in ["", "stage_threads = 0"] {
+        a_fatal_sink_error_exits_promptly(threads);
+    }
+}
+
+fn a_fatal_sink_error_exits_promptly(threads: &str) {
     let weir = Weir::new();
     let dir = tempfile::tempdir().unwrap();
     let p = pipeline_file(
         dir.path(),
         "full.toml",
-        r#"[pipeline]
+        &format!(
+            r#"[pipeline]
 name = "full"
+{threads}
 
 [source]
 type = "queue"
@@ -157,12 +166,13 @@ topic = "in"
 
 [[stage]]
 name = "up"
-module = "{component:uppercase}"
+module = "{{component:uppercase}}"
 
 [[sink]]
 type = "file"
 path = "/dev/full"
-"#,
+"#
+        ),
     );
     weir.produce("in", &["a", "b", "c"]);
     for drain in [true, false] {
@@ -173,10 +183,10 @@ path = "/dev/full"
         let child = weir.cmd(&args).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
         let out = finish_within(child, Duration::from_secs(20));
         let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(1), "drain {drain}: {stderr}");
-        assert!(stderr.contains("/dev/full") && stderr.contains("No space left on device"), "drain {drain}: {stderr}");
+        assert_eq!(out.status.code(), Some(1), "{threads:?} drain {drain}: {stderr}");
+        assert!(stderr.contains("/dev/full") && stderr.contains("No space left on device"), "{threads:?} drain {drain}: {stderr}");
     }
-    assert_eq!(weir.consume_all("in").len(), 3, "nothing was lost");
+    assert_eq!(weir.consume_all("in").len(), 3, "{threads:?}: nothing was lost");
 }
 
 #[test]

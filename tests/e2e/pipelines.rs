@@ -112,7 +112,8 @@ fn stages_sharing_a_thread_or_not_give_the_same_outputs_and_dead_letters() {
     // Three stages: hostile (traps on every tenth message, fans one out) → uppercase
     // (rejects a payload that is not UTF-8) → hostile again. On one thread
     // a batch goes through all three with no hand-off; on two, the first
-    // two share one; on three, each has its own. A failure in a stage must
+    // two share one; on three, each has its own; on none, the stages and
+    // the sink run on the source's thread. A failure in a stage must
     // end its origin's descendants in the stages after it, whichever thread
     // they are on, and the rest must come out in order.
     let mut input: Vec<Vec<u8>> = (0..300).map(|i| if i % 10 == 9 { b"trap".to_vec() } else { format!("ok-{i}").into_bytes() }).collect();
@@ -122,7 +123,7 @@ fn stages_sharing_a_thread_or_not_give_the_same_outputs_and_dead_letters() {
     let mut want: Vec<String> = (0..300).filter(|i| i % 10 != 9).map(|i| format!("OK-{i}")).collect();
     let at = want.iter().position(|w| w == "OK-100").unwrap();
     want.splice(at..at, ["COPIES:3#0", "COPIES:3#1", "COPIES:3#2"].map(String::from));
-    for threads in [1, 2, 3] {
+    for threads in [0, 1, 2, 3] {
         let weir = Weir::new();
         let dir = tempfile::tempdir().unwrap();
         let p = pipeline_file(

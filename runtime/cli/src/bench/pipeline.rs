@@ -53,6 +53,11 @@ pub(crate) struct PipelineArgs {
     /// [default: as the pipeline file says].
     #[arg(long, value_enum)]
     fsync: Option<crate::topics::FsyncArg>,
+    /// Threads the stages run on, as `[pipeline] stage_threads` (0: the
+    /// stages and sinks on the source's thread) [default: as the pipeline
+    /// file says].
+    #[arg(long, value_parser = clap::value_parser!(u16).range(0..=1000))]
+    stage_threads: Option<u16>,
     /// NATS server for `--source nats`.
     #[arg(long, default_value = "nats://127.0.0.1:4222")]
     nats_url: String,
@@ -111,6 +116,8 @@ struct BenchReport {
     messages: u64,
     size: usize,
     source: BenchSource,
+    /// The threads the stages ran on (0: on the source's thread).
+    stage_threads: usize,
     /// Seconds spent filling the topic or stream before the run.
     fill_s: f64,
     /// The machine alone, measured before the run: how long a thread
@@ -214,6 +221,9 @@ pub(crate) fn bench(args: &PipelineArgs) -> anyhow::Result<()> {
             sink.kind = Sink::File { path: dir.path().join(format!("sink-{i}.out")), json };
         }
     }
+    if let Some(n) = args.stage_threads {
+        pipeline.stage_threads = Some(n.into());
+    }
     if let Some(policy) = args.fsync {
         let fsync = policy.fsync(weir_queue::Fsync::DEFAULT_INTERVAL_MS);
         let sinks = pipeline.sinks.iter().filter_map(|s| match &s.kind {
@@ -301,6 +311,7 @@ pub(crate) fn bench(args: &PipelineArgs) -> anyhow::Result<()> {
         messages: args.messages,
         size: args.size,
         source: args.source,
+        stage_threads: pipeline.stage_threads(),
         fill_s,
         thread_wakeup,
         disk_fdatasync,

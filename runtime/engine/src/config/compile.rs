@@ -608,7 +608,7 @@ pub fn compile(file: &Path, text: &str) -> Result<Pipeline, ConfigErrors> {
         64 << 30,
         " bytes",
     ) as usize;
-    let stage_threads = raw.pipeline.stage_threads.map(|n| c.int(&p.key("stage_threads"), Some(n), 1, 1, 1000, "") as usize);
+    let stage_threads = raw.pipeline.stage_threads.map(|n| c.int(&p.key("stage_threads"), Some(n), 1, 0, 1000, "") as usize);
 
     let mut topics = c.topics(&raw);
     let source = c.source(&raw, base);

@@ -67,7 +67,7 @@ pub struct Pipeline {
     /// `[pipeline] state_cache_bytes`: memory for stage state read from disk.
     pub state_cache_bytes: usize,
     /// `[pipeline] stage_threads`: threads the stages run on, `None` for
-    /// one per stage (see [`Pipeline::stage_threads`]).
+    /// one per stage, 0 for the source's (see [`Pipeline::stage_threads`]).
     pub stage_threads: Option<usize>,
     /// Where messages come from.
     pub source: Source,
@@ -170,9 +170,13 @@ impl Pipeline {
 
     /// How many threads the stages run on: `stage_threads` if set (at
     /// most one per stage), else one per stage. Consecutive stages share a
-    /// thread: a batch goes through them in turn, with no hand-off.
+    /// thread: a batch goes through them in turn, with no hand-off. 0: the
+    /// stages and the sinks run on the source's thread.
     pub fn stage_threads(&self) -> usize {
-        self.stage_threads.unwrap_or(self.stages.len()).clamp(1, self.stages.len().max(1))
+        match self.stage_threads {
+            Some(0) => 0,
+            n => n.unwrap_or(self.stages.len()).clamp(1, self.stages.len().max(1)),
+        }
     }
 }
 

@@ -1,5 +1,6 @@
 //! Running a pipeline: a source thread, one thread per stage and a sink
-//! thread, joined by bounded channels.
+//! thread, joined by bounded channels (or fewer stage threads, or none:
+//! see `stage_threads`).
 //!
 //! A batch of source deliveries travels down the chain as one unit. Every
 //! message in it remembers the source delivery it descends from (its
@@ -42,8 +43,8 @@ mod stage;
 
 use dead_log::DeadLetterLog;
 use sink::SinkWorker;
-use source::{SourceWorker, Watermarks};
-use stage::{StageWorker, guest_driven_log, run_chain};
+use source::{Downstream, SourceWorker, Watermarks};
+use stage::{Chain, StageWorker, guest_driven_log, run_chain};
 
 /// Batches buffered between two threads; bounds memory and applies backpressure.
 const CHANNEL_DEPTH: usize = 2;
@@ -172,12 +173,14 @@ pub(crate) fn run(pipeline: &Pipeline, queue: &Queue, prepared: Prepared, option
                 upgrades: options.upgrades.clone(),
             });
         }
-        for chain in chains(workers, pipeline.stage_threads()) {
+        let threads = pipeline.stage_threads();
+        let inline = (threads == 0).then(|| Chain(std::mem::take(&mut workers)));
+        for chain in chains(workers, threads) {
             let (tx, next_rx) = sync_channel::<Batch>(CHANNEL_DEPTH);
             let input = std::mem::replace(&mut rx, next_rx);
             // Named for `top -H`, perf and debuggers (Linux keeps 15 bytes).
             let name = format!("weir-{}", chain[0].spec.name);
-            handles.push(thread(scope, name, move || run_chain(chain, input, tx)));
+            handles.push(thread(scope, name, move || run_chain(Chain(chain), input, tx)));
         }
         let applied = if durable_ids { prepared.state.applied().clone() } else { HashSet::new() };
         let source_name = pipeline.source.name();
@@ -206,7 +209,10 @@ pub(crate) fn run(pipeline: &Pipeline, queue: &Queue, prepared: Prepared, option
             dead_letter_log: DeadLetterLog::new(),
             floor: &floor,
         };
-        let sink_handle = thread(scope, "weir-sink".into(), move || sink.run(rx));
+        let (down, sink_handle) = match inline {
+            Some(chain) => (Downstream::Inline { chain, sink: Box::new(sink), failed: None }, None),
+            None => (Downstream::Thread(first_tx), Some(thread(scope, "weir-sink".into(), move || sink.run(rx)))),
+        };
         let source = SourceWorker {
             feed,
             applied,
@@ -227,8 +233,8 @@ pub(crate) fn run(pipeline: &Pipeline, queue: &Queue, prepared: Prepared, option
             ended: false,
             timers_left: false,
         };
-        let source_result = source.run(first_tx, settle_rx);
-        let sink_result = sink_handle.join().expect("sink thread panicked");
+        let source_result = source.run(down, settle_rx);
+        let sink_result = sink_handle.map_or(Ok(()), |h| h.join().expect("sink thread panicked"));
         for h in handles {
             h.join().expect("stage thread panicked");
         }
@@ -253,7 +259,10 @@ fn thread<'scope, T: Send + 'scope>(
 /// `stages` split into `threads` runs of consecutive stages, as even as
 /// can be (the first runs take one more when they do not divide evenly).
 fn chains<T>(stages: Vec<T>, threads: usize) -> Vec<Vec<T>> {
-    let threads = threads.clamp(1, stages.len().max(1));
+    if stages.is_empty() {
+        return Vec::new();
+    }
+    let threads = threads.clamp(1, stages.len());
     let (each, extra) = (stages.len() / threads, stages.len() % threads);
     let mut stages = stages.into_iter();
     (0..threads).map(|t| stages.by_ref().take(each + usize::from(t < extra)).collect()).filter(|c: &Vec<T>| !c.is_empty()).collect()

@@ -95,8 +95,8 @@ struct Prepared {
 }
 
 impl SinkWorker<'_> {
+    /// The sink thread: writes what comes from `input` until it closes.
     pub(super) fn run(mut self, input: Receiver<Batch>) -> Result<()> {
-        let stdout = std::io::stdout();
         let mut result = Ok(());
         while let Ok(first) = input.recv() {
             // The batches that arrived while the last ones were written go
@@ -109,20 +109,29 @@ impl SinkWorker<'_> {
             {
                 group.push(b);
             }
-            match self.write(group, &mut stdout.lock()) {
-                Ok(settlements) => {
-                    if settlements.into_iter().any(|s| self.settle.send(s).is_err()) {
-                        break;
-                    }
-                }
+            match self.write_group(group) {
+                Ok(true) => {}
+                Ok(false) => break,
                 Err(e) => {
                     result = Err(e);
                     break;
                 }
             }
         }
-        self.dead_letter_log.tick(true);
+        self.finish();
         result
+    }
+
+    /// Write `group` and hand its settlements to the source; `false` when
+    /// the source has stopped listening.
+    pub(super) fn write_group(&mut self, group: Vec<Batch>) -> Result<bool> {
+        let settlements = self.write(group, &mut std::io::stdout().lock())?;
+        Ok(settlements.into_iter().all(|s| self.settle.send(s).is_ok()))
+    }
+
+    /// At the end of the run: the last summary of dead letters.
+    pub(super) fn finish(&mut self) {
+        self.dead_letter_log.tick(true);
     }
 
     /// Fail, alone, each origin one of whose outputs a sink or a routed topic

@@ -9,11 +9,13 @@ use std::time::{Duration, Instant};
 use weir_queue::Queue;
 
 use super::RunOptions;
-use crate::Result;
+use super::sink::SinkWorker;
+use super::stage::Chain;
 use crate::batch::{Batch, Fate, Item, Origin, Settlement};
 use crate::config::{EventTime, Watermark};
 use crate::source::Feed;
 use crate::stats::{PipelineStats, now_us, since};
+use crate::{Error, Result};
 
 pub(super) struct SourceWorker<'a> {
     pub(super) feed: Box<dyn Feed>,
@@ -51,6 +53,60 @@ pub(super) struct SourceWorker<'a> {
     /// A stage had more due timers than it fires for one batch: a drained
     /// source sends the end of time again until none is left.
     pub(super) timers_left: bool,
+}
+
+/// Where the source's batches go.
+pub(super) enum Downstream<'a> {
+    /// The channel to the first stage thread (to the sink's, with no stages).
+    Thread(SyncSender<Batch>),
+    /// `stage_threads = 0`: the stages and the sink run on the source's own
+    /// thread, each batch written before the next is fetched. No hand-off
+    /// waits for a thread to be woken or scheduled, which on a busy machine
+    /// is most of a message's latency; nothing works side by side either.
+    Inline { chain: Chain, sink: Box<SinkWorker<'a>>, failed: Option<Error> },
+}
+
+impl Downstream<'_> {
+    /// Hand `batch` on; `false` if downstream stopped (a thread's error is
+    /// reported by its join, the inline sink's by [`Downstream::close`]).
+    fn send(&mut self, batch: Batch) -> bool {
+        match self {
+            Downstream::Thread(tx) => tx.send(batch).is_ok(),
+            Downstream::Inline { chain, sink, failed } => {
+                let batch = chain.process(batch);
+                match sink.write_group(vec![batch]) {
+                    Ok(listening) => listening,
+                    Err(e) => {
+                        *failed = Some(e);
+                        false
+                    }
+                }
+            }
+        }
+    }
+
+    /// Between two batches (and while none come): inline stages take a
+    /// new version here, as a stage thread does between its batches.
+    fn between_batches(&mut self) {
+        if let Downstream::Inline { chain, .. } = self {
+            chain.between_batches();
+        }
+    }
+
+    /// No more batches: what was sent is written; the inline sink's error.
+    fn close(self) -> Result<()> {
+        match self {
+            Downstream::Thread(tx) => {
+                drop(tx);
+                Ok(())
+            }
+            Downstream::Inline { chain, mut sink, failed } => {
+                chain.finish();
+                sink.finish();
+                failed.map_or(Ok(()), Err)
+            }
+        }
+    }
 }
 
 /// How often a pipeline with timers gets a batch when no messages come.
@@ -100,17 +156,17 @@ impl Watermarks {
 }
 
 impl SourceWorker<'_> {
-    pub(super) fn run(mut self, tx: SyncSender<Batch>, settlements: Receiver<Settlement>) -> Result<()> {
-        let result = self.pull(&tx, &settlements);
+    pub(super) fn run(mut self, mut down: Downstream, settlements: Receiver<Settlement>) -> Result<()> {
+        let result = self.pull(&mut down, &settlements);
         // Stop feeding; the stages and the sink finish what they hold, and
         // every settlement they send is applied before the final commit.
-        drop(tx);
+        let closed = down.close();
         while let Ok(s) = settlements.recv() {
             self.apply(s);
         }
         let committed = self.feed.commit();
         self.feed.close();
-        result.and(committed)
+        result.and(closed).and(committed)
     }
 
     /// Commit what was settled once the pipeline is idle or the feed's
@@ -142,8 +198,9 @@ impl SourceWorker<'_> {
         self.in_pipeline -= 1;
     }
 
-    fn pull(&mut self, tx: &SyncSender<Batch>, settlements: &Receiver<Settlement>) -> Result<()> {
+    fn pull(&mut self, down: &mut Downstream, settlements: &Receiver<Settlement>) -> Result<()> {
         loop {
+            down.between_batches();
             while let Ok(s) = settlements.try_recv() {
                 self.apply(s);
             }
@@ -166,7 +223,7 @@ impl SourceWorker<'_> {
                 self.ended = true;
                 self.timers_left = false;
                 let end = self.watermarks.end();
-                if !self.send(tx, Vec::new(), Vec::new(), end) {
+                if !self.send(down, Vec::new(), Vec::new(), end) {
                     return Ok(());
                 }
                 continue;
@@ -196,7 +253,7 @@ impl SourceWorker<'_> {
                     // Processing time moves on, and idle partitions may
                     // let the watermark move on too.
                     let watermark = self.watermarks.current();
-                    if !self.send(tx, Vec::new(), Vec::new(), watermark) {
+                    if !self.send(down, Vec::new(), Vec::new(), watermark) {
                         return Ok(());
                     }
                 }
@@ -247,7 +304,7 @@ impl SourceWorker<'_> {
                 items.push(Item { origin: i, msg: d.msg });
             }
             let watermark = if tracks_watermark { self.watermarks.current() } else { None };
-            if !self.send(tx, origins, items, watermark) {
+            if !self.send(down, origins, items, watermark) {
                 return Ok(());
             }
         }
@@ -255,11 +312,11 @@ impl SourceWorker<'_> {
 
     /// Send a batch down; `false` if a downstream thread stopped (its error
     /// is reported by the join).
-    fn send(&mut self, tx: &SyncSender<Batch>, origins: Vec<Origin>, items: Vec<Item>, watermark: Option<u64>) -> bool {
+    fn send(&mut self, down: &mut Downstream, origins: Vec<Origin>, items: Vec<Item>, watermark: Option<u64>) -> bool {
         self.in_pipeline += 1;
         self.last_sent = Instant::now();
         let batch = Batch { origins, items, routed: Vec::new(), writes: Vec::new(), watermark, sent: self.last_sent, timers_left: false };
-        if tx.send(batch).is_err() {
+        if !down.send(batch) {
             self.in_pipeline -= 1;
             return false;
         }

@@ -36,32 +36,50 @@ pub(super) struct StageWorker {
 /// How long an idle stage waits for a batch before looking for an upgrade.
 const UPGRADE_POLL: Duration = Duration::from_millis(100);
 
-/// Run consecutive stages on one thread: each batch goes through them in
-/// turn, with no hand-off (no channel, no wake-up, no message moved between
+/// Consecutive stages on one thread: each batch goes through them in turn,
+/// with no hand-off (no channel, no wake-up, no message moved between
 /// cores) between two of them.
-pub(super) fn run_chain(mut stages: Vec<StageWorker>, input: Receiver<Batch>, output: SyncSender<Batch>) {
-    loop {
-        // Between two batches: the only place a version is swapped.
-        for s in &mut stages {
+pub(super) struct Chain(pub(super) Vec<StageWorker>);
+
+impl Chain {
+    /// Between two batches: the only place a version is swapped.
+    pub(super) fn between_batches(&mut self) {
+        for s in &mut self.0 {
             s.swap_if_upgraded();
         }
-        let mut batch = match input.recv_timeout(UPGRADE_POLL) {
+    }
+
+    pub(super) fn process(&mut self, mut batch: Batch) -> Batch {
+        for s in &mut self.0 {
+            batch = s.process(batch);
+            batch.sent = Instant::now();
+        }
+        batch
+    }
+
+    /// At the end of the run: the summaries of what was rate-limited.
+    pub(super) fn finish(self) {
+        for s in self.0 {
+            s.ctx.flush_log_summary();
+            summarise_suppressed("failed calls", s.warnings.take_suppressed());
+        }
+    }
+}
+
+/// A stage thread: its chain's batches from `input` to `output`.
+pub(super) fn run_chain(mut chain: Chain, input: Receiver<Batch>, output: SyncSender<Batch>) {
+    loop {
+        chain.between_batches();
+        let batch = match input.recv_timeout(UPGRADE_POLL) {
             Ok(batch) => batch,
             Err(RecvTimeoutError::Timeout) => continue,
             Err(RecvTimeoutError::Disconnected) => break,
         };
-        for s in &mut stages {
-            batch = s.process(batch);
-            batch.sent = Instant::now();
-        }
-        if output.send(batch).is_err() {
+        if output.send(chain.process(batch)).is_err() {
             break;
         }
     }
-    for s in stages {
-        s.ctx.flush_log_summary();
-        summarise_suppressed("failed calls", s.warnings.take_suppressed());
-    }
+    chain.finish();
 }
 
 impl StageWorker {
