@@ -60,9 +60,10 @@ pub(super) enum Downstream<'a> {
     /// The channel to the first stage thread (to the sink's, with no stages).
     Thread(SyncSender<Batch>),
     /// `stage_threads = 0`: the stages and the sink run on the source's own
-    /// thread, each batch written before the next is fetched. No hand-off
-    /// waits for a thread to be woken or scheduled, which on a busy machine
-    /// is most of a message's latency; nothing works side by side either.
+    /// thread, each batch written before the next is fetched. No message
+    /// waits for another thread to be woken or scheduled (a third of the
+    /// median end to end at 200k msg/s on 2 cores); nothing works side by
+    /// side either.
     Inline { chain: Chain, sink: Box<SinkWorker<'a>>, failed: Option<Error> },
 }
 
@@ -310,8 +311,8 @@ impl SourceWorker<'_> {
         }
     }
 
-    /// Send a batch down; `false` if a downstream thread stopped (its error
-    /// is reported by the join).
+    /// Send a batch down; `false` if downstream stopped (see
+    /// [`Downstream::send`]).
     fn send(&mut self, down: &mut Downstream, origins: Vec<Origin>, items: Vec<Item>, watermark: Option<u64>) -> bool {
         self.in_pipeline += 1;
         self.last_sent = Instant::now();
