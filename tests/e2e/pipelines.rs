@@ -182,6 +182,51 @@ topic = "out"
     }
 }
 
+#[test]
+fn an_idle_pipeline_does_not_hold_a_message_back_to_fill_a_batch() {
+    // batch_timeout_ms bounds how long the source waits to fill a batch
+    // while earlier ones are still in the pipeline; with none in it, what
+    // came goes on at once. Ten minutes here: a message held for it would
+    // fail the test.
+    for threads in ["", "stage_threads = 0"] {
+        let weir = Weir::new();
+        let dir = tempfile::tempdir().unwrap();
+        let p = pipeline_file(
+            dir.path(),
+            "p.toml",
+            &format!(
+                r#"[pipeline]
+name = "t"
+{threads}
+
+[source]
+type = "queue"
+topic = "in"
+
+[[stage]]
+name = "up"
+module = "{{component:uppercase}}"
+batch_timeout_ms = 600000
+
+[[sink]]
+type = "stdout"
+"#
+            ),
+        );
+        weir.produce("in", &["one"]);
+        let mut run = spawn_run(&weir, p.to_str().unwrap());
+        let stdout = run.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(BufReader::new(stdout).lines().next().map(Result::unwrap));
+        });
+        let line = rx.recv_timeout(Duration::from_secs(60));
+        run.kill().unwrap();
+        run.wait().unwrap();
+        assert_eq!(line, Ok(Some("ONE".to_owned())), "{threads:?}: the message was held back while the source waited to fill a batch");
+    }
+}
+
 fn spawn_run(weir: &Weir, pipeline: &str) -> std::process::Child {
     weir.cmd(&["run", pipeline]).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap()
 }

@@ -260,7 +260,10 @@ impl SourceWorker<'_> {
                 }
                 continue;
             }
-            if deliveries.len() < self.fetch_size && !self.fill_wait.is_zero() {
+            // Wait to fill the batch only while earlier ones are in the
+            // pipeline: it would queue behind them anyway. With none, the
+            // stages are idle and waiting would only delay what came.
+            if deliveries.len() < self.fetch_size && !self.fill_wait.is_zero() && self.in_pipeline > 0 {
                 let more = self.feed.fetch(self.fetch_size - deliveries.len(), self.fill_wait)?;
                 deliveries.extend(more);
             }
