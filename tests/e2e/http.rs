@@ -92,6 +92,30 @@ pub(crate) fn stop(mut child: Child) {
 }
 
 #[test]
+fn run_listen_takes_publishes_to_its_source_topic_as_soon_as_it_serves() {
+    // 300 more topics to make, each synced to disk, before `in` (they sort
+    // first): the API must not serve until the source topic exists, or a
+    // publish right after it starts is refused as an unknown topic. Then
+    // the stage's init spins until its 5 s timeout.
+    let weir = Weir::new();
+    let dir = tempfile::tempdir().unwrap();
+    let mut toml = "[pipeline]\nname = \"slow\"\n[source]\ntype = \"queue\"\ntopic = \"in\"\n\
+         [[stage]]\nname = \"slow\"\nmodule = \"{component:hostile}\"\ntimeout_ms = 5000\n[stage.config]\ninit = \"loop\"\n\
+         [[sink]]\ntype = \"queue\"\ntopic = \"out\"\n"
+        .to_owned();
+    for i in 0..300 {
+        toml += &format!("[[topic]]\nname = \"a{i:03}\"\n");
+    }
+    let p = pipeline_file(dir.path(), "p.toml", &toml);
+    let (mut run, base) = start(&weir, &["run", p.to_str().unwrap(), "--listen", "127.0.0.1:0"]);
+    let (status, v) = Api::new(base, None).post("/v1/topics/in/messages", &json!({"payload": "first"}));
+    assert!(run.try_wait().unwrap().is_none(), "the stage was still loading");
+    run.kill().unwrap();
+    run.wait().unwrap();
+    assert_eq!(status, 200, "{v}");
+}
+
+#[test]
 fn concurrent_http_publishers_feed_a_running_pipeline_each_message_once() {
     let weir = Weir::new();
     let dir = tempfile::tempdir().unwrap();

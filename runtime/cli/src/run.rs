@@ -162,6 +162,9 @@ pub(crate) fn run(args: RunArgs, data_dir_flag: Option<PathBuf>) -> anyhow::Resu
     }
     let _api = match args.listen.listen {
         Some(_) => {
+            // Before serving: a publish to the source topic must not be
+            // refused as unknown while the stages are still being loaded.
+            weir_engine::Engine::ensure_topics(&pipeline, &queue)?;
             let metrics = crate::metrics::router(Some(queue.clone()), Some((&pipeline.name, stats.clone())))
                 .merge(crate::console::pipeline_routes(&pipeline, stats.clone(), upgrades.clone()));
             let protected = pipeline.topics.keys().cloned().collect();

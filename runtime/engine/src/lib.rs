@@ -173,6 +173,17 @@ impl Engine {
         if errors.is_empty() { Ok(()) } else { Err(ConfigErrors(errors)) }
     }
 
+    /// Make the topics `pipeline` reads and writes that do not exist yet,
+    /// as [`Engine::run`] does first: call it before serving the queue beside
+    /// the run, so that a publish to the source topic is taken at once
+    /// instead of refused while the stages are being loaded.
+    ///
+    /// # Errors
+    /// A topic name the queue refuses, or an I/O error creating it.
+    pub fn ensure_topics(pipeline: &Pipeline, queue: &weir_queue::Queue) -> Result<()> {
+        run::ensure_topics(pipeline, queue)
+    }
+
     /// Run `pipeline` on `queue` until `options.stop` is set or, with
     /// `options.drain`, until the source is exhausted and everything settled.
     ///

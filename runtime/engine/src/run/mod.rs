@@ -79,10 +79,15 @@ pub(crate) struct Prepared {
     owner: (String, String),
 }
 
-pub(crate) fn prepare(pipeline: &Pipeline, queue: &Queue, runtime: &Runtime) -> Result<Prepared> {
+pub(crate) fn ensure_topics(pipeline: &Pipeline, queue: &Queue) -> Result<()> {
     for (name, config) in &pipeline.topics {
         queue.ensure_topic(name, config)?;
     }
+    Ok(())
+}
+
+pub(crate) fn prepare(pipeline: &Pipeline, queue: &Queue, runtime: &Runtime) -> Result<Prepared> {
+    ensure_topics(pipeline, queue)?;
     let owner = state_owner(pipeline, queue)?;
     let state = queue.state_store_with_cache(&owner.0, &owner.1, pipeline.state_cache_bytes)?;
     let mut stages = Vec::new();
