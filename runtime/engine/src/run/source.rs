@@ -61,9 +61,8 @@ pub(super) enum Downstream<'a> {
     Thread(SyncSender<Batch>),
     /// `stage_threads = 0`: the stages and the sink run on the source's own
     /// thread, each batch written before the next is fetched. No message
-    /// waits for another thread to be woken or scheduled (a third of the
-    /// median end to end at 200k msg/s on 2 cores); nothing works side by
-    /// side either.
+    /// waits for another thread to be woken or scheduled (see the README's
+    /// latency figures); nothing works side by side either.
     Inline { chain: Chain, sink: Box<SinkWorker<'a>>, failed: Option<Error> },
 }
 
