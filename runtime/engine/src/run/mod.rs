@@ -264,10 +264,7 @@ fn thread<'scope, T: Send + 'scope>(
 /// `stages` split into `threads` runs of consecutive stages, as even as
 /// can be (the first runs take one more when they do not divide evenly).
 fn chains<T>(stages: Vec<T>, threads: usize) -> Vec<Vec<T>> {
-    if stages.is_empty() {
-        return Vec::new();
-    }
-    let threads = threads.clamp(1, stages.len());
+    let threads = threads.clamp(1, stages.len().max(1));
     let (each, extra) = (stages.len() / threads, stages.len() % threads);
     let mut stages = stages.into_iter();
     (0..threads).map(|t| stages.by_ref().take(each + usize::from(t < extra)).collect()).filter(|c: &Vec<T>| !c.is_empty()).collect()
