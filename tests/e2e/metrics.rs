@@ -99,6 +99,39 @@ path = "out.txt"
     assert!(screen.contains("weir: 4000 in, 4000 out"), "{screen}");
 }
 
+#[test]
+fn a_run_shorter_than_a_redraw_still_leaves_its_final_table_on_a_terminal() {
+    let weir = Weir::new();
+    let dir = tempfile::tempdir().unwrap();
+    let p = pipeline_file(
+        dir.path(),
+        "short.toml",
+        r#"[pipeline]
+name = "short"
+
+[source]
+type = "generator"
+count = 100
+
+[[stage]]
+name = "up"
+module = "{component:uppercase}"
+
+[[sink]]
+type = "file"
+path = "out.txt"
+"#,
+    );
+    // A hundred messages take far less than the table's one-second period.
+    let cmd = format!("{} run {} --drain --data-dir {}", Weir::bin().display(), p.display(), weir.data.path().display());
+    let out = std::process::Command::new("script").args(["-qec", &cmd, "/dev/null"]).env("WEIR_LOG", "warn").output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let screen = String::from_utf8_lossy(&out.stdout);
+    let table_at = screen.find("100/100 (100%)").unwrap_or_else(|| panic!("no final table:\n{screen}"));
+    let summary_at = screen.find("weir: 100 in, 100 out").unwrap_or_else(|| panic!("no summary:\n{screen}"));
+    assert!(table_at < summary_at, "the summary follows the final table:\n{screen}");
+}
+
 /// GET `path` from `addr`; the body, if it answered with success.
 fn http_get(addr: &str, path: &str) -> Option<String> {
     ureq::get(format!("http://{addr}{path}")).call().ok()?.body_mut().read_to_string().ok()

@@ -1,5 +1,5 @@
 //! The live per-stage view of `weir run`: on a terminal, a table redrawn
-//! every second on standard error (rate over the last second, cumulative
+//! every second and once more at the end on standard error (rate over the last second, cumulative
 //! counts, p50/p99 per message, busy share), pinned below everything else
 //! weir writes there: log lines print above it ([`LogWriter`]); otherwise a
 //! log line per stage every ten seconds.
@@ -29,20 +29,26 @@ impl LiveView {
                 let period = if terminal { Duration::from_secs(1) } else { Duration::from_secs(10) };
                 let mut last: Vec<u64> = Vec::new();
                 let mut last_at = Instant::now();
-                while !sleep_until_done(&flag, period) {
-                    let secs = last_at.elapsed().as_secs_f64();
+                loop {
+                    let done = sleep_until_done(&flag, period);
+                    let secs = last_at.elapsed().as_secs_f64().max(1e-3);
                     last_at = Instant::now();
                     let now: Vec<u64> = stats.stages().iter().map(|s| s.received()).collect();
                     let rates: Vec<f64> =
                         now.iter().enumerate().map(|(i, n)| (n - last.get(i).copied().unwrap_or(0)) as f64 / secs).collect();
                     last = now;
                     if terminal {
+                        // Drawn once more when the run ends, so even a run
+                        // shorter than a period leaves its final table.
                         pin(table(&stats, &rates, total));
-                    } else {
+                    } else if !done {
                         for (s, rate) in stats.stages().iter().zip(&rates) {
                             let p = s.per_message.summary();
                             tracing::info!(stage = %s.name, received = s.received(), rate = *rate as u64, p50_us = p.p50_us, p99_us = p.p99_us, dead = s.dead_lettered(), "progress");
                         }
+                    }
+                    if done {
+                        break;
                     }
                 }
                 if terminal && PINNED.lock().unwrap_or_else(|e| e.into_inner()).take().is_some() {
