@@ -58,13 +58,16 @@ fn bench_a_pipeline_writes_a_report_with_series_and_a_chart() {
     let weir = Weir::new();
     let dir = tempfile::tempdir().unwrap();
     let (report, chart) = (dir.path().join("r.json"), dir.path().join("c.svg"));
-    let args = ["bench", "examples/pipelines/hello.toml", "--messages", "3000", "--size", "50"];
+    let args = ["bench", "examples/pipelines/hello.toml", "--messages", "3000", "--size", "50", "--fsync", "always"];
     let stdout = weir.ok(&[&args[..], &["--report", report.to_str().unwrap(), "--chart", chart.to_str().unwrap()]].concat(), b"");
     assert_eq!(stdout, "", "the pipeline's stdout sink writes to the scratch directory, not the terminal");
     let r: serde_json::Value = crate::read_json(&report);
     assert_eq!(r["stages"][0]["name"], "uppercase");
     assert_eq!(r["stages"][0]["received"], 3000);
     assert_eq!(r["sink"]["written"], 6000, "two sinks");
+    // The queue sink's fsyncs in the run, each covering one or more batches.
+    let fsyncs = r["sink_fdatasync"]["count"].as_u64().unwrap();
+    assert!((1..=3000).contains(&fsyncs) && r["sink_fdatasync"]["p50_us"].as_u64() > Some(0), "{}", r["sink_fdatasync"]);
     let series = r["series"].as_array().unwrap();
     assert!(!series.is_empty());
     let seen: f64 = series.iter().map(|p| p["msgs_per_s"].as_f64().unwrap()).sum();

@@ -24,6 +24,13 @@ impl Default for Latency {
     }
 }
 
+impl From<Histogram<u64>> for Latency {
+    /// A distribution of µs recorded elsewhere (the queue's fsync times).
+    fn from(h: Histogram<u64>) -> Self {
+        Latency(Mutex::new(h))
+    }
+}
+
 impl Latency {
     /// `d` in µs, within the histogram's bounds.
     fn micros(d: Duration) -> u64 {

@@ -421,6 +421,16 @@ impl Queue {
         Ok(self.topic(name)?.info())
     }
 
+    /// How long each fsync that made `name`'s appends durable (group
+    /// commit under `fsync = "always"`, the flusher under `"interval"`)
+    /// took since the queue was opened, µs: the disk as the topic saw it.
+    ///
+    /// # Errors
+    /// If there is no such topic.
+    pub fn fsync_times(&self, name: &str) -> Result<hdrhistogram::Histogram<u64>> {
+        Ok(self.topic(name)?.sync_times())
+    }
+
     /// All topics, by name.
     pub fn topics(&self) -> Vec<TopicInfo> {
         let mut v: Vec<_> = self.inner.topics.read().unwrap().values().map(|t| t.info()).collect();

@@ -17,6 +17,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use hdrhistogram::Histogram;
+
 use crate::faults::{Faults, SyncSite};
 use crate::log::{Log, Truncation};
 use crate::record::{Record, StoredRecord};
@@ -30,7 +32,12 @@ struct SyncState {
     /// Set when an fsync failed: nothing is acknowledged any more.
     failed: Option<String>,
     last_sync: Instant,
+    /// How long each group-commit fsync took, µs.
+    sync_times: Histogram<u64>,
 }
+
+/// The longest fsync [`SyncState::sync_times`] tells apart, µs (a minute).
+const MAX_SYNC_US: u64 = 60_000_000;
 
 /// Lock order: `log` before `state`, never the reverse.
 pub(crate) struct Partition {
@@ -58,7 +65,13 @@ impl Partition {
         faults: Faults,
     ) -> Result<(Self, Option<Truncation>)> {
         let (log, truncation) = Log::open(id, dir, fsync, segment_bytes, read_only, faults.clone())?;
-        let state = SyncState { synced_end: log.end_offset(), syncing: false, failed: None, last_sync: Instant::now() };
+        let state = SyncState {
+            synced_end: log.end_offset(),
+            syncing: false,
+            failed: None,
+            last_sync: Instant::now(),
+            sync_times: Histogram::new_with_bounds(1, MAX_SYNC_US, 2).expect("valid histogram bounds"),
+        };
         let part = Partition {
             dir: dir.to_owned(),
             log: Mutex::new(log),
@@ -133,7 +146,9 @@ impl Partition {
                 let log = self.log();
                 (log.writer(), log.end_offset())
             };
+            let started = Instant::now();
             let result = file.map_or(Ok(()), |(file, path)| self.faults.sync_file(SyncSite::Append, &path, &file, true));
+            let took = started.elapsed();
             self.fsyncs.fetch_add(1, Ordering::Relaxed);
             let failure = result.err().map(|e| {
                 // Fail-stop: after a failed fsync the kernel may have dropped
@@ -145,6 +160,7 @@ impl Partition {
             st = self.state.lock().unwrap();
             st.syncing = false;
             st.last_sync = Instant::now();
+            st.sync_times.saturating_record((took.as_micros() as u64).max(1));
             match failure {
                 None => st.synced_end = st.synced_end.max(target),
                 Some(reason) => st.failed = Some(reason),
@@ -155,6 +171,11 @@ impl Partition {
 
     pub(crate) fn fsyncs(&self) -> u64 {
         self.fsyncs.load(Ordering::Relaxed)
+    }
+
+    /// Add how long each group-commit fsync took (µs) to `into`.
+    pub(crate) fn add_sync_times(&self, into: &mut Histogram<u64>) {
+        into.add(&self.state.lock().unwrap().sync_times).expect("histograms of the same bounds");
     }
 
     /// Offsets below this may be delivered to consumers.

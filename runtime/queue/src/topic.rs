@@ -422,6 +422,15 @@ impl Topic {
     }
 
     /// Offsets below this may be delivered (see [`Partition::visible_end`]).
+    /// How long each group-commit fsync of its partitions took, µs.
+    pub(crate) fn sync_times(&self) -> hdrhistogram::Histogram<u64> {
+        let mut all = hdrhistogram::Histogram::new(2).expect("valid histogram precision");
+        for p in &self.partitions {
+            p.add_sync_times(&mut all);
+        }
+        all
+    }
+
     pub(crate) fn visible_end(&self, p: u32) -> u64 {
         self.partitions[p as usize].visible_end()
     }

@@ -366,3 +366,21 @@ fn reopen_right_after_drop_is_not_locked_out() {
     let q = Queue::open(dir.path()).unwrap();
     assert_eq!(q.topic_info("t").unwrap().len(), 2000);
 }
+
+#[test]
+fn each_fsync_that_makes_appends_durable_is_timed() {
+    let dir = tempfile::tempdir().unwrap();
+    let q = Queue::open(dir.path()).unwrap();
+    q.create_topic("always", &TopicConfig { fsync: Fsync::Always, ..TopicConfig::default() }).unwrap();
+    q.create_topic("never", &TopicConfig { fsync: Fsync::Never, ..TopicConfig::default() }).unwrap();
+    for i in 0..5 {
+        q.publish("always", &[Record::new(format!("a{i}"))]).unwrap();
+        q.publish("never", &[Record::new(format!("n{i}"))]).unwrap();
+    }
+    let times = q.fsync_times("always").unwrap();
+    // One publisher, one at a time: an fsync each.
+    assert_eq!((times.len(), q.topic_info("always").unwrap().fsyncs), (5, 5));
+    assert!(times.min() >= 1, "each is at least a microsecond");
+    assert_eq!(q.fsync_times("never").unwrap().len(), 0);
+    assert!(matches!(q.fsync_times("nope"), Err(Error::UnknownTopic(_))));
+}

@@ -129,6 +129,9 @@ struct BenchReport {
     /// appending 4 KiB and `fdatasync` (what a queue topic with `fsync =
     /// "always"` waits for per batch), µs.
     disk_fdatasync: LatencySummary,
+    /// The fsyncs that made the queue sinks' outputs durable in the run
+    /// (each covering whatever was appended while the one before ran), µs.
+    sink_fdatasync: LatencySummary,
     #[serde(flatten)]
     run: Report,
     /// Per stage: what the engine adds to the bare call.
@@ -224,17 +227,21 @@ pub(crate) fn bench(args: &PipelineArgs) -> anyhow::Result<()> {
     if let Some(n) = args.stage_threads {
         pipeline.stage_threads = Some(n.into());
     }
-    if let Some(policy) = args.fsync {
-        let fsync = policy.fsync(weir_queue::Fsync::DEFAULT_INTERVAL_MS);
-        let sinks = pipeline.sinks.iter().filter_map(|s| match &s.kind {
+    let sink_topics: Vec<String> = pipeline
+        .sinks
+        .iter()
+        .filter_map(|s| match &s.kind {
             Sink::Queue { topic } => Some(topic.clone()),
             _ => None,
-        });
+        })
+        .collect();
+    if let Some(policy) = args.fsync {
+        let fsync = policy.fsync(weir_queue::Fsync::DEFAULT_INTERVAL_MS);
         let dead = match &pipeline.dead_letter {
             DeadLetterTo::Topic(t) => Some(t.clone()),
             DeadLetterTo::Nats { .. } => None,
         };
-        for topic in sinks.chain(dead).collect::<Vec<_>>() {
+        for topic in sink_topics.iter().cloned().chain(dead).collect::<Vec<_>>() {
             pipeline.topics.entry(topic).or_default().fsync = fsync;
         }
     }
@@ -288,6 +295,26 @@ pub(crate) fn bench(args: &PipelineArgs) -> anyhow::Result<()> {
         "disk alone: append 4 KiB + fdatasync p50 {} µs, p99 {} µs ({} samples, before the run)",
         disk_fdatasync.p50_us, disk_fdatasync.p99_us, disk_fdatasync.count
     );
+    let sink_fdatasync = sink_fdatasync(&queue, &sink_topics)?;
+    if sink_fdatasync.count > 0 {
+        let mut line = format!(
+            "disk in the run: {} fdatasync p50 {} µs, p99 {} µs ({} fsyncs)",
+            sink_topics.join(", "),
+            sink_fdatasync.p50_us,
+            sink_fdatasync.p99_us,
+            sink_fdatasync.count
+        );
+        // Only then does every output wait for an fsync.
+        if sink_topics.iter().all(|t| queue.topic_info(t).is_ok_and(|i| i.config.fsync == weir_queue::Fsync::Always)) {
+            let ratio = |disk: &LatencySummary| run.sink.end_to_end.p99_us as f64 / disk.p99_us.max(1) as f64;
+            line += &format!(
+                "; end to end p99 is {:.1}x the disk's p99 before the run, {:.1}x in it",
+                ratio(&disk_fdatasync),
+                ratio(&sink_fdatasync)
+            );
+        }
+        eprintln!("{line}");
+    }
     eprintln!(
         "machine alone: a blocked thread woken by another p50 {} µs, p99 {} µs ({} samples, before the run)",
         thread_wakeup.p50_us, thread_wakeup.p99_us, thread_wakeup.count
@@ -315,6 +342,7 @@ pub(crate) fn bench(args: &PipelineArgs) -> anyhow::Result<()> {
         fill_s,
         thread_wakeup,
         disk_fdatasync,
+        sink_fdatasync,
         run,
         overhead,
         series,
@@ -392,6 +420,15 @@ fn disk_fdatasync(dir: &std::path::Path, n: u64) -> anyhow::Result<LatencySummar
     drop(file);
     std::fs::remove_file(&path)?;
     Ok(latency.summary())
+}
+
+/// How long the fsyncs of the queue sinks' `topics` took in the run.
+fn sink_fdatasync(queue: &weir_queue::Queue, topics: &[String]) -> anyhow::Result<LatencySummary> {
+    let mut all = hdrhistogram::Histogram::new(2)?;
+    for t in topics {
+        all.add(queue.fsync_times(t)?)?;
+    }
+    Ok(weir_engine::Latency::from(all).summary())
 }
 
 /// `n` times, about a millisecond apart: the time from one thread sending
