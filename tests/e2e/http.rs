@@ -116,6 +116,60 @@ fn run_listen_takes_publishes_to_its_source_topic_as_soon_as_it_serves() {
 }
 
 #[test]
+fn a_batch_waiting_further_down_does_not_hold_a_new_message_at_the_source() {
+    // The first stage waits up to ten minutes to fill a batch while it is
+    // busy; the second spins 30 s on the first message. The first stage is
+    // free meanwhile, so a second message goes to it at once: waiting to
+    // fill is for a busy next thread, not for batches further down.
+    let weir = Weir::new();
+    let dir = tempfile::tempdir().unwrap();
+    let toml = r#"[pipeline]
+name = "t"
+stage_threads = 2
+
+[source]
+type = "queue"
+topic = "in"
+
+[[stage]]
+name = "first"
+module = "{component:filter}"
+batch_timeout_ms = 600000
+
+[stage.config]
+drop_if_contains = "debug"
+
+[[stage]]
+name = "slow"
+module = "{component:hostile}"
+timeout_ms = 60000
+
+[[sink]]
+type = "queue"
+topic = "out"
+"#;
+    let p = pipeline_file(dir.path(), "p.toml", toml);
+    let (mut run, base) = start(&weir, &["run", p.to_str().unwrap(), "--listen", "127.0.0.1:0"]);
+    let api = Api::new(base, None);
+    let received = |stage: usize| api.get("/v1/pipeline").1["report"]["stages"][stage]["received"].as_u64();
+    assert_eq!(api.post("/v1/topics/in/messages", &json!({"payload": "spin:30000"})).0, 200);
+    let started = Instant::now();
+    while received(1) != Some(1) {
+        assert!(started.elapsed() < Duration::from_secs(20), "the slow stage never got the first message");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(api.post("/v1/topics/in/messages", &json!({"payload": "second"})).0, 200);
+    let started = Instant::now();
+    while received(0) != Some(2) {
+        assert!(started.elapsed() < Duration::from_secs(15), "the source held the second message back to fill a batch");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(received(1), Some(1), "the slow stage is still on the first message");
+    run.kill().unwrap(); // SIGTERM would wait for the spinning call
+    run.wait().unwrap();
+}
+
+#[test]
 fn concurrent_http_publishers_feed_a_running_pipeline_each_message_once() {
     let weir = Weir::new();
     let dir = tempfile::tempdir().unwrap();

@@ -21,7 +21,7 @@
 //! counted and is acknowledged without processing.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::sync_channel;
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
@@ -48,6 +48,28 @@ use stage::{Chain, StageWorker, guest_driven_log, run_chain};
 
 /// Batches buffered between two threads; bounds memory and applies backpressure.
 const CHANNEL_DEPTH: usize = 2;
+
+/// Batches buffered before the sink: as many as it writes together, so that
+/// what arrives while it waits for an fsync goes out with the next one (the
+/// source's in-flight limit bounds the messages in the pipeline either way).
+const SINK_DEPTH: usize = sink::MAX_GROUP;
+
+/// Batches the thread after the source (the first stage thread, or the
+/// sink's) has finished with. Against the batches it sent, the source
+/// tells whether a new batch would wait for that thread (see
+/// [`source::Downstream::first_busy`]).
+#[derive(Default)]
+pub(super) struct Finished(AtomicU64);
+
+impl Finished {
+    fn add(&self, batches: usize) {
+        self.0.fetch_add(batches as u64, Ordering::Release);
+    }
+
+    fn get(&self) -> u64 {
+        self.0.load(Ordering::Acquire)
+    }
+}
 
 /// Source messages taken per batch, at least.
 const MIN_FETCH: usize = 512;
@@ -133,9 +155,10 @@ pub(crate) fn run(pipeline: &Pipeline, queue: &Queue, prepared: Prepared, option
     let fill_wait = pipeline.stages.first().map_or(Duration::ZERO, |s| s.batch_timeout);
 
     let floor = Mutex::new(None);
+    let first_finished = Finished::default();
     let result = std::thread::scope(|scope| -> Result<()> {
         let (settle_tx, settle_rx) = mpsc::channel::<Settlement>();
-        let (first_tx, mut rx) = sync_channel::<Batch>(CHANNEL_DEPTH);
+        let (first_tx, mut rx) = sync_channel::<Batch>(if prepared.stages.is_empty() { SINK_DEPTH } else { CHANNEL_DEPTH });
         let mut handles = Vec::new();
         let uses_timers = prepared.stages.iter().any(|(_, component, ..)| component.uses_timers());
         // Stages with timers or a late policy need the watermark.
@@ -180,12 +203,15 @@ pub(crate) fn run(pipeline: &Pipeline, queue: &Queue, prepared: Prepared, option
         }
         let threads = pipeline.stage_threads();
         let inline = (threads == 0).then(|| Chain(std::mem::take(&mut workers)));
-        for chain in chains(workers, threads) {
-            let (tx, next_rx) = sync_channel::<Batch>(CHANNEL_DEPTH);
+        let chains = chains(workers, threads);
+        let last = chains.len();
+        for (n, chain) in chains.into_iter().enumerate() {
+            let (tx, next_rx) = sync_channel::<Batch>(if n + 1 == last { SINK_DEPTH } else { CHANNEL_DEPTH });
             let input = std::mem::replace(&mut rx, next_rx);
             // Named for `top -H`, perf and debuggers (Linux keeps 15 bytes).
             let name = format!("weir-{}", chain[0].spec.name);
-            handles.push(thread(scope, name, move || run_chain(Chain(chain), input, tx)));
+            let finished = (n == 0).then_some(&first_finished);
+            handles.push(thread(scope, name, move || run_chain(Chain(chain), input, tx, finished)));
         }
         let applied = if durable_ids { prepared.state.applied().clone() } else { HashSet::new() };
         let source_name = pipeline.source.name();
@@ -216,7 +242,11 @@ pub(crate) fn run(pipeline: &Pipeline, queue: &Queue, prepared: Prepared, option
         };
         let (down, sink_handle) = match inline {
             Some(chain) => (Downstream::Inline { chain, sink: Box::new(sink), failed: None }, None),
-            None => (Downstream::Thread(first_tx), Some(thread(scope, "weir-sink".into(), move || sink.run(rx)))),
+            None => {
+                let finished = (last == 0).then_some(&first_finished);
+                let down = Downstream::Thread { tx: first_tx, sent: 0, first_finished: &first_finished };
+                (down, Some(thread(scope, "weir-sink".into(), move || sink.run(rx, finished))))
+            }
         };
         let source = SourceWorker {
             feed,

@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex};
 use weir_host::Output;
 use weir_queue::{DeliveryId, Message, Queue, Record, StateStore, StateWrite, dlq_headers};
 
+use super::Finished;
 use super::dead_log::DeadLetterLog;
 use crate::Result;
 use crate::batch::{Batch, DeadLetter, Fate, Origin, Settlement, StateDelta};
@@ -80,7 +81,7 @@ fn routed_record(out: Output) -> Record {
 }
 
 /// Most batches the sink writes together.
-const MAX_GROUP: usize = 16;
+pub(super) const MAX_GROUP: usize = 16;
 
 /// A batch settled and its writes gathered, waiting for them to be durable.
 struct Prepared {
@@ -96,7 +97,9 @@ struct Prepared {
 
 impl SinkWorker<'_> {
     /// The sink thread: writes what comes from `input` until it closes.
-    pub(super) fn run(mut self, input: Receiver<Batch>) -> Result<()> {
+    /// `finished` counts the batches written, when the sink is the
+    /// source's next thread.
+    pub(super) fn run(mut self, input: Receiver<Batch>, finished: Option<&Finished>) -> Result<()> {
         let mut result = Ok(());
         while let Ok(first) = input.recv() {
             // The batches that arrived while the last ones were written go
@@ -109,8 +112,13 @@ impl SinkWorker<'_> {
             {
                 group.push(b);
             }
+            let batches = group.len();
             match self.write_group(group) {
-                Ok(true) => {}
+                Ok(true) => {
+                    if let Some(f) = finished {
+                        f.add(batches);
+                    }
+                }
                 Ok(false) => break,
                 Err(e) => {
                     result = Err(e);

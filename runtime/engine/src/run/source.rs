@@ -8,9 +8,9 @@ use std::time::{Duration, Instant};
 
 use weir_queue::Queue;
 
-use super::RunOptions;
 use super::sink::SinkWorker;
 use super::stage::Chain;
+use super::{Finished, RunOptions};
 use crate::batch::{Batch, Fate, Item, Origin, Settlement};
 use crate::config::{EventTime, Watermark};
 use crate::source::Feed;
@@ -57,8 +57,9 @@ pub(super) struct SourceWorker<'a> {
 
 /// Where the source's batches go.
 pub(super) enum Downstream<'a> {
-    /// The channel to the first stage thread (to the sink's, with no stages).
-    Thread(SyncSender<Batch>),
+    /// The channel to the first stage thread (to the sink's, with no
+    /// stages), the batches sent on it and those that thread has finished.
+    Thread { tx: SyncSender<Batch>, sent: u64, first_finished: &'a Finished },
     /// `stage_threads = 0`: the stages and the sink run on the source's own
     /// thread, each batch written before the next is fetched. No message
     /// waits for another thread to be woken or scheduled (see the README's
@@ -71,7 +72,10 @@ impl Downstream<'_> {
     /// reported by its join, the inline sink's by [`Downstream::close`]).
     fn send(&mut self, batch: Batch) -> bool {
         match self {
-            Downstream::Thread(tx) => tx.send(batch).is_ok(),
+            Downstream::Thread { tx, sent, .. } => {
+                *sent += 1;
+                tx.send(batch).is_ok()
+            }
             Downstream::Inline { chain, sink, failed } => {
                 let batch = chain.process(batch);
                 match sink.write_group(vec![batch]) {
@@ -82,6 +86,16 @@ impl Downstream<'_> {
                     }
                 }
             }
+        }
+    }
+
+    /// Whether a batch sent now would wait: the next thread has not
+    /// finished what it was sent. Inline, the stages are idle whenever the
+    /// source runs.
+    pub(super) fn first_busy(&self) -> bool {
+        match self {
+            Downstream::Thread { sent, first_finished, .. } => *sent > first_finished.get(),
+            Downstream::Inline { .. } => false,
         }
     }
 
@@ -96,7 +110,7 @@ impl Downstream<'_> {
     /// No more batches: what was sent is written; the inline sink's error.
     fn close(self) -> Result<()> {
         match self {
-            Downstream::Thread(tx) => {
+            Downstream::Thread { tx, .. } => {
                 drop(tx);
                 Ok(())
             }
@@ -108,6 +122,10 @@ impl Downstream<'_> {
         }
     }
 }
+
+/// How long the source waits for more at a time while filling a batch, so
+/// that it stops soon after the next thread becomes free.
+const FILL_STEP: Duration = Duration::from_micros(100);
 
 /// How often a pipeline with timers gets a batch when no messages come.
 const TICK: Duration = Duration::from_millis(100);
@@ -259,11 +277,22 @@ impl SourceWorker<'_> {
                 }
                 continue;
             }
-            // Wait to fill the batch only while earlier ones are in the
-            // pipeline: it would queue behind them anyway. With none, the
-            // stages are idle and waiting would only delay what came.
-            if deliveries.len() < self.fetch_size && !self.fill_wait.is_zero() && self.in_pipeline > 0 {
-                let more = self.feed.fetch(self.fetch_size - deliveries.len(), self.fill_wait)?;
+            // Wait to fill the batch only while the next thread is still
+            // busy with an earlier one: the batch would wait for it anyway.
+            // Once it is free (or inline, where it always is), waiting would
+            // only delay what came; batches waiting further down (for an
+            // fsync, say) do not count.
+            let fill_until = Instant::now() + self.fill_wait;
+            while deliveries.len() < self.fetch_size && down.first_busy() {
+                let step = fill_until.saturating_duration_since(Instant::now()).min(FILL_STEP);
+                if step.is_zero() {
+                    break;
+                }
+                let asked = Instant::now();
+                let more = self.feed.fetch(self.fetch_size - deliveries.len(), step)?;
+                if more.is_empty() && asked.elapsed() < step {
+                    break; // the feed gives nothing more now (at its in-flight limit, or ended)
+                }
                 deliveries.extend(more);
             }
             if !self.applied.is_empty() {

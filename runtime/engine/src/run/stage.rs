@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use weir_host::{Failure, Instance, LogBucket, MessageError, MessageResult, Output, PendingWrites, StageContext, TimeDomain, Timer};
 use weir_queue::{DeliveryId, Message};
 
+use super::Finished;
 use crate::Result;
 use crate::batch::{Batch, Fate, Item, Origin, StateDelta};
 use crate::config::{LateAction, StageSpec};
@@ -67,7 +68,7 @@ impl Chain {
 }
 
 /// A stage thread: its chain's batches from `input` to `output`.
-pub(super) fn run_chain(mut chain: Chain, input: Receiver<Batch>, output: SyncSender<Batch>) {
+pub(super) fn run_chain(mut chain: Chain, input: Receiver<Batch>, output: SyncSender<Batch>, finished: Option<&Finished>) {
     loop {
         chain.between_batches();
         let batch = match input.recv_timeout(UPGRADE_POLL) {
@@ -77,6 +78,9 @@ pub(super) fn run_chain(mut chain: Chain, input: Receiver<Batch>, output: SyncSe
         };
         if output.send(chain.process(batch)).is_err() {
             break;
+        }
+        if let Some(f) = finished {
+            f.add(1);
         }
     }
     chain.finish();
