@@ -58,9 +58,15 @@ fn bench_a_pipeline_writes_a_report_with_series_and_a_chart() {
     let weir = Weir::new();
     let dir = tempfile::tempdir().unwrap();
     let (report, chart) = (dir.path().join("r.json"), dir.path().join("c.svg"));
-    let args = ["bench", "examples/pipelines/hello.toml", "--messages", "3000", "--size", "50", "--fsync", "always"];
-    let stdout = weir.ok(&[&args[..], &["--report", report.to_str().unwrap(), "--chart", chart.to_str().unwrap()]].concat(), b"");
-    assert_eq!(stdout, "", "the pipeline's stdout sink writes to the scratch directory, not the terminal");
+    let args = ["bench", "examples/pipelines/hello.toml", "--messages", "3000", "--size", "50", "--fsync", "always", "--rate", "100000"];
+    let out = weir.output(&[&args[..], &["--report", report.to_str().unwrap(), "--chart", chart.to_str().unwrap()]].concat(), b"");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "", "the pipeline's stdout sink writes to the scratch directory, not the terminal");
+    // As the README quotes it: at a set rate under "always", end to end
+    // against the disk before the run and in it.
+    let disk = stderr.lines().find(|l| l.starts_with("disk in the run: hello-out fdatasync p50 ")).unwrap_or_else(|| panic!("{stderr}"));
+    assert!(disk.contains(" fsyncs); end to end p99 is ") && disk.ends_with("x in it"), "{disk}");
     let r: serde_json::Value = crate::read_json(&report);
     assert_eq!(r["stages"][0]["name"], "uppercase");
     assert_eq!(r["stages"][0]["received"], 3000);
