@@ -64,36 +64,27 @@ topic = "out"
     assert_eq!(n(&slow["per_message"]["count"]), n(&slow["received"]), "one sample per message handled");
 }
 
-#[test]
-fn a_terminal_gets_a_live_table_with_progress() {
+/// `weir run --drain` of a generator (`source` lines) into one uppercase
+/// stage, on a pseudo-terminal (`script`), as a user at a shell would run
+/// it; what the terminal got.
+fn run_on_a_terminal(source: &str) -> String {
     let weir = Weir::new();
     let dir = tempfile::tempdir().unwrap();
-    let p = pipeline_file(
-        dir.path(),
-        "live.toml",
-        r#"[pipeline]
-name = "live"
-
-[source]
-type = "generator"
-count = 4000
-rate = 1000
-
-[[stage]]
-name = "up"
-module = "{component:uppercase}"
-
-[[sink]]
-type = "file"
-path = "out.txt"
-"#,
+    let toml = format!(
+        "[pipeline]\nname = \"live\"\n[source]\ntype = \"generator\"\n{source}\n\
+         [[stage]]\nname = \"up\"\nmodule = \"{{component:uppercase}}\"\n[[sink]]\ntype = \"file\"\npath = \"out.txt\"\n"
     );
-    // About four seconds, so several redraws whatever the machine's load.
-    // `script` runs weir on a pseudo-terminal, as a user at a shell would.
+    let p = pipeline_file(dir.path(), "live.toml", &toml);
     let cmd = format!("{} run {} --drain --data-dir {}", Weir::bin().display(), p.display(), weir.data.path().display());
     let out = std::process::Command::new("script").args(["-qec", &cmd, "/dev/null"]).env("WEIR_LOG", "warn").output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let screen = String::from_utf8_lossy(&out.stdout);
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn a_terminal_gets_a_live_table_with_progress() {
+    // About four seconds, so several redraws whatever the machine's load.
+    let screen = run_on_a_terminal("count = 4000\nrate = 1000");
     assert!(screen.contains("/4000 ("), "a progress bar against the generator's count:\n{screen}");
     assert!(screen.contains("\x1b[3F"), "the table is redrawn in place:\n{screen}");
     assert!(screen.contains("weir: 4000 in, 4000 out"), "{screen}");
@@ -101,32 +92,8 @@ path = "out.txt"
 
 #[test]
 fn a_run_shorter_than_a_redraw_still_leaves_its_final_table_on_a_terminal() {
-    let weir = Weir::new();
-    let dir = tempfile::tempdir().unwrap();
-    let p = pipeline_file(
-        dir.path(),
-        "short.toml",
-        r#"[pipeline]
-name = "short"
-
-[source]
-type = "generator"
-count = 100
-
-[[stage]]
-name = "up"
-module = "{component:uppercase}"
-
-[[sink]]
-type = "file"
-path = "out.txt"
-"#,
-    );
     // A hundred messages take far less than the table's one-second period.
-    let cmd = format!("{} run {} --drain --data-dir {}", Weir::bin().display(), p.display(), weir.data.path().display());
-    let out = std::process::Command::new("script").args(["-qec", &cmd, "/dev/null"]).env("WEIR_LOG", "warn").output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let screen = String::from_utf8_lossy(&out.stdout);
+    let screen = run_on_a_terminal("count = 100");
     let table_at = screen.find("100/100 (100%)").unwrap_or_else(|| panic!("no final table:\n{screen}"));
     let summary_at = screen.find("weir: 100 in, 100 out").unwrap_or_else(|| panic!("no summary:\n{screen}"));
     assert!(table_at < summary_at, "the summary follows the final table:\n{screen}");
