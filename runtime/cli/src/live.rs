@@ -1,8 +1,8 @@
 //! The live per-stage view of `weir run`: on a terminal, a table redrawn
-//! every second and once more at the end on standard error (rate over the last second, cumulative
-//! counts, p50/p99 per message, busy share), pinned below everything else
-//! weir writes there: log lines print above it ([`LogWriter`]); otherwise a
-//! log line per stage every ten seconds.
+//! on standard error every second and once more at the end (rate over the
+//! last second, cumulative counts, p50/p99 per message, busy share),
+//! pinned below everything else weir writes there: log lines print above
+//! it ([`LogWriter`]); otherwise a log line per stage every ten seconds.
 
 use std::io::{IsTerminal, Write};
 use std::sync::atomic::{AtomicBool, Ordering};
