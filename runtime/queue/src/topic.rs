@@ -421,7 +421,6 @@ impl Topic {
         TopicInfo { name: self.name.clone(), config: self.config.clone(), offsets, fsyncs }
     }
 
-    /// Offsets below this may be delivered (see [`Partition::visible_end`]).
     /// How long each group-commit fsync of its partitions took, µs.
     pub(crate) fn sync_times(&self) -> hdrhistogram::Histogram<u64> {
         let mut all = hdrhistogram::Histogram::new(2).expect("valid histogram precision");
@@ -431,6 +430,7 @@ impl Topic {
         all
     }
 
+    /// Offsets below this may be delivered (see [`Partition::visible_end`]).
     pub(crate) fn visible_end(&self, p: u32) -> u64 {
         self.partitions[p as usize].visible_end()
     }
