@@ -67,7 +67,15 @@ fn bench_a_pipeline_writes_a_report_with_series_and_a_chart() {
     // against the disk before the run and in it.
     let disk = stderr.lines().find(|l| l.starts_with("disk in the run: hello-out fdatasync p50 ")).unwrap_or_else(|| panic!("{stderr}"));
     assert!(disk.contains(" fsyncs); end to end p99 is ") && disk.ends_with("x in it"), "{disk}");
+    assert!(stderr.lines().any(|l| l.starts_with("at the sink: outputs arrived p50 ")), "{stderr}");
     let r: serde_json::Value = crate::read_json(&report);
+    // Each output reaches the sink before it is written: every quantile of
+    // the one is at or below the other's.
+    let (arrival, end_to_end) = (&r["sink"]["arrival"], &r["sink"]["end_to_end"]);
+    assert_eq!((arrival["count"].as_u64(), end_to_end["count"].as_u64()), (Some(6000), Some(6000)), "two sinks");
+    for q in ["p50_us", "p90_us", "p99_us", "p999_us", "max_us"] {
+        assert!(arrival[q].as_u64() <= end_to_end[q].as_u64(), "{q}: {arrival} against {end_to_end}");
+    }
     assert_eq!(r["stages"][0]["name"], "uppercase");
     assert_eq!(r["stages"][0]["received"], 3000);
     assert_eq!(r["sink"]["written"], 6000, "two sinks");

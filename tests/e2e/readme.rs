@@ -7,9 +7,10 @@
 //! Times, rates and latencies differ from run to run, so they are compared
 //! as placeholders; counts, words and layout are compared exactly. Every
 //! other block showing a run summary (or `weir bench`'s per-stage cost
-//! table) must have its current header, and every `disk alone:` or
-//! `machine alone:` line the words `weir bench` prints (numbers aside), so
-//! a block that is not run cannot keep an old layout either.
+//! table) must have its current header, and every `disk alone:`, `disk in
+//! the run:`, `at the sink:` or `machine alone:` line the words `weir
+//! bench` prints (numbers aside), so a block that is not run cannot keep an
+//! old layout either.
 
 use std::process::Command;
 
@@ -174,9 +175,9 @@ fn the_readme_shows_what_the_binary_prints() {
     let bench = String::from_utf8_lossy(&bench.stderr);
     headers.extend(bench.lines().filter(|l| l.starts_with("stage ") && l.contains("ns/msg")).map(str::to_owned));
     // So do the lines measuring the machine alone, their numbers masked.
-    let alone = |l: &str| l.starts_with("disk alone:") || l.starts_with("machine alone:");
+    let alone = |l: &str| ["disk alone:", "disk in the run:", "at the sink:", "machine alone:"].iter().any(|p| l.starts_with(p));
     let probes: Vec<String> = bench.lines().filter(|l| alone(l)).map(numbers_masked).collect();
-    assert_eq!(probes.len(), 2, "weir bench printed no disk and machine lines:\n{bench}");
+    assert_eq!(probes.len(), 4, "weir bench printed no disk, sink and machine lines:\n{bench}");
     for (line, lines) in plain_blocks(&readme) {
         for l in lines.iter().filter(|l| alone(l)) {
             assert!(

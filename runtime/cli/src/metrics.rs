@@ -165,15 +165,16 @@ impl Collector for StatsCollector {
         )?;
         histogram(&mut e, "weir_stage_call_seconds", "Time of one handle-batch call.", &hist(&|s| &s.per_call))?;
         histogram(&mut e, "weir_stage_queue_wait_seconds", "Time a batch waited before the stage took it.", &hist(&|s| &s.queue_wait))?;
-        histogram(&mut e, "weir_stage_end_to_end_seconds", "Producer timestamp to the stage (ms resolution).", &hist(&|s| &s.end_to_end))?;
+        histogram(&mut e, "weir_stage_end_to_end_seconds", "Producer timestamp to the stage.", &hist(&|s| &s.end_to_end))?;
         counter(&mut e, "weir_sink_written", "Messages written by the sinks (each sink counts).", &[(p(), r.sink.written)])?;
         counter(&mut e, "weir_sink_dead_lettered", "Dead letters written.", &[(p(), r.sink.dead_lettered)])?;
         histogram(
             &mut e,
-            "weir_sink_end_to_end_seconds",
-            "Producer timestamp to durable output (ms resolution).",
-            &[(p(), &self.stats.sink_end_to_end)],
+            "weir_sink_arrival_seconds",
+            "Producer timestamp to the sink taking the output, before writing it.",
+            &[(p(), &self.stats.sink_arrival)],
         )?;
+        histogram(&mut e, "weir_sink_end_to_end_seconds", "Producer timestamp to durable output.", &[(p(), &self.stats.sink_end_to_end)])?;
         Ok(())
     }
 }

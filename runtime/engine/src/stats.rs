@@ -332,6 +332,10 @@ pub struct PipelineStats {
     in_flight: AtomicU64,
     /// At the sink: time from the producer's timestamp to the output being durable.
     pub sink_end_to_end: Latency,
+    /// At the sink: time from the producer's timestamp to the sink taking
+    /// the output, before writing it (the rest of `sink_end_to_end` is the
+    /// write and its wait to be durable).
+    pub sink_arrival: Latency,
     stages: Vec<Arc<StageStats>>,
 }
 
@@ -356,6 +360,7 @@ impl PipelineStats {
             lag: Mutex::new(Vec::new()),
             in_flight: AtomicU64::new(0),
             sink_end_to_end: Latency::default(),
+            sink_arrival: Latency::default(),
             stages: names.into_iter().map(|name| Arc::new(StageStats { name, ..StageStats::default() })).collect(),
         }
     }
@@ -481,7 +486,12 @@ impl PipelineStats {
                     limited: s.limited().into_iter().map(|(k, v)| (k.to_owned(), v)).collect(),
                 })
                 .collect(),
-            sink: SinkReport { written: self.written(), dead_lettered: self.dead_lettered(), end_to_end: self.sink_end_to_end.summary() },
+            sink: SinkReport {
+                written: self.written(),
+                dead_lettered: self.dead_lettered(),
+                arrival: self.sink_arrival.summary(),
+                end_to_end: self.sink_end_to_end.summary(),
+            },
             peak_rss_bytes: resident_memory().1,
         }
     }
@@ -637,6 +647,8 @@ pub struct SinkReport {
     pub written: u64,
     /// Dead letters written.
     pub dead_lettered: u64,
+    /// Producer timestamp to the sink taking the output, before its write.
+    pub arrival: LatencySummary,
     /// Producer timestamp to durable output.
     pub end_to_end: LatencySummary,
 }

@@ -318,6 +318,15 @@ pub(crate) fn bench(args: &PipelineArgs) -> anyhow::Result<()> {
         }
         eprintln!("{line}");
     }
+    // Where end to end goes: to reach the sink (threads, batching) or in
+    // its write (an fsync, a round trip).
+    let sink = &run.sink;
+    if sink.arrival.count > 0 {
+        eprintln!(
+            "at the sink: outputs arrived p50 {} µs, p99 {} µs after their producer time, were written by p50 {} µs, p99 {} µs",
+            sink.arrival.p50_us, sink.arrival.p99_us, sink.end_to_end.p50_us, sink.end_to_end.p99_us
+        );
+    }
     eprintln!(
         "machine alone: a blocked thread woken by another p50 {} µs, p99 {} µs ({} samples, before the run)",
         thread_wakeup.p50_us, thread_wakeup.p99_us, thread_wakeup.count

@@ -266,11 +266,13 @@ impl SinkWorker<'_> {
     /// Write the outputs and dead letters of `batches` durably, together,
     /// then commit their state writes and count them, one by one, in order.
     fn write(&mut self, batches: Vec<Batch>, out: &mut impl Write) -> Result<Vec<Settlement>> {
+        let taken = now_us();
         let mut writes = Writes::default();
         let mut prepared = Vec::with_capacity(batches.len());
         for batch in batches {
             prepared.push(self.prepare(batch, &mut writes)?);
         }
+        self.stats.sink_arrival.record_all(prepared.iter().flat_map(|p| &p.written_at).filter_map(|&t| since(taken, t)));
         // Durable before anything is acknowledged.
         writes.flush(&self.queue, self.nats.as_ref(), self.stop, out)?;
         let mut settlements = Vec::with_capacity(prepared.len());
