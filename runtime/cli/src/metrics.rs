@@ -171,7 +171,7 @@ impl Collector for StatsCollector {
         histogram(
             &mut e,
             "weir_sink_arrival_seconds",
-            "Producer timestamp to the sink taking the output, before writing it.",
+            "Producer timestamp to the sink taking the output, before writing it (a wait behind its previous write included).",
             &[(p(), &self.stats.sink_arrival)],
         )?;
         histogram(&mut e, "weir_sink_end_to_end_seconds", "Producer timestamp to durable output.", &[(p(), &self.stats.sink_end_to_end)])?;

@@ -333,8 +333,9 @@ pub struct PipelineStats {
     /// At the sink: time from the producer's timestamp to the output being durable.
     pub sink_end_to_end: Latency,
     /// At the sink: time from the producer's timestamp to the sink taking
-    /// the output, before writing it (the rest of `sink_end_to_end` is the
-    /// write and its wait to be durable).
+    /// the output, before writing it; a wait in the channel while the sink
+    /// wrote earlier outputs is included. The rest of `sink_end_to_end` is
+    /// the output's own write and its wait to be durable.
     pub sink_arrival: Latency,
     stages: Vec<Arc<StageStats>>,
 }
@@ -647,7 +648,8 @@ pub struct SinkReport {
     pub written: u64,
     /// Dead letters written.
     pub dead_lettered: u64,
-    /// Producer timestamp to the sink taking the output, before its write.
+    /// Producer timestamp to the sink taking the output, before its write
+    /// (a wait behind the sink's previous write included).
     pub arrival: LatencySummary,
     /// Producer timestamp to durable output.
     pub end_to_end: LatencySummary,
