@@ -695,3 +695,51 @@ fn a_non_loopback_address_needs_tls_or_insecure_http() {
     let (serve, _) = start(&weir, &["serve", "--listen", "0.0.0.0:0", "--token", "t", "--insecure-http"]);
     stop(serve);
 }
+
+/// A request refused before its body was read (here: no token, and the
+/// body sent after the head) must not leave the client a connection the
+/// server then closes without saying so: the client's next request on it
+/// would fail with no response at all. Either the refusal says
+/// `connection: close`, or the connection still answers.
+#[test]
+fn a_request_refused_before_its_body_is_read_leaves_no_silently_closed_connection() {
+    use std::io::{Read, Write};
+    let weir = Weir::new();
+    let dir = tempfile::tempdir().unwrap();
+    let auth = dir.path().join("tokens.toml");
+    std::fs::write(&auth, format!("[[token]]\nname = \"admin\"\nsha256 = \"{}\"\nadmin = true\n", token_hash(&weir, "weir_admin0")))
+        .unwrap();
+    let (child, base) = start(&weir, &["serve", "--listen", "127.0.0.1:0", "--auth", auth.to_str().unwrap()]);
+    let mut conn = std::net::TcpStream::connect(base.trim_start_matches("http://")).unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let body = br#"{"payload": "x"}"#;
+    write!(
+        conn,
+        "POST /v1/topics/orders/messages HTTP/1.1\r\nhost: weir\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+        body.len()
+    )
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    // The server may have closed already: what is sent then is lost.
+    conn.write_all(body).ok();
+    let response = |conn: &mut std::net::TcpStream| {
+        let mut got = Vec::new();
+        let mut buf = [0; 4096];
+        while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+            match conn.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+            }
+        }
+        String::from_utf8_lossy(&got).to_lowercase()
+    };
+    let refused = response(&mut conn);
+    assert!(refused.starts_with("http/1.1 401"), "{refused}");
+    if !refused.contains("\r\nconnection: close\r\n") {
+        std::thread::sleep(Duration::from_millis(200));
+        let sent = conn.write_all(b"GET /health HTTP/1.1\r\nhost: weir\r\n\r\n");
+        let next = response(&mut conn);
+        assert!(sent.is_ok() && next.contains(" 200 "), "kept alive, then closed without a response: {refused:?} then {next:?}");
+    }
+    stop(child);
+}

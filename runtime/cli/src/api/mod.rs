@@ -14,6 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context;
+use axum::body::HttpBody as _;
 use axum::extract::{Path, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::Next;
@@ -243,7 +244,9 @@ pub(crate) fn start(queue: Queue, args: &ListenArgs, extra: Option<Router>, prot
         protected,
     });
     let metrics = extra.unwrap_or_else(|| crate::metrics::router(Some(queue.clone()), None).merge(crate::console::no_pipeline()));
-    let app = router(state.clone()).merge(metrics.layer(axum::middleware::from_fn_with_state(state.clone(), authorize)));
+    let app = router(state.clone())
+        .merge(metrics.layer(axum::middleware::from_fn_with_state(state.clone(), authorize)))
+        .layer(axum::middleware::from_fn(close_after_an_error_with_a_body));
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).thread_name("weir-api").enable_all().build()?;
     let listener = std::net::TcpListener::bind(addr).with_context(|| format!("--listen {addr}"))?;
     let bound = listener.local_addr()?;
@@ -364,6 +367,21 @@ async fn authorize(State(state): State<Arc<ApiState>>, request: Request, next: N
         }
     }
     next.run(request).await
+}
+
+/// An error answered to a request that carried a body closes the
+/// connection, and says so. The body may not have been read (a refusal
+/// comes before it); hyper then closes the connection after the response
+/// without a `connection: close`, and a client that sends its next request
+/// on it gets no response at all.
+async fn close_after_an_error_with_a_body(request: Request, next: Next) -> Response {
+    let has_body = !request.body().is_end_stream();
+    let mut response = next.run(request).await;
+    let status = response.status();
+    if has_body && (status.is_client_error() || status.is_server_error()) {
+        response.headers_mut().insert(header::CONNECTION, header::HeaderValue::from_static("close"));
+    }
+    response
 }
 
 /// Run blocking queue work off the async threads.
