@@ -705,11 +705,7 @@ fn a_non_loopback_address_needs_tls_or_insecure_http() {
 fn a_request_refused_before_its_body_is_read_leaves_no_silently_closed_connection() {
     use std::io::{Read, Write};
     let weir = Weir::new();
-    let dir = tempfile::tempdir().unwrap();
-    let auth = dir.path().join("tokens.toml");
-    std::fs::write(&auth, format!("[[token]]\nname = \"admin\"\nsha256 = \"{}\"\nadmin = true\n", token_hash(&weir, "weir_admin0")))
-        .unwrap();
-    let (child, base) = start(&weir, &["serve", "--listen", "127.0.0.1:0", "--auth", auth.to_str().unwrap()]);
+    let (child, base) = start(&weir, &["serve", "--listen", "127.0.0.1:0", "--token", "weir_admin0"]);
     let mut conn = std::net::TcpStream::connect(base.trim_start_matches("http://")).unwrap();
     conn.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     let body = br#"{"payload": "x"}"#;
