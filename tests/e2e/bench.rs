@@ -68,7 +68,22 @@ fn bench_a_pipeline_writes_a_report_with_series_and_a_chart() {
     let disk = stderr.lines().find(|l| l.starts_with("disk in the run: hello-out fdatasync p50 ")).unwrap_or_else(|| panic!("{stderr}"));
     assert!(disk.contains(" fsyncs); end to end p99 is ") && disk.ends_with("x in it"), "{disk}");
     assert!(stderr.lines().any(|l| l.starts_with("at the sink: outputs arrived p50 ")), "{stderr}");
+    // And against a bare group commit on the same disk at the same rate:
+    // as many records as the run's messages, each the size of one stored.
+    let bare = stderr
+        .lines()
+        .find(|l| l.starts_with("disk at this rate: a bare group commit of 89-byte records "))
+        .unwrap_or_else(|| panic!("{stderr}"));
+    assert!(bare.contains(" µs (3000 records, before the run); end to end p99 is ") && bare.ends_with("x that"), "{bare}");
     let r: serde_json::Value = crate::read_json(&report);
+    let probe = &r["bare_group_commit"];
+    assert_eq!(probe["count"], 3000, "{probe}");
+    assert!(probe["p50_us"].as_u64() > Some(0) && probe["p50_us"].as_u64() <= probe["p99_us"].as_u64(), "{probe}");
+    // How the machine's CPUs spent the run, the hypervisor's share apart.
+    let machine = &r["machine_in_run"];
+    let shares: Vec<f64> = ["busy_pct", "idle_pct", "steal_pct"].iter().map(|k| machine[k].as_f64().unwrap()).collect();
+    assert!((shares.iter().sum::<f64>() - 100.0).abs() < 0.01 && shares[0] > 0.0, "{machine}");
+    assert!(stderr.lines().any(|l| l.starts_with("machine in the run: the CPUs were busy ") && l.ends_with("% of the time")), "{stderr}");
     // Each output reaches the sink before it is written: every quantile of
     // the one is at or below the other's.
     let (arrival, end_to_end) = (&r["sink"]["arrival"], &r["sink"]["end_to_end"]);
@@ -105,6 +120,7 @@ fn bench_runs_the_stages_on_the_threads_asked_for() {
         let r: serde_json::Value = crate::read_json(&report);
         assert_eq!(r["stage_threads"], want, "{threads:?}");
         assert_eq!(r["sink"]["written"], 4000, "{threads:?}: two sinks");
+        assert!(r["bare_group_commit"].is_null(), "only at a set rate is there a rate to commit at");
     }
 }
 

@@ -59,7 +59,7 @@ use files::lock_dir;
 pub(crate) use files::{create_dir_durable, sync_dir, write_atomic};
 pub use log::Truncation;
 pub use message::Message;
-pub use record::{MAX_RECORD_BYTES, MSG_ID_HEADER, Record, StoredRecord, check_parts};
+pub use record::{MAX_RECORD_BYTES, MIN_FRAME, MSG_ID_HEADER, Record, StoredRecord, check_parts};
 pub use redrive::{DeadLetter, Group, REDRIVEN_FROM, REDRIVEN_REASON, Redrive, Selection, Summary};
 pub use state::{
     DEFAULT_CACHE_BYTES as DEFAULT_STATE_CACHE_BYTES, StageMap, StateReader, StateStore, StateWrite, Totals, encode_legacy_transaction,

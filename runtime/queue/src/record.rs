@@ -25,7 +25,7 @@ pub(crate) const HEADER_LEN: usize = 8;
 /// Smallest possible body: offset, two timestamps, flags, key length, header count.
 const MIN_BODY: usize = 8 + 8 + 8 + 1 + 4 + 2;
 /// The smallest record on disk: a segment of n bytes holds at most n / this.
-pub(crate) const MIN_FRAME: usize = HEADER_LEN + MIN_BODY;
+pub const MIN_FRAME: usize = HEADER_LEN + MIN_BODY;
 /// Offsets stay at or below this (2^63 - 1, as Kafka's): a segment named
 /// beyond it is damage, and a partition that reaches it takes no more.
 pub(crate) const MAX_OFFSET: u64 = i64::MAX as u64;

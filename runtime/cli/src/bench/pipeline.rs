@@ -132,6 +132,13 @@ struct BenchReport {
     /// The fsyncs that made the queue sinks' outputs durable in the run
     /// (each covering whatever was appended while the one before ran), µs.
     sink_fdatasync: LatencySummary,
+    /// At a set rate into topics with `fsync = "always"`, measured before
+    /// the run: a bare group commit of as many records a second (two
+    /// seconds' worth, at most a million) on the same disk, each from its
+    /// stamp to durable, µs.
+    bare_group_commit: Option<LatencySummary>,
+    /// How the machine's CPUs spent the run (Linux only).
+    machine_in_run: Option<CpuShares>,
     #[serde(flatten)]
     run: Report,
     /// Per stage: what the engine adds to the bare call.
@@ -245,7 +252,19 @@ pub(crate) fn bench(args: &PipelineArgs) -> anyhow::Result<()> {
             pipeline.topics.entry(topic).or_default().fsync = fsync;
         }
     }
+    // Only at a set rate is end to end the latency of a message rather
+    // than how long it queued, and only under "always" does every output
+    // wait for an fsync: then the disk at that rate is the floor.
+    let always =
+        !sink_topics.is_empty() && sink_topics.iter().all(|t| pipeline.topics.get(t).is_none_or(|c| c.fsync == weir_queue::Fsync::Always));
     let disk_fdatasync = disk_fdatasync(dir.path(), 200)?;
+    let group_commit = match args.rate {
+        Some(rate) if always => {
+            let n = args.messages.min(rate.saturating_mul(2)).min(GROUP_COMMIT_PROBE_MAX);
+            Some(bare_group_commit(dir.path(), n, rate, args.size + weir_queue::MIN_FRAME)?)
+        }
+        _ => None,
+    };
     let thread_wakeup = thread_wakeup(1000);
     let queue = weir_queue::Queue::open(dir.path().join("data"))?;
     let fill_started = Instant::now();
@@ -280,7 +299,9 @@ pub(crate) fn bench(args: &PipelineArgs) -> anyhow::Result<()> {
     };
     let live = crate::live::LiveView::start(stats.clone(), Some(args.messages));
     let options = RunOptions { drain: true, stats: Some(stats.clone()), ..RunOptions::default() };
+    let cpu_before = CpuTimes::now();
     let result = engine.run(&pipeline, &queue, &options);
+    let machine_in_run = cpu_before.zip(CpuTimes::now()).map(|(a, b)| b.since(a));
     done.store(true, Ordering::Relaxed);
     drop(live);
     let series = sampler.join().map_err(|_| anyhow::anyhow!("the sampler panicked"))?;
@@ -304,10 +325,6 @@ pub(crate) fn bench(args: &PipelineArgs) -> anyhow::Result<()> {
             sink_fdatasync.p99_us,
             sink_fdatasync.count
         );
-        // Only at a set rate is end to end the latency of a message rather
-        // than how long it queued, and only under "always" does every
-        // output wait for an fsync.
-        let always = sink_topics.iter().all(|t| queue.topic_info(t).is_ok_and(|i| i.config.fsync == weir_queue::Fsync::Always));
         if args.rate.is_some() && always {
             let ratio = |disk: &LatencySummary| run.sink.end_to_end.p99_us as f64 / disk.p99_us.max(1) as f64;
             line += &format!(
@@ -317,6 +334,16 @@ pub(crate) fn bench(args: &PipelineArgs) -> anyhow::Result<()> {
             );
         }
         eprintln!("{line}");
+    }
+    if let Some(bare) = &group_commit {
+        eprintln!(
+            "disk at this rate: a bare group commit of {}-byte records took them from their stamp to durable in p50 {} µs, p99 {} µs ({} records, before the run); end to end p99 is {:.1}x that",
+            args.size + weir_queue::MIN_FRAME,
+            bare.p50_us,
+            bare.p99_us,
+            bare.count,
+            run.sink.end_to_end.p99_us as f64 / bare.p99_us.max(1) as f64
+        );
     }
     // Where end to end goes: to reach the sink (threads, batching) or in
     // its write (an fsync, a round trip).
@@ -331,6 +358,12 @@ pub(crate) fn bench(args: &PipelineArgs) -> anyhow::Result<()> {
         "machine alone: a blocked thread woken by another p50 {} µs, p99 {} µs ({} samples, before the run)",
         thread_wakeup.p50_us, thread_wakeup.p99_us, thread_wakeup.count
     );
+    if let Some(m) = &machine_in_run {
+        eprintln!(
+            "machine in the run: the CPUs were busy {:.0}%, idle {:.0}%, and held back by the hypervisor (steal) {:.1}% of the time",
+            m.busy_pct, m.idle_pct, m.steal_pct
+        );
+    }
     let overhead = overheads(&pipeline, &run, &generator)?;
     if !overhead.is_empty() {
         eprintln!(
@@ -355,6 +388,8 @@ pub(crate) fn bench(args: &PipelineArgs) -> anyhow::Result<()> {
         thread_wakeup,
         disk_fdatasync,
         sink_fdatasync,
+        bare_group_commit: group_commit,
+        machine_in_run,
         run,
         overhead,
         series,
@@ -434,6 +469,65 @@ fn disk_fdatasync(dir: &std::path::Path, n: u64) -> anyhow::Result<LatencySummar
     Ok(latency.summary())
 }
 
+/// Most records the bare group commit stamps (16 bytes each while they wait).
+const GROUP_COMMIT_PROBE_MAX: u64 = 1_000_000;
+
+/// A bare group commit on the scratch directory's disk, `n` records of
+/// `record_bytes` at `rate` a second: one thread stamps each record when it
+/// is due, another appends whatever has come and `fdatasync`s it, then
+/// takes what came meanwhile (the group commit of a topic with `fsync =
+/// "always"`, with no pipeline, no queue and no other work around it). Per
+/// record, from its stamp to the return of the fsync that covered it: the
+/// end-to-end latency that nothing but this disk at this rate imposes.
+fn bare_group_commit(dir: &std::path::Path, n: u64, rate: u64, record_bytes: usize) -> anyhow::Result<LatencySummary> {
+    use std::io::Write;
+    let path = dir.join("group-commit-probe");
+    let mut file = std::fs::File::create(&path).with_context(|| format!("creating {}", path.display()))?;
+    let pending = Arc::new((std::sync::Mutex::new((Vec::<Instant>::new(), false)), std::sync::Condvar::new()));
+    let stamper = {
+        let pending = pending.clone();
+        std::thread::spawn(move || {
+            let started = Instant::now();
+            for i in 0..n {
+                let due = started + Duration::from_secs_f64(i as f64 / rate as f64);
+                if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                    std::thread::sleep(wait);
+                }
+                let (lock, ready) = &*pending;
+                lock.lock().unwrap().0.push(Instant::now());
+                ready.notify_one();
+            }
+            let (lock, ready) = &*pending;
+            lock.lock().unwrap().1 = true;
+            ready.notify_one();
+        })
+    };
+    let latency = weir_engine::Latency::default();
+    let mut buf = Vec::new();
+    let mut taken = Vec::new();
+    loop {
+        {
+            let (lock, ready) = &*pending;
+            let mut guard = ready.wait_while(lock.lock().unwrap(), |(stamps, done)| stamps.is_empty() && !*done).unwrap();
+            if guard.0.is_empty() {
+                break;
+            }
+            std::mem::swap(&mut guard.0, &mut taken);
+        }
+        buf.clear();
+        buf.resize(taken.len() * record_bytes, 0x5a);
+        file.write_all(&buf)?;
+        file.sync_data()?;
+        for stamp in taken.drain(..) {
+            latency.record(stamp.elapsed());
+        }
+    }
+    stamper.join().map_err(|_| anyhow::anyhow!("the group-commit probe's stamper panicked"))?;
+    drop(file);
+    std::fs::remove_file(&path)?;
+    Ok(latency.summary())
+}
+
 /// How long the fsyncs of the queue sinks' `topics` took in the run.
 fn sink_fdatasync(queue: &weir_queue::Queue, topics: &[String]) -> anyhow::Result<LatencySummary> {
     let mut all = hdrhistogram::Histogram::new(2)?;
@@ -441,6 +535,51 @@ fn sink_fdatasync(queue: &weir_queue::Queue, topics: &[String]) -> anyhow::Resul
         all.add(queue.fsync_times(t)?)?;
     }
     Ok(weir_engine::Latency::from(all).summary())
+}
+
+/// The CPU time of the whole machine since boot, in clock ticks, from
+/// `/proc/stat` (Linux; elsewhere none).
+#[derive(Clone, Copy)]
+struct CpuTimes {
+    busy: u64,
+    idle: u64,
+    /// Time a virtual CPU was ready to run but the hypervisor ran something else.
+    steal: u64,
+}
+
+/// Shares of the machine's CPU time over a stretch, %.
+#[derive(Serialize)]
+struct CpuShares {
+    busy_pct: f64,
+    idle_pct: f64,
+    /// On a virtual machine, the time its CPUs were held back by the
+    /// hypervisor: a thread on such a CPU stalls for that long, whatever
+    /// the pipeline does, and latency's tail with it.
+    steal_pct: f64,
+}
+
+impl CpuTimes {
+    fn now() -> Option<Self> {
+        Self::parse(&std::fs::read_to_string("/proc/stat").ok()?)
+    }
+
+    /// From the text of `/proc/stat`: its first line, all CPUs together.
+    fn parse(stat: &str) -> Option<Self> {
+        let fields: Vec<u64> =
+            stat.lines().find(|l| l.starts_with("cpu "))?.split_whitespace().skip(1).map_while(|f| f.parse().ok()).collect();
+        // user nice system idle iowait irq softirq steal (guest time is in user)
+        let [user, nice, system, idle, iowait, irq, softirq, steal, ..] = fields[..] else {
+            return None;
+        };
+        Some(CpuTimes { busy: user + nice + system + irq + softirq, idle: idle + iowait, steal })
+    }
+
+    fn since(self, before: CpuTimes) -> CpuShares {
+        let (busy, idle, steal) =
+            (self.busy.saturating_sub(before.busy), self.idle.saturating_sub(before.idle), self.steal.saturating_sub(before.steal));
+        let pct = |x: u64| x as f64 * 100.0 / (busy + idle + steal).max(1) as f64;
+        CpuShares { busy_pct: pct(busy), idle_pct: pct(idle), steal_pct: pct(steal) }
+    }
 }
 
 /// `n` times, about a millisecond apart: the time from one thread sending
@@ -605,4 +744,23 @@ fn panel(area: &Panel, label: &str, value: fn(&Point) -> f64, series: &[Point], 
     }
     chart.configure_series_labels().background_style(WHITE.mix(0.8)).border_style(BLACK).draw()?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpu_shares_come_from_the_all_cpus_line_of_proc_stat() {
+        let at = |user: u64, idle: u64, steal: u64| {
+            format!("cpu  {user} 0 100 {idle} 50 0 10 {steal} 0 0\ncpu0 1 2 3 4 5 6 7 8 9 10\nintr 1 2 3\n")
+        };
+        let before = CpuTimes::parse(&at(1000, 5000, 20)).unwrap();
+        let after = CpuTimes::parse(&at(1600, 5300, 120)).unwrap();
+        let shares = after.since(before);
+        // 600 busy, 300 idle, 100 stolen of 1000 ticks
+        assert_eq!((shares.busy_pct, shares.idle_pct, shares.steal_pct), (60.0, 30.0, 10.0));
+        assert!(CpuTimes::parse("cpu  1 2 3\n").is_none(), "a kernel too old to count steal");
+        assert!(CpuTimes::parse("intr 1 2\n").is_none());
+    }
 }
