@@ -57,10 +57,36 @@ fn uppercase_pipeline(dir: &std::path::Path) -> std::path::PathBuf {
 }
 
 /// Start `weir ARGS` (serve, or run --listen) and wait for the address it writes.
-pub(crate) fn start(weir: &Weir, args: &[&str]) -> (Child, String) {
+/// A `weir` process a test started: killed when dropped, so a test that
+/// fails (panics) before it stops the process leaves none behind.
+pub(crate) struct Served(pub(crate) Child);
+
+impl std::ops::Deref for Served {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Served {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        if matches!(self.0.try_wait(), Ok(None)) {
+            self.0.kill().ok();
+            self.0.wait().ok();
+        }
+    }
+}
+
+pub(crate) fn start(weir: &Weir, args: &[&str]) -> (Served, String) {
     let addr_file = weir.data.path().join("api.addr");
     std::fs::remove_file(&addr_file).ok();
-    let mut child = weir.cmd(args).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+    let mut child = Served(weir.cmd(args).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap());
     let started = Instant::now();
     loop {
         if let Some(addr) = std::fs::read_to_string(&addr_file).ok().and_then(|a| a.lines().next().map(str::to_owned)) {
@@ -82,7 +108,7 @@ pub(crate) fn token_hash(weir: &Weir, secret: &str) -> String {
     out.trim().strip_prefix("sha256 = ").unwrap().trim_matches('"').to_owned()
 }
 
-pub(crate) fn stop(mut child: Child) {
+pub(crate) fn stop(mut child: Served) {
     Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
     let started = Instant::now();
     while child.try_wait().unwrap().is_none() {
@@ -597,14 +623,15 @@ fn every_scope_allows_its_routes_and_refuses_the_rest_changing_nothing() {
     .unwrap();
     let log = dir.path().join("weir.log");
     let addr_file = weir.data.path().join("api.addr");
-    let mut serve = weir
-        .cmd(&["serve", "--listen", "127.0.0.1:0", "--auth", auth.to_str().unwrap()])
-        .env("WEIR_LOG", "trace")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
+    let mut serve = Served(
+        weir.cmd(&["serve", "--listen", "127.0.0.1:0", "--auth", auth.to_str().unwrap()])
+            .env("WEIR_LOG", "trace")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap(),
+    );
     let started = Instant::now();
     let base = loop {
         if let Some(a) = std::fs::read_to_string(&addr_file).ok().and_then(|a| a.lines().next().map(str::to_owned)) {
