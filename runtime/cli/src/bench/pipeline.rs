@@ -258,10 +258,12 @@ pub(crate) fn bench(args: &PipelineArgs) -> anyhow::Result<()> {
     let always =
         !sink_topics.is_empty() && sink_topics.iter().all(|t| pipeline.topics.get(t).is_none_or(|c| c.fsync == weir_queue::Fsync::Always));
     let disk_fdatasync = disk_fdatasync(dir.path(), 200)?;
+    // The bare group commit's records: as large as the queue stores a message.
+    let record_bytes = args.size + weir_queue::MIN_FRAME;
     let group_commit = match args.rate {
         Some(rate) if always => {
             let n = args.messages.min(rate.saturating_mul(2)).min(GROUP_COMMIT_PROBE_MAX);
-            Some(bare_group_commit(dir.path(), n, rate, args.size + weir_queue::MIN_FRAME)?)
+            Some(bare_group_commit(dir.path(), n, rate, record_bytes)?)
         }
         _ => None,
     };
@@ -338,7 +340,7 @@ pub(crate) fn bench(args: &PipelineArgs) -> anyhow::Result<()> {
     if let Some(bare) = &group_commit {
         eprintln!(
             "disk at this rate: a bare group commit of {}-byte records took them from their stamp to durable in p50 {} µs, p99 {} µs ({} records, before the run); end to end p99 is {:.1}x that",
-            args.size + weir_queue::MIN_FRAME,
+            record_bytes,
             bare.p50_us,
             bare.p99_us,
             bare.count,
@@ -483,37 +485,26 @@ fn bare_group_commit(dir: &std::path::Path, n: u64, rate: u64, record_bytes: usi
     use std::io::Write;
     let path = dir.join("group-commit-probe");
     let mut file = std::fs::File::create(&path).with_context(|| format!("creating {}", path.display()))?;
-    let pending = Arc::new((std::sync::Mutex::new((Vec::<Instant>::new(), false)), std::sync::Condvar::new()));
-    let stamper = {
-        let pending = pending.clone();
-        std::thread::spawn(move || {
-            let started = Instant::now();
-            for i in 0..n {
-                let due = started + Duration::from_secs_f64(i as f64 / rate as f64);
-                if let Some(wait) = due.checked_duration_since(Instant::now()) {
-                    std::thread::sleep(wait);
-                }
-                let (lock, ready) = &*pending;
-                lock.lock().unwrap().0.push(Instant::now());
-                ready.notify_one();
+    let (tx, rx) = std::sync::mpsc::channel::<Instant>();
+    let stamper = std::thread::spawn(move || {
+        let started = Instant::now();
+        for i in 0..n {
+            let due = started + Duration::from_secs_f64(i as f64 / rate as f64);
+            if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                std::thread::sleep(wait);
             }
-            let (lock, ready) = &*pending;
-            lock.lock().unwrap().1 = true;
-            ready.notify_one();
-        })
-    };
+            if tx.send(Instant::now()).is_err() {
+                return;
+            }
+        }
+    });
     let latency = weir_engine::Latency::default();
     let mut buf = Vec::new();
     let mut taken = Vec::new();
-    loop {
-        {
-            let (lock, ready) = &*pending;
-            let mut guard = ready.wait_while(lock.lock().unwrap(), |(stamps, done)| stamps.is_empty() && !*done).unwrap();
-            if guard.0.is_empty() {
-                break;
-            }
-            std::mem::swap(&mut guard.0, &mut taken);
-        }
+    // What came while the last fsync ran goes out with one write and one fsync.
+    while let Ok(first) = rx.recv() {
+        taken.push(first);
+        taken.extend(rx.try_iter());
         buf.clear();
         buf.resize(taken.len() * record_bytes, 0x5a);
         file.write_all(&buf)?;
