@@ -56,7 +56,6 @@ fn uppercase_pipeline(dir: &std::path::Path) -> std::path::PathBuf {
     )
 }
 
-/// Start `weir ARGS` (serve, or run --listen) and wait for the address it writes.
 /// A `weir` process a test started: killed when dropped, so a test that
 /// fails (panics) before it stops the process leaves none behind.
 pub(crate) struct Served(pub(crate) Child);
@@ -83,10 +82,19 @@ impl Drop for Served {
     }
 }
 
+/// Start `weir ARGS` (serve, or run --listen) and wait for the address it writes.
 pub(crate) fn start(weir: &Weir, args: &[&str]) -> (Served, String) {
+    let mut cmd = weir.cmd(args);
+    cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
+    start_command(weir, cmd)
+}
+
+/// [`start`] for a command the caller has set up: its standard error
+/// piped (shown if it exits before serving) or sent elsewhere.
+pub(crate) fn start_command(weir: &Weir, mut cmd: Command) -> (Served, String) {
     let addr_file = weir.data.path().join("api.addr");
     std::fs::remove_file(&addr_file).ok();
-    let mut child = Served(weir.cmd(args).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap());
+    let mut child = Served(cmd.spawn().unwrap());
     let started = Instant::now();
     loop {
         if let Some(addr) = std::fs::read_to_string(&addr_file).ok().and_then(|a| a.lines().next().map(str::to_owned)) {
@@ -94,10 +102,12 @@ pub(crate) fn start(weir: &Weir, args: &[&str]) -> (Served, String) {
         }
         if let Some(status) = child.try_wait().unwrap() {
             let mut err = String::new();
-            std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut err).ok();
-            panic!("weir {args:?} exited ({status}) before serving:\n{err}");
+            if let Some(stderr) = child.stderr.as_mut() {
+                std::io::Read::read_to_string(stderr, &mut err).ok();
+            }
+            panic!("{cmd:?} exited ({status}) before serving:\n{err}");
         }
-        assert!(started.elapsed() < Duration::from_secs(30), "weir {args:?} did not write its address");
+        assert!(started.elapsed() < Duration::from_secs(30), "{cmd:?} did not write its address");
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -622,24 +632,9 @@ fn every_scope_allows_its_routes_and_refuses_the_rest_changing_nothing() {
     )
     .unwrap();
     let log = dir.path().join("weir.log");
-    let addr_file = weir.data.path().join("api.addr");
-    let mut serve = Served(
-        weir.cmd(&["serve", "--listen", "127.0.0.1:0", "--auth", auth.to_str().unwrap()])
-            .env("WEIR_LOG", "trace")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap(),
-    );
-    let started = Instant::now();
-    let base = loop {
-        if let Some(a) = std::fs::read_to_string(&addr_file).ok().and_then(|a| a.lines().next().map(str::to_owned)) {
-            break a;
-        }
-        assert!(serve.try_wait().unwrap().is_none() && started.elapsed() < Duration::from_secs(30), "weir serve did not start");
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let mut cmd = weir.cmd(&["serve", "--listen", "127.0.0.1:0", "--auth", auth.to_str().unwrap()]);
+    cmd.env("WEIR_LOG", "trace").stdin(Stdio::null()).stdout(Stdio::null()).stderr(std::fs::File::create(&log).unwrap());
+    let (serve, base) = start_command(&weir, cmd);
     let [admin, reader, writer, billing] = secrets.map(|s| Api::new(base.clone(), Some(s)));
     let (anonymous, unknown) = (Api::new(base.clone(), None), Api::new(base.clone(), Some("weir_nobody")));
     let msg = json!({"payload": "x"});
