@@ -84,6 +84,16 @@ fn bench_a_pipeline_writes_a_report_with_series_and_a_chart() {
     let shares: Vec<f64> = ["busy_pct", "idle_pct", "steal_pct"].iter().map(|k| machine[k].as_f64().unwrap()).collect();
     assert!((shares.iter().sum::<f64>() - 100.0).abs() < 0.01 && shares[0] > 0.0, "{machine}");
     assert!(stderr.lines().any(|l| l.starts_with("machine in the run: the CPUs were busy ") && l.ends_with("% of the time")), "{stderr}");
+    // And how late a thread sleeping a millisecond at a time woke in it.
+    let stalls = &r["stalls_in_run"];
+    let wakeups = stalls["late"]["count"].as_u64().unwrap();
+    assert!(wakeups > 0 && stalls["over_1ms"].as_u64() <= Some(wakeups), "{stalls}");
+    assert!(stalls["longest_us"].as_u64() >= stalls["late"]["p99_us"].as_u64().map(|p| p * 999 / 1000), "{stalls}");
+    let line = format!("; {wakeups} wake-ups)");
+    assert!(
+        stderr.lines().any(|l| l.starts_with("stalls in the run: a thread sleeping 1 ms at a time woke late by ") && l.ends_with(&line)),
+        "{stderr}"
+    );
     // Each output reaches the sink before it is written: every quantile of
     // the one is at or below the other's.
     let (arrival, end_to_end) = (&r["sink"]["arrival"], &r["sink"]["end_to_end"]);

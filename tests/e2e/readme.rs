@@ -8,7 +8,7 @@
 //! as placeholders; counts, words and layout are compared exactly. Every
 //! other block showing a run summary (or `weir bench`'s per-stage cost
 //! table) must have its current header, and every `disk alone:`, `disk in
-//! the run:`, `at the sink:`, `machine alone:` or `machine in the run:` line the words `weir
+//! the run:`, `at the sink:`, `machine alone:`, `machine in the run:` or `stalls in the run:` line the words `weir
 //! bench` prints (numbers aside), so a block that is not run cannot keep an
 //! old layout either.
 
@@ -182,10 +182,12 @@ fn the_readme_shows_what_the_binary_prints() {
     // So do the lines measuring the disk, the sink and the machine, their
     // numbers masked.
     let measured = |l: &str| {
-        ["disk alone:", "disk in the run:", "at the sink:", "machine alone:", "machine in the run:"].iter().any(|p| l.starts_with(p))
+        ["disk alone:", "disk in the run:", "at the sink:", "machine alone:", "machine in the run:", "stalls in the run:"]
+            .iter()
+            .any(|p| l.starts_with(p))
     };
     let probes: Vec<String> = bench.lines().filter(|l| measured(l)).map(numbers_masked).collect();
-    assert_eq!(probes.len(), 5, "weir bench printed no disk, sink and machine lines:\n{bench}");
+    assert_eq!(probes.len(), 6, "weir bench printed no disk, sink and machine lines:\n{bench}");
     for (line, lines) in plain_blocks(&readme) {
         for l in lines.iter().filter(|l| measured(l)) {
             assert!(

@@ -139,6 +139,8 @@ struct BenchReport {
     bare_group_commit: Option<LatencySummary>,
     /// How the machine's CPUs spent the run (Linux only).
     machine_in_run: Option<CpuShares>,
+    /// In the run: how late a thread sleeping a millisecond at a time woke.
+    stalls_in_run: Stalls,
     #[serde(flatten)]
     run: Report,
     /// Per stage: what the engine adds to the bare call.
@@ -302,7 +304,9 @@ pub(crate) fn bench(args: &PipelineArgs) -> anyhow::Result<()> {
     let live = crate::live::LiveView::start(stats.clone(), Some(args.messages));
     let options = RunOptions { drain: true, stats: Some(stats.clone()), ..RunOptions::default() };
     let cpu_before = CpuTimes::now();
+    let stall_meter = StallMeter::start();
     let result = engine.run(&pipeline, &queue, &options);
+    let stalls_in_run = stall_meter.stop();
     let machine_in_run = cpu_before.zip(CpuTimes::now()).map(|(a, b)| b.since(a));
     done.store(true, Ordering::Relaxed);
     drop(live);
@@ -366,6 +370,15 @@ pub(crate) fn bench(args: &PipelineArgs) -> anyhow::Result<()> {
             m.busy_pct, m.idle_pct, m.steal_pct
         );
     }
+    let s = &stalls_in_run;
+    eprintln!(
+        "stalls in the run: a thread sleeping 1 ms at a time woke late by 1 ms or more {} times, {} ms in all, the longest {} µs (p99 {} µs late; {} wake-ups)",
+        s.over_1ms,
+        s.over_1ms_total_us / 1000,
+        s.longest_us,
+        s.late.p99_us,
+        s.late.count
+    );
     let overhead = overheads(&pipeline, &run, &generator)?;
     if !overhead.is_empty() {
         eprintln!(
@@ -392,6 +405,7 @@ pub(crate) fn bench(args: &PipelineArgs) -> anyhow::Result<()> {
         sink_fdatasync,
         bare_group_commit: group_commit,
         machine_in_run,
+        stalls_in_run,
         run,
         overhead,
         series,
@@ -570,6 +584,77 @@ impl CpuTimes {
             (self.busy.saturating_sub(before.busy), self.idle.saturating_sub(before.idle), self.steal.saturating_sub(before.steal));
         let pct = |x: u64| x as f64 * 100.0 / (busy + idle + steal).max(1) as f64;
         CpuShares { busy_pct: pct(busy), idle_pct: pct(idle), steal_pct: pct(steal) }
+    }
+}
+
+/// Stalls the machine imposes while the pipeline runs, jHiccup's way: a
+/// thread sleeps a millisecond at a time and notes how late it woke. A
+/// runnable thread that no CPU takes up (the hypervisor holding a virtual
+/// CPU back, every core busy, a timer interrupt late) shows up here as it
+/// does in the pipeline's end-to-end tail, which the pipeline's own
+/// figures cannot tell apart from its work.
+struct StallMeter {
+    stop: Arc<AtomicBool>,
+    thread: std::thread::JoinHandle<Vec<u64>>,
+}
+
+/// How late a sleeping thread woke over the run.
+#[derive(Serialize)]
+struct Stalls {
+    /// Lateness of each wake-up, µs.
+    late: LatencySummary,
+    /// Wake-ups a millisecond or more late: a message arriving then waits at
+    /// least that long.
+    over_1ms: u64,
+    /// Their lateness added up, µs.
+    over_1ms_total_us: u64,
+    /// The latest wake-up, µs late (exact; `late.max_us` is the histogram's).
+    longest_us: u64,
+}
+
+/// What counts as a stall: a wake-up at least this late, µs.
+const STALL_US: u64 = 1000;
+
+impl StallMeter {
+    fn start() -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let mut late = Vec::new();
+                // At least one wake-up, however short the run.
+                loop {
+                    let asleep = Instant::now();
+                    std::thread::sleep(Duration::from_millis(1));
+                    late.push(asleep.elapsed().saturating_sub(Duration::from_millis(1)).as_micros() as u64);
+                    if stop.load(Ordering::Relaxed) {
+                        return late;
+                    }
+                }
+            })
+        };
+        StallMeter { stop, thread }
+    }
+
+    fn stop(self) -> Stalls {
+        self.stop.store(true, Ordering::Relaxed);
+        Stalls::of(&self.thread.join().expect("the stall meter does not panic"))
+    }
+}
+
+impl Stalls {
+    fn of(late_us: &[u64]) -> Self {
+        let latency = weir_engine::Latency::default();
+        for &us in late_us {
+            latency.record(Duration::from_micros(us));
+        }
+        let stalls = late_us.iter().filter(|&&us| us >= STALL_US);
+        Stalls {
+            late: latency.summary(),
+            over_1ms: stalls.clone().count() as u64,
+            over_1ms_total_us: stalls.sum(),
+            longest_us: late_us.iter().copied().max().unwrap_or(0),
+        }
     }
 }
 
@@ -753,5 +838,14 @@ mod tests {
         assert_eq!((shares.busy_pct, shares.idle_pct, shares.steal_pct), (60.0, 30.0, 10.0));
         assert!(CpuTimes::parse("cpu  1 2 3\n").is_none(), "a kernel too old to count steal");
         assert!(CpuTimes::parse("intr 1 2\n").is_none());
+    }
+
+    #[test]
+    fn stalls_are_wake_ups_a_millisecond_late_or_more() {
+        let s = Stalls::of(&[3, 999, 1000, 40, 6500, 12]);
+        assert_eq!((s.over_1ms, s.over_1ms_total_us), (2, 7500));
+        assert_eq!((s.late.count, s.longest_us), (6, 6500));
+        let none = Stalls::of(&[]);
+        assert_eq!((none.over_1ms, none.over_1ms_total_us, none.late.count), (0, 0, 0));
     }
 }
