@@ -2,7 +2,10 @@
 //! playwright-core (tests/browser/console.mjs), against `weir run --listen
 //! --auth` under load. `scripts/test` installs Chromium and playwright-core.
 
-use std::process::Command;
+use std::io::{BufRead, BufReader, Read};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
@@ -44,14 +47,18 @@ fn the_console_shows_the_running_pipeline_live_and_agrees_with_metrics_in_a_brow
     .unwrap();
     let (run, base) = start(&weir, &["run", p.to_str().unwrap(), "--listen", "127.0.0.1:0", "--auth", auth.to_str().unwrap()]);
 
-    // Load for 8 s: 20 messages every 50 ms, one in ten rejected by `screen`.
+    // Load until the browser test is past watching the figures move (its
+    // start-up takes seconds on a busy machine, which a fixed span of load
+    // could end before): 20 messages every 50 ms, one in ten rejected by
+    // `screen`. It then waits for the figures to settle.
+    let load_ends = Arc::new(AtomicBool::new(false));
     let publisher = {
-        let base = base.clone();
+        let (base, load_ends) = (base.clone(), load_ends.clone());
         std::thread::spawn(move || {
             let api = Api::new(base, Some(admin));
             let started = Instant::now();
             let mut sent = 0u64;
-            while started.elapsed() < Duration::from_secs(8) {
+            while !load_ends.load(Ordering::SeqCst) && started.elapsed() < Duration::from_secs(120) {
                 let body: String = (0..20)
                     .map(|i| {
                         if (sent + i).is_multiple_of(10) {
@@ -75,20 +82,37 @@ fn the_console_shows_the_running_pipeline_live_and_agrees_with_metrics_in_a_brow
     };
     let shots = repo_root().join("target/console");
     std::fs::create_dir_all(&shots).unwrap();
-    let out = Command::new("node")
+    let mut node = Command::new("node")
         .arg(browser.join("console.mjs"))
         .args([&base, viewer, "screen,shout", shots.to_str().unwrap()])
         .current_dir(&browser)
-        .output()
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
         .expect("node runs");
+    // Its steps, on standard error as they start.
+    let steps = {
+        let (stderr, load_ends) = (node.stderr.take().unwrap(), load_ends.clone());
+        std::thread::spawn(move || {
+            let mut seen = String::new();
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if line.contains("once the load ends") {
+                    load_ends.store(true, Ordering::SeqCst);
+                }
+                seen += &line;
+                seen.push('\n');
+            }
+            load_ends.store(true, Ordering::SeqCst);
+            seen
+        })
+    };
+    let mut stdout = Vec::new();
+    node.stdout.take().unwrap().read_to_end(&mut stdout).unwrap();
+    let status = node.wait().unwrap();
+    let steps = steps.join().unwrap();
     let sent = publisher.join().unwrap();
-    assert!(
-        out.status.success(),
-        "the browser test failed:\n{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let seen: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(status.success(), "the browser test failed:\n{}\n{steps}", String::from_utf8_lossy(&stdout));
+    let seen: Value = serde_json::from_slice(&stdout).unwrap();
     assert_eq!(seen["received"]["screen"], json!(sent + 1), "the console counted every message: {seen}");
     assert_eq!(seen["received"]["shout"], json!(sent - sent / 10 + 1), "and the rejected ones stopped at `screen`: {seen}");
     assert!(seen["dead_letters_shown"].as_u64().unwrap() > 0);
