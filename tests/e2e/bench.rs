@@ -107,6 +107,9 @@ fn bench_a_pipeline_writes_a_report_with_series_and_a_chart() {
     // The queue sink's fsyncs in the run, each covering one or more batches.
     let fsyncs = r["sink_fdatasync"]["count"].as_u64().unwrap();
     assert!((1..=3000).contains(&fsyncs) && r["sink_fdatasync"]["p50_us"].as_u64() > Some(0), "{}", r["sink_fdatasync"]);
+    // The longest of them too: every message arriving while it ran waited for it.
+    let longest = format!(", longest {} µs ({fsyncs} fsyncs)", r["sink_fdatasync"]["max_us"]);
+    assert!(disk.contains(&longest), "{disk}");
     let series = r["series"].as_array().unwrap();
     assert!(!series.is_empty());
     let seen: f64 = series.iter().map(|p| p["msgs_per_s"].as_f64().unwrap()).sum();

@@ -325,10 +325,11 @@ pub(crate) fn bench(args: &PipelineArgs) -> anyhow::Result<()> {
     let sink_fdatasync = sink_fdatasync(&queue, &sink_topics)?;
     if sink_fdatasync.count > 0 {
         let mut line = format!(
-            "disk in the run: {} fdatasync p50 {} µs, p99 {} µs ({} fsyncs)",
+            "disk in the run: {} fdatasync p50 {} µs, p99 {} µs, longest {} µs ({} fsyncs)",
             sink_topics.join(", "),
             sink_fdatasync.p50_us,
             sink_fdatasync.p99_us,
+            sink_fdatasync.max_us,
             sink_fdatasync.count
         );
         if args.rate.is_some() && always {
@@ -503,11 +504,12 @@ fn bare_group_commit(dir: &std::path::Path, n: u64, rate: u64, record_bytes: usi
     let stamper = std::thread::spawn(move || {
         let started = Instant::now();
         for i in 0..n {
+            // Stamped with when it was due, as the generator stamps messages.
             let due = started + Duration::from_secs_f64(i as f64 / rate as f64);
             if let Some(wait) = due.checked_duration_since(Instant::now()) {
                 std::thread::sleep(wait);
             }
-            if tx.send(Instant::now()).is_err() {
+            if tx.send(due).is_err() {
                 return;
             }
         }

@@ -15,19 +15,29 @@ pub(super) fn spawn(g: Generator) -> Receiver<Vec<Read>> {
 }
 
 fn generate(g: &Generator, tx: &mut Reads) {
-    let started = Instant::now();
+    let (started, started_us) = (Instant::now(), now_us());
     let mut i = 0u64;
     while g.count.is_none_or(|n| i < n) {
-        if let Some(rate) = g.rate {
-            let due = started + Duration::from_secs_f64(i as f64 / rate as f64);
-            if let Some(wait) = due.checked_duration_since(Instant::now()) {
-                if !tx.flush() {
-                    return;
+        // At a set rate a message's producer time is when it was due, not
+        // when this thread got to it: a stall that holds the generator up
+        // (the machine's, or the pipeline's back-pressure) counts in the
+        // latency of every message it delayed, as it would for a producer
+        // outside the process. Stamped when made, the messages due during
+        // the stall would look fresh, and the tail would hide it.
+        let stamp = match g.rate {
+            Some(rate) => {
+                let after = Duration::from_secs_f64(i as f64 / rate as f64);
+                if let Some(wait) = (started + after).checked_duration_since(Instant::now()) {
+                    if !tx.flush() {
+                        return;
+                    }
+                    std::thread::sleep(wait);
                 }
-                std::thread::sleep(wait);
+                started_us + (u128::from(i) * 1_000_000 / u128::from(rate)) as u64
             }
-        }
-        let read = Read::Record(Record { timestamp_us: Some(now_us()), ..g.record(i) });
+            None => now_us(),
+        };
+        let read = Read::Record(Record { timestamp_us: Some(stamp), ..g.record(i) });
         if !tx.send(read) {
             return;
         }
@@ -38,6 +48,16 @@ fn generate(g: &Generator, tx: &mut Reads) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn at_a_rate_each_message_is_stamped_with_when_it_was_due() {
+        let rx = spawn(Generator { count: Some(300), size: 8, rate: Some(10_000), keys: 0, key_size: 0, input: None });
+        let stamps: Vec<u64> =
+            rx.iter().flatten().map(|r| if let Read::Record(r) = r { r.timestamp_us.unwrap() } else { panic!() }).collect();
+        assert_eq!(stamps.len(), 300);
+        // 100 µs apart exactly, however late the thread got to each.
+        assert!(stamps.windows(2).all(|w| w[1] - w[0] == 100), "{stamps:?}");
+    }
 
     #[test]
     fn the_generator_makes_distinct_sized_keyed_messages() {
