@@ -597,7 +597,7 @@ impl CpuTimes {
 /// figures cannot tell apart from its work.
 struct StallMeter {
     stop: Arc<AtomicBool>,
-    thread: std::thread::JoinHandle<Vec<u64>>,
+    thread: std::thread::JoinHandle<Wakeups>,
 }
 
 /// How late a sleeping thread woke over the run.
@@ -617,20 +617,49 @@ struct Stalls {
 /// What counts as a stall: a wake-up at least this late, µs.
 const STALL_US: u64 = 1000;
 
+/// The wake-ups so far, in constant memory however long the run.
+#[derive(Default)]
+struct Wakeups {
+    late: weir_engine::Latency,
+    over_1ms: u64,
+    over_1ms_total_us: u64,
+    longest_us: u64,
+}
+
+impl Wakeups {
+    fn add(&mut self, late_us: u64) {
+        self.late.record(Duration::from_micros(late_us));
+        if late_us >= STALL_US {
+            self.over_1ms += 1;
+            self.over_1ms_total_us += late_us;
+        }
+        self.longest_us = self.longest_us.max(late_us);
+    }
+
+    fn stalls(&self) -> Stalls {
+        Stalls {
+            late: self.late.summary(),
+            over_1ms: self.over_1ms,
+            over_1ms_total_us: self.over_1ms_total_us,
+            longest_us: self.longest_us,
+        }
+    }
+}
+
 impl StallMeter {
     fn start() -> Self {
         let stop = Arc::new(AtomicBool::new(false));
         let thread = {
             let stop = stop.clone();
             std::thread::spawn(move || {
-                let mut late = Vec::new();
+                let mut wakeups = Wakeups::default();
                 // At least one wake-up, however short the run.
                 loop {
                     let asleep = Instant::now();
                     std::thread::sleep(Duration::from_millis(1));
-                    late.push(asleep.elapsed().saturating_sub(Duration::from_millis(1)).as_micros() as u64);
+                    wakeups.add(asleep.elapsed().saturating_sub(Duration::from_millis(1)).as_micros() as u64);
                     if stop.load(Ordering::Relaxed) {
-                        return late;
+                        return wakeups;
                     }
                 }
             })
@@ -640,23 +669,7 @@ impl StallMeter {
 
     fn stop(self) -> Stalls {
         self.stop.store(true, Ordering::Relaxed);
-        Stalls::of(&self.thread.join().expect("the stall meter does not panic"))
-    }
-}
-
-impl Stalls {
-    fn of(late_us: &[u64]) -> Self {
-        let latency = weir_engine::Latency::default();
-        for &us in late_us {
-            latency.record(Duration::from_micros(us));
-        }
-        let stalls = late_us.iter().filter(|&&us| us >= STALL_US);
-        Stalls {
-            late: latency.summary(),
-            over_1ms: stalls.clone().count() as u64,
-            over_1ms_total_us: stalls.sum(),
-            longest_us: late_us.iter().copied().max().unwrap_or(0),
-        }
+        self.thread.join().expect("the stall meter does not panic").stalls()
     }
 }
 
@@ -844,10 +857,15 @@ mod tests {
 
     #[test]
     fn stalls_are_wake_ups_a_millisecond_late_or_more() {
-        let s = Stalls::of(&[3, 999, 1000, 40, 6500, 12]);
+        let of = |late_us: &[u64]| {
+            let mut w = Wakeups::default();
+            late_us.iter().for_each(|&us| w.add(us));
+            w.stalls()
+        };
+        let s = of(&[3, 999, 1000, 40, 6500, 12]);
         assert_eq!((s.over_1ms, s.over_1ms_total_us), (2, 7500));
         assert_eq!((s.late.count, s.longest_us), (6, 6500));
-        let none = Stalls::of(&[]);
+        let none = of(&[]);
         assert_eq!((none.over_1ms, none.over_1ms_total_us, none.late.count), (0, 0, 0));
     }
 }
