@@ -26,14 +26,14 @@ fn generate(g: &Generator, tx: &mut Reads) {
         // the stall would look fresh, and the tail would hide it.
         let stamp = match g.rate {
             Some(rate) => {
-                let after = Duration::from_secs_f64(i as f64 / rate as f64);
-                if let Some(wait) = (started + after).checked_duration_since(Instant::now()) {
+                let after_us = (u128::from(i) * 1_000_000 / u128::from(rate)) as u64;
+                if let Some(wait) = (started + Duration::from_micros(after_us)).checked_duration_since(Instant::now()) {
                     if !tx.flush() {
                         return;
                     }
                     std::thread::sleep(wait);
                 }
-                started_us + (u128::from(i) * 1_000_000 / u128::from(rate)) as u64
+                started_us + after_us
             }
             None => now_us(),
         };
