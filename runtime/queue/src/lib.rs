@@ -238,6 +238,15 @@ struct Inner {
 
 type PublishHook = Arc<dyn Fn() + Send + Sync>;
 
+/// Records [`Queue::append`] appended, and how far each partition they
+/// went to must be durable before they count as written.
+#[must_use = "appended records are not durable until waited for with Queue::wait_durable"]
+pub struct Appended {
+    topic: Arc<Topic>,
+    /// (partition, end offset) still to be made durable.
+    ends: Vec<(u32, u64)>,
+}
+
 /// A handle to an open data directory. Cheap to clone; thread-safe.
 #[derive(Clone)]
 pub struct Queue {
@@ -489,12 +498,53 @@ impl Queue {
     pub fn publish(&self, topic: &str, records: &[Record]) -> Result<Vec<(u32, u64)>> {
         let t = self.topic(topic)?;
         let out = t.publish(records)?;
+        self.published();
+        Ok(out)
+    }
+
+    /// Append records as [`Queue::publish`] does, but to a topic with
+    /// `fsync = "always"` without waiting for the fsync: what returns is
+    /// to be passed to [`Queue::wait_durable`]. Meanwhile the writer can
+    /// append more, and the next fsync covers all of it: a writer that
+    /// waited instead would leave the disk idle while it gathered the
+    /// next records, and every record would wait for a whole fsync more.
+    /// Consumers see the records once they are durable, as ever. Records
+    /// with ids (an idempotent publish), and records to topics that do not
+    /// sync each write, are published and durable per the policy when this
+    /// returns.
+    ///
+    /// # Errors
+    /// As [`Queue::publish`]'s.
+    pub fn append(&self, topic: &str, records: &[Record]) -> Result<Appended> {
+        let t = self.topic(topic)?;
+        let ends = t.append_deferred(records)?;
+        if ends.is_empty() {
+            self.published();
+        }
+        Ok(Appended { topic: t, ends })
+    }
+
+    /// Wait until what [`Queue::append`] appended is durable.
+    ///
+    /// # Errors
+    /// [`Error::Failed`] when the fsync failed (the partition then stops
+    /// accepting writes).
+    pub fn wait_durable(&self, appended: Appended) -> Result<()> {
+        if appended.ends.is_empty() {
+            return Ok(());
+        }
+        appended.topic.durable_to(&appended.ends)?;
+        self.published();
+        Ok(())
+    }
+
+    /// Wake whoever waits for records.
+    fn published(&self) {
         *self.inner.published.lock().unwrap() += 1;
         self.inner.wakeup.notify_all();
         for hook in self.inner.on_publish.read().unwrap().iter() {
             hook();
         }
-        Ok(out)
     }
 
     /// Whether the data directory is still there: an error once it was

@@ -87,14 +87,15 @@ impl Partition {
         self.log.lock().unwrap()
     }
 
-    /// Append and, under `fsync = "always"`, wait until durable. Returns the
-    /// first offset.
-    pub(crate) fn publish(&self, records: &[&Record]) -> Result<u64> {
-        let first = self.log().append(records)?;
-        if matches!(self.fsync, Fsync::Always) {
-            self.sync_to(first + records.len() as u64)?;
-        }
-        Ok(first)
+    /// Append, without waiting for an fsync. Returns the first offset.
+    pub(crate) fn append(&self, records: &[&Record]) -> Result<u64> {
+        self.log().append(records)
+    }
+
+    /// Under `fsync = "always"`, wait until every offset below `end` is
+    /// durable (leading an fsync if none runs); at once under the others.
+    pub(crate) fn durable_to(&self, end: u64) -> Result<()> {
+        if matches!(self.fsync, Fsync::Always) { self.sync_to(end) } else { Ok(()) }
     }
 
     /// Make everything appended so far durable.

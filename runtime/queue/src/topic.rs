@@ -452,13 +452,7 @@ impl Topic {
     }
 
     pub(crate) fn publish(&self, records: &[Record]) -> Result<Vec<(u32, u64)>> {
-        for r in records {
-            r.validate().map_err(|reason| Error::Invalid {
-                what: "record",
-                value: format!("{} bytes", r.payload.len()),
-                reason: reason.into(),
-            })?;
-        }
+        validate(records)?;
         if records.iter().all(|r| r.id.is_none()) {
             return self.append(&records.iter().collect::<Vec<_>>());
         }
@@ -543,23 +537,57 @@ impl Topic {
     /// Append records (keyed ones to their key's partition, the others
     /// together to the next partition in turn), durable per the fsync policy.
     fn append(&self, records: &[&Record]) -> Result<Vec<(u32, u64)>> {
+        let (out, ends) = self.append_unsynced(records)?;
+        self.durable_to(&ends)?;
+        Ok(out)
+    }
+
+    /// Append records as [`Topic::append`] does, without waiting for an
+    /// fsync: their positions, and each partition's end after them (what
+    /// [`Topic::durable_to`] waits for).
+    fn append_unsynced(&self, records: &[&Record]) -> Result<(Positions, Positions)> {
         let keyless = self.next_keyless.fetch_add(1, Ordering::Relaxed);
         let mut by_part: Vec<Vec<(usize, &Record)>> = vec![Vec::new(); self.config.partitions as usize];
         for (i, r) in records.iter().enumerate() {
             by_part[self.partition_for(r.key.as_deref(), keyless) as usize].push((i, r));
         }
         let mut out = vec![(0, 0); records.len()];
+        let mut ends = Vec::new();
         for (p, recs) in by_part.iter().enumerate() {
             if recs.is_empty() {
                 continue;
             }
             let batch: Vec<&Record> = recs.iter().map(|(_, r)| *r).collect();
-            let first = self.partitions[p].publish(&batch)?;
+            let first = self.partitions[p].append(&batch)?;
             for (j, (i, _)) in recs.iter().enumerate() {
                 out[*i] = (p as u32, first + j as u64);
             }
+            ends.push((p as u32, first + batch.len() as u64));
         }
-        Ok(out)
+        Ok((out, ends))
+    }
+
+    /// Wait until each partition is durable to its end in `ends` (see
+    /// [`Partition::durable_to`]).
+    pub(crate) fn durable_to(&self, ends: &[(u32, u64)]) -> Result<()> {
+        for &(p, end) in ends {
+            self.partitions[p as usize].durable_to(end)?;
+        }
+        Ok(())
+    }
+
+    /// Append `records` for [`crate::Queue::append`]: validated, and without
+    /// waiting for their fsync when that is all there is to wait for. A
+    /// publish with ids waits here (an id is counted as stored only once it
+    /// is durable, see [`Topic::publish`]); so does one to a topic that does
+    /// not sync on every write. Returns what is left to wait for.
+    pub(crate) fn append_deferred(&self, records: &[Record]) -> Result<Vec<(u32, u64)>> {
+        if !matches!(self.config.fsync, Fsync::Always) || records.iter().any(|r| r.id.is_some()) {
+            self.publish(records)?;
+            return Ok(Vec::new());
+        }
+        validate(records)?;
+        Ok(self.append_unsynced(&records.iter().collect::<Vec<_>>())?.1)
     }
 
     pub(crate) fn sync(&self) -> Result<()> {
@@ -595,4 +623,19 @@ impl Topic {
         }
         Ok(())
     }
+}
+
+/// (partition, offset) pairs.
+type Positions = Vec<(u32, u64)>;
+
+/// Each record within the queue's limits.
+fn validate(records: &[Record]) -> Result<()> {
+    for r in records {
+        r.validate().map_err(|reason| Error::Invalid {
+            what: "record",
+            value: format!("{} bytes", r.payload.len()),
+            reason: reason.into(),
+        })?;
+    }
+    Ok(())
 }

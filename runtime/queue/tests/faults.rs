@@ -175,3 +175,38 @@ fn a_failed_fsync_of_the_state_store_stops_it() {
         assert!(a == before || a == Some(b"2".to_vec()), "{site:?}: {a:?}");
     }
 }
+
+#[test]
+fn an_append_is_delivered_only_once_durable_and_a_failed_fsync_surfaces_from_its_wait() {
+    let (_dir, faults, q) = faulty_queue(&TopicConfig::default());
+    let first = q.append("t", &[Record::new("one")]).unwrap();
+    let second = q.append("t", &[Record::new("two")]).unwrap();
+    assert_eq!(payloads(&q), Vec::<String>::new(), "nothing is delivered before its fsync");
+    q.wait_durable(first).unwrap();
+    assert_eq!(payloads(&q), ["one", "two"], "one fsync covers everything appended before it ran");
+    q.wait_durable(second).unwrap();
+
+    let third = q.append("t", &[Record::new("three")]).unwrap();
+    faults.fail_next_fsync();
+    let err = q.wait_durable(third).unwrap_err();
+    assert!(matches!(err, Error::Failed { .. }) && err.to_string().contains("fsync failed"), "{err}");
+    assert_eq!(payloads(&q), ["one", "two"], "what failed to sync is never delivered");
+    let again = q.append("t", &[Record::new("later")]).err().expect("the partition stopped");
+    assert!(again.to_string().contains("stopped accepting writes"), "{again}");
+}
+
+#[test]
+fn an_append_with_ids_or_to_a_topic_that_does_not_sync_each_write_is_done_when_it_returns() {
+    let (_dir, _faults, q) = faulty_queue(&TopicConfig::default());
+    let with_id = Record { id: Some("id-1".into()), ..Record::new("once") };
+    let appended = q.append("t", std::slice::from_ref(&with_id)).unwrap();
+    assert_eq!(payloads(&q), ["once"], "an id counts as stored only once durable: waited for in append");
+    q.wait_durable(appended).unwrap();
+    q.wait_durable(q.append("t", &[with_id]).unwrap()).unwrap();
+    assert_eq!(payloads(&q), ["once"], "the id deduplicates as in publish");
+
+    q.create_topic("n", &TopicConfig { fsync: weir_queue::Fsync::Never, ..TopicConfig::default() }).unwrap();
+    let appended = q.append("n", &[Record::new("at once")]).unwrap();
+    assert_eq!(q.read("n", 0, 0, 10).unwrap().len(), 1);
+    q.wait_durable(appended).unwrap();
+}
