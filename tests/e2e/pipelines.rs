@@ -313,6 +313,14 @@ fn a_running_pipeline_locks_writers_out_readers_follow_and_sigint_drains() {
 
 #[test]
 fn kill_9_mid_stream_loses_nothing() {
+    // With the sink on its own thread, and on the source's, where it
+    // appends without waiting and another thread settles once durable.
+    for threads in ["", "stage_threads = 0"] {
+        kill_9_mid_stream(threads);
+    }
+}
+
+fn kill_9_mid_stream(threads: &str) {
     let weir = Weir::new();
     let n = 20_000;
     let input: Vec<String> = (0..n).map(|i| format!("message {i:05}")).collect();
@@ -324,8 +332,10 @@ fn kill_9_mid_stream_loses_nothing() {
     let p = pipeline_file(
         dir.path(),
         "p.toml",
-        r#"[pipeline]
+        &format!(
+            r#"[pipeline]
 name = "k"
+{threads}
 
 [source]
 type = "queue"
@@ -333,13 +343,14 @@ topic = "hello"
 
 [[stage]]
 name = "uppercase"
-module = "{component:uppercase}"
+module = "{{component:uppercase}}"
 batch_size = 32
 
 [[sink]]
 type = "queue"
 topic = "out"
-"#,
+"#
+        ),
     );
     let p = p.to_str().unwrap();
     let mut run = weir.cmd(&["run", p]).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
@@ -362,8 +373,8 @@ topic = "out"
     let out = weir.consume_all("out");
     let distinct: std::collections::BTreeSet<&String> = out.iter().collect();
     let want: std::collections::BTreeSet<String> = input.iter().map(|l| l.to_uppercase()).collect();
-    assert_eq!(distinct.into_iter().cloned().collect::<std::collections::BTreeSet<_>>(), want, "every input reflected");
-    assert!(out.len() >= n, "at least once: {} outputs for {n} inputs", out.len());
+    assert_eq!(distinct.into_iter().cloned().collect::<std::collections::BTreeSet<_>>(), want, "{threads:?}: every input reflected");
+    assert!(out.len() >= n, "{threads:?}: at least once: {} outputs for {n} inputs", out.len());
 }
 
 #[test]

@@ -346,7 +346,7 @@ impl PipelineStats {
         Arc::new(Self::new(pipeline.stages.iter().map(|s| s.name.clone()).collect()))
     }
 
-    fn new(names: Vec<String>) -> Self {
+    pub(crate) fn new(names: Vec<String>) -> Self {
         PipelineStats {
             started: Instant::now(),
             source_received: AtomicU64::new(0),

@@ -42,7 +42,7 @@ mod source;
 mod stage;
 
 use dead_log::DeadLetterLog;
-use sink::SinkWorker;
+use sink::{Settle, SinkWorker};
 use source::{Downstream, SourceWorker, Watermarks};
 use stage::{Chain, StageWorker, guest_driven_log, run_chain};
 
@@ -222,6 +222,22 @@ pub(crate) fn run(pipeline: &Pipeline, queue: &Queue, prepared: Prepared, option
             }
         }
         let main_sinks = (0..pipeline.sinks.len()).filter(|&i| pipeline.sinks[i].from.is_none()).collect();
+        // A sink on the source's thread that waited for each fsync would
+        // hold the source, and with it every message, for the fsync: there
+        // it appends and a thread of its own waits. A sink with its own
+        // thread waits itself: what comes meanwhile queues in its channel
+        // and goes out under the next fsync (appending each batch as it
+        // came instead cost more CPU and did not shorten the tail).
+        let (settle, durable_handle) = if inline.is_some() && sink::writes_synced_topic(pipeline, queue) {
+            let (tx, rx) = sync_channel(SINK_DEPTH);
+            let stats = &stats;
+            (
+                Settle::WhenDurable(tx),
+                Some(thread(scope, "weir-fsync".into(), move || sink::settle_when_durable(queue, stats, settle_tx, rx))),
+            )
+        } else {
+            (Settle::Now(settle_tx), None)
+        };
         let sink = SinkWorker {
             pipeline,
             queue: queue.clone(),
@@ -236,7 +252,7 @@ pub(crate) fn run(pipeline: &Pipeline, queue: &Queue, prepared: Prepared, option
             nats: nats.clone(),
             stop: &options.stop,
             stats: &stats,
-            settle: settle_tx,
+            settle,
             dead_letter_log: DeadLetterLog::new(),
             floor: &floor,
         };
@@ -270,10 +286,11 @@ pub(crate) fn run(pipeline: &Pipeline, queue: &Queue, prepared: Prepared, option
         };
         let source_result = source.run(down, settle_rx);
         let sink_result = sink_handle.map_or(Ok(()), |h| h.join().expect("sink thread panicked"));
+        let durable_result = durable_handle.map_or(Ok(()), |h| h.join().expect("fsync thread panicked"));
         for h in handles {
             h.join().expect("stage thread panicked");
         }
-        source_result.and(sink_result)
+        source_result.and(sink_result).and(durable_result)
     });
     if let Some(upgrades) = &options.upgrades {
         upgrades.detach_all();

@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::io::Write;
 use std::sync::atomic::AtomicBool;
-use std::sync::mpsc::{Receiver, Sender};
+use std::sync::mpsc::{Receiver, Sender, SyncSender};
 use std::sync::{Arc, Mutex};
 
 use weir_host::Output;
@@ -43,7 +43,7 @@ pub(super) struct SinkWorker<'a> {
     /// Set to stop: a NATS publish stops retrying (nothing is acknowledged).
     pub(super) stop: &'a AtomicBool,
     pub(super) stats: &'a PipelineStats,
-    pub(super) settle: Sender<Settlement>,
+    pub(super) settle: Settle,
     /// What is logged about dead letters (the first few, then counts).
     pub(super) dead_letter_log: DeadLetterLog,
     /// The source's floor (see [`StateStore::set_floor`]), when it has one.
@@ -86,6 +86,12 @@ pub(super) const MAX_GROUP: usize = 16;
 /// A batch settled and its writes gathered, waiting for them to be durable.
 struct Prepared {
     batch: Batch,
+    done: Done,
+}
+
+/// What is left of a batch once its outputs are written: to count it and
+/// hand its settlement back when they are durable.
+struct Done {
     settlement: Settlement,
     /// Outputs written, for the counters.
     outputs: u64,
@@ -93,6 +99,76 @@ struct Prepared {
     dead: u64,
     /// The producer times of the outputs, µs since the Unix epoch.
     written_at: Vec<u64>,
+}
+
+impl Done {
+    /// Count the batch as written, its outputs durable now; its settlement.
+    fn count(self, stats: &PipelineStats) -> Settlement {
+        let Done { settlement, outputs, dead, written_at } = self;
+        stats.sink_written(outputs, dead);
+        let now = now_us();
+        stats.sink_end_to_end.record_all(written_at.into_iter().filter_map(|t| since(now, t)));
+        stats.settled(settlement.acks.len() + settlement.dead.len(), settlement.naks.len(), settlement.releases.len());
+        settlement
+    }
+}
+
+/// Where the sink hands its settlements.
+pub(super) enum Settle {
+    /// Straight to the source.
+    Now(Sender<Settlement>),
+    /// Through [`settle_when_durable`]'s thread, in order with the batches
+    /// waiting there for their fsync. The sink then holds no sender to the
+    /// source: if that thread stops, the source hears at once.
+    WhenDurable(SyncSender<Written>),
+}
+
+/// Batches written, to be counted and settled once what they appended
+/// (if anything) is durable.
+pub(super) struct Written {
+    appended: Vec<weir_queue::Appended>,
+    done: Vec<Done>,
+}
+
+/// The thread beside a sink on the source's thread when a topic it writes
+/// syncs every write (`fsync = "always"`): waits for the fsyncs of what
+/// the sink appended, then counts and settles it, in order. Meanwhile the
+/// source goes on fetching and the sink appends the next batches, which
+/// the next fsync covers: waiting itself, the sink would hold the source
+/// for the fsync, and every message due meanwhile would wait for it and
+/// then for one more.
+pub(super) fn settle_when_durable(
+    queue: &Queue,
+    stats: &PipelineStats,
+    settle: Sender<Settlement>,
+    input: Receiver<Written>,
+) -> Result<()> {
+    while let Ok(Written { appended, done }) = input.recv() {
+        for a in appended {
+            queue.wait_durable(a)?;
+        }
+        for d in done {
+            if settle.send(d.count(stats)).is_err() {
+                return Ok(());
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Whether a topic the sink may write (a queue sink's, a routed one, the
+/// dead letters') syncs every write: then a sink on the source's thread is given
+/// [`settle_when_durable`]'s thread.
+pub(super) fn writes_synced_topic(pipeline: &Pipeline, queue: &Queue) -> bool {
+    let sinks = pipeline.sinks.iter().filter_map(|s| match &s.kind {
+        crate::config::Sink::Queue { topic } => Some(topic),
+        _ => None,
+    });
+    let dead = match &pipeline.dead_letter {
+        DeadLetterTo::Topic(t) => Some(t),
+        DeadLetterTo::Nats { .. } => None,
+    };
+    sinks.chain(pipeline.topics.keys()).chain(dead).any(|t| queue.topic_info(t).is_ok_and(|i| i.config.fsync == weir_queue::Fsync::Always))
 }
 
 impl SinkWorker<'_> {
@@ -131,10 +207,10 @@ impl SinkWorker<'_> {
     }
 
     /// Write `group` and hand its settlements to the source; `false` when
-    /// the source has stopped listening.
+    /// the source has stopped listening (or the thread settling for the
+    /// sink stopped: its join reports why).
     pub(super) fn write_group(&mut self, group: Vec<Batch>) -> Result<bool> {
-        let settlements = self.write(group, &mut std::io::stdout().lock())?;
-        Ok(settlements.into_iter().all(|s| self.settle.send(s).is_ok()))
+        self.write(group, &mut std::io::stdout().lock())
     }
 
     /// At the end of the run: the last summary of dead letters.
@@ -264,28 +340,43 @@ impl SinkWorker<'_> {
     }
 
     /// Write the outputs and dead letters of `batches` durably, together,
-    /// then commit their state writes and count them, one by one, in order.
-    fn write(&mut self, batches: Vec<Batch>, out: &mut impl Write) -> Result<Vec<Settlement>> {
+    /// then commit their state writes, count them and settle them, one by
+    /// one, in order; `false` when the source stopped listening.
+    ///
+    /// Batches that only append to topics, with no state to commit, are
+    /// handed to [`settle_when_durable`]'s thread, when there is one, to
+    /// be settled once durable. The rest wait here: their state commit
+    /// must follow their outputs (and checks the ids already applied,
+    /// which the commits before it must have added), and what goes to
+    /// NATS or standard output goes after the topics' writes are durable.
+    fn write(&mut self, batches: Vec<Batch>, out: &mut impl Write) -> Result<bool> {
         let taken = now_us();
         let mut writes = Writes::default();
         let mut prepared = Vec::with_capacity(batches.len());
         for batch in batches {
             prepared.push(self.prepare(batch, &mut writes)?);
         }
-        self.stats.sink_arrival.record_all(prepared.iter().flat_map(|p| &p.written_at).filter_map(|&t| since(taken, t)));
+        self.stats.sink_arrival.record_all(prepared.iter().flat_map(|p| &p.done.written_at).filter_map(|&t| since(taken, t)));
+        self.dead_letter_log.tick(false);
+        if let Settle::WhenDurable(tx) = &self.settle
+            && writes.only_topics()
+            && prepared.iter().all(|p| p.batch.writes.is_empty())
+        {
+            let appended = writes.append(&self.queue)?;
+            let done = prepared.into_iter().map(|p| p.done).collect();
+            return Ok(tx.send(Written { appended, done }).is_ok());
+        }
         // Durable before anything is acknowledged.
         writes.flush(&self.queue, self.nats.as_ref(), self.stop, out)?;
-        let mut settlements = Vec::with_capacity(prepared.len());
-        for Prepared { mut batch, settlement, outputs, dead, written_at } in prepared {
-            self.commit_state(&mut batch, &settlement.acks)?;
-            self.stats.sink_written(outputs, dead);
-            let now = now_us();
-            self.stats.sink_end_to_end.record_all(written_at.into_iter().filter_map(|t| since(now, t)));
-            self.stats.settled(settlement.acks.len() + settlement.dead.len(), settlement.naks.len(), settlement.releases.len());
-            settlements.push(settlement);
+        let mut done = Vec::with_capacity(prepared.len());
+        for Prepared { mut batch, done: d } in prepared {
+            self.commit_state(&mut batch, &d.settlement.acks)?;
+            done.push(d);
         }
-        self.dead_letter_log.tick(false);
-        Ok(settlements)
+        Ok(match &self.settle {
+            Settle::Now(tx) => done.into_iter().all(|d| tx.send(d.count(self.stats)).is_ok()),
+            Settle::WhenDurable(tx) => tx.send(Written { appended: Vec::new(), done }).is_ok(),
+        })
     }
 
     /// Settle `batch` and add what it publishes to `writes`; file and
@@ -340,7 +431,7 @@ impl SinkWorker<'_> {
                 sink.take(msgs, writes)?;
             }
         }
-        Ok(Prepared { batch, settlement, outputs, dead: dead_count, written_at })
+        Ok(Prepared { batch, done: Done { settlement, outputs, dead: dead_count, written_at } })
     }
 
     /// An output to a topic that is neither declared nor taken by a sink
@@ -404,5 +495,58 @@ impl SinkWorker<'_> {
             }
         }
         (settlement, dead)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::sync::mpsc::{TryRecvError, channel, sync_channel};
+
+    use weir_queue::{FaultInjector, Queue, Record, TopicConfig};
+
+    use super::{Done, Written, settle_when_durable};
+    use crate::batch::Settlement;
+    use crate::stats::PipelineStats;
+
+    fn done() -> Done {
+        let settlement = Settlement { acks: Vec::new(), dead: Vec::new(), naks: Vec::new(), releases: Vec::new(), timers_left: false };
+        Done { settlement, outputs: 1, dead: 0, written_at: Vec::new() }
+    }
+
+    /// What the settling thread does with one appended batch when the
+    /// fsync fails (`fail`) or not: its result, and what the source hears.
+    fn settle_one(fail: bool) -> (crate::Result<()>, Result<(), TryRecvError>) {
+        let dir = tempfile::tempdir().unwrap();
+        let faults = Arc::new(FaultInjector::default());
+        let queue = Queue::open_with_faults(dir.path(), faults.clone()).unwrap();
+        queue.create_topic("out", &TopicConfig::default()).unwrap();
+        let (tx, rx) = sync_channel(4);
+        let (settle_tx, settle_rx) = channel();
+        let appended = vec![queue.append("out", &[Record::new("m")]).unwrap()];
+        if fail {
+            faults.fail_next_fsync();
+        }
+        tx.send(Written { appended, done: vec![done()] }).unwrap();
+        drop(tx);
+        let stats = PipelineStats::new(Vec::new());
+        let result = settle_when_durable(&queue, &stats, settle_tx, rx);
+        let heard = settle_rx.try_recv().map(|_| ());
+        (result, heard)
+    }
+
+    #[test]
+    fn a_batch_is_settled_once_its_append_is_durable() {
+        let (result, heard) = settle_one(false);
+        assert!(result.is_ok());
+        assert_eq!(heard, Ok(()));
+    }
+
+    #[test]
+    fn a_failed_fsync_ends_the_settling_thread_with_the_error_and_settles_nothing() {
+        let (result, heard) = settle_one(true);
+        let err = result.expect_err("the fsync failed");
+        assert!(err.to_string().contains("fsync failed"), "{err}");
+        assert_eq!(heard, Err(TryRecvError::Disconnected), "the source hears at once that no settlement will come");
     }
 }

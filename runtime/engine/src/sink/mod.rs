@@ -89,6 +89,23 @@ impl Writes {
         }
     }
 
+    /// Whether only topics of the embedded queue take these writes.
+    pub(crate) fn only_topics(&self) -> bool {
+        self.subjects.is_empty() && self.printed.is_empty()
+    }
+
+    /// Append the topics' records, without waiting for the fsyncs of those
+    /// that sync every write (see [`Queue::append`]): what is left to wait
+    /// for. Only for writes that go to [`Writes::only_topics`].
+    pub(crate) fn append(self, queue: &Queue) -> Result<Vec<weir_queue::Appended>> {
+        debug_assert!(self.only_topics());
+        let mut appended = Vec::with_capacity(self.topics.len());
+        for (topic, records) in &self.topics {
+            appended.push(queue.append(topic, records)?);
+        }
+        Ok(appended)
+    }
+
     /// Make it all durable: queue topics, then NATS; print standard output
     /// last. `stop` ends NATS retries (nothing is acknowledged then).
     pub(crate) fn flush(self, queue: &Queue, connection: Option<&Arc<Nats>>, stop: &AtomicBool, out: &mut impl Write) -> Result<()> {
