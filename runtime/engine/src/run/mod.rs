@@ -295,7 +295,10 @@ pub(crate) fn run(pipeline: &Pipeline, queue: &Queue, prepared: Prepared, option
     if let Some(upgrades) = &options.upgrades {
         upgrades.detach_all();
     }
-    result?;
+    // A data directory removed under the run is usually first noticed by
+    // a write to a file in it (an offsets file, a segment), whose error
+    // names only that file: say what happened instead.
+    result.map_err(|e| queue.check_present().err().map_or(e, crate::Error::from))?;
     Ok(stats)
 }
 
