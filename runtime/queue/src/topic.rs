@@ -581,7 +581,7 @@ impl Topic {
     /// publish with ids waits here (an id is counted as stored only once it
     /// is durable, see [`Topic::publish`]); so does one to a topic that does
     /// not sync on every write. Returns what is left to wait for.
-    pub(crate) fn append_deferred(&self, records: &[Record]) -> Result<Vec<(u32, u64)>> {
+    pub(crate) fn append_deferred(&self, records: &[Record]) -> Result<Positions> {
         if !matches!(self.config.fsync, Fsync::Always) || records.iter().any(|r| r.id.is_some()) {
             self.publish(records)?;
             return Ok(Vec::new());

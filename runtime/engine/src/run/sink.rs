@@ -156,19 +156,13 @@ pub(super) fn settle_when_durable(
     Ok(())
 }
 
-/// Whether a topic the sink may write (a queue sink's, a routed one, the
-/// dead letters') syncs every write: then a sink on the source's thread is given
-/// [`settle_when_durable`]'s thread.
+/// Whether a topic the sink may write syncs every write: then a sink on
+/// the source's thread is given [`settle_when_durable`]'s thread. Those
+/// are the topics the pipeline names (its queue sinks', the dead letters'
+/// and the declared ones, which outputs may be routed to): compiling the
+/// pipeline puts them all in `pipeline.topics`, and they exist by now.
 pub(super) fn writes_synced_topic(pipeline: &Pipeline, queue: &Queue) -> bool {
-    let sinks = pipeline.sinks.iter().filter_map(|s| match &s.kind {
-        crate::config::Sink::Queue { topic } => Some(topic),
-        _ => None,
-    });
-    let dead = match &pipeline.dead_letter {
-        DeadLetterTo::Topic(t) => Some(t),
-        DeadLetterTo::Nats { .. } => None,
-    };
-    sinks.chain(pipeline.topics.keys()).chain(dead).any(|t| queue.topic_info(t).is_ok_and(|i| i.config.fsync == weir_queue::Fsync::Always))
+    pipeline.topics.keys().any(|t| queue.topic_info(t).is_ok_and(|i| i.config.fsync == weir_queue::Fsync::Always))
 }
 
 impl SinkWorker<'_> {
