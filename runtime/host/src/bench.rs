@@ -216,8 +216,9 @@ pub fn bare_ns_per_message(path: &Path, config: &[(String, String)], batch: &[Me
     const ROUNDS: u32 = 5;
     let wasm = std::fs::read(path).map_err(|source| crate::Error::Read { path: path.to_owned(), source })?;
     let mut bare = BareStage::with_config(&wasm, config)?;
-    let mut rounds =
-        (0..ROUNDS).map(|_| timed_by(thread_cpu, duration / ROUNDS, batch.len(), || bare.handle_batch(batch))).collect::<Result<Vec<f64>>>()?;
+    let mut rounds = (0..ROUNDS)
+        .map(|_| timed_by(thread_cpu, duration / ROUNDS, batch.len(), || bare.handle_batch(batch)))
+        .collect::<Result<Vec<f64>>>()?;
     rounds.sort_by(f64::total_cmp);
     Ok(rounds[rounds.len() / 2])
 }
