@@ -107,15 +107,8 @@ pub struct LatencySummary {
     pub max_us: u64,
 }
 
+pub(crate) use weir_host::thread_cpu;
 pub(crate) use weir_queue::now_us;
-
-/// CPU time this thread has used: what a stage's work costs whether or not
-/// the thread was waiting for a core meanwhile (on a machine with more busy
-/// threads than cores, wall time counts the waits too).
-pub(crate) fn thread_cpu() -> Duration {
-    let t = rustix::time::clock_gettime(rustix::time::ClockId::ThreadCPUTime);
-    Duration::new(t.tv_sec as u64, t.tv_nsec as u32)
-}
 
 /// Time from `timestamp_us` (µs since the Unix epoch) to `now_us`; `None`
 /// when the timestamp is unset (0), zero when it is ahead of this clock.

@@ -12,7 +12,7 @@ use crate::bindings::weir::pipeline::host::{self, Level};
 use crate::bindings::weir::pipeline::types::TimeDomain;
 use crate::bindings_v1::weir::pipeline::host as host_v1;
 use crate::lower::{Consumer, Exports};
-use crate::{Limits, Message, Result, Runtime, StageContext, describe};
+use crate::{Limits, Message, Result, Runtime, StageContext, describe, thread_cpu};
 
 /// Figures of one `weir bench host` run.
 #[derive(Debug, Clone)]
@@ -221,12 +221,6 @@ pub fn bare_ns_per_message(path: &Path, config: &[(String, String)], batch: &[Me
         .collect::<Result<Vec<f64>>>()?;
     rounds.sort_by(f64::total_cmp);
     Ok(rounds[rounds.len() / 2])
-}
-
-/// CPU time of the calling thread.
-fn thread_cpu() -> Duration {
-    let t = rustix::time::clock_gettime(rustix::time::ClockId::ThreadCPUTime);
-    Duration::new(t.tv_sec as u64, t.tv_nsec as u32)
 }
 
 /// Run `f` repeatedly for about `duration` after a warm-up; ns per message

@@ -106,6 +106,15 @@ impl From<bindings::weir::pipeline::types::Output> for Output {
 /// the guest as the WIT `message` record.
 pub use weir_queue::Message;
 
+/// CPU time this thread has used: what a stage's work costs whether or not
+/// the thread was waiting for a core meanwhile (on a machine with more busy
+/// threads than cores, wall time counts the waits too). The engine times
+/// its stages by it, and `weir bench` the bare call it compares them with.
+pub fn thread_cpu() -> std::time::Duration {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::ThreadCPUTime);
+    std::time::Duration::new(t.tv_sec as u64, t.tv_nsec as u32)
+}
+
 /// The result of one message: its outputs, or why there are none.
 pub type MessageResult = Result<Vec<Output>, MessageError>;
 

@@ -890,13 +890,13 @@ mod tests {
             sink(Sink::Queue { topic: "t".into() }),
         ];
         keep_outputs_in(std::path::Path::new("/scratch"), &mut sinks);
-        let kinds: Vec<String> = sinks.iter().map(|s| format!("{:?}", s.kind)).collect();
+        let kinds: Vec<&Sink> = sinks.iter().map(|s| &s.kind).collect();
         let want = [
             Sink::File { path: "/dev/null".into(), json: false },
             Sink::File { path: "/scratch/sink-1.out".into(), json: true },
             Sink::File { path: "/scratch/sink-2.out".into(), json: false },
             Sink::Queue { topic: "t".into() },
         ];
-        assert_eq!(kinds, want.iter().map(|k| format!("{k:?}")).collect::<Vec<_>>());
+        assert_eq!(kinds, want.iter().collect::<Vec<_>>());
     }
 }
