@@ -129,6 +129,10 @@ enum Target<'a> {
         #[cfg_attr(not(feature = "fault-injection"), allow(dead_code))]
         path: &'a Path,
         data_only: bool,
+        /// Where the data ends: from here to the end of the file, zeros
+        /// filled ahead of it (none: the data is the whole file).
+        #[cfg_attr(not(feature = "fault-injection"), allow(dead_code))]
+        data_end: Option<u64>,
     },
     /// A directory's entries.
     Dir(&'a Path),
@@ -146,7 +150,13 @@ impl Faults {
 
     /// fsync (`data_only`: fdatasync) `file`, found at `path`, for `site`.
     pub(crate) fn sync_file(&self, site: SyncSite, path: &Path, file: &File, data_only: bool) -> std::io::Result<()> {
-        self.sync(site, Target::File { file, path, data_only })
+        self.sync(site, Target::File { file, path, data_only, data_end: None })
+    }
+
+    /// fdatasync a log segment for group commit; its data ends at
+    /// `data_end`, zeros filled ahead of appends follow.
+    pub(crate) fn sync_appended(&self, path: &Path, file: &File, data_end: u64) -> std::io::Result<()> {
+        self.sync(SyncSite::Append, Target::File { file, path, data_only: true, data_end: Some(data_end) })
     }
 
     /// fsync the directory `dir`, so that entries created, renamed or
@@ -170,7 +180,7 @@ impl Faults {
             }
             if let Some(power) = &f.power {
                 return match target {
-                    Target::File { file, path, .. } => power.sync_file(path, file, || target.run()),
+                    Target::File { file, path, data_end, .. } => power.sync_file(path, file, data_end, || target.run()),
                     Target::Dir(dir) => power.sync_dir(dir, || target.run()),
                 };
             }

@@ -1,9 +1,20 @@
 //! A partition's log: an ordered list of segments ([`Segment`]) with dense
 //! offsets; appending with rollback, rolling, recovery of a torn tail,
 //! retention, and reads planned under the partition's lock and run outside it.
+//!
+//! Under `fsync = "always"` the active segment is zero-filled ahead of its
+//! end ([`ZERO_AHEAD`]) and appends overwrite those zeros in place. An
+//! `fdatasync` after an append that grows the file must also commit the new
+//! length to the file system's journal; after an overwrite of blocks
+//! already allocated and written it only writes the data (PostgreSQL
+//! zero-fills its WAL segments for the same reason). On the ext4 disk
+//! measured, at 200,000 msg/s, the fsyncs took 0.6× the time (p50) and the
+//! medians of end to end p50 and p99 fell by 30 % and 23 %. A zero header is
+//! not a valid record, so recovery stops where the data stops, as it stops
+//! at a torn record, and cuts the file there (quietly, when all it cuts is
+//! zeros): past its end a segment holds only zeros, and a roll trims them.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -31,8 +42,10 @@ pub(crate) struct Log {
     id: u32,
     dir: PathBuf,
     segments: Vec<Segment>,
-    /// Append handle of the last segment.
+    /// Write handle of the last segment (positioned writes at its end).
     writer: Option<Arc<File>>,
+    /// Length of the last segment's file: past its data, zeros up to here.
+    zeroed_to: u64,
     read_only: bool,
     fsync: Fsync,
     segment_bytes: u64,
@@ -74,6 +87,7 @@ impl Log {
             dir: dir.to_owned(),
             segments: Vec::new(),
             writer: None,
+            zeroed_to: 0,
             read_only,
             fsync,
             segment_bytes,
@@ -117,15 +131,22 @@ impl Log {
                 }
                 if !read_only {
                     let file_len = seg.file.metadata().map_err(|e| Error::io(&seg.path, e))?.len();
+                    // Zeros alone are the zero-fill ahead of the data (or
+                    // blocks a crash allocated but never wrote): not damage.
+                    let zeros = only_zeros(&seg.file, at, file_len).map_err(|e| Error::io(&seg.path, e))?;
                     let f = OpenOptions::new().write(true).open(&seg.path).map_err(|e| Error::io(&seg.path, e))?;
                     f.set_len(at)
                         .and_then(|()| part.faults.sync_file(SyncSite::SegmentRoll, &seg.path, &f, false))
                         .map_err(|e| Error::io(&seg.path, e))?;
-                    tracing::warn!(
-                        path = %seg.path.display(), at, removed = file_len - at, reason = why.describe(),
-                        "recovery truncated a torn or corrupt tail"
-                    );
-                    truncation = Some(Truncation { path: seg.path.to_path_buf(), at, removed: file_len - at, reason: why.describe() });
+                    if zeros {
+                        tracing::debug!(path = %seg.path.display(), at, removed = file_len - at, "recovery cut the zeros after the last record");
+                    } else {
+                        tracing::warn!(
+                            path = %seg.path.display(), at, removed = file_len - at, reason = why.describe(),
+                            "recovery truncated a torn or corrupt tail"
+                        );
+                        truncation = Some(Truncation { path: seg.path.to_path_buf(), at, removed: file_len - at, reason: why.describe() });
+                    }
                 }
             }
             part.segments.push(seg);
@@ -135,9 +156,10 @@ impl Log {
                 part.new_segment(0)?;
             }
             let seg = part.segments.last().unwrap();
-            let writer = OpenOptions::new().append(true).open(&seg.path).map_err(|e| Error::io(&seg.path, e))?;
+            let writer = OpenOptions::new().write(true).open(&seg.path).map_err(|e| Error::io(&seg.path, e))?;
             // What recovery kept may have been in the page cache only: make it durable now.
             part.faults.sync_file(SyncSite::SegmentRoll, &seg.path, &writer, false).map_err(|e| Error::io(&seg.path, e))?;
+            part.zeroed_to = seg.len;
             part.writer = Some(Arc::new(writer));
         }
         Ok((part, truncation))
@@ -145,9 +167,10 @@ impl Log {
 
     fn new_segment(&mut self, base: u64) -> Result<()> {
         let path = self.dir.join(Segment::file_name(base));
-        let file = OpenOptions::new().read(true).append(true).create_new(true).open(&path).map_err(|e| Error::io(&path, e))?;
+        let file = OpenOptions::new().read(true).write(true).create_new(true).open(&path).map_err(|e| Error::io(&path, e))?;
         sync_dir(&self.dir, &self.faults)?;
         self.writer = Some(Arc::new(file.try_clone().map_err(|e| Error::io(&path, e))?));
+        self.zeroed_to = 0;
         self.segments.push(Segment::new(base, path, file));
         Ok(())
     }
@@ -191,20 +214,33 @@ impl Log {
             positions.push(start_len + self.buf.len() as u64);
             rec.encode(first + i as u64, now, rec.timestamp_us.unwrap_or(now_us), &mut self.buf);
         }
-        let mut writer: &File = self.writer.as_ref().unwrap();
+        let writer: &File = self.writer.as_ref().unwrap();
+        let end = start_len + self.buf.len() as u64;
         let written = if self.faults.disk_full() {
             // As a full disk does: part of the data lands, then ENOSPC.
-            writer.write_all(&self.buf[..self.buf.len() / 2]).and(Err(std::io::Error::from_raw_os_error(28)))
+            writer.write_all_at(&self.buf[..self.buf.len() / 2], start_len).and(Err(std::io::Error::from_raw_os_error(28)))
         } else {
-            writer.write_all(&self.buf)
+            writer.write_all_at(&self.buf, start_len).and_then(|()| {
+                if matches!(self.fsync, Fsync::Always) && end > self.zeroed_to {
+                    // This write grew the file: zeros after it for the
+                    // appends to come to overwrite.
+                    let ahead = ZERO_AHEAD.min(self.segment_bytes);
+                    writer.write_all_at(&vec![0; ahead as usize], end)?;
+                    self.zeroed_to = end + ahead;
+                }
+                Ok(())
+            })
         };
         if let Err(e) = written {
             let err = Error::io(&seg.path, e);
-            if let Err(e2) = writer.set_len(start_len) {
-                self.failed = Some(format!("write failed ({err}) and rollback failed ({e2})"));
+            // Back to where the data ends: nothing of the batch, no zeros.
+            match writer.set_len(start_len) {
+                Ok(()) => self.zeroed_to = start_len,
+                Err(e2) => self.failed = Some(format!("write failed ({err}) and rollback failed ({e2})")),
             }
             return Err(err);
         }
+        self.zeroed_to = self.zeroed_to.max(end);
         for (i, pos) in positions.into_iter().enumerate() {
             let last_indexed = seg.index.last().map(|&(_, p, _)| p);
             if last_indexed.is_none_or(|p| pos >= p + INDEX_INTERVAL) {
@@ -225,6 +261,7 @@ impl Log {
     fn roll(&mut self) -> Result<()> {
         let base = self.end_offset();
         let rolled = (|| {
+            self.trim_zeros()?;
             let seg = self.segments.last().unwrap();
             if !matches!(self.fsync, Fsync::Never) {
                 let writer = self.writer.as_ref().unwrap();
@@ -238,6 +275,22 @@ impl Log {
             self.fail(reason.clone());
             Error::Failed { partition_dir: self.dir.clone(), reason }
         })
+    }
+
+    /// Cut the zero-fill after the last segment's data, so that a sealed
+    /// segment is exactly its records (the roll then syncs it). A partition
+    /// closed keeps its zero-fill, cut when it is next opened: cutting it on
+    /// drop could cut records of a queue opened on the same directory
+    /// meanwhile (a partition can outlive its queue's directory lock).
+    fn trim_zeros(&mut self) -> Result<()> {
+        let (Some(writer), Some(seg)) = (&self.writer, self.segments.last()) else {
+            return Ok(());
+        };
+        if self.zeroed_to > seg.len {
+            writer.set_len(seg.len).map_err(|e| Error::io(&seg.path, e))?;
+            self.zeroed_to = seg.len;
+        }
+        Ok(())
     }
 
     /// Offset ranges of the segments that hold records with message ids
@@ -300,10 +353,11 @@ impl Log {
         Ok(seg.next)
     }
 
-    /// The append handle of the last segment and its path, for syncing
-    /// outside the lock.
-    pub(crate) fn writer(&self) -> Option<(Arc<File>, Arc<Path>)> {
-        Some((self.writer.clone()?, self.segments.last()?.path.clone()))
+    /// The write handle of the last segment, its path and where its data
+    /// ends (zeros follow), for syncing outside the lock.
+    pub(crate) fn writer(&self) -> Option<(Arc<File>, Arc<Path>, u64)> {
+        let seg = self.segments.last()?;
+        Some((self.writer.clone()?, seg.path.clone(), seg.len))
     }
 
     /// Stop accepting writes: a durability guarantee could not be kept.
@@ -352,6 +406,30 @@ impl Log {
         }
         ReadPlan { partition: self.id, want, segments }
     }
+}
+
+/// Under `fsync = "always"`, how far ahead of the data the active segment is
+/// zero-filled (at most a segment). Each fill is paid for by the fsync that
+/// follows it, which writes the zeros and commits the new length. At 200,000
+/// msg/s on the disk measured, 128 KiB gave the lowest tail: with 1 MiB the
+/// fsyncs that carried a fill set p99 (2.2–3.2 ms, against 1.6–3.0 ms with
+/// no fill at all), and with 32 KiB the length was committed so often that
+/// the median gained less.
+const ZERO_AHEAD: u64 = 128 << 10;
+
+/// Whether `file` holds only zero bytes from `from` to `to`.
+fn only_zeros(file: &File, from: u64, to: u64) -> std::io::Result<bool> {
+    let mut buf = vec![0; READ_CHUNK];
+    let mut pos = from;
+    while pos < to {
+        let n = ((to - pos) as usize).min(buf.len());
+        file.read_exact_at(&mut buf[..n], pos)?;
+        if buf[..n].iter().any(|&b| b != 0) {
+            return Ok(false);
+        }
+        pos += n as u64;
+    }
+    Ok(true)
 }
 
 /// A read of a partition, planned under its lock ([`Log::plan_read`]) and

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 
-use crate::faults::{Faults, SyncSite};
+use crate::faults::Faults;
 use crate::log::{Log, Truncation};
 use crate::record::{Record, StoredRecord};
 use crate::{Error, Fsync, Result};
@@ -145,7 +145,7 @@ impl Partition {
                 (log.writer(), log.end_offset())
             };
             let started = Instant::now();
-            let result = file.map_or(Ok(()), |(file, path)| self.faults.sync_file(SyncSite::Append, &path, &file, true));
+            let result = file.map_or(Ok(()), |(file, path, data_end)| self.faults.sync_appended(&path, &file, data_end));
             let took = started.elapsed();
             let failure = result.err().map(|e| {
                 // Fail-stop: after a failed fsync the kernel may have dropped

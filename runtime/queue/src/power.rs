@@ -13,10 +13,13 @@
 //! It is the strict reading of POSIX: a real disk may keep more, never less.
 //! Changes are taken as all or nothing per directory between two of its
 //! fsyncs, and a file's synced prefix as never rewritten in place (the queue
-//! only appends, truncates back, and replaces whole files by rename) —
-//! except files named `*.redb` (the stage-state database, which rewrites
-//! pages in place): of those, every completed fsync keeps a whole copy, and
-//! the restore brings back that copy.
+//! only appends, overwrites the zeros it filled ahead of its appends,
+//! truncates back, and replaces whole files by rename) — except files named
+//! `*.redb` (the stage-state database, which rewrites pages in place): of
+//! those, every completed fsync keeps a whole copy, and the restore brings
+//! back that copy. A log segment synced for group commit says where its data
+//! ends; past that its synced length is zeros, and the restore writes zeros
+//! there, whatever was written over them since.
 
 use std::collections::{HashMap, HashSet};
 use std::ffi::OsString;
@@ -42,11 +45,26 @@ pub(crate) struct PowerModel {
     state: Mutex<State>,
 }
 
+/// What a file's completed fsyncs made durable.
+#[derive(Debug, Clone, Copy, Default)]
+struct Synced {
+    /// Which fsync (in the order they began) the length is from: of two
+    /// that overlap, the one begun later saw the file as it is now.
+    begun: u64,
+    /// The file's length when that fsync began.
+    len: u64,
+    /// Where its data ends: zeros from here to `len`. Data any completed
+    /// fsync covered stays durable.
+    data_end: u64,
+}
+
 #[derive(Debug, Default)]
 struct State {
     cut: bool,
-    /// File inode → length covered by its last completed fsync.
-    synced: HashMap<u64, u64>,
+    /// File inode → what its completed fsyncs made durable.
+    synced: HashMap<u64, Synced>,
+    /// fsyncs of files begun so far (their order).
+    syncs_begun: u64,
     /// Directory → its entries at its last completed fsync.
     dirs: HashMap<DirKey, Vec<(OsString, Entry)>>,
     /// Inodes hard-linked into the shadow directory (so never reused).
@@ -84,7 +102,7 @@ impl PowerModel {
             match *entry {
                 Entry::Dir(_) => self.settle(st, &dir.join(name))?,
                 Entry::File(ino) => {
-                    st.synced.insert(ino, *len);
+                    st.synced.insert(ino, Synced { begun: 0, len: *len, data_end: *len });
                     if in_place(Path::new(name)) {
                         self.copy_image(st, &dir.join(name), ino)?;
                     }
@@ -143,23 +161,39 @@ impl PowerModel {
     }
 
     /// Run `sync` on `file`; if it completes before the power is cut, what
-    /// the file held when it started is durable.
-    pub(crate) fn sync_file(&self, path: &Path, file: &File, sync: impl FnOnce() -> io::Result<()>) -> io::Result<()> {
-        let meta = file.metadata()?;
-        let next = self.shadow.join(format!("{}.next", meta.ino()));
+    /// the file held when it started is durable: its data up to `data_end`
+    /// (all of it if none) and zeros after that.
+    pub(crate) fn sync_file(
+        &self,
+        path: &Path,
+        file: &File,
+        data_end: Option<u64>,
+        sync: impl FnOnce() -> io::Result<()>,
+    ) -> io::Result<()> {
+        let ino = file.metadata()?.ino();
+        let next = self.shadow.join(format!("{ino}.next"));
         self.completed(
             |st| {
-                self.pin(st, path, meta.ino())?;
+                self.pin(st, path, ino)?;
                 if in_place(path) {
                     fs::copy(path, &next)?;
                 }
-                Ok(())
+                // The length under the model's lock, so that the order in
+                // which fsyncs begin is the order in which they saw the file.
+                let len = file.metadata()?.len();
+                st.syncs_begun += 1;
+                Ok(Synced { begun: st.syncs_begun, len, data_end: data_end.map_or(len, |end| end.min(len)) })
             },
             sync,
-            |st, ()| {
-                st.synced.insert(meta.ino(), meta.len());
-                if in_place(path) && fs::rename(&next, self.shadow.join(format!("{}.image", meta.ino()))).is_ok() {
-                    st.images.insert(meta.ino());
+            |st, this| {
+                let known = st.synced.entry(ino).or_default();
+                let data_end = known.data_end.max(this.data_end);
+                if this.begun > known.begun {
+                    *known = this;
+                }
+                known.data_end = data_end.min(known.len);
+                if in_place(path) && fs::rename(&next, self.shadow.join(format!("{ino}.image"))).is_ok() {
+                    st.images.insert(ino);
                 }
             },
         )
@@ -217,9 +251,14 @@ impl PowerModel {
                     fs::copy(self.shadow.join(format!("{ino}.image")), into.join(name))?;
                 }
                 Entry::File(ino) => {
-                    let len = st.synced.get(&ino).copied().unwrap_or(0);
+                    let Synced { len, data_end, .. } = st.synced.get(&ino).copied().unwrap_or_default();
                     let source = File::open(self.shadow.join(ino.to_string()))?;
-                    io::copy(&mut io::Read::take(source, len), &mut File::create(into.join(name))?)?;
+                    let mut restored = File::create(into.join(name))?;
+                    let copied = io::copy(&mut io::Read::take(source, data_end), &mut restored)?;
+                    // A file since cut shorter stays as short as the copy.
+                    if copied == data_end {
+                        restored.set_len(len)?;
+                    }
                 }
                 Entry::Dir(key) => self.rebuild(st, key, &into.join(name))?,
             }

@@ -2,6 +2,7 @@
 
 use std::fs::{self, OpenOptions};
 use std::io::Write;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use weir_queue::{Error, Fsync, FsyncError, Queue, Record, TopicConfig};
@@ -48,9 +49,10 @@ fn torn_tail_is_truncated_and_appends_continue() {
         q.publish("t", &[Record::new("one"), Record::new("two")]).unwrap();
     }
     let seg = segments(dir.path(), "t").pop().unwrap();
-    let good_len = fs::metadata(&seg).unwrap().len();
-    // A torn write: the start of a third record's header and some body.
-    OpenOptions::new().append(true).open(&seg).unwrap().write_all(&[40, 0, 0, 0, 1, 2, 3, 4, 9, 9]).unwrap();
+    let good_len = data_len(&seg);
+    // A torn write where the next record goes (over the zero-fill, if any):
+    // the start of a third record's header and some body.
+    OpenOptions::new().write(true).open(&seg).unwrap().write_all_at(&[40, 0, 0, 0, 1, 2, 3, 4, 9, 9], good_len).unwrap();
 
     let q = Queue::open(dir.path()).unwrap();
     assert_eq!(fs::metadata(&seg).unwrap().len(), good_len, "the torn tail was cut");
@@ -59,6 +61,39 @@ fn torn_tail_is_truncated_and_appends_continue() {
     drop(q);
     let q = Queue::open(dir.path()).unwrap();
     assert_eq!(payloads(&q, "t", 0), ["one", "two", "three"]);
+}
+
+/// Where the data of a segment file ends (zeros may follow).
+fn data_len(seg: &Path) -> u64 {
+    let bytes = fs::read(seg).unwrap();
+    bytes.iter().rposition(|&b| b != 0).map_or(0, |i| i as u64 + 1)
+}
+
+#[test]
+fn an_always_topic_fills_zeros_ahead_of_its_appends_and_recovery_cuts_them() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let q = Queue::open(dir.path()).unwrap();
+        q.create_topic("t", &TopicConfig { fsync: Fsync::Always, ..TopicConfig::default() }).unwrap();
+        q.publish("t", &[Record::new("one")]).unwrap();
+        q.publish("t", &[Record::new("two")]).unwrap();
+    }
+    let seg = segments(dir.path(), "t").pop().unwrap();
+    let (len, data) = (fs::metadata(&seg).unwrap().len(), data_len(&seg));
+    assert!(len >= data + 4096, "zeros filled ahead: {len} bytes, {data} of data");
+    // A closed partition keeps its zeros (a kill -9 does too); opening cuts them.
+    let q = Queue::open(dir.path()).unwrap();
+    assert_eq!(fs::metadata(&seg).unwrap().len(), data, "the zeros were cut");
+    assert_eq!(payloads(&q, "t", 0), ["one", "two"]);
+    assert_eq!(q.publish("t", &[Record::new("three")]).unwrap(), vec![(0, 2)]);
+    drop(q);
+    let q = Queue::open(dir.path()).unwrap();
+    assert_eq!(payloads(&q, "t", 0), ["one", "two", "three"]);
+    // Other policies write no zeros.
+    q.create_topic("i", &TopicConfig { fsync: Fsync::Interval { ms: 50 }, ..TopicConfig::default() }).unwrap();
+    q.publish("i", &[Record::new("one")]).unwrap();
+    let seg = segments(dir.path(), "i").pop().unwrap();
+    assert_eq!(fs::metadata(&seg).unwrap().len(), data_len(&seg));
 }
 
 #[test]
