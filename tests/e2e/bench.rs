@@ -74,11 +74,17 @@ fn bench_a_pipeline_writes_a_report_with_series_and_a_chart() {
         .lines()
         .find(|l| l.starts_with("disk at this rate: a bare group commit of 89-byte records "))
         .unwrap_or_else(|| panic!("{stderr}"));
-    assert!(bare.contains(" µs (3000 records, before the run); end to end p99 is ") && bare.ends_with("x that"), "{bare}");
+    assert!(bare.contains(" µs (3000 records, before the run), ") && bare.ends_with("x the bare group commit's"), "{bare}");
     let r: serde_json::Value = crate::read_json(&report);
     let probe = &r["bare_group_commit"];
     assert_eq!(probe["count"], 3000, "{probe}");
     assert!(probe["p50_us"].as_u64() > Some(0) && probe["p50_us"].as_u64() <= probe["p99_us"].as_u64(), "{probe}");
+    // Its own fsyncs, each covering one or more records, against which
+    // its records' p99 is put.
+    let fsyncs = &probe["fsyncs"];
+    assert!((1..=3000).contains(&fsyncs["count"].as_u64().unwrap()) && fsyncs["p50_us"].as_u64() > Some(0), "{fsyncs}");
+    let own = format!("x the p99 of its own {} fdatasyncs ({} µs); ", fsyncs["count"], fsyncs["p99_us"]);
+    assert!(bare.contains(&own), "{bare}");
     // How the machine's CPUs spent the run, the hypervisor's share apart.
     let machine = &r["machine_in_run"];
     let shares: Vec<f64> = ["busy_pct", "idle_pct", "steal_pct"].iter().map(|k| machine[k].as_f64().unwrap()).collect();

@@ -8,7 +8,7 @@
 //! as placeholders; counts, words and layout are compared exactly. Every
 //! other block showing a run summary (or `weir bench`'s per-stage cost
 //! table) must have its current header, and every `disk alone:`, `disk in
-//! the run:`, `at the sink:`, `machine alone:`, `machine in the run:` or `stalls in the run:` line the words `weir
+//! the run:`, `disk at this rate:`, `at the sink:`, `machine alone:`, `machine in the run:` or `stalls in the run:` line the words `weir
 //! bench` prints (numbers aside), so a block that is not run cannot keep an
 //! old layout either.
 
@@ -102,11 +102,22 @@ fn normalise(line: &str, in_table: bool) -> String {
     tokens.join(" ")
 }
 
+/// A line measuring the disk, the sink or the machine with its numbers
+/// masked, and the topics a `disk in the run:` line names (they are the
+/// pipeline's).
+fn measure_masked(line: &str) -> String {
+    let line = match line.strip_prefix("disk in the run: ").and_then(|rest| rest.split_once(" fdatasync ")) {
+        Some((_topics, rest)) => format!("disk in the run: <topics> fdatasync {rest}"),
+        None => line.to_owned(),
+    };
+    numbers_masked(&line)
+}
+
 /// `line` with each whole number replaced by `#`.
 fn numbers_masked(line: &str) -> String {
-    // A number, maybe with a fraction, then maybe a `%` or a comma.
+    // A number, maybe with a fraction, then maybe a `%`, an `x` or a comma.
     let mask = |t: &str| {
-        let number = t.trim_end_matches([',', '%']);
+        let number = t.trim_end_matches([',', '%', 'x']);
         let is_number = number.starts_with(|c: char| c.is_ascii_digit()) && number.chars().all(|c| c.is_ascii_digit() || c == '.');
         if is_number { format!("#{}", &t[number.len()..]) } else { t.to_owned() }
     };
@@ -169,29 +180,40 @@ fn the_readme_shows_what_the_binary_prints() {
     }
     assert!(!headers.is_empty(), "no transcript shows a run summary");
     // The bench's per-stage cost table is not in a transcript (it takes a
-    // real run): its header comes from a short one.
-    let bench = Command::new(Weir::bin())
-        .args(["bench", "examples/pipelines/filter.toml", "--messages", "2000"])
-        .current_dir(repo_root())
-        .env("WEIR_LOG", "warn")
-        .output()
-        .unwrap();
-    assert!(bench.status.success(), "{}", String::from_utf8_lossy(&bench.stderr));
-    let bench = String::from_utf8_lossy(&bench.stderr);
-    headers.extend(bench.lines().filter(|l| l.starts_with("stage ") && l.contains("ns/msg")).map(str::to_owned));
-    // So do the lines measuring the disk, the sink and the machine, their
-    // numbers masked.
-    let measured = |l: &str| {
-        ["disk alone:", "disk in the run:", "at the sink:", "machine alone:", "machine in the run:", "stalls in the run:"]
-            .iter()
-            .any(|p| l.starts_with(p))
+    // real run): its header comes from a short one. So do the lines
+    // measuring the disk, the sink and the machine, their numbers masked;
+    // at a set rate into topics with `fsync = "always"` there are more.
+    let bench = |extra: &[&str]| {
+        let out = Command::new(Weir::bin())
+            .args([&["bench", "examples/pipelines/filter.toml", "--messages", "2000"], extra].concat())
+            .current_dir(repo_root())
+            .env("WEIR_LOG", "warn")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stderr).into_owned()
     };
-    let probes: Vec<String> = bench.lines().filter(|l| measured(l)).map(numbers_masked).collect();
-    assert_eq!(probes.len(), 6, "weir bench printed no disk, sink and machine lines:\n{bench}");
+    let (plain, at_rate) = (bench(&[]), bench(&["--fsync", "always", "--rate", "100000"]));
+    headers.extend(plain.lines().filter(|l| l.starts_with("stage ") && l.contains("ns/msg")).map(str::to_owned));
+    let measured = |l: &str| {
+        [
+            "disk alone:",
+            "disk in the run:",
+            "disk at this rate:",
+            "at the sink:",
+            "machine alone:",
+            "machine in the run:",
+            "stalls in the run:",
+        ]
+        .iter()
+        .any(|p| l.starts_with(p))
+    };
+    let probes: Vec<String> = [&plain, &at_rate].iter().flat_map(|b| b.lines().filter(|l| measured(l)).map(measure_masked)).collect();
+    assert_eq!(probes.len(), 6 + 7, "weir bench printed no disk, sink and machine lines:\n{plain}\n{at_rate}");
     for (line, lines) in plain_blocks(&readme) {
         for l in lines.iter().filter(|l| measured(l)) {
             assert!(
-                probes.contains(&numbers_masked(l)),
+                probes.contains(&measure_masked(l)),
                 "README.md:{line}: a line the binary no longer prints:\n{l}\nit prints:\n{}",
                 probes.join("\n")
             );
@@ -226,6 +248,13 @@ fn what_varies_is_masked_and_counts_are_not() {
     assert_ne!(normalise_all(&shown)[2], normalise_all(&row)[1]);
     assert_eq!(normalise("passed (4 in, 1 dead-lettered in 0.02s)", false), normalise("passed (4 in, 1 dead-lettered in 1.50s)", false));
     assert_ne!(normalise("passed (4 in, 1 dead-lettered in 0.02s)", false), normalise("passed (5 in, 1 dead-lettered in 0.02s)", false));
+    // Ratios are measured too, and words after them are not.
+    let ratio = |r: &str| numbers_masked(&format!("end to end p99 is {r} the bare group commit's"));
+    assert_eq!(ratio("0.9x"), ratio("13.5x"));
+    assert_ne!(numbers_masked("p99 is 2.0x that"), numbers_masked("p99 is 2.0x this"));
+    let disk = |topics: &str| measure_masked(&format!("disk in the run: {topics} fdatasync p50 42 µs, p99 140 µs"));
+    assert_eq!(disk("speed-out"), disk("logs-clean, logs.dlq"));
+    assert_ne!(disk("speed-out"), measure_masked("disk in the run: speed-out fsync p50 42 µs, p99 140 µs"));
     assert!(is_log_line("2026-12-01T05:14:34.123456Z  INFO pipeline starting"));
     assert!(!is_log_line("weir: 1 in, 2 out, 0 dead-lettered in 0.01s"));
 }

@@ -57,7 +57,7 @@ pub use faults::FaultInjector;
 pub use faults::SyncSite;
 use files::lock_dir;
 pub(crate) use files::{create_dir_durable, sync_dir, write_atomic};
-pub use log::Truncation;
+pub use log::{Truncation, ZERO_AHEAD};
 pub use message::Message;
 pub use record::{MAX_RECORD_BYTES, MIN_FRAME, MSG_ID_HEADER, Record, StoredRecord, check_parts};
 pub use redrive::{DeadLetter, Group, REDRIVEN_FROM, REDRIVEN_REASON, Redrive, Selection, Summary};

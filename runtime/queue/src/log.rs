@@ -415,7 +415,7 @@ impl Log {
 /// fsyncs that carried a fill set p99 (2.2–3.2 ms, against 1.6–3.0 ms with
 /// no fill at all), and with 32 KiB the length was committed so often that
 /// the median gained less.
-const ZERO_AHEAD: u64 = 128 << 10;
+pub const ZERO_AHEAD: u64 = 128 << 10;
 
 /// Whether `file` holds only zero bytes from `from` to `to`.
 fn only_zeros(file: &File, from: u64, to: u64) -> std::io::Result<bool> {

@@ -134,9 +134,9 @@ struct BenchReport {
     sink_fdatasync: LatencySummary,
     /// At a set rate into topics with `fsync = "always"`, measured before
     /// the run: a bare group commit of as many records a second (two
-    /// seconds' worth, at most a million) on the same disk, each from its
-    /// stamp to durable, µs.
-    bare_group_commit: Option<LatencySummary>,
+    /// seconds' worth, at most a million) on the same disk, each record from
+    /// its stamp to durable, and its fsyncs, µs.
+    bare_group_commit: Option<GroupCommitProbe>,
     /// How the machine's CPUs spent the run (Linux only).
     machine_in_run: Option<CpuShares>,
     /// In the run: how late a thread sleeping a millisecond at a time woke.
@@ -355,12 +355,15 @@ pub(crate) fn bench(args: &PipelineArgs) -> anyhow::Result<()> {
     }
     if let Some(bare) = &group_commit {
         eprintln!(
-            "disk at this rate: a bare group commit of {}-byte records took them from their stamp to durable in p50 {} µs, p99 {} µs ({} records, before the run); end to end p99 is {:.1}x that",
+            "disk at this rate: a bare group commit of {}-byte records took them from their stamp to durable in p50 {} µs, p99 {} µs ({} records, before the run), {:.1}x the p99 of its own {} fdatasyncs ({} µs); end to end p99 is {:.1}x the bare group commit's",
             record_bytes,
-            bare.p50_us,
-            bare.p99_us,
-            bare.count,
-            run.sink.end_to_end.p99_us as f64 / bare.p99_us.max(1) as f64
+            bare.records.p50_us,
+            bare.records.p99_us,
+            bare.records.count,
+            bare.records.p99_us as f64 / bare.fsyncs.p99_us.max(1) as f64,
+            bare.fsyncs.count,
+            bare.fsyncs.p99_us,
+            run.sink.end_to_end.p99_us as f64 / bare.records.p99_us.max(1) as f64
         );
     }
     // Where end to end goes: to reach the sink (threads, batching) or in
@@ -502,15 +505,17 @@ const GROUP_COMMIT_PROBE_MAX: u64 = 1_000_000;
 
 /// A bare group commit on the scratch directory's disk, `n` records of
 /// `record_bytes` at `rate` a second: one thread stamps each record when it
-/// is due, another appends whatever has come and `fdatasync`s it, then
-/// takes what came meanwhile (the group commit of a topic with `fsync =
-/// "always"`, with no pipeline, no queue and no other work around it). Per
-/// record, from its stamp to the return of the fsync that covered it: the
-/// end-to-end latency that nothing but this disk at this rate imposes.
-fn bare_group_commit(dir: &std::path::Path, n: u64, rate: u64, record_bytes: usize) -> anyhow::Result<LatencySummary> {
-    use std::io::Write;
+/// is due, another writes whatever has come and `fdatasync`s it, then takes
+/// what came meanwhile. It writes as a topic with `fsync = "always"` does
+/// (over zeros filled [`weir_queue::ZERO_AHEAD`] ahead of the data), with no
+/// pipeline, no queue and no other work around it. Per record, from its
+/// stamp to the return of the fsync that covered it: the end-to-end latency
+/// that nothing but this disk at this rate imposes; and per fsync, what the
+/// disk's fdatasync p99 counts.
+fn bare_group_commit(dir: &std::path::Path, n: u64, rate: u64, record_bytes: usize) -> anyhow::Result<GroupCommitProbe> {
+    use std::os::unix::fs::FileExt;
     let path = dir.join("group-commit-probe");
-    let mut file = std::fs::File::create(&path).with_context(|| format!("creating {}", path.display()))?;
+    let file = std::fs::File::create(&path).with_context(|| format!("creating {}", path.display()))?;
     let (tx, rx) = std::sync::mpsc::channel::<Instant>();
     let stamper = std::thread::spawn(move || {
         let started = Instant::now();
@@ -525,7 +530,9 @@ fn bare_group_commit(dir: &std::path::Path, n: u64, rate: u64, record_bytes: usi
             }
         }
     });
-    let latency = weir_engine::Latency::default();
+    let (records, fsyncs) = (weir_engine::Latency::default(), weir_engine::Latency::default());
+    let zeros = vec![0; weir_queue::ZERO_AHEAD as usize];
+    let (mut len, mut zeroed_to) = (0, 0);
     let mut buf = Vec::new();
     let mut taken = Vec::new();
     // What came while the last fsync ran goes out with one write and one fsync.
@@ -534,16 +541,35 @@ fn bare_group_commit(dir: &std::path::Path, n: u64, rate: u64, record_bytes: usi
         taken.extend(rx.try_iter());
         buf.clear();
         buf.resize(taken.len() * record_bytes, 0x5a);
-        file.write_all(&buf)?;
+        file.write_all_at(&buf, len)?;
+        len += buf.len() as u64;
+        if len > zeroed_to {
+            file.write_all_at(&zeros, len)?;
+            zeroed_to = len + zeros.len() as u64;
+        }
+        let synced = Instant::now();
         file.sync_data()?;
+        fsyncs.record(synced.elapsed());
         for stamp in taken.drain(..) {
-            latency.record(stamp.elapsed());
+            records.record(stamp.elapsed());
         }
     }
     stamper.join().map_err(|_| anyhow::anyhow!("the group-commit probe's stamper panicked"))?;
     drop(file);
     std::fs::remove_file(&path)?;
-    Ok(latency.summary())
+    Ok(GroupCommitProbe { records: records.summary(), fsyncs: fsyncs.summary() })
+}
+
+/// What [`bare_group_commit`] measured.
+#[derive(Serialize)]
+struct GroupCommitProbe {
+    /// Per record, from its stamp to durable, µs.
+    #[serde(flatten)]
+    records: LatencySummary,
+    /// Per fsync, µs. A slow fsync counts once here and for every record it
+    /// held above, so the records' p99 can be many times the fsyncs' p99
+    /// with nothing but the disk in the way.
+    fsyncs: LatencySummary,
 }
 
 /// How long the fsyncs of the queue sinks' `topics` took in the run.
